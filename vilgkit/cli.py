@@ -1,0 +1,86 @@
+"""The ``vilgkit`` console script.
+
+Each subcommand lives in ``vilgkit/commands/<name>.py`` with ``HELP``, ``add_arguments(parser)`` and
+``main(args) -> int``. User errors print one line and exit 2 (the traceback only with ``--debug``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vilgkit.errors import NotYetImplementedError, VilgkitError
+
+SUBCOMMANDS = [
+    "run",
+    "plan",
+    "generate",
+    "caption",
+    "vqa",
+    "eval",
+    "tokenize",
+    "export",
+    "plugins",
+    "print-config",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so errors are one line and exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise VilgkitError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vilgkit.plugins import get_plugin_manager
+
+    parser = _Parser(prog="vilgkit", description="Unified bidirectional image-text generation.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    pm = get_plugin_manager()
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"vilgkit.commands.{name.replace('-', '_')}")
+        sp = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        module.add_arguments(sp)
+        sp.set_defaults(_module=module)
+        pm.hook.vilgkit_add_cli_arguments(subcommand=name, parser=sp)
+    return parser
+
+
+def _version() -> str:
+    import vilgkit
+
+    return f"vilgkit {vilgkit.__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        if extra and not getattr(args._module, "ACCEPTS_OVERRIDES", False):
+            raise VilgkitError(f"vilgkit {args.command}: unrecognized arguments: {' '.join(extra)}")
+        args.overrides = extra
+        return int(args._module.main(args) or 0)
+    except NotYetImplementedError as err:
+        print(f"vilgkit: {err}", file=sys.stderr)
+        return 3
+    except (VilgkitError, FileNotFoundError) as err:
+        if debug:
+            raise
+        print(f"vilgkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vilgkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

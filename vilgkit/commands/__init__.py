@@ -1,0 +1,1 @@
+"""Subcommands of the ``vilgkit`` CLI, one module each."""

@@ -1,0 +1,23 @@
+"""The abstract interfaces of DESIGN.md §2. Core depends only on these; plugins implement them."""
+from vilgkit.interfaces.attention import AttentionPattern
+from vilgkit.interfaces.generator import Generator, GeneratorOutput
+from vilgkit.interfaces.image_tokenizer import ImageTokenizer
+from vilgkit.interfaces.parallel import MemoryPlan, ParallelStrategy
+from vilgkit.interfaces.reconstructor import Reconstructor
+from vilgkit.interfaces.stage import RunContext, Stage
+from vilgkit.interfaces.text_tokenizer import TextTokenizer
+from vilgkit.interfaces.trainable import Trainable
+
+__all__ = [
+    "AttentionPattern",
+    "Generator",
+    "GeneratorOutput",
+    "ImageTokenizer",
+    "MemoryPlan",
+    "ParallelStrategy",
+    "Reconstructor",
+    "RunContext",
+    "Stage",
+    "TextTokenizer",
+    "Trainable",
+]

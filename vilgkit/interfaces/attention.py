@@ -1,0 +1,66 @@
+"""The attention-pattern interface: which keys each query may see, and fast ways to compute it.
+
+The reference definition (DESIGN.md §1) is expressed by :meth:`AttentionPattern.allowed`; every fast
+path must agree with it. Layers are identified by ``(layer, num_layers)`` so that schedules such as
+"convolutional attention in the last layer" need no hidden state.
+
+Shapes (dimension key): B batch, H heads, N sequence length, D head dim, K gathered keys.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+
+from vilgkit.layout import Layout
+
+
+class AttentionPattern(ABC):
+    """Decides, per layer, which keys a query attends to, and computes attention accordingly."""
+
+    @abstractmethod
+    def allowed(self, layer: int, num_layers: int, layout: Layout) -> torch.Tensor:
+        """The oracle mask ``Bool[N, N]``: ``allowed[q, k]`` is True where query q may attend key k.
+
+        Padding is *not* included (it is per batch); callers combine it with a key-padding mask.
+        """
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        layer: int,
+        num_layers: int,
+        layout: Layout,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Full-sequence attention (training / teacher forcing).
+
+        Args:
+            q, k, v: ``[B, H, N, D]``.
+            key_padding_mask: ``Bool[B, N]``, True where the key is padding (never attended).
+
+        Returns:
+            ``[B, H, N, D]``. The default is SDPA with the oracle mask; sparse patterns override it
+            with kernels that only compute what the mask allows.
+        """
+        mask = self.allowed(layer, num_layers, layout).to(q.device)  # [N, N]
+        if key_padding_mask is not None:
+            mask = mask[None, None] & ~key_padding_mask[:, None, None, :]  # [B, 1, N, N]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def decode_keys(self, layer: int, num_layers: int, layout: Layout, position: int) -> torch.Tensor | None:
+        """Key positions the query at ``position`` needs when decoding with a KV cache.
+
+        Returns:
+            ``Long[K]`` sorted positions (all ``<= position`` for target queries), or ``None`` when
+            the query sees every cached position ``0..position`` (then callers slice the cache
+            instead of gathering).
+        """
+        row = self.allowed(layer, num_layers, layout)[position, : position + 1]
+        if bool(row.all()):
+            return None
+        return row.nonzero().flatten()

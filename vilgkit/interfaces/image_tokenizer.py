@@ -1,0 +1,57 @@
+"""The image tokenizer interface: pixels ⇄ a grid of discrete codes."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+
+class ImageTokenizer(nn.Module, ABC):
+    """Turns images into a grid of discrete codes and back (paper §3.1.1).
+
+    Images are float tensors ``[B, 3, H, W]`` in ``[-1, 1]``; ``H`` and ``W`` must be divisible by
+    ``downsample``. Codes are ``int64`` tensors ``[B, H // downsample, W // downsample]`` in
+    ``[0, codebook_size)``.
+
+    Subclasses also implement the training contract of :class:`vilgkit.interfaces.Trainable`
+    through :meth:`loss` (and, for adversarial tokenizers, several optimizer groups).
+    """
+
+    codebook_size: int
+    downsample: int
+    code_dim: int
+
+    @abstractmethod
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in [-1, 1] → codes ``[B, h, w]`` (int64)."""
+
+    @abstractmethod
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, h, w]`` → images ``[B, 3, H, W]`` in [-1, 1]."""
+
+    @abstractmethod
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, h, w]`` → quantised embeddings ``z_emb`` ``[B, code_dim, h, w]`` (codebook lookup)."""
+
+    @abstractmethod
+    def decode_embedding(self, z_emb: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``[B, code_dim, h, w]`` → images ``[B, 3, H, W]`` (the decoder alone).
+
+        The end-to-end reconstructor feeds the generator's mapped hidden states through this.
+        """
+
+    @abstractmethod
+    def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training losses on a batch of images; key ``"loss"`` is the total to minimise.
+
+        Other keys are logged (e.g. ``"rec"``, ``"commit"``, ``"perplexity"``).
+        """
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Code grid ``(h, w)`` for an image of ``height × width`` pixels."""
+        if height % self.downsample or width % self.downsample:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by the downsampling factor {self.downsample}"
+            )
+        return height // self.downsample, width // self.downsample

@@ -1,0 +1,105 @@
+"""The parallel-strategy interface: how modules are wrapped, optimised and checkpointed.
+
+Model code stays single-device; a strategy applies, in this order (DESIGN.md §3): build on
+``meta`` → activation checkpointing → compile (optional) → shard per block then the root →
+materialise and initialise. The training loop only talks to this interface, so the same loop runs
+single-device, DDP or FSDP.
+"""
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass
+class MemoryPlan:
+    """Estimated bytes per device (and per host for offloaded state) for one training set-up."""
+
+    parameters: int
+    gradients: int
+    optimizer_states: int
+    activations: int
+    host_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def device_total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_states + self.activations
+
+
+class ParallelStrategy(ABC):
+    """Owns devices, process groups, wrapping, optimizer construction and checkpoint I/O."""
+
+    #: the device this rank computes on
+    device: torch.device
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on the rank that writes logs, samples and reports."""
+        return self.rank == 0
+
+    def setup(self) -> None:
+        """Initialise process groups / device meshes (idempotent)."""
+
+    @abstractmethod
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Apply the strategy to ``model`` (moved to ``device``); returns the module to train."""
+
+    def build_optimizer(
+        self, params: list[nn.Parameter] | list[dict[str, Any]], factory: Any
+    ) -> torch.optim.Optimizer:
+        """Build an optimizer for wrapped parameters; ``factory(params) -> Optimizer``."""
+        return factory(params)
+
+    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Context that skips gradient synchronisation (non-final micro-batches)."""
+        return contextlib.nullcontext()
+
+    def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean of ``value`` over data-parallel ranks (identity on one device)."""
+        return value
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op on one device)."""
+
+    @abstractmethod
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Full (unsharded) model state for export; may only be complete on the main rank."""
+
+    @abstractmethod
+    def save_checkpoint(self, directory: Path, state: dict[str, Any]) -> None:
+        """Write ``state`` (models, optimizers, schedulers, extra) into ``directory``.
+
+        The caller makes the step directory atomic (write to a temporary name, then rename).
+        """
+
+    @abstractmethod
+    def load_checkpoint(self, directory: Path, state: dict[str, Any]) -> None:
+        """Load into the objects of ``state`` in place (the inverse of :meth:`save_checkpoint`)."""
+
+    def memory_plan(self, model: nn.Module, tokens_per_device: int) -> MemoryPlan:
+        """Estimated memory per device for training ``model`` under this strategy."""
+        raise NotImplementedError(f"{type(self).__name__} does not report a memory plan")
+
+    @contextlib.contextmanager
+    def autocast(self, dtype: torch.dtype | None) -> Iterator[None]:
+        """Mixed-precision context for forward passes (``dtype=None`` disables it)."""
+        if dtype is None:
+            yield
+        else:
+            with torch.autocast(device_type=self.device.type, dtype=dtype):
+                yield
