@@ -11,7 +11,7 @@ import importlib
 CORE_MODULES = [
     "vilgkit.data",
     "vilgkit.models",
-    "vilgkit.engine.stages",
+    "vilgkit.stages",
     "vilgkit.metrics",
 ]
 
