@@ -4,6 +4,7 @@ from vilgkit.interfaces.generator import Generator, GeneratorOutput
 from vilgkit.interfaces.image_tokenizer import ImageTokenizer
 from vilgkit.interfaces.parallel import MemoryPlan, ParallelStrategy
 from vilgkit.interfaces.reconstructor import Reconstructor
+from vilgkit.interfaces.reranker import Reranker, RerankInputs, RerankResult
 from vilgkit.interfaces.stage import RunContext, Stage
 from vilgkit.interfaces.text_tokenizer import TextTokenizer
 from vilgkit.interfaces.trainable import Trainable
@@ -16,6 +17,9 @@ __all__ = [
     "MemoryPlan",
     "ParallelStrategy",
     "Reconstructor",
+    "RerankInputs",
+    "RerankResult",
+    "Reranker",
     "RunContext",
     "Stage",
     "TextTokenizer",

@@ -1,0 +1,44 @@
+"""Helpers shared by the tokenizers: batch unpacking, PSNR, argument checks."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def images_from_batch(batch: Any) -> torch.Tensor:
+    """The image tensor ``[B, 3, H, W]`` of a training batch (a collated dict or a bare tensor)."""
+    images = batch.get("image") if isinstance(batch, dict) else batch
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            "an image tokenizer trains on batches that are an image tensor or a dict with key 'image', "
+            f"got {type(batch).__name__}" + (f" with keys {sorted(batch)}" if isinstance(batch, dict) else "")
+        )
+    check_images(images)
+    return images
+
+
+def check_images(images: torch.Tensor, downsample: int | None = None) -> None:
+    """Refuse anything that is not a float ``[B, 3, H, W]`` batch (with ``H, W`` divisible by ``f``)."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"expected float images in [-1, 1], got dtype {images.dtype}")
+    if downsample is not None and (images.shape[2] % downsample or images.shape[3] % downsample):
+        raise ValueError(
+            f"image size {images.shape[2]}x{images.shape[3]} is not divisible by the downsampling factor {downsample}"
+        )
+
+
+def check_codes(codes: torch.Tensor, codebook_size: int) -> None:
+    """Refuse codes that are not an integer ``[B, h, w]`` grid in ``[0, codebook_size)``."""
+    if codes.ndim != 3 or codes.is_floating_point():
+        raise ValueError(f"expected integer codes [B, h, w], got {tuple(codes.shape)} {codes.dtype}")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
+        raise ValueError(f"codes must lie in [0, {codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
+
+
+def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """Mean PSNR in dB of images in [-1, 1] (peak-to-peak 2), per image then averaged."""
+    mse = (images.float() - reconstructions.float().clamp(-1, 1)).pow(2).flatten(1).mean(1)
+    return (10.0 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()

@@ -1,0 +1,125 @@
+"""VQ-VAE image tokenizer (paper §3.1.1, eq. 1–2).
+
+Dimension key:
+    B  batch
+    H, W  image size
+    h, w  code grid (H / f, W / f)
+    d  code dimension
+    K  codebook size
+
+``x̂ = G(C(q(E(x))))``; the loss is ``||x - x̂||² + ||sg[z_emb] - E(x)||² · beta + ||sg[E(x)] - z_emb||²``
+(the codebook term is replaced by EMA updates when ``ema=True``).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from vilgkit.interfaces import ImageTokenizer, Trainable
+from vilgkit.registry import IMAGE_TOKENIZERS
+from vilgkit_vq.common import check_codes, check_images, images_from_batch, psnr
+from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
+from vilgkit_vq.quantizers import VectorQuantizer, codebook_usage
+
+
+@IMAGE_TOKENIZERS.register_module()
+class VQVAETokenizer(ImageTokenizer, Trainable):
+    """VQ-VAE: conv encoder, nearest-codebook quantiser (straight-through), conv decoder.
+
+    Args:
+        codebook_size: number of codes ``K``.
+        code_dim: code dimension ``d``.
+        downsample: factor ``f`` between image and code grid (4, 8, 16...).
+        hidden: base channel count of encoder and decoder.
+        channel_mult: channel multiplier per level (length ``log2 f``); default doubles once after
+            the first level and then stays (``[1, 2, 2, ...]``).
+        num_res_blocks: residual blocks per level.
+        beta: commitment weight (paper eq. 1 uses 1; VQ-VAE's customary value is 0.25).
+        rec_loss: ``"mse"`` (paper eq. 1) or ``"l1"``.
+        ema: EMA codebook updates instead of the codebook loss term.
+        ema_decay: EMA decay.
+        restart_dead_codes: reset rarely used codes to random encoder outputs.
+        dead_code_threshold: running assignments per batch under which a code counts as dead.
+    """
+
+    def __init__(
+        self,
+        codebook_size: int = 512,
+        code_dim: int = 64,
+        downsample: int = 8,
+        hidden: int = 64,
+        channel_mult: list[int] | None = None,
+        num_res_blocks: int = 1,
+        beta: float = 0.25,
+        rec_loss: Literal["mse", "l1"] = "mse",
+        ema: bool = False,
+        ema_decay: float = 0.99,
+        restart_dead_codes: bool = False,
+        dead_code_threshold: float = 0.03,
+    ) -> None:
+        super().__init__()
+        levels = levels_for(downsample)
+        mult = tuple(channel_mult) if channel_mult is not None else tuple([1] + [2] * (levels - 1))
+        if len(mult) != levels:
+            raise ValueError(f"channel_mult needs {levels} entries for downsample={downsample}, got {list(mult)}")
+        if rec_loss not in ("mse", "l1"):
+            raise ValueError(f"rec_loss must be 'mse' or 'l1', got {rec_loss!r}")
+        self.codebook_size, self.code_dim, self.downsample = codebook_size, code_dim, downsample
+        self.rec_loss = rec_loss
+        self.encoder = ConvEncoder(code_dim, hidden, mult, num_res_blocks)
+        self.decoder = ConvDecoder(code_dim, hidden, mult, num_res_blocks)
+        self.quantizer = VectorQuantizer(
+            codebook_size,
+            code_dim,
+            beta=beta,
+            ema=ema,
+            ema_decay=ema_decay,
+            restart_dead_codes=restart_dead_codes,
+            dead_code_threshold=dead_code_threshold,
+        )
+
+    @classmethod
+    def conformance_args(cls) -> dict[str, Any]:
+        """Tiny settings for the registry-wide conformance tests."""
+        return {"codebook_size": 16, "code_dim": 8, "downsample": 4, "hidden": 8}
+
+    # ----------------------------------------------------------------- ImageTokenizer
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images, self.downsample)
+        return self.quantizer.quantize(self.encoder(images))
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        check_codes(codes, self.codebook_size)
+        return self.quantizer.lookup(codes)
+
+    def decode_embedding(self, z_emb: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z_emb).clamp(-1.0, 1.0)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decode_embedding(self.embed(codes))
+
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """Forward pass: ``(x̂ unclamped [B,3,H,W], quantiser losses, codes [B,h,w])``."""
+        check_images(images, self.downsample)
+        out = self.quantizer(self.encoder(images))
+        return self.decoder(out.z_q), out.losses, out.codes
+
+    def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon, q_losses, codes = self.reconstruct(images)
+        rec = F.mse_loss(recon, images) if self.rec_loss == "mse" else F.l1_loss(recon, images)
+        total = rec + sum(q_losses.values())
+        out = {"loss": total, "rec": rec, **q_losses}
+        with torch.no_grad():
+            out["psnr"] = psnr(images, recon)
+            out.update(codebook_usage(codes, self.codebook_size))
+        return out
+
+    # ----------------------------------------------------------------- Trainable
+
+    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+        if group != "main":
+            raise KeyError(f"VQVAETokenizer has one optimizer group 'main', got {group!r}")
+        return self.loss(images_from_batch(batch))

@@ -1,0 +1,317 @@
+"""What the generator stages hand to the Trainer: tokenized data, a Trainable wrapper, sample grids.
+
+* :func:`tokenize_dataset` turns a raw image–text data set (``image``, ``caption``, ``question``,
+  ``answer``) into in-memory tensors once — codes from the frozen image tokenizer (or the ``codes``
+  already in code shards) and padded ``[BOS] … [EOS]`` text ids — so training steps spend their time
+  in the generator, not in the tokenizer. Over-long texts are truncated to the generator's text
+  budget and counted.
+* :class:`GeneratorTrainable` is the :class:`~vilgkit.interfaces.Trainable` the Trainer drives: it
+  accepts either tokenized batches or raw ones (tokenizing them on the fly), trains the requested
+  directions together each batch (``txt2img`` + ``img2txt`` by default, eq. 3–5) and, when the
+  recipe's reconstructor is end-to-end, adds ``weight * reconstructor.loss(...)``.
+* :class:`SampleGrids` is a Trainer callback writing PNG grids: images for fixed prompts and
+  captions for fixed images.
+
+Shapes (dimension key): B batch, L text length, h/w code grid, N samples in the data set.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from vilgkit.batching import encode_texts, make_grid, to_pil, trim_padding
+from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, TextTokenizer, Trainable
+
+#: (batch key holding raw strings, prefix of the tokenized id/mask keys)
+TEXT_FIELDS = (("caption", "text"), ("question", "question"), ("answer", "answer"))
+DIRECTIONS = ("txt2img", "img2txt", "vqa")
+
+
+def _raw_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep everything else as lists (the data helper's ``collate`` does the same)."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+@torch.no_grad()
+def encode_codes(image_tokenizer: ImageTokenizer, images: torch.Tensor) -> torch.Tensor:
+    """Images → codes with the frozen tokenizer, in fp32 (codes must not depend on autocast)."""
+    device = next(image_tokenizer.parameters()).device
+    was_training = image_tokenizer.training
+    image_tokenizer.eval()
+    with _no_autocast(device):
+        codes = image_tokenizer.encode(images.to(device).float())
+    image_tokenizer.train(was_training)
+    return codes.long()
+
+
+def tokenize_texts_batch(
+    batch: dict[str, Any], text_tokenizer: TextTokenizer, max_text_len: int
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Raw string fields of a batch → ``<prefix>_ids`` / ``<prefix>_mask`` (truncating, counted)."""
+    out, truncated = {}, 0
+    for raw, prefix in TEXT_FIELDS:
+        if raw in batch and f"{prefix}_ids" not in batch:
+            ids, mask, cut = encode_texts(
+                text_tokenizer, list(batch[raw]), max_text_len, truncate=True, what=raw, allow_empty=True
+            )
+            out[f"{prefix}_ids"], out[f"{prefix}_mask"] = ids, mask
+            truncated += cut
+    return out, truncated
+
+
+def tokenize_dataset(
+    dataset: Dataset,
+    text_tokenizer: TextTokenizer,
+    image_tokenizer: ImageTokenizer | None,
+    *,
+    max_text_len: int,
+    batch_size: int = 128,
+    desc: str = "tokenizing",
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Tokenize a whole map-style data set into padded tensors (``codes``, ``text_ids``...).
+
+    Returns:
+        The tensors (ids padded to ``max_text_len``) and counts ``{"samples", "truncated"}``.
+    """
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("the training data set is empty")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_raw_collate)
+    parts: dict[str, list[torch.Tensor]] = {}
+    truncated = 0
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        if "codes" in batch:
+            codes = torch.as_tensor(batch["codes"]).long()
+        elif image_tokenizer is not None and "image" in batch:
+            codes = encode_codes(image_tokenizer, batch["image"]).cpu()
+        else:
+            raise ValueError("samples need an 'image' (and an image tokenizer) or precomputed 'codes'")
+        parts.setdefault("codes", []).append(codes)
+        texts, cut = tokenize_texts_batch(batch, text_tokenizer, max_text_len)
+        truncated += cut
+        for key in ("text_ids", "text_mask", "question_ids", "question_mask", "answer_ids", "answer_mask"):
+            value = texts.get(key, batch.get(key))
+            if value is not None:
+                value = torch.as_tensor(value)
+                pad = max_text_len - value.shape[1]
+                fill = text_tokenizer.pad_id if key.endswith("_ids") else False
+                value = torch.nn.functional.pad(value, (0, pad), value=fill) if pad > 0 else value
+                parts.setdefault(key, []).append(value)
+    tensors = {k: torch.cat(v) for k, v in parts.items()}
+    return tensors, {"samples": len(tensors["codes"]), "truncated": truncated}
+
+
+def dataset_fingerprint(dataset: Dataset, *sources: Path) -> str:
+    """A cheap identity of (data set, tokenizers): length, a few captions, tokenizer file hashes."""
+    h = hashlib.sha1()
+    n = len(dataset)  # type: ignore[arg-type]
+    h.update(f"{type(dataset).__qualname__}:{n}".encode())
+    for i in sorted({0, 1, n // 2, n - 1}):
+        item = dataset[i]
+        h.update(repr({k: v for k, v in item.items() if isinstance(v, (str, int))}).encode())
+    for src in sources:
+        for f in sorted(p for p in Path(src).rglob("*") if p.is_file() and "checkpoint" not in str(p)):
+            if f.suffix in {".json", ".txt", ".safetensors"}:
+                h.update(f.name.encode())
+                h.update(hashlib.sha1(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+class TokenizedDataset(Dataset):
+    """Pre-tokenized samples kept in memory (``codes Long[N, h, w]``, ``text_ids Long[N, L]``...)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        lengths = {k: len(v) for k, v in tensors.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"tokenized tensors disagree in length: {lengths}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors["codes"])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[index] for k, v in self.tensors.items()}
+
+
+def collate_tokenized(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack samples and drop text columns that are padding in the whole batch."""
+    out = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    for _, prefix in TEXT_FIELDS:
+        if f"{prefix}_ids" in out:
+            out[f"{prefix}_ids"], out[f"{prefix}_mask"] = trim_padding(out[f"{prefix}_ids"], out[f"{prefix}_mask"])
+    return out
+
+
+class GeneratorTrainable(nn.Module, Trainable):
+    """The generator (plus an end-to-end reconstructor, if any) as the Trainer sees it.
+
+    Args:
+        generator: the unified transformer to train.
+        text_tokenizer: tokenizes raw ``caption``/``question``/``answer`` strings (raw batches only).
+        image_tokenizer: frozen; encodes raw ``image`` batches to codes. Kept outside the module
+            tree so that it is neither optimised nor checkpointed with the generator.
+        directions: the directions trained every batch (subset of ``txt2img``, ``img2txt``, ``vqa``).
+        reconstructor: trained jointly when ``reconstructor.end_to_end`` is True (ignored otherwise).
+        reconstructor_weight: weight of the reconstruction loss (the paper weighs both equally).
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        text_tokenizer: TextTokenizer | None = None,
+        image_tokenizer: ImageTokenizer | None = None,
+        directions: Sequence[str] = ("txt2img", "img2txt"),
+        reconstructor: Reconstructor | None = None,
+        reconstructor_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        bad = [d for d in directions if d not in DIRECTIONS]
+        if bad or not directions:
+            raise ValueError(f"directions must be a non-empty subset of {DIRECTIONS}, got {list(directions)}")
+        self.generator = generator
+        self.directions = list(directions)
+        self.end_to_end = bool(reconstructor is not None and getattr(reconstructor, "end_to_end", False))
+        self.reconstructor = reconstructor if self.end_to_end else None
+        self.reconstructor_weight = reconstructor_weight
+        self._text_tokenizer = text_tokenizer
+        self._frozen = [image_tokenizer] if image_tokenizer is not None else []  # not a submodule
+        self.truncated = 0
+        if image_tokenizer is not None:
+            image_tokenizer.requires_grad_(False)
+
+    @property
+    def image_tokenizer(self) -> ImageTokenizer | None:
+        return self._frozen[0] if self._frozen else None
+
+    def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"main": [p for p in self.parameters() if p.requires_grad]}
+
+    def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Raw or tokenized batch → the generator's keys (codes, text/question/answer ids and masks)."""
+        device = next(self.generator.parameters()).device
+        out = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        if "codes" not in out:
+            tok = self.image_tokenizer
+            if tok is None or "image" not in out:
+                raise ValueError("a raw batch needs 'image' and an image tokenizer (or precomputed 'codes')")
+            if next(tok.parameters()).device != device:
+                tok.to(device)
+            out["codes"] = encode_codes(tok, out["image"])
+        if any(raw in batch and f"{p}_ids" not in batch for raw, p in TEXT_FIELDS):
+            if self._text_tokenizer is None:
+                raise ValueError("a raw batch with strings needs a text tokenizer")
+            texts, cut = tokenize_texts_batch(batch, self._text_tokenizer, self.generator.max_text_len)
+            self.truncated += cut
+            out.update({k: v.to(device) for k, v in texts.items()})
+        return {k: v.to(device) for k, v in out.items()}
+
+    def generator_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Only the keys the trained directions need, plus ``directions``."""
+        keys = ["codes"]
+        if "txt2img" in self.directions or "img2txt" in self.directions:
+            keys += ["text_ids", "text_mask"]
+        if "vqa" in self.directions:
+            keys += ["question_ids", "question_mask", "answer_ids", "answer_mask"]
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(f"directions {self.directions} need batch keys {missing}")
+        out = {k: batch[k] for k in keys}
+        out["directions"] = list(self.directions)
+        return out
+
+    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+        batch = self.prepare(batch)
+        output = self.generator(self.generator_batch(batch))
+        losses = dict(output.losses)
+        if self.end_to_end:
+            if "image" not in batch:
+                raise ValueError("end-to-end training needs the real images in the batch")
+            rec = self.reconstructor.loss(batch["image"], batch["codes"], output.image_hidden)
+            losses["reconstruct"] = rec["loss"]
+            losses["loss"] = losses["loss"] + self.reconstructor_weight * rec["loss"]
+        return losses
+
+
+class SampleGrids:
+    """Trainer callback: every ``every`` steps, sample images for fixed prompts and caption fixed images.
+
+    Writes ``samples/step_<step>_images.png`` (prompt under each image),
+    ``samples/step_<step>_captions.png`` (generated caption under each real image) and appends the
+    captions to ``samples/captions.jsonl``.
+    """
+
+    def __init__(
+        self,
+        every: int,
+        prompts: list[str],
+        images: torch.Tensor,
+        text_tokenizer: TextTokenizer,
+        image_tokenizer: ImageTokenizer,
+        grid: tuple[int, int],
+        seed: int = 0,
+    ) -> None:
+        self.every = every
+        self.prompts = prompts
+        self.images = images
+        self.text_tokenizer = text_tokenizer
+        self.image_tokenizer = image_tokenizer
+        self.grid = grid
+        self.seed = seed
+
+    def __call__(self, step: int, module: nn.Module, out_dir: Path) -> None:
+        inner = getattr(module, "module", module)
+        generator: Generator = inner.generator
+        folder = Path(out_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        was_training = generator.training
+        generator.eval()
+        try:
+            images, captions = self._sample(generator)
+        finally:
+            generator.train(was_training)
+        make_grid(to_pil(images), ncol=len(self.prompts), captions=self.prompts).save(folder / f"step_{step:06d}_images.png")
+        make_grid(to_pil(self.images), ncol=len(captions), captions=captions).save(folder / f"step_{step:06d}_captions.png")
+        with open(folder / "captions.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, "captions": captions}, ensure_ascii=False) + "\n")
+
+    @torch.no_grad()
+    def _sample(self, generator: Generator) -> tuple[torch.Tensor, list[str]]:
+        device = next(generator.parameters()).device
+        tok = self.image_tokenizer.to(device)
+        ids, mask, _ = encode_texts(self.text_tokenizer, self.prompts, generator.max_text_len, truncate=True)
+        rng = torch.Generator(device=device).manual_seed(self.seed)
+        with _no_autocast(device):
+            codes = generator.sample_images(ids.to(device), mask.to(device), grid=self.grid, num_candidates=1, generator=rng)
+            images = tok.decode(codes).cpu()
+            own = encode_codes(tok, self.images)
+            out = generator.generate_text(own, max_length=generator.max_text_len, method="greedy")
+        return images, self.text_tokenizer.decode(out)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module):
+    """Temporarily put modules in eval mode (restored afterwards)."""
+    states = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, s in zip(modules, states):
+            m.train(s)

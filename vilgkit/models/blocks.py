@@ -1,0 +1,156 @@
+"""The pre-norm transformer block shared by the encoder and decoder roles (paper §3.1.2).
+
+One block serves three call paths with the same weights:
+
+* :meth:`Block.forward` — teacher forcing over a whole stream; the attention pattern computes
+  masked attention (``AttentionPattern.attend``), so sparse patterns can use block-wise kernels;
+* :meth:`Block.prefill` — the source segments of a stream at once, keys/values returned for the cache;
+* :meth:`Block.decode` — one new position per row against a pre-allocated KV cache.
+
+Dimension key:
+    B batch (rows), N sequence length, C hidden size, H heads, D head dim (C // H),
+    K keys a decoding step attends to, P filled cache positions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vilgkit.interfaces.attention import AttentionPattern
+from vilgkit.layout import Layout
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network ``C → mlp_ratio·C → C`` with GELU."""
+
+    def __init__(self, hidden_size: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        inner = int(round(hidden_size * mlp_ratio))
+        self.fc1 = nn.Linear(hidden_size, inner)
+        self.fc2 = nn.Linear(inner, hidden_size)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm self-attention + MLP block whose attention mask comes from an :class:`AttentionPattern`.
+
+    Args:
+        hidden_size: C.
+        num_heads: H (must divide C).
+        mlp_ratio: MLP width as a multiple of C.
+        dropout: residual dropout (attention probabilities are not dropped: the pattern owns SDPA).
+        pattern: which keys each query sees, per layer.
+        layer: this block's index (patterns differ per layer, e.g. column attention at ``i % 4 == 2``).
+        num_layers: total number of blocks (e.g. convolutional attention in the last one).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        pattern: AttentionPattern,
+        layer: int,
+        num_layers: int,
+    ) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.layer = layer
+        self.num_layers = num_layers
+        self.pattern = pattern  # not a module: patterns hold no parameters
+        self.ln1 = nn.LayerNorm(hidden_size)
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.ln2 = nn.LayerNorm(hidden_size)
+        self.mlp = MLP(hidden_size, mlp_ratio, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, N, C]`` → q, k, v each ``[B, H, N, D]``."""
+        qkv = rearrange(self.qkv(self.ln1(x)), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        return qkv[0], qkv[1], qkv[2]
+
+    def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Residual adds after attention ``[B, H, N, D]``, then the MLP."""
+        x = x + self.drop(self.proj(rearrange(attn, "b h n d -> b n (h d)")))
+        return x + self.mlp(self.ln2(x))
+
+    def forward(
+        self, x: torch.Tensor, layout: Layout, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced pass over a whole stream.
+
+        Args:
+            x: ``[B, N, C]`` with ``N == layout.length``.
+            layout: segment layout of the stream.
+            key_padding_mask: ``Bool[B, N]``, True at padding positions.
+
+        Returns:
+            ``[B, N, C]``.
+        """
+        q, k, v = self._qkv(x)
+        attn = self.pattern.attend(
+            q, k, v, layer=self.layer, num_layers=self.num_layers, layout=layout, key_padding_mask=key_padding_mask
+        )
+        return self._finish(x, attn)
+
+    def prefill(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The source part of a stream, with an explicit mask.
+
+        The source never attends to the target (DESIGN.md §1), so the source rows of the oracle
+        mask restricted to source keys are all a prefill needs.
+
+        Args:
+            x: ``[B, S, C]`` source positions.
+            mask: ``Bool[B or 1, 1, S, S]`` (pattern restricted to the source, and key padding).
+
+        Returns:
+            ``(x_out [B, S, C], k [B, H, S, D], v [B, H, S, D])``.
+        """
+        q, k, v = self._qkv(x)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self._finish(x, attn), k, v
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        position: int,
+        key_index: torch.Tensor | None,
+        valid: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One new position per row against the cache (writes this position's key/value first).
+
+        Args:
+            x: ``[B, 1, C]`` the new position's input.
+            k_cache, v_cache: ``[B, H, Nmax, D]`` pre-allocated; positions ``< position`` are filled.
+            position: absolute stream position of the new token.
+            key_index: ``Long[K]`` cache positions to attend (a sparse pattern's ``decode_keys``),
+                or ``None`` for every position ``0..position`` (sliced, no copy).
+            valid: ``Bool[B, 1, 1, Nmax]`` False at padding keys, or ``None`` when nothing is padded.
+
+        Returns:
+            ``[B, 1, C]``.
+        """
+        q, k, v = self._qkv(x)
+        k_cache[:, :, position : position + 1].copy_(k)
+        v_cache[:, :, position : position + 1].copy_(v)
+        if key_index is None:
+            keys, values = k_cache[:, :, : position + 1], v_cache[:, :, : position + 1]
+            mask = None if valid is None else valid[..., : position + 1]
+        else:  # sparse: gather only the keys the pattern allows (K ≪ P for row/column/conv layers)
+            keys, values = k_cache.index_select(2, key_index), v_cache.index_select(2, key_index)
+            mask = None if valid is None else valid.index_select(3, key_index)
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self._finish(x, attn)
