@@ -301,7 +301,8 @@ class SampleGrids:
             images = tok.decode(codes).cpu()
             own = encode_codes(tok, self.images)
             out = generator.generate_text(own, max_length=generator.max_text_len, method="greedy")
-        return images, self.text_tokenizer.decode(out)
+        size = self.text_tokenizer.vocab_size  # ids past the fitted vocabulary are untrained: drop them
+        return images, self.text_tokenizer.decode([[i for i in row if i < size] for row in out])
 
 
 @contextlib.contextmanager

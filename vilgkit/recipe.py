@@ -292,6 +292,36 @@ def instantiate(node: Any) -> Any:
             module_name, _, attr = node["class_path"].rpartition(".")
             cls = getattr(importlib.import_module(module_name), attr)
             kwargs = {k: instantiate(v) for k, v in (node.get("init_args") or {}).items()}
-            return cls(**kwargs)
+            return cls(**_dataclass_kwargs(cls, kwargs))
         return {k: instantiate(v) for k, v in node.items()}
     return node
+
+
+def _dataclass_kwargs(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Turn plain dicts into the dataclasses the constructor's type hints ask for.
+
+    jsonargparse validates a dataclass-typed argument but ``as_dict()`` hands it back as a dict;
+    the component should receive the object its signature promises (e.g. ``TrainerConfig``).
+    """
+    import dataclasses
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable forward references: leave the values as they are
+        return kwargs
+    out = dict(kwargs)
+    for name, value in kwargs.items():
+        if not isinstance(value, dict):
+            continue
+        hint = hints.get(name)
+        candidates = typing.get_args(hint) if typing.get_args(hint) else (hint,)
+        target = next((c for c in candidates if isinstance(c, type) and dataclasses.is_dataclass(c)), None)
+        if target is not None:
+            fields = {f.name: f for f in dataclasses.fields(target)}
+            unknown = sorted(set(value) - set(fields))
+            if unknown:
+                raise RecipeError(f"{cls.__name__}.{name}: unknown key(s) {unknown}; choices: {sorted(fields)}")
+            out[name] = target(**{k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v
+                                  for k, v in value.items()})
+    return out

@@ -72,14 +72,13 @@ class ConvEncoder(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
+        # Full resolution only gets the stem: the costly convolutions run after the first halving.
         layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden, 3, padding=1)]
         c = hidden
         for mult in channel_mult:
-            c_next = hidden * mult
-            for _ in range(num_res_blocks):
-                layers.append(ResBlock(c, c_next))
-                c = c_next
-            layers.append(nn.Conv2d(c, c, 4, stride=2, padding=1))  # halve H and W
+            layers.append(nn.Conv2d(c, hidden * mult, 4, stride=2, padding=1))  # halve H and W
+            c = hidden * mult
+            layers += [ResBlock(c, c) for _ in range(num_res_blocks)]
         layers += [ResBlock(c, c), _norm(c), nn.SiLU(), nn.Conv2d(c, out_channels, 1)]
         self.net = nn.Sequential(*layers)
 
@@ -91,7 +90,8 @@ class ConvDecoder(nn.Module):
     """Features ``[B, d, h, w]`` → images ``[B, C, H, W]`` (unbounded; callers clamp for display).
 
     Mirrors :class:`ConvEncoder` (levels in reverse order, nearest-neighbour ×2 upsampling + conv,
-    which avoids the checkerboard artefacts of transposed convolutions).
+    which avoids the checkerboard artefacts of transposed convolutions); full resolution has only
+    the last upsampling conv (``hidden`` channels) and the output conv.
     """
 
     def __init__(
@@ -105,12 +105,12 @@ class ConvDecoder(nn.Module):
         super().__init__()
         c = hidden * channel_mult[-1]
         layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, padding=1), ResBlock(c, c)]
-        for mult in reversed(channel_mult):
-            c_next = hidden * mult
-            for _ in range(num_res_blocks):
-                layers.append(ResBlock(c, c_next))
-                c = c_next
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+        widths = [hidden * m for m in channel_mult]
+        for level in reversed(range(len(channel_mult))):
+            layers += [ResBlock(c, c) for _ in range(num_res_blocks)]
+            c_next = widths[level - 1] if level > 0 else hidden
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c_next, 3, padding=1)]
+            c = c_next
         layers += [_norm(c), nn.SiLU()]
         self.net = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)

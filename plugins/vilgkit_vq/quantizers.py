@@ -44,6 +44,11 @@ def codebook_usage(codes: torch.Tensor, codebook_size: int) -> dict[str, torch.T
     return {"perplexity": entropy.exp(), "usage": (counts > 0).float().mean()}
 
 
+def full_precision(x: torch.Tensor):
+    """Context that switches autocast off on ``x``'s device (code assignment needs fp32 distances)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook row (squared L2) for each row of ``z`` ``[N, d]`` → ``[N]``."""
     # ||z - e||² = ||z||² - 2 z·e + ||e||²; ||z||² is constant per row so it does not change argmin.
@@ -66,8 +71,9 @@ class VectorQuantizer(nn.Module):
             et al. 2017, appendix) instead of by gradient.
         ema_decay: EMA decay.
         restart_dead_codes: re-initialise codes whose running usage falls below
-            ``dead_code_threshold`` (expected assignments per batch) to random encoder outputs of
-            the current batch. Usage statistics are per process.
+            ``dead_code_threshold`` (mean assignments per batch) to encoder outputs of the current
+            batch, drawn with probability proportional to their quantisation error. Usage
+            statistics are per process.
         dead_code_threshold: see above.
         usage_decay: decay of the running usage counts used for restarts.
     """
@@ -102,7 +108,8 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_count", torch.ones(codebook_size))
             self.register_buffer("ema_sum", self.embedding.weight.detach().clone())
         # running mean of assignments per code per batch, for dead-code detection
-        self.register_buffer("usage_count", torch.ones(codebook_size))
+        self.register_buffer("usage_count", torch.zeros(codebook_size))
+        self.register_buffer("usage_steps", torch.zeros(1, dtype=torch.long))
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -117,12 +124,14 @@ class VectorQuantizer(nn.Module):
         """Features ``[B, d, h, w]`` → codes ``[B, h, w]`` (no gradients, no statistics)."""
         b, _, h, w = z.shape
         flat = rearrange(z, "b d h w -> (b h w) d")
-        return nearest_code(flat.float(), self.codebook.float()).view(b, h, w)
+        with full_precision(z):
+            return nearest_code(flat.float(), self.codebook.float()).view(b, h, w)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantise encoder features ``[B, d, h, w]`` with straight-through gradients."""
         if z.shape[1] != self.code_dim:
             raise ValueError(f"expected {self.code_dim} feature channels, got {z.shape[1]}")
+        z = z.float()
         codes = self.quantize(z.detach())
         z_emb = self.lookup(codes)
         losses = {"commit": self.beta * F.mse_loss(z, z_emb.detach())}
@@ -138,24 +147,59 @@ class VectorQuantizer(nn.Module):
     def _update_statistics(self, z: torch.Tensor, codes: torch.Tensor) -> None:
         flat = rearrange(z, "b d h w -> (b h w) d").float()
         onehot = F.one_hot(codes.reshape(-1), self.codebook_size).float()  # [N, K]
-        counts = onehot.sum(0)
-        self.usage_count.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
         if self.ema:
-            self.ema_count.mul_(self.ema_decay).add_(counts, alpha=1 - self.ema_decay)
+            self.ema_count.mul_(self.ema_decay).add_(onehot.sum(0), alpha=1 - self.ema_decay)
             self.ema_sum.mul_(self.ema_decay).add_(onehot.t() @ flat, alpha=1 - self.ema_decay)
             # Laplace smoothing keeps never-used codes from dividing by zero
             n = self.ema_count.sum()
             smoothed = (self.ema_count + 1e-5) / (n + self.codebook_size * 1e-5) * n
             self.embedding.weight.data.copy_(self.ema_sum / smoothed[:, None])
-        if self.restart_dead_codes:
-            dead = (self.usage_count < self.dead_code_threshold).nonzero().flatten()
-            if dead.numel():
-                pick = torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)
-                self.embedding.weight.data[dead] = flat[pick].to(self.embedding.weight.dtype)
-                self.usage_count[dead] = 1.0
-                if self.ema:
-                    self.ema_sum[dead] = flat[pick]
-                    self.ema_count[dead] = 1.0
+        dead = update_usage_and_restart(
+            self.embedding.weight.data, self.usage_count, self.usage_steps, flat, codes.reshape(-1),
+            self.dead_code_threshold if self.restart_dead_codes else 0.0, self.usage_decay,
+        )
+        if self.ema and dead.numel():
+            self.ema_sum[dead] = self.embedding.weight.data[dead].float()
+            self.ema_count[dead] = 1.0
+
+
+@torch.no_grad()
+def update_usage_and_restart(
+    codebook: torch.Tensor,
+    usage_count: torch.Tensor,
+    usage_steps: torch.Tensor,
+    flat: torch.Tensor,
+    codes: torch.Tensor,
+    threshold: float,
+    decay: float,
+) -> torch.Tensor:
+    """Track per-code usage and re-seed dead codes in place; returns the restarted indices.
+
+    Args:
+        codebook: ``[K, d]`` weights (modified in place).
+        usage_count: ``[K]`` running mean of assignments per batch (updated in place).
+        usage_steps: scalar step counter of the running mean (updated in place).
+        flat: this batch's encoder outputs ``[N, d]``; codes: their assignments ``[N]``.
+        threshold: a code whose bias-corrected usage is below this is dead (0 disables restarts).
+        decay: decay of the running mean.
+    """
+    counts = torch.bincount(codes, minlength=codebook.shape[0]).float()
+    usage_count.mul_(decay).add_(counts, alpha=1 - decay)
+    usage_steps.add_(1)
+    if threshold <= 0:
+        return codes.new_empty(0)
+    # bias-corrected running mean (as Adam's moments), so the test is fair from the first step
+    correction = 1 - decay ** usage_steps.float()
+    dead = (usage_count / correction < threshold).nonzero().flatten()
+    if dead.numel():
+        # k-means++-style: re-seed at vectors the codebook represents worst, so rare content (not
+        # the dominant background) gets codes
+        err = (flat - codebook[codes].float()).pow(2).sum(1)
+        pick = torch.multinomial(err + 1e-12, dead.numel(), replacement=True)
+        codebook[dead] = flat[pick].to(codebook.dtype)
+        # a grace period: a fresh code must get a few assignments before it counts as dead again
+        usage_count[dead] = 4 * threshold * correction
+    return dead
 
 
 def gumbel_temperature(step: int, start: float, end: float, anneal_steps: int) -> float:

@@ -1,17 +1,89 @@
-"""`vilgkit eval`: not landed yet."""
+"""``vilgkit eval RUN_DIR --metrics fid,caption,vqa,shapes``: score a finished run, write JSON + HTML report."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from vilgkit.errors import NotYetImplementedError
+from vilgkit.errors import VilgkitError
 
-HELP = "eval (not implemented yet)"
-ACCEPTS_OVERRIDES = True
+HELP = "evaluate a trained run (FID, caption metrics, VQA, Shapes scores) and write eval.json + report.html"
+ACCEPTS_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("run_dir", help="run directory (holds recipe.resolved.yaml and the stage outputs)")
+    parser.add_argument("--metrics", default="shapes,caption,vqa,fid", help="comma-separated: fid, caption, vqa, shapes")
+    parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval)")
+    parser.add_argument("--stage", default=None, help="generator stage to evaluate (default: the last one)")
+    parser.add_argument("--num-samples", type=int, default=200, help="items of the evaluation data")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-candidates", type=int, default=8, help="images sampled per prompt (best of N)")
+    parser.add_argument("--reranker", default="self", help="self, none, clip, or a RERANKERS name")
+    parser.add_argument("--clip-weights", default=None, help="local open_clip checkpoint for --reranker clip")
+    parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for --reranker clip")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--cfg-scale", type=float, default=1.0)
+    parser.add_argument("--caption-method", default="greedy", choices=["greedy", "beam", "sample"])
+    parser.add_argument("--num-beams", type=int, default=4)
+    parser.add_argument("--fid-extractor", default="shapes", choices=["shapes", "inception"])
+    parser.add_argument("--fid-weights", default=None, help="Inception .pth file or Shapes extractor folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--examples", type=int, default=8, help="samples per task shown in the report")
+    parser.add_argument("--device", default="auto")
+
+
+def build_reranker(name: str, clip_weights: str | None = None, clip_model: str = "ViT-B-32"):
+    """``self`` / ``none`` / ``clip`` / a registered name → a reranker (or None for ``none``)."""
+    from vilgkit.plugins import get_plugin_manager
+    from vilgkit.registry import RERANKERS
+
+    get_plugin_manager()  # rerankers are plugins
+    aliases = {"self": "SelfReranker", "clip": "ClipReranker"}
+    if name.lower() == "none":
+        return None
+    cls_name = aliases.get(name.lower(), name)
+    if cls_name not in RERANKERS.names():
+        raise VilgkitError(f"unknown reranker {name!r}; use self, none, clip or one of {RERANKERS.names()}")
+    cls = RERANKERS.get(cls_name)
+    if cls_name == "ClipReranker":
+        return cls(weights_path=clip_weights, model_name=clip_model)
+    return cls()
 
 
 def main(args: argparse.Namespace) -> int:
-    raise NotYetImplementedError("'eval' has not landed yet")
+    import vilgkit.builtins  # noqa: F401
+    from vilgkit.metrics.harness import RESULTS_FILE, REPORT_FILE, SamplingSettings
+    from vilgkit.stages.evaluate import run_evaluation
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise VilgkitError(f"run directory not found: {run_dir}")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    from vilgkit.metrics import METRIC_KEYS
+
+    unknown = [m for m in metrics if m not in METRIC_KEYS]
+    if not metrics or unknown:
+        raise VilgkitError(f"unknown metric(s) {unknown or '(none given)'}; choose from {', '.join(sorted(METRIC_KEYS))}")
+    for flag in ("num_samples", "batch_size", "num_candidates"):
+        if getattr(args, flag) <= 0:
+            raise VilgkitError(f"--{flag.replace('_', '-')} must be positive")
+    sampling = SamplingSettings(num_candidates=args.num_candidates, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, cfg_scale=args.cfg_scale, caption_method=args.caption_method,
+                                num_beams=args.num_beams)  # fmt: skip
+    out = Path(args.out) if args.out else run_dir / "eval"
+    try:
+        record = run_evaluation(
+            run_dir, out, metrics=metrics, stage=args.stage, num_samples=args.num_samples, batch_size=args.batch_size,
+            sampling=sampling, reranker=build_reranker(args.reranker, args.clip_weights, args.clip_model),
+            seed=args.seed, fid_extractor=args.fid_extractor, fid_weights=args.fid_weights,
+            report_examples=args.examples, device=args.device,
+        )  # fmt: skip
+    except (ValueError, KeyError) as err:
+        raise VilgkitError(str(err)) from None
+    width = max(len(k) for k in record["metrics"])
+    for key, value in sorted(record["metrics"].items()):
+        print(f"{key:<{width}}  {value:.4f}")
+    print(f"vilgkit eval: wrote {out / RESULTS_FILE} and {out / REPORT_FILE}")
+    return 0

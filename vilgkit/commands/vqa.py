@@ -1,17 +1,45 @@
-"""`vilgkit vqa`: not landed yet."""
+"""``vilgkit vqa RUN_DIR --image IMG --question Q [--question Q2 ...]``: answer questions about images.
+
+``--image`` and ``--question`` pair up in order; one image with several questions is asked each of
+them. Prints the answers and writes ``answers.json`` and ``grid.png`` (question → answer under each
+image) into ``--out``.
+"""
 from __future__ import annotations
 
 import argparse
 
-from vilgkit.errors import NotYetImplementedError
-
-HELP = "vqa (not implemented yet)"
-ACCEPTS_OVERRIDES = True
+HELP = "answer questions about images with a trained run (prints answers, writes answers.json and a grid)"
+ACCEPTS_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    from vilgkit.commands._infer import add_common
+
+    add_common(parser, "answers")
+    parser.add_argument("--image", action="append", required=True, help="an image file (repeatable)")
+    parser.add_argument("--question", action="append", required=True, help="a question (repeatable)")
+    parser.add_argument("--method", choices=["greedy", "beam"], default="greedy")
+    parser.add_argument("--truncate", action="store_true", help="cut over-long questions instead of failing")
 
 
 def main(args: argparse.Namespace) -> int:
-    raise NotYetImplementedError("'vqa' has not landed yet")
+    from vilgkit.batching import load_images, make_grid, to_pil
+    from vilgkit.commands._infer import load_pipeline, out_dir, write_json
+    from vilgkit.errors import VilgkitError
+
+    images, questions = list(args.image), list(args.question)
+    if len(images) == 1 and len(questions) > 1:
+        images = images * len(questions)
+    if len(images) != len(questions):
+        raise VilgkitError(f"vilgkit vqa: {len(images)} --image but {len(questions)} --question; pair them up")
+    pipe = load_pipeline(args)
+    pixels = load_images(images, pipe.image_size)
+    answers = pipe.answer(list(pixels), questions, method=args.method, truncate=args.truncate)
+    out = out_dir(args)
+    for q, a in zip(questions, answers):
+        print(f"{q}\t{a}")
+    labels = [f"Q: {q} A: {a}" for q, a in zip(questions, answers)]
+    make_grid(to_pil(pixels), ncol=min(len(labels), 6), captions=labels, caption_width=200).save(out / "grid.png")
+    write_json(out / "answers.json", {"run_dir": str(args.run_dir), "stage": str(pipe.stage_dir),
+                                      "answers": [{"image": i, "question": q, "answer": a} for i, q, a in zip(images, questions, answers)]})  # fmt: skip
+    return 0

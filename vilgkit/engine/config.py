@@ -46,3 +46,47 @@ class TrainerConfig:
     max_skipped: int = 10
     num_workers: int = 0
     seed: int = 0
+
+
+def coerce_config(value: TrainerConfig | dict | None) -> TrainerConfig:
+    """A ``TrainerConfig`` from itself, a plain dict (as a recipe's ``init_args`` may deliver it) or ``None``."""
+    if value is None:
+        return TrainerConfig()
+    if isinstance(value, TrainerConfig):
+        return value
+    if isinstance(value, dict):
+        import dataclasses
+
+        known = {f.name for f in dataclasses.fields(TrainerConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise TypeError(f"unknown trainer setting(s) {unknown}; known: {sorted(known)}")
+        kwargs = dict(value)
+        if "betas" in kwargs:
+            kwargs["betas"] = tuple(kwargs["betas"])
+        return TrainerConfig(**kwargs)
+    raise TypeError(f"expected a TrainerConfig or a dict, got {type(value).__name__}")
+
+
+def validate_config(cfg: TrainerConfig) -> None:
+    """Raise ``VilgkitError`` listing every out-of-range setting."""
+    from vilgkit.errors import VilgkitError
+
+    checks = [
+        (cfg.steps >= 1, f"steps must be >= 1, got {cfg.steps}"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}"),
+        (cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}"),
+        (cfg.lr > 0, f"lr must be > 0, got {cfg.lr}"),
+        (cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}"),
+        (cfg.warmup_steps >= 0, f"warmup_steps must be >= 0, got {cfg.warmup_steps}"),
+        (0 <= cfg.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}"),
+        (cfg.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables), got {cfg.grad_clip}"),
+        (cfg.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}"),
+        (cfg.nonfinite in ("stop", "skip"), f"nonfinite must be 'stop' or 'skip', got {cfg.nonfinite!r}"),
+        (cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}"),
+        (cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}"),
+        (cfg.num_workers >= 0, f"num_workers must be >= 0, got {cfg.num_workers}"),
+    ]
+    bad = [msg for ok, msg in checks if not ok]
+    if bad:
+        raise VilgkitError("invalid trainer config: " + "; ".join(bad))

@@ -1,6 +1,7 @@
 """``vilgkit run``: parse a recipe, save it resolved, run its stages in order."""
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import yaml
 
 import vilgkit
 from vilgkit.components import ComponentStore
+from vilgkit.engine.rng import seed_everything
 from vilgkit.errors import RecipeError
 from vilgkit.interfaces import RunContext, Stage
 from vilgkit.plugins import get_plugin_manager
@@ -43,6 +45,33 @@ def write_resolved_recipe(recipe: dict[str, Any], run_dir: Path) -> Path:
     return path
 
 
+def is_main_process() -> bool:
+    """True on the rank that writes shared files and evaluates: rank 0 of the process group, or of
+    the launcher's environment (``RANK``) before any group exists; True without a launcher."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def stage_barrier(ctx: RunContext) -> None:
+    """Every rank waits here until all have finished the stage, so none starts the next one before
+    the main rank has written what it reads (weights, manifests); a no-op in a single process.
+
+    The recipe's strategy provides the barrier (it sets the process group up when needed); without
+    one, the default process group is used when it exists.
+    """
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return
+    if "strategy" in ctx.components:
+        ctx.components["strategy"].barrier()
+    elif dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def select_stages(stages: list[Stage], subset: list[str] | None) -> list[Stage]:
     """Stages to run, in recipe order; unknown names are an error listing the recipe's stages."""
     if not subset:
@@ -74,7 +103,8 @@ def run(
         raise RecipeError(f"stage names must be unique, got {names}")
     selected = select_stages(stage_objs, stages)
     run_dir = Path(recipe["run_dir"])
-    write_resolved_recipe(recipe, run_dir)
+    if is_main_process():  # one writer: ranks of a torchrun launch share the run dir
+        write_resolved_recipe(recipe, run_dir)
     ctx = RunContext(
         run_dir=run_dir,
         components=ComponentStore(recipe, on_built=lambda k, c: pm.hook.vilgkit_component_built(key=k, component=c)),
@@ -84,6 +114,10 @@ def run(
         debug=debug,
     )
     for stage in selected:
+        # every stage starts from the same seeded state, so a stage run alone (--stages) builds
+        # and initialises its components exactly as it does inside the full recipe
+        seed_everything(ctx.seed)
         summary = stage.run(ctx)
         pm.hook.vilgkit_stage_finished(stage=stage.name, summary=summary, run_dir=str(run_dir))
+        stage_barrier(ctx)
     return ctx

@@ -91,6 +91,18 @@ class ParallelStrategy(ABC):
     def load_checkpoint(self, directory: Path, state: dict[str, Any]) -> None:
         """Load into the objects of ``state`` in place (the inverse of :meth:`save_checkpoint`)."""
 
+    def layout(self) -> Any:
+        """How this strategy lays out training state, a :class:`vilgkit.planning.StrategyLayout`
+        (``vilgkit plan`` reads it); the default is an unsharded replica on every rank."""
+        from vilgkit.planning import StrategyLayout
+
+        return StrategyLayout()
+
+    def build_module(self, factory: Any) -> nn.Module:
+        """Build a module with ``factory()``; sharding strategies build it on ``meta`` so that no
+        rank ever allocates the full model (``wrap`` then materialises only its shards)."""
+        return factory()
+
     def memory_plan(self, model: nn.Module, tokens_per_device: int) -> MemoryPlan:
         """Estimated memory per device for training ``model`` under this strategy."""
         raise NotImplementedError(f"{type(self).__name__} does not report a memory plan")

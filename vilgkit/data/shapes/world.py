@@ -165,7 +165,7 @@ def render_scene(scene: list[dict[str, Any]], image_size: int) -> np.ndarray:
             obj["radius"] * image_size,
             PALETTE[obj["color"]],
         )
-    return np.asarray(img)
+    return np.array(img)  # a writable copy (torch.from_numpy warns on read-only buffers)
 
 
 def to_tensor_image(array: np.ndarray):

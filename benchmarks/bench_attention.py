@@ -1,0 +1,224 @@
+"""Sparse vs dense attention: training step (time, memory) and KV-cached sampling, side by side.
+
+Reference configuration of issue 7: 64 text + 32x32 image tokens, hidden 512, 8 heads, batch 2, a
+stack of attention blocks (qkv and output projections, residual) using the paper's schedule
+(row / column every 4th / conv 11x11 last). Both patterns are measured in the same run:
+
+* training step (forward + backward), best of ``--repeats``; dense = SDPA with the oracle mask
+  (PyTorch's fused kernel), sparse = this plugin's ``attend`` (block-wise on CPU, FlexAttention on
+  CUDA);
+* attention memory = bytes of the tensors the attention calls save for backward (storages counted
+  once), and the whole step's peak (PyTorch memory profiler timeline on CPU, ``max_memory_allocated``
+  on CUDA);
+* sampling 1024 image tokens with a KV cache: dense cached attention (slice of the cache) vs the
+  sparse gather (``decode_keys`` + ``index_select``); and, with ``--generator``, the project's
+  ``UnifiedTransformer.sample_images`` (MLPs, heads, sampling included) with either pattern.
+
+Run::
+
+    .venv/bin/python benchmarks/bench_attention.py [--layers 8] [--device cuda] [--generator] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vilgkit_attention  # noqa: F401  (registers the patterns)
+from vilgkit.layout import Layout
+from vilgkit_attention import DenseAttention, SparseAttention
+
+
+class AttnStack(nn.Module):
+    """Residual attention blocks: qkv projection, pattern attention, output projection."""
+
+    def __init__(self, pattern, hidden: int, heads: int, layers: int) -> None:
+        super().__init__()
+        self.pattern, self.heads, self.layers = pattern, heads, layers
+        self.qkv = nn.ModuleList(nn.Linear(hidden, 3 * hidden) for _ in range(layers))
+        self.out = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
+        self.saved: dict[int, int] = {}
+
+    def split(self, i: int, x: torch.Tensor) -> list[torch.Tensor]:
+        return [t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.qkv[i](x).chunk(3, -1)]
+
+    def forward(self, x, layout, pad, count_saved: bool = False):
+        for i in range(self.layers):
+            q, k, v = self.split(i, x)
+            if count_saved:
+                def pack(t):
+                    st = t.untyped_storage()
+                    self.saved[st.data_ptr()] = st.nbytes()
+                    return t
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    a = self.pattern.attend(q, k, v, layer=i, num_layers=self.layers, layout=layout, key_padding_mask=pad)
+            else:
+                a = self.pattern.attend(q, k, v, layer=i, num_layers=self.layers, layout=layout, key_padding_mask=pad)
+            x = x + self.out[i](a.transpose(1, 2).flatten(2))
+        return x
+
+    @torch.no_grad()
+    def sample(self, x, layout, pad):
+        """Prefill the source, then every target position through a KV cache (inputs given)."""
+        b, n, src = x.shape[0], layout.length, layout.source_length
+        d = x.shape[-1] // self.heads
+        cache = [(x.new_zeros(b, self.heads, n, d), x.new_zeros(b, self.heads, n, d)) for _ in range(self.layers)]
+        plan = [[self.pattern.decode_keys(i, self.layers, layout, p) for p in range(src, n)] for i in range(self.layers)]
+        plan = [[None if t is None else t.to(x.device) for t in row] for row in plan]
+        valid = ~pad[:, None, None, :]
+        h = x[:, :src]
+        for i in range(self.layers):
+            q, k, v = self.split(i, h)
+            cache[i][0][:, :, :src], cache[i][1][:, :, :src] = k, v
+            mask = self.pattern.allowed(i, self.layers, layout)[:src, :src].to(x.device) & valid[..., :src]
+            h = h + self.out[i](F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2))
+        for p in range(src, n):
+            h = x[:, p : p + 1]
+            for i in range(self.layers):
+                q, k, v = self.split(i, h)
+                kc, vc = cache[i]
+                kc[:, :, p : p + 1], vc[:, :, p : p + 1] = k, v
+                idx = plan[i][p - src]
+                if idx is None:
+                    keys, vals, m = kc[:, :, : p + 1], vc[:, :, : p + 1], valid[..., : p + 1]
+                else:
+                    keys, vals, m = kc.index_select(2, idx), vc.index_select(2, idx), valid.index_select(3, idx)
+                a = F.scaled_dot_product_attention(q, keys, vals, attn_mask=m)
+                h = h + self.out[i](a.transpose(1, 2).flatten(2))
+        return h
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_time(fn, repeats: int, device: torch.device) -> float:
+    fn()  # warm-up (FlexAttention compiles here; caches fill)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def step_peak_bytes(fn, device: torch.device) -> int | None:
+    """Peak memory of one call above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    try:  # the CPU timeline is a private PyTorch API: report None rather than fail
+        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+            fn()
+        _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
+        return int(max(sum(s) for s in sizes))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--text", type=int, default=64)
+    ap.add_argument("--grid", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--kernel", type=int, default=11)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch default)")
+    ap.add_argument("--generator", action="store_true", help="also time UnifiedTransformer.sample_images")
+    ap.add_argument("--skip-sampling", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="8x8 image, 2 layers: a smoke run")
+    args = ap.parse_args()
+    if args.quick:
+        args.grid, args.layers, args.repeats, args.text = 8, 2, 1, 16
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    layout = Layout.text_to_image(args.text, args.grid, args.grid)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, layout.length, args.hidden, device=device)
+    pad = torch.zeros(args.batch, layout.length, dtype=torch.bool, device=device)
+    pad[1:, args.text - args.text // 4 : args.text] = True  # a shorter caption in the other rows
+    patterns = {
+        "dense": DenseAttention(),
+        "sparse": SparseAttention(kernel_size=args.kernel),
+    }
+    if device.type == "cpu":
+        patterns["sparse_no_recompute"] = SparseAttention(kernel_size=args.kernel, recompute=False)
+    results: dict = {"config": {k: v for k, v in vars(args).items()}, "threads": torch.get_num_threads(),
+                     "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "train": {}}
+    print(f"layout: {args.text} text + {args.grid}x{args.grid} image, batch {args.batch}, hidden {args.hidden}, "
+          f"{args.heads} heads, {args.layers} layers, kernel {args.kernel}, device {results['device']}, "
+          f"threads {results['threads']}")
+    for name, pattern in patterns.items():
+        torch.manual_seed(0)
+        model = AttnStack(pattern, args.hidden, args.heads, args.layers).to(device)
+
+        def step(count=False):
+            model.zero_grad(set_to_none=True)
+            model(x, layout, pad, count_saved=count).pow(2).mean().backward()
+
+        seconds = best_time(step, args.repeats, device)
+        model.saved.clear()
+        step(count=True)
+        saved = sum(model.saved.values())
+        peak = step_peak_bytes(step, device)
+        results["train"][name] = {"step_s": seconds, "attn_saved_MB": saved / 1e6,
+                                  "step_peak_MB": None if peak is None else peak / 1e6}
+        print(f"train {name:20s} step {seconds * 1e3:8.1f} ms   attention saved {saved / 1e6:7.1f} MB   "
+              f"step peak {'n/a' if peak is None else f'{peak / 1e6:.1f} MB'}")
+    t = results["train"]
+    print(f"train speed-up dense/sparse: {t['dense']['step_s'] / t['sparse']['step_s']:.2f}x   "
+          f"attention memory sparse/dense: {t['sparse']['attn_saved_MB'] / t['dense']['attn_saved_MB']:.2f}")
+    if not args.skip_sampling:
+        results["sample"] = {}
+        for name in ("dense", "sparse"):
+            torch.manual_seed(0)
+            model = AttnStack(patterns[name], args.hidden, args.heads, args.layers).to(device)
+            seconds = best_time(lambda: model.sample(x, layout, pad), 1, device)
+            results["sample"][name] = seconds
+            print(f"sample {name:7s} {layout.target.length} tokens: {seconds:7.2f} s")
+        s = results["sample"]
+        print(f"sampling speed-up dense/sparse: {s['dense'] / s['sparse']:.2f}x")
+    if args.generator:
+        results["generator_sample"] = generator_sampling(args, device, patterns)
+    print(json.dumps(results))
+
+
+def generator_sampling(args, device, patterns) -> dict:
+    """End to end: the project's generator sampling one image per prompt with each pattern."""
+    from vilgkit.models import UnifiedTransformer
+
+    out = {}
+    ids = torch.randint(5, 100, (args.batch, args.text), device=device)
+    for name in ("dense", "sparse"):
+        torch.manual_seed(0)
+        gen = UnifiedTransformer(text_vocab_size=1000, image_vocab_size=1024, hidden_size=args.hidden,
+                                 num_layers=args.layers, num_heads=args.heads, max_text_len=args.text,
+                                 max_image_grid=args.grid, attention=patterns[name]).to(device).eval()
+        fn = lambda: gen.sample_images(ids, (args.grid, args.grid), generator=torch.Generator(device).manual_seed(0))  # noqa: E731
+        out[name] = best_time(fn, 1, device)
+        print(f"generator sample_images {name:7s}: {out[name]:7.2f} s")
+    print(f"generator sampling speed-up dense/sparse: {out['dense'] / out['sparse']:.2f}x")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The demo's quality bar, measured on held-out Shapes scenes with the data set's own scorers.
+
+    python benchmarks/demo_quality.py runs/shapes_tiny [--n 200] [--candidates 8] [--json out.json]
+
+Numbers (issue 6 bar in brackets):
+
+* captions: share of test images whose greedy caption states every object's attributes correctly
+  and mentions nothing extra (``caption_matches_scene(...)["all_correct"]``)            [≥ 90 %]
+* text→image: share of test captions (used as prompts) for which the kept image shows exactly the
+  prompted objects (``image_matches_scene(...)["match"]``), best of N by self-reranking
+  (``log P(prompt | image)`` of the same generator); also the first candidate alone and "any of N"
+  (the reranking ceiling)                                                               [≥ 70 %, N = 8]
+* VQA: exact match of the greedy answer after ``canonical_answer`` normalisation        [≥ 90 %]
+
+The test scenes come from the recipe's data arguments with ``split: test`` (an independent random
+stream: no test scene is a training scene). With the recipe's default ``held_out: []`` there is no
+compositional hold-out; pass ``--compositional`` to also score the data set's compositional test
+split (every scene holds a colour–shape pair never seen in training).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+
+
+def test_set(pipe: Any, n: int, compositional: bool = False, seed: int | None = None):
+    """The held-out split built from the run's recipe ``data`` arguments."""
+    from vilgkit.data.shapes import ShapesDataset
+
+    args = dict((pipe_recipe(pipe).get("data") or {}).get("init_args") or {})
+    args.update(split="test", size=n)
+    if seed is not None:
+        args["seed"] = seed
+    if compositional:
+        args.pop("held_out", None)  # the data set's default compositional hold-out
+    args.pop("cache_mb", None)
+    return ShapesDataset(**{k: v for k, v in args.items() if k != "data"})
+
+
+def pipe_recipe(pipe: Any) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((pipe.run_dir / "recipe.resolved.yaml").read_text())
+
+
+@torch.no_grad()
+def evaluate(pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch: int = 50) -> dict[str, Any]:
+    """Caption accuracy, text→image prompt accuracy (first / reranked / any of N) and VQA exact match."""
+    from vilgkit.data.shapes import caption_matches_scene, canonical_answer, image_matches_scene
+
+    items = [dataset[i] for i in range(len(dataset))]
+    out: dict[str, Any] = {"n": len(items), "candidates": candidates, "seed": seed}
+    t0 = time.perf_counter()
+    caps, answers = [], []
+    for s in range(0, len(items), batch):
+        chunk = items[s : s + batch]
+        images = [it["image"] for it in chunk]
+        caps += pipe.image_to_text(images)
+        answers += pipe.answer(images, [it["question"] for it in chunk])
+    out["caption_all_correct"] = sum(caption_matches_scene(c, it["scene"])["all_correct"] for c, it in zip(caps, items)) / len(items)
+    out["vqa_exact_match"] = sum(
+        canonical_answer(a) == canonical_answer(it["answer"]) for a, it in zip(answers, items)
+    ) / len(items)
+    out["seconds_caption_vqa"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    first = best = anyof = 0
+    for s in range(0, len(items), batch):
+        chunk = items[s : s + batch]
+        codes, ids, mask = pipe.sample_codes([it["caption"] for it in chunk], candidates, seed=seed + s)
+        order = pipe.rerank(codes, ids, mask, candidates, "self") if candidates > 1 else torch.zeros(len(chunk), 1, dtype=torch.long)
+        images = pipe.decode_codes(codes, ids.repeat_interleave(candidates, 0), mask.repeat_interleave(candidates, 0)).cpu()
+        for b, it in enumerate(chunk):
+            ok = [image_matches_scene(images[b * candidates + j], it["scene"])["match"] for j in range(candidates)]
+            first += ok[0]
+            best += ok[int(order[b, 0])]
+            anyof += any(ok)
+    n = len(items)
+    out.update(t2i_first=first / n, t2i_reranked=best / n, t2i_any=anyof / n)
+    out["seconds_t2i"] = time.perf_counter() - t0
+    out["examples"] = [{"caption_true": it["caption"], "caption_generated": c, "question": it["question"],
+                        "answer_true": it["answer"], "answer_generated": a} for it, c, a in list(zip(items, caps, answers))[:5]]  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--stage", default=None)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compositional", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    from vilgkit import Pipeline
+
+    pipe = Pipeline.from_run_dir(args.run_dir, stage=args.stage)
+    results = {"held_out": evaluate(pipe, test_set(pipe, args.n), args.candidates, args.seed)}
+    if args.compositional:
+        results["compositional"] = evaluate(pipe, test_set(pipe, args.n, compositional=True), args.candidates, args.seed)
+    for name, r in results.items():
+        print(f"[{name}] n={r['n']}  captions all-correct {r['caption_all_correct']:.1%}  VQA EM {r['vqa_exact_match']:.1%}  "
+              f"t2i exact objects: first {r['t2i_first']:.1%}, best-of-{r['candidates']} self-reranked {r['t2i_reranked']:.1%}, "
+              f"any {r['t2i_any']:.1%}  ({r['seconds_caption_vqa']:.0f}s + {r['seconds_t2i']:.0f}s)")  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2, ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    main()

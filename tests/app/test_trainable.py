@@ -1,0 +1,75 @@
+"""GeneratorTrainable: raw batches tokenize to the same losses as pre-tokenized ones; the
+end-to-end reconstructor hook adds its loss and trains jointly."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vilgkit.gen_training import GeneratorTrainable, TokenizedDataset, collate_tokenized, tokenize_dataset
+from vilgkit.interfaces import Reconstructor
+
+pytestmark = pytest.mark.slow
+
+
+def _parts(run_dir):
+    from vilgkit import Pipeline
+
+    pipe = Pipeline.from_run_dir(run_dir, stage="train_generator", device="cpu")
+    from vilgkit.data.shapes import ShapesDataset
+
+    data = ShapesDataset(split="train", size=8, image_size=32, max_objects=2, held_out=[])
+    return pipe, data
+
+
+def test_raw_and_pretokenized_batches_give_identical_losses(tiny_run):
+    pipe, data = _parts(tiny_run)
+    module = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, ["txt2img", "img2txt", "vqa"])
+    module.eval()
+    tensors, stats = tokenize_dataset(data, pipe.text_tokenizer, pipe.image_tokenizer, max_text_len=32)
+    assert stats == {"samples": 8, "truncated": 0}
+    tokenized = collate_tokenized([TokenizedDataset(tensors)[i] for i in range(8)])
+    items = [data[i] for i in range(8)]
+    raw = {"image": torch.stack([it["image"] for it in items]),
+           **{k: [it[k] for it in items] for k in ("caption", "question", "answer")}}  # fmt: skip
+    with torch.no_grad():
+        a = module.training_losses(tokenized, "main", 0)
+        b = module.training_losses(raw, "main", 0)
+    assert set(a) == {"txt2img", "img2txt", "vqa", "loss"}
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+class PixelHead(Reconstructor):
+    """A stand-in end-to-end reconstructor: hidden states → one colour per code cell."""
+
+    end_to_end = True
+
+    def __init__(self, hidden: int, cell: int) -> None:
+        super().__init__()
+        self.proj, self.cell = nn.Linear(hidden, 3), cell
+
+    def reconstruct(self, codes, image_hidden=None):
+        h, w = codes.shape[1:]
+        rgb = self.proj(image_hidden).tanh().transpose(1, 2).reshape(-1, 3, h, w)
+        return rgb.repeat_interleave(self.cell, 2).repeat_interleave(self.cell, 3)
+
+    def loss(self, images, codes, image_hidden=None):
+        return {"loss": (self.reconstruct(codes, image_hidden) - images).pow(2).mean()}
+
+
+def test_end_to_end_reconstructor_loss_is_added_and_reaches_the_generator(tiny_run):
+    pipe, data = _parts(tiny_run)
+    rec = PixelHead(pipe.generator.hidden_size, 8)
+    module = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, reconstructor=rec, reconstructor_weight=0.5)
+    assert any(p is rec.proj.weight for p in module.optimizer_groups()["main"])
+    assert not any(p is q for p in module.optimizer_groups()["main"] for q in pipe.image_tokenizer.parameters())
+    items = [data[i] for i in range(4)]
+    batch = {"image": torch.stack([it["image"] for it in items]), "caption": [it["caption"] for it in items]}
+    losses = module.training_losses(batch, "main", 0)
+    torch.testing.assert_close(losses["loss"], losses["txt2img"] + losses["img2txt"] + 0.5 * losses["reconstruct"])
+    losses["loss"].backward()
+    assert rec.proj.weight.grad is not None and pipe.generator.layers[-1].mlp.fc2.weight.grad.abs().sum() > 0
+    # a non-end-to-end reconstructor is ignored by training
+    rec.end_to_end = False
+    assert GeneratorTrainable(pipe.generator, reconstructor=rec).reconstructor is None

@@ -1,0 +1,123 @@
+"""Loss terms and quantiser mechanics against values computed by hand on tiny tensors."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vilgkit_vq.quantizers import VectorQuantizer, codebook_usage, gumbel_temperature, kl_to_uniform, nearest_code
+from vilgkit_vq.vqgan import adaptive_weight, hinge_d_loss, vanilla_d_loss
+
+CODEBOOK = torch.tensor([[0.0, 0.0], [1.0, 1.0], [3.0, 0.0]])
+# three vectors at a 1×3 grid: nearest codes 0, 1, 2 (the last is 1 from [3,0] and √2 from [1,1])
+Z = torch.tensor([[0.2, 0.1], [0.9, 1.2], [2.0, 0.0]]).t().reshape(1, 2, 1, 3)
+
+
+def _quantizer(**kw) -> VectorQuantizer:
+    vq = VectorQuantizer(3, 2, **kw)
+    vq.embedding.weight.data.copy_(CODEBOOK)
+    if vq.ema:  # the EMA state starts as "each code seen once at its own position"
+        vq.ema_sum.copy_(CODEBOOK)
+    return vq
+
+
+def test_nearest_code_and_loss_terms_by_hand():
+    vq = _quantizer(beta=0.25)
+    out = vq(Z.clone().requires_grad_(True))
+    assert out.codes.tolist() == [[[0, 1, 2]]]
+    # squared errors per element: (0.04, 0.01), (0.01, 0.04), (1.0, 0.0) → mean 1.10 / 6
+    mse = (0.04 + 0.01 + 0.01 + 0.04 + 1.0 + 0.0) / 6
+    assert out.losses["codebook"].item() == pytest.approx(mse, rel=1e-6)
+    assert out.losses["commit"].item() == pytest.approx(0.25 * mse, rel=1e-6)
+    assert torch.allclose(out.z_q, CODEBOOK.t().reshape(1, 2, 1, 3))  # forward value is the code
+    assert nearest_code(torch.tensor([[2.1, 0.3]]), CODEBOOK).tolist() == [2]
+
+
+def test_loss_gradients_go_where_eq1_says():
+    """codebook term moves only the codebook; commitment only the encoder output."""
+    vq = _quantizer(beta=0.25)
+    z = Z.clone().requires_grad_(True)
+    vq(z).losses["codebook"].backward()
+    assert z.grad is None or torch.count_nonzero(z.grad) == 0
+    # d/de mean((e - z)^2) = 2 (e - z) / 6 for the assigned rows
+    expect = 2 * (CODEBOOK - Z.reshape(2, 3).t()) / 6
+    assert torch.allclose(vq.embedding.weight.grad, expect, atol=1e-6)
+    vq.zero_grad()
+    z = Z.clone().requires_grad_(True)
+    vq(z).losses["commit"].backward()
+    assert vq.embedding.weight.grad is None or torch.count_nonzero(vq.embedding.weight.grad) == 0
+    assert torch.allclose(z.grad, 0.25 * 2 * (Z - CODEBOOK.t().reshape(1, 2, 1, 3)) / 6, atol=1e-6)
+
+
+def test_straight_through_gradient_is_identity():
+    vq = _quantizer()
+    z = Z.clone().requires_grad_(True)
+    weights = torch.randn_like(Z)
+    (vq(z).z_q * weights).sum().backward()
+    assert torch.allclose(z.grad, weights)
+
+
+def test_codebook_usage_by_hand():
+    stats = codebook_usage(torch.tensor([0, 0, 1, 1]), 4)
+    assert stats["perplexity"].item() == pytest.approx(2.0)
+    assert stats["usage"].item() == pytest.approx(0.5)
+    stats = codebook_usage(torch.tensor([[3, 3], [3, 3]]), 8)
+    assert stats["perplexity"].item() == pytest.approx(1.0) and stats["usage"].item() == pytest.approx(1 / 8)
+
+
+def test_ema_update_by_hand():
+    """One EMA step with decay 0.5: count and sum move half-way, the code becomes their ratio."""
+    vq = _quantizer(ema=True, ema_decay=0.5)
+    assert not vq.embedding.weight.requires_grad
+    vq.train()
+    out = vq(Z)
+    assert "codebook" not in out.losses
+    assert torch.allclose(vq.ema_count, torch.tensor([1.0, 1.0, 1.0]))  # 0.5·1 + 0.5·1 each
+    expect_sum = 0.5 * CODEBOOK + 0.5 * Z.reshape(2, 3).t()
+    assert torch.allclose(vq.ema_sum, expect_sum)
+    n = 3.0
+    smoothed = (torch.ones(3) + 1e-5) / (n + 3e-5) * n
+    assert torch.allclose(vq.embedding.weight, expect_sum / smoothed[:, None], atol=1e-6)
+
+
+def test_dead_codes_are_restarted_to_encoder_outputs():
+    vq = _quantizer(restart_dead_codes=True, dead_code_threshold=0.5, usage_decay=0.5)
+    vq.embedding.weight.data[2] = torch.tensor([100.0, 100.0])  # never the nearest: dead
+    z = Z[..., :2].clone()  # only codes 0 and 1 are ever used
+    vq.train()
+    for _ in range(2):
+        vq(z)
+    restarted = vq.embedding.weight.data[2]
+    candidates = z.reshape(2, 2).t()
+    assert any(torch.allclose(restarted, c) for c in candidates)
+
+
+def test_kl_to_uniform_by_hand():
+    assert kl_to_uniform(torch.zeros(2, 5, 1, 1)).item() == pytest.approx(0.0, abs=1e-7)
+    logits = torch.tensor([math.log(3.0), 0.0]).reshape(1, 2, 1, 1)  # q = (0.75, 0.25)
+    expect = 0.75 * math.log(0.75 * 2) + 0.25 * math.log(0.25 * 2)
+    assert kl_to_uniform(logits).item() == pytest.approx(expect, rel=1e-6)
+
+
+def test_gumbel_temperature_schedule():
+    assert gumbel_temperature(0, 1.0, 1 / 16, 100) == pytest.approx(1.0)
+    assert gumbel_temperature(50, 1.0, 1 / 16, 100) == pytest.approx(0.25)
+    assert gumbel_temperature(1000, 1.0, 1 / 16, 100) == pytest.approx(1 / 16)
+    assert gumbel_temperature(5, 1.0, 0.5, 0) == pytest.approx(0.5)
+
+
+def test_gan_losses_by_hand():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    # relu(1 - real) = (0, 0.5) → 0.25; relu(1 + fake) = (0, 1) → 0.5; half the sum
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.375)
+    expect = 0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean())
+    assert vanilla_d_loss(real, fake).item() == pytest.approx(expect.item())
+
+
+def test_adaptive_weight_is_grad_norm_ratio():
+    last = torch.tensor([1.0, 2.0], requires_grad=True)
+    a, b = torch.tensor([3.0, 4.0]), torch.tensor([0.0, 2.0])
+    nll, g = (last * a).sum(), (last * b).sum()  # gradients a (norm 5) and b (norm 2)
+    w = adaptive_weight(nll, g, last, scale=0.8)
+    assert w.item() == pytest.approx(0.8 * 5.0 / (2.0 + 1e-4), rel=1e-6)
+    assert not w.requires_grad

@@ -1,0 +1,334 @@
+"""``vilgkit.Pipeline``: the trained model as a Python API (text → image, image → text, VQA).
+
+Load it from a run directory — the resolved recipe rebuilds the components, the generator stage's
+``generator.json`` says where the tokenizers came from::
+
+    from vilgkit import Pipeline
+    pipe = Pipeline.from_run_dir("runs/shapes_tiny")
+    images = pipe.text_to_image(["a large red circle in the centre"], num_candidates=8, reranker="self", seed=0)
+    captions = pipe.image_to_text(images)
+    answers = pipe.answer(images, ["what colour is the circle?"])
+
+Bad input gets an :class:`~vilgkit.batching.InputError` before the model runs: an empty prompt, a
+prompt longer than the text budget (unless ``truncate=True``: then the first ``max_text_len - 2``
+tokens are kept), an unreadable image file. Images of another size are centre-cropped to a square
+and resized to the model's image size.
+
+Shapes (dimension key): B prompts/images, N candidates per prompt, L text length, h/w code grid.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from PIL import Image
+
+from vilgkit.batching import InputError, encode_texts, load_images, to_pil
+from vilgkit.errors import VilgkitError
+from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, RunContext, TextTokenizer
+from vilgkit.interfaces.reranker import Reranker, RerankInputs
+
+
+class Pipeline:
+    """Inference on a trained generator with its tokenizers.
+
+    Args:
+        generator: the trained unified transformer.
+        text_tokenizer: the fitted text tokenizer it was trained with.
+        image_tokenizer: the trained image tokenizer (codes ⇄ pixels).
+        grid: the code grid ``(h, w)`` the generator was trained on.
+        reconstructor: optional; an end-to-end reconstructor decodes from the generator's hidden
+            states, otherwise images are decoded with ``image_tokenizer.decode``.
+        device: where to run (``"auto"``: CUDA if available).
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        text_tokenizer: TextTokenizer,
+        image_tokenizer: ImageTokenizer,
+        grid: tuple[int, int],
+        reconstructor: Reconstructor | None = None,
+        device: str | torch.device = "auto",
+    ) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.generator = generator.to(self.device).eval()
+        self.text_tokenizer = text_tokenizer
+        self.image_tokenizer = image_tokenizer.to(self.device).eval()
+        self.reconstructor = reconstructor.to(self.device).eval() if reconstructor is not None else None
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.image_size = self.grid[0] * image_tokenizer.downsample
+        self.max_text_len = int(generator.max_text_len)
+        self.run_dir: Path | None = None
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, stage: str | None = None, device: str = "auto") -> "Pipeline":
+        """Rebuild the pipeline from a finished run.
+
+        Args:
+            run_dir: the run directory (holds ``recipe.resolved.yaml`` and the stage folders).
+            stage: the generator stage to load (default: the last stage of the recipe that saved a
+                generator, e.g. ``finetune_vqa`` after ``train_generator``).
+            device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        """
+        from safetensors.torch import load_file
+
+        from vilgkit.components import ComponentStore
+        from vilgkit.engine.runner import RESOLVED_RECIPE
+        from vilgkit.stages.train_generator import GENERATOR_FILE, MANIFEST_FILE, RECONSTRUCTOR_FILE, load_generator_weights
+
+        run_dir = Path(run_dir)
+        recipe_path = run_dir / RESOLVED_RECIPE
+        if not recipe_path.is_file():
+            raise VilgkitError(f"{run_dir} is not a vilgkit run directory (no {RESOLVED_RECIPE})")
+        recipe = {k: v for k, v in (yaml.safe_load(recipe_path.read_text()) or {}).items() if k != "_versions"}
+        stage_dir = run_dir / stage if stage else _last_generator_stage(run_dir, recipe, GENERATOR_FILE)
+        if stage_dir is None or not (stage_dir / GENERATOR_FILE).is_file():
+            raise VilgkitError(f"no trained generator in {run_dir}{'/' + stage if stage else ''}: run the train_generator stage first")
+        manifest = json.loads((stage_dir / MANIFEST_FILE).read_text())
+        ctx = RunContext(run_dir=run_dir, components=ComponentStore(recipe), recipe=recipe, seed=int(recipe.get("seed", 0)))
+        from vilgkit.stages.train_generator import _load_tokenizers
+
+        text_tok, image_tok = _load_tokenizers(ctx, _abs(manifest["text_tokenizer"], run_dir), _abs(manifest["image_tokenizer"], run_dir))
+        generator = ctx.components.build("generator")
+        load_generator_weights(generator, stage_dir)
+        reconstructor = None
+        if recipe.get("reconstructor") is not None:  # the recipe picks how codes become pixels
+            reconstructor = ctx.components.build("reconstructor")
+            if callable(getattr(reconstructor, "attach", None)):  # hand over the trained tokenizer
+                reconstructor.attach(image_tok, int(generator.hidden_size))
+            if reconstructor.end_to_end:
+                if not (stage_dir / RECONSTRUCTOR_FILE).is_file():
+                    raise VilgkitError(f"the recipe's reconstructor is end-to-end but {stage_dir} has no "
+                                       f"{RECONSTRUCTOR_FILE}: that generator was trained without it")
+                reconstructor.load_state_dict(load_file(str(stage_dir / RECONSTRUCTOR_FILE)))
+        pipe = cls(generator, text_tok, image_tok, tuple(manifest["grid"]), reconstructor, device)
+        pipe.run_dir = run_dir
+        pipe.stage_dir = stage_dir
+        return pipe
+
+    # ------------------------------------------------------------------ text → image
+
+    @torch.no_grad()
+    def sample_codes(
+        self,
+        prompts: Sequence[str],
+        num_candidates: int = 1,
+        *,
+        seed: int | None = 0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        truncate: bool = False,
+        batch_size: int = 16,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample codes for every prompt: ``codes Long[B*N, h, w]`` (candidate-major per prompt),
+        plus the prompts' ``ids``/``mask`` (``[B, L]``)."""
+        if num_candidates < 1:
+            raise InputError(f"num_candidates must be at least 1, got {num_candidates}")
+        ids, mask, _ = encode_texts(self.text_tokenizer, prompts, self.max_text_len, truncate=truncate)
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(0 if seed is None else int(seed))
+        chunks = []
+        for start in range(0, len(ids), batch_size):
+            chunk_ids = ids[start : start + batch_size].to(self.device)
+            chunk_mask = mask[start : start + batch_size].to(self.device)
+            chunks.append(
+                self.generator.sample_images(
+                    chunk_ids, chunk_mask, grid=self.grid, num_candidates=num_candidates, temperature=temperature,
+                    top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, generator=rng,
+                )  # fmt: skip
+            )
+        return torch.cat(chunks), ids, mask
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor, text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes ``[B, h, w]`` → images ``[B, 3, H, W]`` in [-1, 1] (end-to-end reconstructors use the
+        generator's hidden states for the prompts ``text_ids``)."""
+        codes = codes.to(self.device)
+        if self.reconstructor is not None and self.reconstructor.end_to_end:
+            hidden = self.generator.image_hidden_states(text_ids.to(self.device), text_mask.to(self.device), codes)
+            return self.reconstructor.reconstruct(codes, hidden).float()
+        if self.reconstructor is not None:
+            return self.reconstructor.reconstruct(codes).float()
+        return self.image_tokenizer.decode(codes).float()
+
+    def rerank(self, codes: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, num_candidates: int,
+               reranker: Any, prompts: Sequence[str] | None = None) -> torch.Tensor:
+        """Candidates of each prompt sorted best first, ``Long[B, N]``.
+
+        ``reranker`` is ``"self"`` (``log P(prompt | candidate)`` from this generator, batched over all
+        candidates) or a :class:`~vilgkit.interfaces.Reranker`.
+        """
+        if reranker == "self":
+            rep_ids = ids.repeat_interleave(num_candidates, dim=0).to(self.device)
+            rep_mask = mask.repeat_interleave(num_candidates, dim=0).to(self.device)
+            scores = torch.cat([
+                self.generator.text_log_likelihood(codes[i : i + 64].to(self.device), rep_ids[i : i + 64], rep_mask[i : i + 64])
+                for i in range(0, len(codes), 64)
+            ]).float().cpu().view(len(ids), num_candidates)  # fmt: skip
+            return torch.argsort(scores, dim=1, descending=True, stable=True)
+        images = self.decode_codes(codes, ids.repeat_interleave(num_candidates, 0), mask.repeat_interleave(num_candidates, 0)) if reranker.needs_images else None
+        inputs = RerankInputs(num_candidates=num_candidates, codes=codes.to(self.device), text_ids=ids.to(self.device),
+                              text_mask=mask.to(self.device), prompts=list(prompts or []), images=images,
+                              generator=self.generator)  # fmt: skip
+        return reranker.rerank(inputs).order
+
+    def text_to_image(
+        self,
+        prompts: Sequence[str],
+        num_candidates: int = 1,
+        reranker: Any = None,
+        seed: int | None = 0,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        truncate: bool = False,
+        return_all: bool = False,
+    ) -> list[Image.Image] | list[list[Image.Image]]:
+        """Generate one image per prompt (the best of ``num_candidates``).
+
+        Args:
+            prompts: the texts.
+            num_candidates: candidates sampled per prompt (in one batch through the KV cache).
+            reranker: how to pick the best candidate: ``None`` (the first), ``"self"`` (highest
+                ``log P(prompt | image)`` from the same generator), a registered reranker's name
+                (``RERANKERS``) or a :class:`~vilgkit.interfaces.Reranker`.
+            seed: sampling seed (the same seed gives the same images).
+            temperature, top_k, top_p, cfg_scale: sampling settings.
+            truncate: cut over-long prompts instead of raising.
+            return_all: return every candidate per prompt, best first.
+        """
+        reranker = self._resolve_reranker(reranker)
+        codes, ids, mask = self.sample_codes(prompts, num_candidates, seed=seed, temperature=temperature, top_k=top_k,
+                                             top_p=top_p, cfg_scale=cfg_scale, truncate=truncate)  # fmt: skip
+        order = torch.arange(num_candidates).expand(len(ids), num_candidates)
+        if reranker is not None and num_candidates > 1:
+            order = self.rerank(codes, ids, mask, num_candidates, reranker, prompts)
+        flat = (order + torch.arange(len(ids))[:, None] * num_candidates).flatten()
+        picked = codes[flat.to(codes.device)] if return_all else codes[(order[:, 0] + torch.arange(len(ids)) * num_candidates).to(codes.device)]
+        rep = num_candidates if return_all else 1
+        images = to_pil(self.decode_codes(picked, ids.repeat_interleave(rep, 0), mask.repeat_interleave(rep, 0)).cpu())
+        if return_all:
+            return [images[i * num_candidates : (i + 1) * num_candidates] for i in range(len(ids))]
+        return images
+
+    def _resolve_reranker(self, reranker: Any) -> Any:
+        if reranker is None or reranker == "self" or isinstance(reranker, Reranker):
+            return reranker
+        if isinstance(reranker, str):
+            from vilgkit.plugins import get_plugin_manager
+            from vilgkit.registry import RERANKERS
+
+            get_plugin_manager()  # rerankers live in plugins
+            if reranker not in RERANKERS.names():
+                raise InputError(f"unknown reranker {reranker!r}; use 'self' or one of {RERANKERS.names()}")
+            return RERANKERS.get(reranker)()
+        raise InputError(f"reranker must be None, 'self', a reranker name or a Reranker, got {type(reranker).__name__}")
+
+    # ------------------------------------------------------------------ image → text
+
+    def encode_images(self, images: Sequence[Any]) -> torch.Tensor:
+        """Images (paths, PIL, arrays, tensors) → codes ``[B, h, w]``."""
+        pixels = load_images(images, self.image_size).to(self.device)
+        with torch.no_grad():
+            return self.image_tokenizer.encode(pixels)
+
+    @torch.no_grad()
+    def image_to_text(
+        self,
+        images: Sequence[Any],
+        *,
+        method: str = "greedy",
+        num_beams: int = 4,
+        max_length: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = 0,
+    ) -> list[str]:
+        """Caption each image (greedy, beam search or sampling; at most ``max_length`` tokens)."""
+        codes = self.encode_images(images)
+        out = self.generator.generate_text(
+            codes, max_length=self._max_length(max_length), method=method, num_beams=num_beams,
+            temperature=temperature, top_k=top_k, top_p=top_p, generator=self._rng(seed),
+        )  # fmt: skip
+        return self.decode_text(out)
+
+    @torch.no_grad()
+    def answer(
+        self,
+        images: Sequence[Any],
+        questions: Sequence[str],
+        *,
+        method: str = "greedy",
+        num_beams: int = 4,
+        max_length: int | None = None,
+        truncate: bool = False,
+    ) -> list[str]:
+        """Answer one question per image (a single image is shared by all questions)."""
+        if isinstance(questions, str):
+            raise InputError("expected a list of questions, got a single string; wrap it in a list")
+        images = list(images)
+        if len(images) == 1 and len(questions) > 1:
+            images = images * len(questions)
+        if len(images) != len(questions):
+            raise InputError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
+        codes = self.encode_images(images)
+        q_ids, q_mask, _ = encode_texts(self.text_tokenizer, questions, self.max_text_len, truncate=truncate, what="question")
+        out = self.generator.generate_text(
+            codes, max_length=self._max_length(max_length), method=method, num_beams=num_beams,
+            question_ids=q_ids.to(self.device), question_mask=q_mask.to(self.device),
+        )  # fmt: skip
+        return self.decode_text(out)
+
+    def decode_text(self, ids: list[list[int]]) -> list[str]:
+        """Generated id lists → strings.
+
+        The generator's text vocabulary is the tokenizer's *maximum* size (a recipe value), the
+        fitted vocabulary may be smaller; ids past it never occur in training targets, so a trained
+        model all but never emits them — any that appear are dropped rather than failing decoding.
+        """
+        size = self.text_tokenizer.vocab_size
+        return self.text_tokenizer.decode([[i for i in row if i < size] for row in ids])
+
+    def _max_length(self, max_length: int | None) -> int:
+        limit = self.max_text_len
+        if max_length is None:
+            return limit
+        if not 1 <= max_length <= limit:
+            raise InputError(f"max_length must be between 1 and the text budget {limit}, got {max_length}")
+        return int(max_length)
+
+    def _rng(self, seed: int | None) -> torch.Generator | None:
+        return None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
+
+
+def _abs(path: str, run_dir: Path) -> str:
+    p = Path(path)
+    return str(p if p.is_absolute() else run_dir / p)
+
+
+def _last_generator_stage(run_dir: Path, recipe: dict[str, Any], filename: str) -> Path | None:
+    """The last stage (in recipe order) whose folder holds a trained generator."""
+    from vilgkit.interfaces.stage import _snake
+
+    names = []
+    for node in recipe.get("stages") or []:
+        init = node.get("init_args") or {}
+        names.append(init.get("name") or _snake(node["class_path"].rpartition(".")[2]))
+    found = [run_dir / n for n in names if (run_dir / n / filename).is_file()]
+    if found:
+        return found[-1]
+    others = sorted(p.parent for p in run_dir.glob(f"*/{filename}"))
+    return others[-1] if others else None

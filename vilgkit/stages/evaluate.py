@@ -1,0 +1,221 @@
+"""The ``Evaluate`` stage: score a trained run on held-out data and write ``eval.json`` + ``report.html``.
+
+A recipe's last stage, e.g.::
+
+    - class_path: Evaluate
+      init_args:
+        metrics: [shapes, caption, vqa, fid]
+        num_samples: 200
+        num_candidates: 8
+        reranker: {class_path: SelfReranker}
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from vilgkit.interfaces import Reranker, RunContext, Stage
+from vilgkit.registry import STAGES
+
+SHAPES_FEATURES_DIR = "shapes_features"
+
+
+def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") -> tuple[Any, dict[str, Any]]:
+    """The recipe's data class on its ``split`` split (when it has splits), sized ``num_samples``."""
+    from vilgkit.recipe import instantiate
+
+    node = copy.deepcopy(ctx.recipe.get("data"))
+    if node is None:
+        raise KeyError("Evaluate needs evaluation data: give `data` or define the recipe's `data`")
+    module_name, _, attr = node["class_path"].rpartition(".")
+    import importlib
+
+    params = inspect.signature(getattr(importlib.import_module(module_name), attr).__init__).parameters
+    init = node.setdefault("init_args", {}) or {}
+    node["init_args"] = init
+    if "split" in params:
+        init["split"] = split
+    if "size" in params:
+        init["size"] = num_samples
+    return instantiate(node), node
+
+
+def shapes_feature_weights(run_dir: Path, image_size: int, log=print) -> str:
+    """The run's Shapes FID extractor (``run_dir/shapes_features``), trained there on first use."""
+    from vilgkit.metrics.shapes_features import WEIGHTS_FILE, train_shapes_feature_extractor
+
+    directory = run_dir / SHAPES_FEATURES_DIR
+    if not (directory / WEIGHTS_FILE).is_file():
+        log(f"evaluate: training the Shapes FID feature extractor into {directory} (once per run)")
+        train_shapes_feature_extractor(image_size=image_size, out_dir=directory, log=log)
+    return str(directory)
+
+
+@STAGES.register_module()
+class Evaluate(Stage):
+    """Evaluate the run's generator in both directions (and VQA) with the selected metrics.
+
+    Args:
+        name: stage name and output folder (default ``evaluate``).
+        metrics: any of ``shapes``, ``caption``, ``vqa``, ``fid``.
+        generator_from: the generator stage to evaluate (default: the last one that saved a generator).
+        data: evaluation data (default: the recipe's data class on its ``test`` split).
+        num_samples: items evaluated.
+        batch_size: prompts / images per generation batch.
+        num_candidates: images sampled per prompt; the reranker keeps one.
+        reranker: e.g. ``{class_path: SelfReranker}`` (default: keep the first candidate).
+        temperature, top_k, top_p, cfg_scale: image sampling settings.
+        caption_method, num_beams: caption decoding.
+        fid_extractor: ``shapes`` (trained on first use, no download) or ``inception``.
+        fid_weights: the extractor's weights (Inception file / Shapes extractor directory).
+        report_examples: samples per task shown in the report.
+        seed: base sampling seed (default: the run's seed).
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        metrics: list[str] | None = None,
+        generator_from: str | None = None,
+        data: Dataset | None = None,
+        num_samples: int = 200,
+        batch_size: int = 16,
+        num_candidates: int = 8,
+        reranker: Reranker | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float = 1.0,
+        caption_method: str = "greedy",
+        num_beams: int = 4,
+        fid_extractor: str = "shapes",
+        fid_weights: str | None = None,
+        report_examples: int = 8,
+        seed: int | None = None,
+        device: str = "auto",
+    ) -> None:
+        super().__init__(name)
+        from vilgkit.metrics import METRIC_KEYS
+
+        self.metrics = list(metrics or ["shapes", "caption", "vqa", "fid"])
+        unknown = [m for m in self.metrics if m not in METRIC_KEYS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; choose from {sorted(METRIC_KEYS)}")
+        if num_samples <= 0 or batch_size <= 0 or num_candidates <= 0:
+            raise ValueError("num_samples, batch_size and num_candidates must be positive")
+        if fid_extractor not in ("shapes", "inception"):
+            raise ValueError(f"fid_extractor must be 'shapes' or 'inception', got {fid_extractor!r}")
+        self.generator_from, self.data = generator_from, data
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.reranker = reranker
+        from vilgkit.metrics.harness import SamplingSettings
+
+        self.sampling = SamplingSettings(num_candidates=num_candidates, temperature=temperature, top_k=top_k, top_p=top_p,
+                                         cfg_scale=cfg_scale, caption_method=caption_method, num_beams=num_beams)  # fmt: skip
+        self.fid_extractor, self.fid_weights = fid_extractor, fid_weights
+        self.report_examples, self.seed, self.device = report_examples, seed, device
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from vilgkit.engine.runner import is_main_process
+
+        if not is_main_process():  # under torchrun the main rank evaluates; the others wait at the runner's barrier
+            return {}
+        return run_evaluation(
+            ctx.run_dir, ctx.stage_dir(self.name), metrics=self.metrics, stage=self.generator_from,
+            data=self.data, recipe=ctx.recipe, num_samples=self.num_samples, batch_size=self.batch_size,
+            sampling=self.sampling, reranker=self.reranker, seed=ctx.seed if self.seed is None else self.seed,
+            fid_extractor=self.fid_extractor, fid_weights=self.fid_weights, report_examples=self.report_examples,
+            device=self.device,
+        )["metrics"]  # fmt: skip
+
+
+def run_evaluation(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    metrics: list[str],
+    stage: str | None = None,
+    data: Any = None,
+    recipe: dict[str, Any] | None = None,
+    num_samples: int = 200,
+    batch_size: int = 16,
+    sampling: Any = None,
+    reranker: Reranker | None = None,
+    seed: int = 0,
+    fid_extractor: str = "shapes",
+    fid_weights: str | None = None,
+    report_examples: int = 8,
+    device: str = "auto",
+    log=print,
+) -> dict[str, Any]:
+    """Load the run's pipeline, pick the data and FID weights, and run the harness (stage and CLI)."""
+    import yaml
+
+    from vilgkit import Pipeline
+    from vilgkit.engine.runner import RESOLVED_RECIPE
+    from vilgkit.metrics.harness import evaluate, file_fingerprint
+    from vilgkit.stages.train_generator import GENERATOR_FILE, MANIFEST_FILE
+
+    run_dir = Path(run_dir)
+    pipe = Pipeline.from_run_dir(run_dir, stage=stage, device=device)
+    if recipe is None:
+        recipe = {k: v for k, v in yaml.safe_load((run_dir / RESOLVED_RECIPE).read_text()).items() if k != "_versions"}
+    ctx = RunContext(run_dir=run_dir, components={}, recipe=recipe)
+    data_node: Any = "given by the caller"
+    if data is None:
+        data, data_node = default_eval_data(ctx, num_samples)
+    if "fid" in metrics and fid_extractor == "shapes" and fid_weights is None:
+        fid_weights = shapes_feature_weights(run_dir, pipe.image_size, log=log)
+    manifest_path = pipe.stage_dir / MANIFEST_FILE
+    checkpoint = {
+        **file_fingerprint(pipe.stage_dir / GENERATOR_FILE),
+        "stage_dir": str(pipe.stage_dir),
+        "manifest": json.loads(manifest_path.read_text()) if manifest_path.is_file() else None,
+    }
+    return evaluate(
+        pipe, data, metrics=metrics, out_dir=out_dir, num_samples=num_samples, batch_size=batch_size,
+        sampling=sampling, reranker=reranker, seed=seed, fid_extractor=fid_extractor, fid_weights=fid_weights,
+        report_examples=report_examples, log=log,
+        extra_record={"checkpoint": checkpoint, "data": data_node, "run_dir": str(run_dir), "metrics_selected": metrics},
+    )  # fmt: skip
+
+
+@STAGES.register_module()
+class TrainShapesFeatures(Stage):
+    """Train the Shapes FID feature extractor and save it (``shapes_features.safetensors`` + JSON).
+
+    Evaluate trains one on demand into ``run_dir/shapes_features``; this stage makes it explicit (and
+    lets other stages, e.g. the reconstruction ablation, point ``fid_weights`` at its folder).
+
+    Args:
+        name: stage name and output folder (default ``train_shapes_features``).
+        image_size: Shapes render size (use the run's image size).
+        steps, batch_size, lr: optimisation (AdamW, one-cycle schedule).
+        seed: scene and initialisation seed.
+    """
+
+    def __init__(self, name: str | None = None, image_size: int = 64, steps: int = 500, batch_size: int = 64,
+                 lr: float = 3e-3, seed: int = 0) -> None:  # fmt: skip
+        super().__init__(name)
+        if image_size < 12 or steps <= 0 or batch_size <= 0 or lr <= 0:
+            raise ValueError("image_size ≥ 12 and positive steps, batch_size, lr are required")
+        self.image_size, self.steps, self.batch_size, self.lr, self.seed = image_size, steps, batch_size, lr, seed
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from vilgkit.engine.runner import is_main_process
+        from vilgkit.metrics.shapes_features import train_shapes_feature_extractor
+
+        if not is_main_process():  # one writer; the others wait at the runner's barrier
+            return {}
+
+        _, metrics = train_shapes_feature_extractor(
+            image_size=self.image_size, steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            out_dir=ctx.stage_dir(self.name),
+        )  # fmt: skip
+        return metrics

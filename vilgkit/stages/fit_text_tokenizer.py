@@ -1,0 +1,99 @@
+"""``FitTextTokenizer``: fit the recipe's text tokenizer on the data's texts and save it.
+
+Later stages call :func:`load_text_tokenizer` to get the fitted tokenizer back, either from this
+run (a stage name) or from any directory a previous run wrote.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from torch.utils.data import Dataset, IterableDataset
+
+from vilgkit.interfaces import RunContext, Stage, TextTokenizer
+from vilgkit.registry import STAGES
+
+DEFAULT_FIELDS = ("caption", "question", "answer")
+SUMMARY_FILE = "fit_summary.json"
+
+
+def corpus_from_dataset(dataset: Any, fields: Iterable[str] = DEFAULT_FIELDS, limit: int | None = None) -> Iterator[str]:
+    """The texts of a data set, for tokenizer fitting.
+
+    A data set with an ``iter_texts(limit)`` method (Shapes: every caption phrasing and every QA
+    pair; the real-data readers: captions without decoding images) is asked directly; otherwise
+    the given fields of each sample are read (strings, or lists of strings).
+    """
+    if hasattr(dataset, "iter_texts"):
+        yield from dataset.iter_texts(limit)
+        return
+    items = iter(dataset) if isinstance(dataset, IterableDataset) else (dataset[i] for i in range(len(dataset)))
+    for item in itertools.islice(items, limit):
+        for field in fields:
+            value = item.get(field)
+            if isinstance(value, str):
+                yield value
+            elif isinstance(value, (list, tuple)):
+                yield from (v for v in value if isinstance(v, str))
+
+
+@STAGES.register_module()
+class FitTextTokenizer(Stage):
+    """Fit the recipe's ``text_tokenizer`` on captions, questions and answers; save it.
+
+    Args:
+        name: stage name and output folder (default ``fit_text_tokenizer``).
+        data: the data set to read texts from (default: the recipe's ``data``).
+        fields: sample fields that hold text (used for data sets without ``iter_texts``).
+        max_samples: read at most this many samples (default: all).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        data: Dataset | None = None,
+        fields: list[str] | None = None,
+        max_samples: int | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.data = data
+        self.fields = list(fields) if fields is not None else list(DEFAULT_FIELDS)
+        self.max_samples = max_samples
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        tokenizer: TextTokenizer = ctx.component("text_tokenizer")
+        out = ctx.stage_dir(self.name)
+        if ctx.resume and (out / SUMMARY_FILE).is_file():
+            tokenizer.load(out)  # already fitted by the interrupted run: reuse it unchanged
+            return json.loads((out / SUMMARY_FILE).read_text())
+        dataset = self.data if self.data is not None else ctx.component("data")
+        corpus = list(corpus_from_dataset(dataset, self.fields, self.max_samples))
+        if not corpus:
+            raise ValueError(f"stage {self.name}: the data set yielded no text in fields {self.fields}")
+        tokenizer.fit(corpus)
+        tokenizer.save(out)
+        summary = {"texts": len(corpus), "vocab_size": tokenizer.vocab_size, "directory": str(out)}
+        if hasattr(tokenizer, "fingerprint"):
+            summary["fingerprint"] = tokenizer.fingerprint()
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def load_text_tokenizer(ctx: RunContext, source: str = "fit_text_tokenizer") -> TextTokenizer:
+    """Load a saved text tokenizer into ``ctx.components["text_tokenizer"]`` and return it.
+
+    Args:
+        ctx: the run context (its recipe must define ``text_tokenizer``: the class to rebuild).
+        source: a stage name of this run or a directory written by ``TextTokenizer.save``.
+    """
+    directory = ctx.source_dir(source)
+    components = ctx.components
+    tokenizer: TextTokenizer = components.build("text_tokenizer") if hasattr(components, "build") else ctx.component("text_tokenizer")
+    tokenizer.load(directory)
+    if hasattr(components, "set"):
+        components.set("text_tokenizer", tokenizer)
+    else:
+        components["text_tokenizer"] = tokenizer
+    return tokenizer

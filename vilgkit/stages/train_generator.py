@@ -1,0 +1,288 @@
+"""``TrainGenerator`` and ``FinetuneVQA``: train the unified transformer through the Trainer.
+
+Both stages load the fitted text tokenizer and the trained (frozen) image tokenizer from earlier
+stages, tokenize the data set once (:func:`vilgkit.gen_training.tokenize_dataset`, cached in the
+stage folder), train the requested directions on every batch, write periodic sample grids, and save
+what :class:`vilgkit.Pipeline` needs into the stage folder:
+
+* ``generator.safetensors`` — the generator's weights (``reconstructor.safetensors`` too when the
+  reconstructor is trained end to end);
+* ``generator.json`` — the manifest: where the tokenizers came from, the code grid, the image size,
+  the text budget, the trained directions and the final metrics.
+
+Text rows are ``[BOS] ids… [EOS]`` padded with the tokenizer's pad id; texts longer than the
+generator's ``max_text_len`` (BOS and EOS included) are truncated, and their number is logged.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from vilgkit.engine.config import TrainerConfig, coerce_config
+from vilgkit.errors import VilgkitError
+from vilgkit.gen_training import (
+    GeneratorTrainable,
+    SampleGrids,
+    TokenizedDataset,
+    collate_tokenized,
+    dataset_fingerprint,
+    tokenize_dataset,
+)
+from vilgkit.interfaces import RunContext, Stage
+from vilgkit.registry import STAGES
+
+GENERATOR_FILE = "generator.safetensors"
+RECONSTRUCTOR_FILE = "reconstructor.safetensors"
+MANIFEST_FILE = "generator.json"
+TOKENIZED_FILE = "tokenized.safetensors"
+
+Direction = Literal["txt2img", "img2txt", "vqa"]
+
+
+def _load_tokenizers(ctx: RunContext, text_from: str, image_from: str):
+    """The fitted text tokenizer and trained image tokenizer from earlier stages (or paths)."""
+    from vilgkit.stages.fit_text_tokenizer import load_text_tokenizer
+    from vilgkit.stages.train_tokenizer import load_image_tokenizer
+
+    return load_text_tokenizer(ctx, text_from), load_image_tokenizer(ctx, image_from)
+
+
+def check_special_ids(generator: Any, text_tokenizer: Any) -> None:
+    """The generator frames texts with the tokenizer's special ids; a mismatch is a recipe error."""
+    pairs = {name: (getattr(generator, name, None), getattr(text_tokenizer, name)) for name in ("pad_id", "bos_id", "eos_id")}
+    bad = {k: v for k, v in pairs.items() if v[0] is not None and v[0] != v[1]}
+    if bad:
+        detail = ", ".join(f"{k}: generator {g} vs tokenizer {t}" for k, (g, t) in bad.items())
+        raise VilgkitError(f"the generator's special ids differ from the text tokenizer's ({detail}); set them in the recipe")
+    if text_tokenizer.vocab_size > generator.text_vocab_size:
+        raise VilgkitError(
+            f"the text tokenizer has {text_tokenizer.vocab_size} ids but the generator only "
+            f"{generator.text_vocab_size}; raise text_tokenizer.init_args.vocab_size"
+        )
+
+
+def load_generator_weights(generator: torch.nn.Module, source_dir: Path) -> dict[str, Any]:
+    """Load ``generator.safetensors`` from a generator stage folder; returns its manifest."""
+    path = source_dir / GENERATOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {GENERATOR_FILE} in {source_dir}: run the generator stage first")
+    missing, unexpected = generator.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise VilgkitError(
+            f"{path} does not fit the recipe's generator: missing {sorted(missing)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]}"
+        )
+    manifest = source_dir / MANIFEST_FILE
+    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+
+
+class _GeneratorStage(Stage):
+    """Shared machinery of the generator stages (see the module docstring)."""
+
+    default_directions: tuple[str, ...] = ("txt2img", "img2txt")
+
+    def __init__(
+        self,
+        trainer: TrainerConfig | None = None,
+        name: str | None = None,
+        text_tokenizer_from: str = "fit_text_tokenizer",
+        image_tokenizer_from: str = "train_tokenizer",
+        generator_from: str | None = None,
+        data: Dataset | None = None,
+        directions: list[Direction] | None = None,
+        precompute: bool = True,
+        reconstructor_weight: float = 1.0,
+        sample_every: int = 0,
+        num_samples: int = 8,
+    ) -> None:
+        super().__init__(name)
+        self.trainer = coerce_config(trainer) if trainer is not None else TrainerConfig()
+        self.text_tokenizer_from = text_tokenizer_from
+        self.image_tokenizer_from = image_tokenizer_from
+        self.generator_from = generator_from
+        self.data = data
+        self.directions = list(directions or self.default_directions)
+        self.precompute = precompute
+        self.reconstructor_weight = reconstructor_weight
+        self.sample_every = sample_every
+        self.num_samples = num_samples
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+
+    # ------------------------------------------------------------------ data
+
+    def _training_data(self, ctx: RunContext, out_dir: Path, text_tok, image_tok, max_len: int):
+        """Tokenized (cached) or raw training data, with the matching collate function."""
+        dataset = self.data if self.data is not None else ctx.component("data")
+        reconstructor = ctx.components.get("reconstructor") if "reconstructor" in ctx.components else None
+        if not self.precompute or getattr(reconstructor, "end_to_end", False):
+            from vilgkit.gen_training import _raw_collate
+
+            return dataset, _raw_collate, {"samples": len(dataset), "tokenized": False}
+        sources = [ctx.source_dir(self.text_tokenizer_from), ctx.source_dir(self.image_tokenizer_from)]
+        fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{max_len}"
+        for folder in [out_dir] + ([ctx.source_dir(self.generator_from)] if self.generator_from else []):
+            cached = folder / TOKENIZED_FILE
+            if cached.is_file() and _cached_fingerprint(cached) == fingerprint:
+                tensors = load_file(str(cached))
+                return TokenizedDataset(tensors), collate_tokenized, {"samples": len(tensors["codes"]), "cached": True}
+        tensors, stats = tokenize_dataset(dataset, text_tok, image_tok, max_text_len=max_len, desc=f"{self.name}: tokenizing")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / TOKENIZED_FILE), metadata={"fingerprint": fingerprint})
+        if stats["truncated"]:
+            print(f"{self.name}: {stats['truncated']} texts were longer than {max_len - 2} tokens and were truncated")
+        return TokenizedDataset(tensors), collate_tokenized, stats
+
+    def _sample_callback(self, ctx, dataset, text_tok, image_tok, grid) -> list[Any]:
+        if self.sample_every <= 0:
+            return []
+        raw = self.data if self.data is not None else ctx.component("data")
+        n = min(self.num_samples, len(raw))
+        items = [raw[i] for i in range(n)]
+        prompts = [it["caption"] for it in items]
+        images = torch.stack([it["image"] for it in items])
+        return [SampleGrids(self.sample_every, prompts, images, text_tok, image_tok, grid, seed=ctx.seed)]
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from vilgkit.engine.trainer import Trainer
+
+        out_dir = ctx.stage_dir(self.name)
+        text_tok, image_tok = _load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
+        generator = ctx.component("generator")
+        check_special_ids(generator, text_tok)
+        if self.generator_from:
+            load_generator_weights(generator, ctx.source_dir(self.generator_from))
+        reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
+        if reconstructor is not None and callable(getattr(reconstructor, "attach", None)):
+            reconstructor.attach(image_tok, int(generator.hidden_size))  # the trained tokenizer, the generator's width
+        if reconstructor is not None and getattr(reconstructor, "end_to_end", False) and self.generator_from:
+            rec_path = ctx.source_dir(self.generator_from) / RECONSTRUCTOR_FILE
+            if rec_path.is_file():
+                reconstructor.load_state_dict(load_file(str(rec_path)))
+        max_len = int(generator.max_text_len)
+        dataset, collate, data_stats = self._training_data(ctx, out_dir, text_tok, image_tok, max_len)
+        grid = self._grid(dataset, image_tok)
+        module = GeneratorTrainable(
+            generator, text_tok, image_tok, self.directions, reconstructor, self.reconstructor_weight
+        )
+        trainer = Trainer.for_stage(
+            ctx, self, module, dataset, self.trainer, collate_fn=collate,
+            callbacks=self._sample_callback(ctx, dataset, text_tok, image_tok, grid),
+            rebuild=lambda: self._fresh_trainable(ctx, text_tok, image_tok, module.reconstructor is not None),
+        )  # fmt: skip
+        metrics = trainer.fit(resume=ctx.resume)
+        module = trainer.trained_module()  # plain on every rank, also after a sharding strategy
+        _keep_components(ctx, module)
+        self._save(ctx, out_dir, trainer, module, grid, image_tok, data_stats, metrics)
+        return {"directions": self.directions, **{k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
+
+    @staticmethod
+    def _grid(dataset, image_tok) -> tuple[int, int]:
+        item = dataset[0]
+        if "codes" in item:
+            return tuple(int(s) for s in item["codes"].shape[-2:])  # type: ignore[return-value]
+        return image_tok.grid_size(*item["image"].shape[-2:])
+
+    def _fresh_trainable(self, ctx: RunContext, text_tok, image_tok, end_to_end: bool) -> GeneratorTrainable:
+        """An unwrapped, untrained copy of the trained module (fresh generator and end-to-end
+        reconstructor, the same tokenizers): the Trainer loads the consolidated weights into it."""
+        from vilgkit.stages.train_tokenizer import fresh_component
+
+        generator = fresh_component(ctx, "generator")
+        reconstructor = fresh_component(ctx, "reconstructor") if end_to_end else None
+        if callable(getattr(reconstructor, "attach", None)):
+            reconstructor.attach(image_tok, int(generator.hidden_size))
+        return GeneratorTrainable(generator, text_tok, image_tok, self.directions, reconstructor, self.reconstructor_weight)
+
+    def _save(self, ctx, out_dir, trainer, module, grid, image_tok, data_stats, metrics) -> None:
+        if not trainer.strategy.is_main:  # ``module`` is the plain trained copy: the main rank writes alone
+            return
+        full = module.state_dict()
+        for prefix, filename in (("generator.", GENERATOR_FILE), ("reconstructor.", RECONSTRUCTOR_FILE)):
+            part = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in full.items() if k.startswith(prefix)}
+            if part:
+                save_file(part, str(out_dir / filename))
+        manifest = {
+            "stage": self.name,
+            "text_tokenizer": str(_relative(ctx.source_dir(self.text_tokenizer_from), ctx.run_dir)),
+            "image_tokenizer": str(_relative(ctx.source_dir(self.image_tokenizer_from), ctx.run_dir)),
+            "grid": list(grid),
+            "image_size": [grid[0] * image_tok.downsample, grid[1] * image_tok.downsample],
+            "max_text_len": int(module.generator.max_text_len),
+            "directions": self.directions,
+            "end_to_end": module.reconstructor is not None,
+            "steps": self.trainer.steps,
+            "data": data_stats,
+            "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))},
+        }
+        (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+
+
+def _keep_components(ctx: RunContext, module: GeneratorTrainable) -> None:
+    """Later stages (and ``generator_from``) continue from the trained, unwrapped modules."""
+    from vilgkit.stages.train_tokenizer import set_component
+
+    set_component(ctx, "generator", module.generator)
+    if module.reconstructor is not None:
+        set_component(ctx, "reconstructor", module.reconstructor)
+
+
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return path.resolve()
+
+
+def _cached_fingerprint(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return (fh.metadata() or {}).get("fingerprint")
+
+
+@STAGES.register_module()
+class TrainGenerator(_GeneratorStage):
+    """Train the generator on both directions each batch (L = L_txt2img + L_img2txt, eq. 3–5).
+
+    Args:
+        trainer: optimisation settings (steps, batch size, lr, precision...).
+        name: stage name and output folder (default ``train_generator``).
+        text_tokenizer_from: stage name or folder holding the fitted text tokenizer.
+        image_tokenizer_from: stage name or folder holding the trained image tokenizer (frozen here).
+        generator_from: optionally continue from a generator stage's ``generator.safetensors``.
+        data: the training data (default: the recipe's ``data``).
+        directions: directions trained every batch (default ``[txt2img, img2txt]``; add ``vqa`` to
+            train question answering jointly).
+        precompute: tokenize the data set once before training (True) or every batch (False; always
+            the case with an end-to-end reconstructor, which needs the images).
+        reconstructor_weight: weight of the end-to-end reconstruction loss, when the recipe's
+            reconstructor has ``end_to_end = True``.
+        sample_every: steps between sample grids (0: none).
+        num_samples: prompts / images per sample grid.
+    """
+
+
+@STAGES.register_module()
+class FinetuneVQA(_GeneratorStage):
+    """Continue from a trained generator and train generative VQA (``[image, question | answer]``).
+
+    Same arguments as :class:`TrainGenerator`; ``generator_from`` defaults to ``train_generator``
+    and ``directions`` to ``[vqa]`` (add ``img2txt``/``txt2img`` to keep rehearsing them).
+    """
+
+    default_directions = ("vqa",)
+
+    def __init__(self, trainer: TrainerConfig | None = None, name: str | None = None,
+                 text_tokenizer_from: str = "fit_text_tokenizer", image_tokenizer_from: str = "train_tokenizer",
+                 generator_from: str | None = "train_generator", data: Dataset | None = None,
+                 directions: list[Direction] | None = None, precompute: bool = True,
+                 reconstructor_weight: float = 1.0, sample_every: int = 0, num_samples: int = 8) -> None:  # fmt: skip
+        super().__init__(trainer, name, text_tokenizer_from, image_tokenizer_from, generator_from, data,
+                         directions, precompute, reconstructor_weight, sample_every, num_samples)  # fmt: skip
