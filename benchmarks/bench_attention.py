@@ -4,24 +4,33 @@ Reference configuration of issue 7: 64 text + 32x32 image tokens, hidden 512, 8 
 stack of attention blocks (qkv and output projections, residual) using the paper's schedule
 (row / column every 4th / conv 11x11 last). Both patterns are measured in the same run:
 
-* training step (forward + backward), best of ``--repeats``; dense = SDPA with the oracle mask
+* training step (forward + backward): dense and sparse repeats are *interleaved* (A B A B ...) after a
+  warm-up, so a load change on a shared machine hits both; the median and the minimum of
+  ``--repeats`` (>= 5) are reported, with ratios of both; dense = SDPA with the oracle mask
   (PyTorch's fused kernel), sparse = this plugin's ``attend`` (block-wise on CPU, FlexAttention on
   CUDA);
 * attention memory = bytes of the tensors the attention calls save for backward (storages counted
   once), and the whole step's peak (PyTorch memory profiler timeline on CPU, ``max_memory_allocated``
   on CUDA);
-* sampling 1024 image tokens with a KV cache: dense cached attention (slice of the cache) vs the
-  sparse gather (``decode_keys`` + ``index_select``); and, with ``--generator``, the project's
-  ``UnifiedTransformer.sample_images`` (MLPs, heads, sampling included) with either pattern.
+* sampling 1024 image tokens with a KV cache (interleaved the same way, ``--sample-repeats``): dense
+  cached attention (slice of the cache) vs the sparse gather (``decode_keys`` + ``index_select``); and,
+  with ``--generator``, the project's ``UnifiedTransformer.sample_images`` (MLPs, heads, sampling
+  included) with either pattern.
+
+The load average (``/proc/loadavg``) is recorded before and after. On a shared machine use
+``--threads 1``: a ratio of single-thread timings is far less sensitive to other jobs than one of
+multi-thread timings (a busy core slows every thread of a multi-threaded kernel).
 
 Run::
 
-    .venv/bin/python benchmarks/bench_attention.py [--layers 8] [--device cuda] [--generator] [--quick]
+    nice -n 10 .venv/bin/python benchmarks/bench_attention.py --threads 1 [--repeats 5] [--generator] [--quick]
+    .venv/bin/python benchmarks/bench_attention.py --device cuda --generator
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -31,6 +40,7 @@ from torch import nn
 import vilgkit_attention  # noqa: F401  (registers the patterns)
 from vilgkit.layout import Layout
 from vilgkit_attention import DenseAttention, SparseAttention
+from vilgkit_attention.decode import SparseKVCache
 
 
 class AttnStack(nn.Module):
@@ -92,21 +102,63 @@ class AttnStack(nn.Module):
         return h
 
 
+    @torch.no_grad()
+    def sample_lines(self, x, layout, pad):
+        """As :meth:`sample`, with the plugin's :class:`SparseKVCache` (line buffers for row / column
+        layers, precomputed gathers for conv, slices for dense)."""
+        b, n, src = x.shape[0], layout.length, layout.source_length
+        d = x.shape[-1] // self.heads
+        cache = SparseKVCache(self.pattern, layout, self.layers, b, self.heads, d, pad, device=x.device, dtype=x.dtype)
+        valid = ~pad[:, None, None, :]
+        h = x[:, :src]
+        for i in range(self.layers):
+            q, k, v = self.split(i, h)
+            cache.prefill(i, k, v)
+            mask = self.pattern.allowed(i, self.layers, layout)[:src, :src].to(x.device) & valid[..., :src]
+            h = h + self.out[i](F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2))
+        for p in range(src, n):
+            h = x[:, p : p + 1]
+            for i in range(self.layers):
+                q, k, v = self.split(i, h)
+                h = h + self.out[i](cache.attend(i, p, q, k, v).transpose(1, 2).flatten(2))
+        return h
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def best_time(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up (FlexAttention compiles here; caches fill)
-    times = []
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (``uptime``); empty where ``/proc`` is missing."""
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except OSError:
+        return []
+
+
+def interleaved_times(fns: dict, repeats: int, device: torch.device) -> dict[str, dict]:
+    """Time every function ``repeats`` times, interleaved (A B A B ...), after one warm-up each.
+
+    Returns per name ``{"median_s", "min_s", "all_s"}``.
+    """
+    for fn in fns.values():
+        fn()  # warm-up (FlexAttention compiles here; caches fill)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: {"median_s": statistics.median(t), "min_s": min(t), "all_s": t} for name, t in times.items()}
+
+
+def ratio_line(label: str, t: dict, a: str = "dense", b: str = "sparse") -> str:
+    return (f"{label} speed-up {a}/{b}: median {t[a]['median_s'] / t[b]['median_s']:.2f}x, "
+            f"min {t[a]['min_s'] / t[b]['min_s']:.2f}x")
 
 
 def step_peak_bytes(fn, device: torch.device) -> int | None:
@@ -139,7 +191,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--kernel", type=int, default=11)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="training steps per pattern (interleaved)")
+    ap.add_argument("--sample-repeats", type=int, default=5, help="sampling runs per pattern (interleaved)")
+    ap.add_argument("--no-recompute-row", action="store_true", help="also time sparse with recompute=False")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch default)")
     ap.add_argument("--generator", action="store_true", help="also time UnifiedTransformer.sample_images")
@@ -147,7 +201,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="8x8 image, 2 layers: a smoke run")
     args = ap.parse_args()
     if args.quick:
-        args.grid, args.layers, args.repeats, args.text = 8, 2, 1, 16
+        args.grid, args.layers, args.repeats, args.sample_repeats, args.text = 8, 2, 2, 2, 16
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -160,45 +214,57 @@ def main() -> None:
         "dense": DenseAttention(),
         "sparse": SparseAttention(kernel_size=args.kernel),
     }
-    if device.type == "cpu":
+    if device.type == "cpu" and args.no_recompute_row:
         patterns["sparse_no_recompute"] = SparseAttention(kernel_size=args.kernel, recompute=False)
     results: dict = {"config": {k: v for k, v in vars(args).items()}, "threads": torch.get_num_threads(),
-                     "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "train": {}}
+                     "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                     "load_before": load_average(), "train": {}}
     print(f"layout: {args.text} text + {args.grid}x{args.grid} image, batch {args.batch}, hidden {args.hidden}, "
           f"{args.heads} heads, {args.layers} layers, kernel {args.kernel}, device {results['device']}, "
-          f"threads {results['threads']}")
+          f"threads {results['threads']}, load average before {results['load_before']}")
+    models, steps = {}, {}
     for name, pattern in patterns.items():
         torch.manual_seed(0)
-        model = AttnStack(pattern, args.hidden, args.heads, args.layers).to(device)
+        models[name] = model = AttnStack(pattern, args.hidden, args.heads, args.layers).to(device)
 
-        def step(count=False):
+        def step(model=model, count=False):
             model.zero_grad(set_to_none=True)
             model(x, layout, pad, count_saved=count).pow(2).mean().backward()
 
-        seconds = best_time(step, args.repeats, device)
+        steps[name] = step
+    timing = interleaved_times(steps, args.repeats, device)
+    for name, model in models.items():
         model.saved.clear()
-        step(count=True)
+        steps[name](count=True)
         saved = sum(model.saved.values())
-        peak = step_peak_bytes(step, device)
-        results["train"][name] = {"step_s": seconds, "attn_saved_MB": saved / 1e6,
-                                  "step_peak_MB": None if peak is None else peak / 1e6}
-        print(f"train {name:20s} step {seconds * 1e3:8.1f} ms   attention saved {saved / 1e6:7.1f} MB   "
-              f"step peak {'n/a' if peak is None else f'{peak / 1e6:.1f} MB'}")
+        peak = step_peak_bytes(steps[name], device)
+        t = timing[name]
+        results["train"][name] = {**t, "attn_saved_MB": saved / 1e6, "step_peak_MB": None if peak is None else peak / 1e6}
+        print(f"train {name:20s} step median {t['median_s'] * 1e3:8.1f} ms  min {t['min_s'] * 1e3:8.1f} ms   "
+              f"attention saved {saved / 1e6:7.1f} MB   step peak {'n/a' if peak is None else f'{peak / 1e6:.1f} MB'}")
     t = results["train"]
-    print(f"train speed-up dense/sparse: {t['dense']['step_s'] / t['sparse']['step_s']:.2f}x   "
-          f"attention memory sparse/dense: {t['sparse']['attn_saved_MB'] / t['dense']['attn_saved_MB']:.2f}")
+    print(ratio_line("train", t) + f"   attention memory sparse/dense: "
+          f"{t['sparse']['attn_saved_MB'] / t['dense']['attn_saved_MB']:.2f}")
     if not args.skip_sampling:
-        results["sample"] = {}
-        for name in ("dense", "sparse"):
+        samplers = {}
+        for name, pattern_name, method in (("dense", "dense", "sample"), ("sparse", "sparse", "sample"),
+                                           ("sparse_lines", "sparse", "sample_lines")):
             torch.manual_seed(0)
-            model = AttnStack(patterns[name], args.hidden, args.heads, args.layers).to(device)
-            seconds = best_time(lambda: model.sample(x, layout, pad), 1, device)
-            results["sample"][name] = seconds
-            print(f"sample {name:7s} {layout.target.length} tokens: {seconds:7.2f} s")
-        s = results["sample"]
-        print(f"sampling speed-up dense/sparse: {s['dense'] / s['sparse']:.2f}x")
+            model = AttnStack(patterns[pattern_name], args.hidden, args.heads, args.layers).to(device)
+            samplers[name] = getattr(model, method)
+            samplers[name] = lambda fn=samplers[name]: fn(x, layout, pad)
+        with torch.no_grad():  # the two sparse samplers agree (same weights, same inputs)
+            torch.testing.assert_close(samplers["sparse"](), samplers["sparse_lines"](), atol=1e-4, rtol=1e-4)
+        results["sample"] = s = interleaved_times(samplers, args.sample_repeats, device)
+        for name in samplers:
+            print(f"sample {name:7s} {layout.target.length} tokens: median {s[name]['median_s']:7.2f} s  "
+                  f"min {s[name]['min_s']:7.2f} s")
+        print(ratio_line("sampling (gather)", s))
+        print(ratio_line("sampling (SparseKVCache)", s, b="sparse_lines"))
     if args.generator:
         results["generator_sample"] = generator_sampling(args, device, patterns)
+    results["load_after"] = load_average()
+    print(f"load average after {results['load_after']}")
     print(json.dumps(results))
 
 
@@ -206,17 +272,19 @@ def generator_sampling(args, device, patterns) -> dict:
     """End to end: the project's generator sampling one image per prompt with each pattern."""
     from vilgkit.models import UnifiedTransformer
 
-    out = {}
     ids = torch.randint(5, 100, (args.batch, args.text), device=device)
+    fns = {}
     for name in ("dense", "sparse"):
         torch.manual_seed(0)
         gen = UnifiedTransformer(text_vocab_size=1000, image_vocab_size=1024, hidden_size=args.hidden,
                                  num_layers=args.layers, num_heads=args.heads, max_text_len=args.text,
                                  max_image_grid=args.grid, attention=patterns[name]).to(device).eval()
-        fn = lambda: gen.sample_images(ids, (args.grid, args.grid), generator=torch.Generator(device).manual_seed(0))  # noqa: E731
-        out[name] = best_time(fn, 1, device)
-        print(f"generator sample_images {name:7s}: {out[name]:7.2f} s")
-    print(f"generator sampling speed-up dense/sparse: {out['dense'] / out['sparse']:.2f}x")
+        fns[name] = lambda gen=gen: gen.sample_images(
+            ids, (args.grid, args.grid), generator=torch.Generator(device).manual_seed(0))
+    out = interleaved_times(fns, max(1, args.sample_repeats // 2), device)
+    for name in fns:
+        print(f"generator sample_images {name:7s}: median {out[name]['median_s']:7.2f} s  min {out[name]['min_s']:7.2f} s")
+    print(ratio_line("generator sampling", out))
     return out
 
 

@@ -31,24 +31,34 @@ from vilgkit.models import UnifiedTransformer
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def best_time(fn, repeats: int) -> float:
     """Fastest of ``repeats`` runs (after one warm-up): the least disturbed by other processes."""
     fn()
+    _sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return min(times)
 
 
 def gemm_flops(n: int, dtype: torch.dtype, repeats: int) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     return 2 * n**3 / best_time(lambda: a @ b, repeats)
 
 
 def read_bandwidth(nbytes: int, repeats: int) -> float:
-    x = torch.ones(nbytes // 4, dtype=torch.float32)
+    x = torch.ones(nbytes // 4, dtype=torch.float32, device=DEVICE)
     return nbytes / best_time(lambda: x.sum(), repeats)
 
 
@@ -67,7 +77,7 @@ def bench_training(model, batch, dtype_name, steps) -> dict:
     use_bf16 = dtype_name == "bf16"
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = model(batch).losses["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -81,10 +91,10 @@ def nocache_step_time(model, ids, mask, grid, steps_to_time: list[int], repeats:
     """Mean seconds of one no-cache step: the whole prefix ``[text | slots 0..t]`` through every layer."""
     B, L = ids.shape
     layout = Layout.text_to_image(L, grid, grid)
-    codes = torch.randint(0, model.image_vocab_size, (B, grid, grid))
+    codes = torch.randint(0, model.image_vocab_size, (B, grid, grid), device=DEVICE)
     x_full, _, _, _ = model._stream("txt2img", {"text_ids": ids, "text_mask": mask, "codes": codes})
-    allowed = model.attention.allowed(0, model.num_layers, layout)
-    pad = torch.cat([~mask, torch.zeros(B, grid * grid, dtype=torch.bool)], 1)
+    allowed = model.attention.allowed(0, model.num_layers, layout).to(DEVICE)
+    pad = torch.cat([~mask, torch.zeros(B, grid * grid, dtype=torch.bool, device=DEVICE)], 1)
     times = []
     for t in steps_to_time:
         n = L + t + 1
@@ -117,16 +127,22 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     p.add_argument("--skip-train", action="store_true", help="only the sampling measurements")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on CUDA the peak and bandwidth are the GPU's)")
     a = p.parse_args()
     if a.quick:
         a.layers, a.hidden, a.heads, a.grid, a.batch, a.train_steps, a.gemm = 2, 64, 4, 4, 2, 1, 256
         a.image_vocab = a.text_vocab = 256
+    global DEVICE
+    DEVICE = torch.device(a.device)
     torch.manual_seed(0)
     model = UnifiedTransformer(a.text_vocab, a.image_vocab, hidden_size=a.hidden, num_layers=a.layers,
                                num_heads=a.heads, max_text_len=a.text_len, max_image_grid=a.grid)
     batch = model.dummy_batch(a.batch, a.text_len, (a.grid, a.grid), generator=torch.Generator().manual_seed(0))
+    model.to(DEVICE)
+    batch = {k: v.to(DEVICE) if torch.is_tensor(v) else v for k, v in batch.items()}
     res: dict = {"config": {k: v for k, v in vars(a).items() if k not in ("json",)},
-                 "threads": torch.get_num_threads(), "torch": torch.__version__}
+                 "threads": torch.get_num_threads(), "torch": torch.__version__,
+                 "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"}
     print(f"config: {res['config']}  threads={res['threads']}  torch={torch.__version__}")
 
     # ---------------------------------------------------------------- training
@@ -155,7 +171,7 @@ def main() -> None:
     for bsz in (int(b) for b in a.decode_batches.split(",")):
         ids, mask = batch["text_ids"][:bsz].repeat(max(1, bsz // a.batch + 1), 1)[:bsz], None
         mask = ids != model.pad_id
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator(device=DEVICE).manual_seed(0)
         sample = lambda: model.sample_images(ids, mask, (a.grid, a.grid), top_k=64, generator=g)  # noqa: E731
         t_cache = best_time(sample, 2)
         spaced = sorted({round(i * (n_img - 1) / 7) for i in range(8)})

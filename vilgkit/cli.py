@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "export",
     "plugins",
     "print-config",
+    "ablation",
 ]
 
 

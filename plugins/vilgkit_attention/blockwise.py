@@ -1,31 +1,32 @@
 """Block-wise sparse attention for training on CPU (and anywhere FlexAttention is unavailable).
 
-Only what the pattern allows is computed:
+Only what the pattern allows is computed, with a hand-written forward *and* backward:
 
-* text queries (any segment that is not the image) are few: one SDPA call over all keys with the
-  oracle mask's rows for those queries;
-* image queries are grouped into *tiles* that share their image keys: one image row (``row``), one
-  image column on the transposed grid (``column``), or a ``t x t`` patch of the grid whose keys are
-  the patch plus a ``kernel // 2`` halo (``conv``, keys from unfolded windows). Every image query also
-  sees the same *context* keys: the source text (caption or VQA question). Scores against the
-  context and against the tile's keys share one softmax.
+* image queries are grouped into *tiles* that share their image keys: ``lines_per_tile`` image rows
+  (``row``), the same on the transposed grid (``column``), or a ``rows x cols`` patch of the grid
+  (``conv``) whose keys are the window the kernel reaches from the patch (above it only, when the
+  image is causal). Every image query also sees the same *context* keys (the source text: caption or
+  VQA question). Context scores are one large matrix product over all image queries, never copied
+  into the tiles; the two score blocks share one softmax (a common maximum and normaliser);
+* text queries (few) attend the shortest key prefix that holds every key their oracle rows allow.
 
-Everything is ordinary differentiable tensor code, so autograd provides the backward pass.
+:class:`_SparseAttentionFn` stores only q, k, v and the log-sum-exp of every query row (``recompute``:
+the probabilities are recomputed from it in backward, no extra forward pass, as fused kernels do),
+or additionally the probabilities (``recompute=False``: faster backward, more memory).
 
 Dimension key: B batch, H heads, N sequence length, D head dim, n image positions (h*w),
 T tiles, Q queries per tile, K image keys per tile, S context (source text) keys.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 
 from vilgkit.layout import Layout
 from vilgkit_attention.masks import build_allowed, image_segment
-
 
 
 def _divisor_at_most(size: int, limit: int) -> int:
@@ -33,157 +34,358 @@ def _divisor_at_most(size: int, limit: int) -> int:
     return max(d for d in range(1, min(size, limit) + 1) if size % d == 0)
 
 
-def conv_tile_shape(h: int, w: int, conv_tile: int) -> tuple[int, int]:
-    """Rows and columns of one conv tile: divisors of the grid, at most ``conv_tile``."""
-    return _divisor_at_most(h, conv_tile), _divisor_at_most(w, conv_tile)
+def conv_tile_shape(h: int, w: int, conv_tile: int | tuple[int, int]) -> tuple[int, int]:
+    """Rows and columns of one conv query tile: divisors of the grid, at most ``conv_tile``."""
+    tr, tc = (conv_tile, conv_tile) if isinstance(conv_tile, int) else conv_tile
+    return _divisor_at_most(h, tr), _divisor_at_most(w, tc)
 
 
-@lru_cache(maxsize=128)
-def _segments(layout: Layout) -> tuple[tuple[slice, ...], tuple[slice, ...], slice]:
-    """``(context slices, text-query slices, image slice)`` as position ranges."""
-    img_off, h, w, img_is_target = image_segment(layout)
-    n, src, total = h * w, layout.source_length, layout.length
-    img = slice(img_off, img_off + n)
-    before, after = slice(0, img_off), slice(img_off + n, total)
-    text_queries = tuple(s for s in (before, after) if s.stop > s.start)
-    if img_is_target:
-        context = (slice(0, src),)
-    else:  # source text around the source image (e.g. the VQA question after it)
-        context = tuple(s for s in (before, slice(img_off + n, src)) if s.stop > s.start)
-    return context, text_queries, img
+@dataclass(frozen=True)
+class TilePlan:
+    """Static index plan of one (layout, kind, kernel, tiling) on one device.
+
+    Attributes:
+        text_q: slices of the text-query positions; ``text_keys``: their key prefix length.
+        text_allow: Bool ``[Nt, text_keys]`` oracle rows of the text queries.
+        context: slices of the context keys every image query sees.
+        img: slice of the image positions.
+        q_order: ``Long[n]`` image positions in tile order, or ``None`` for raster order.
+        key_index: ``Long[T, K]`` image position of every tile key, or ``None`` when a tile's keys
+            are its own queries (row / column layers). Out-of-grid keys point at position 0 and are
+            masked.
+        tile_allow: Bool ``[T, Q, K]``; ``tile_bias``: the same as 0 / -inf.
+    """
+
+    text_q: tuple[slice, ...]
+    text_keys: int
+    text_allow: torch.Tensor
+    context: tuple[slice, ...]
+    img: slice
+    q_order: torch.Tensor | None
+    key_index: torch.Tensor | None
+    tile_allow: torch.Tensor
+    tile_bias: torch.Tensor
+
+    def to(self, device: torch.device) -> "TilePlan":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return TilePlan(self.text_q, self.text_keys, move(self.text_allow), self.context, self.img,
+                        move(self.q_order), move(self.key_index), move(self.tile_allow), move(self.tile_bias))
+
+    def score_entries(self) -> int:
+        """Query-key products computed per (batch, head): text prefix + context + tiles."""
+        nt = sum(s.stop - s.start for s in self.text_q)
+        n, (t, q, k) = self.img.stop - self.img.start, self.tile_allow.shape
+        s = sum(c.stop - c.start for c in self.context)
+        return nt * self.text_keys + n * s + t * q * k
 
 
-def _cat_positions(x: torch.Tensor, slices: tuple[slice, ...], dim: int) -> torch.Tensor:
-    parts = [x.narrow(dim, s.start, s.stop - s.start) for s in slices]
-    if not parts:  # e.g. image->text: a source image query sees no text at all
-        return x.narrow(dim, 0, 0)
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+def _line_tiles(h: int, w: int, kind: str, causal: bool, lines_per_tile: int):
+    """Row (column) tiles of ``g`` image rows (columns); keys = the tile's own positions."""
+    length, lines = (w, h) if kind == "row" else (h, w)
+    g = _divisor_at_most(lines, lines_per_tile)
+    m = torch.ones(length, length, dtype=torch.bool)
+    m = torch.block_diag(*[m.tril() if causal else m] * g)  # causal along a line = raster causal
+    allow = m.expand(lines // g, g * length, g * length).contiguous()
+    order = None if kind == "row" else torch.arange(h * w).reshape(h, w).t().reshape(-1)
+    return order, None, allow
 
 
-@lru_cache(maxsize=128)
-def _tile_mask_cpu(layout: Layout, kind: str, kernel_size: int, conv_tile: int, lines_per_tile: int) -> torch.Tensor:
-    """Static Bool ``[T, Q, K]``: which tile keys each tile query may see (grid bounds, causality)."""
-    _, h, w, causal = image_segment(layout)
-    if kind in ("row", "column"):
-        length, lines = (w, h) if kind == "row" else (h, w)
-        group = _divisor_at_most(lines, lines_per_tile)
-        m = torch.ones(length, length, dtype=torch.bool)
-        # A raster-order causal mask restricted to one row or one column is lower-triangular in
-        # the position along that row or column; a tile of several lines is block-diagonal.
-        m = torch.block_diag(*[m.tril() if causal else m] * group)
-        return m.expand(lines // group, group * length, group * length).contiguous()
-    if kind != "conv":
-        raise ValueError(f"no block-wise kernel for image kind {kind!r}")
-    p = kernel_size // 2
+def _conv_tiles(h: int, w: int, p: int, causal: bool, conv_tile):
+    """``tr x tc`` query patches; keys: rows ``r0-p .. r1 (+p)``, columns ``c0-p .. c1+p`` (or all)."""
     tr, tc = conv_tile_shape(h, w, conv_tile)
-    # Query grid coordinates per tile, and key grid coordinates of its (tile + halo) window.
     ti, tj = torch.meshgrid(torch.arange(h // tr), torch.arange(w // tc), indexing="ij")
     ti, tj = ti.reshape(-1, 1), tj.reshape(-1, 1)  # [T, 1]
     a, b = torch.meshgrid(torch.arange(tr), torch.arange(tc), indexing="ij")
     qr, qc = ti * tr + a.reshape(1, -1), tj * tc + b.reshape(1, -1)  # [T, Q]
-    a, b = torch.meshgrid(torch.arange(tr + 2 * p), torch.arange(tc + 2 * p), indexing="ij")
-    kr, kc = ti * tr + a.reshape(1, -1) - p, tj * tc + b.reshape(1, -1) - p  # [T, K]
-    inside = ((kr >= 0) & (kr < h) & (kc >= 0) & (kc < w))[:, None, :]
+    k_rows = tr + p + (0 if causal else p)  # a causal query never sees the rows below it
+    whole_width = tc + 2 * p >= w
+    k_cols = w if whole_width else tc + 2 * p
+    a, b = torch.meshgrid(torch.arange(k_rows), torch.arange(k_cols), indexing="ij")
+    kr = ti * tr - p + a.reshape(1, -1)
+    kc = b.reshape(1, -1).expand_as(kr) if whole_width else tj * tc - p + b.reshape(1, -1)  # [T, K]
+    inside = (kr >= 0) & (kr < h) & (kc >= 0) & (kc < w)
     near = ((qr[:, :, None] - kr[:, None, :]).abs() <= p) & ((qc[:, :, None] - kc[:, None, :]).abs() <= p)
-    m = inside & near
+    allow = inside[:, None, :] & near
     if causal:
-        m &= (kr * w + kc)[:, None, :] <= (qr * w + qc)[:, :, None]
-    return m
+        allow &= (kr * w + kc)[:, None, :] <= (qr * w + qc)[:, :, None]
+    order = None if tc == w else (qr * w + qc).reshape(-1)
+    return order, torch.where(inside, kr * w + kc, 0), allow
 
 
-_TILE_MASK_DEVICE: dict[tuple, torch.Tensor] = {}
-
-
-def tile_mask(
-    layout: Layout, kind: str, kernel_size: int, conv_tile: int, lines_per_tile: int, device: torch.device
-) -> torch.Tensor:
-    """:func:`_tile_mask_cpu` cached per device."""
-    conv = kind == "conv"
-    key = (layout, kind, kernel_size if conv else 0, conv_tile if conv else 0, 0 if conv else lines_per_tile, str(device))
-    if key not in _TILE_MASK_DEVICE:
-        if len(_TILE_MASK_DEVICE) > 256:
-            _TILE_MASK_DEVICE.clear()
-        _TILE_MASK_DEVICE[key] = _tile_mask_cpu(layout, kind, *key[2:5]).to(device)
-    return _TILE_MASK_DEVICE[key]
-
-
-def to_tiles(
-    x: torch.Tensor, kind: str, h: int, w: int, halo: int = 0, conv_tile: int = 8, lines_per_tile: int = 1
-) -> torch.Tensor:
-    """Group image positions ``[..., n, D]`` (or a padding mask ``[B, n]``) into ``[..., T, Q|K, D]``.
-
-    For ``conv`` with ``halo > 0`` the result holds each tile's key window (tile plus halo, out of
-    the grid zero-filled); with ``halo == 0`` it holds the tile's queries.
-    """
-    is_mask = x.dim() == 2  # [B, n] -> handled with a dummy feature dimension
-    if is_mask:
-        x = x[..., None]
-    grid = x.unflatten(-2, (h, w))  # [..., h, w, D]
-    if kind in ("row", "column"):
-        lines = grid if kind == "row" else grid.transpose(-3, -2)  # [..., lines, length, D]
-        group = _divisor_at_most(lines.shape[-3], lines_per_tile)
-        out = rearrange(lines, "... (t g) l d -> ... t (g l) d", g=group)
+@lru_cache(maxsize=128)
+def _plan_cpu(layout: Layout, kind: str, kernel_size: int, conv_tile, lines_per_tile: int) -> TilePlan:
+    img_off, h, w, causal = image_segment(layout)
+    n, src, total = h * w, layout.source_length, layout.length
+    img = slice(img_off, img_off + n)
+    text_q = tuple(s for s in (slice(0, img_off), slice(img_off + n, total)) if s.stop > s.start)
+    if causal:
+        context = (slice(0, src),) if src else ()
+    else:  # source text around the source image (e.g. the VQA question after it)
+        context = tuple(s for s in (slice(0, img_off), slice(img_off + n, src)) if s.stop > s.start)
+    allowed = build_allowed(layout, kind, kernel_size)
+    rows = torch.cat([allowed[s] for s in text_q]) if text_q else allowed[:0]
+    cols = rows.any(0).nonzero()
+    text_keys = int(cols.max()) + 1 if len(cols) else 1
+    if kind == "conv":
+        order, key_index, allow = _conv_tiles(h, w, kernel_size // 2, causal, conv_tile)
+    elif kind in ("row", "column"):
+        order, key_index, allow = _line_tiles(h, w, kind, causal, lines_per_tile)
     else:
-        tr, tc = conv_tile_shape(h, w, conv_tile)
-        if halo == 0:
-            out = rearrange(grid, "... (i r) (j c) d -> ... (i j) (r c) d", r=tr, c=tc)
-            return out[..., 0] if is_mask else out
-        padded = F.pad(grid, (0, 0, halo, halo, halo, halo))  # pad w and h by the halo
-        win = padded.unfold(-3, tr + 2 * halo, tr).unfold(-3, tc + 2 * halo, tc)  # [..., i, j, d, r, c]
-        out = rearrange(win, "... i j d r c -> ... (i j) (r c) d")
-        return out[..., 0] if is_mask else out
-    return out[..., 0] if is_mask else out
+        raise ValueError(f"no block-wise kernel for image kind {kind!r}")
+    bias = torch.zeros(allow.shape).masked_fill_(~allow, float("-inf"))
+    return TilePlan(text_q, text_keys, rows[:, :text_keys].contiguous(), context, img, order, key_index,
+                    allow, bias)
 
 
-def from_tiles(x: torch.Tensor, kind: str, h: int, w: int, conv_tile: int = 8) -> torch.Tensor:
-    """Inverse of :func:`to_tiles` for queries: ``[B, H, T, Q, D] -> [B, H, n, D]``."""
-    if kind == "row":
-        return x.flatten(2, 3)
-    if kind == "column":
-        return x.flatten(2, 3).unflatten(2, (w, h)).transpose(2, 3).flatten(2, 3)
-    tr, tc = conv_tile_shape(h, w, conv_tile)
-    return rearrange(x, "b h (i j) (r c) d -> b h (i r j c) d", i=h // tr, r=tr, c=tc)
+_PLANS: dict[tuple, TilePlan] = {}
+CHUNK_SCORES = 1 << 20  # floats per score-sized temporary (4 MB in fp32)
 
 
-def tile_attention(
-    q_t: torch.Tensor,
-    k_t: torch.Tensor,
-    v_t: torch.Tensor,
-    mask_t: torch.Tensor,
-    k_ctx: torch.Tensor,
-    v_ctx: torch.Tensor,
-    ctx_keep: torch.Tensor | None,
-) -> torch.Tensor:
-    """Attention of tile queries over (shared context keys + their tile's keys), one softmax.
+def tile_plan(layout: Layout, kind: str, kernel_size: int, conv_tile, lines_per_tile: int,
+              device: torch.device | str = "cpu") -> TilePlan:
+    """:class:`TilePlan` cached per device (only the arguments that matter for ``kind`` are keys)."""
+    conv = kind == "conv"
+    tile = conv_tile_shape(*image_segment(layout)[1:3], conv_tile) if conv else None
+    key = (layout, kind, kernel_size if conv else 0, tile, 0 if conv else lines_per_tile, str(torch.device(device)))
+    if key not in _PLANS:
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        _PLANS[key] = _plan_cpu(*key[:5]).to(torch.device(device))
+    return _PLANS[key]
 
-    Tiles become batch entries of one fused SDPA call: each tile's keys are the context followed
-    by its own image keys. Copying the (short) context into every tile costs less than the
-    materialised scores and softmax of a hand-written kernel, and SDPA's fused CPU kernel does not
-    store probabilities for backward.
 
-    Args:
-        q_t: ``[B, H, T, Q, D]``; k_t, v_t: ``[B, H, T, K, D]``.
-        mask_t: Bool ``[T, Q, K]`` or ``[B, 1, T, Q, K]``, True where the tile key is visible.
-        k_ctx, v_ctx: ``[B, H, S, D]`` context keys seen by every image query.
-        ctx_keep: Bool ``[B, S]`` (False = padding) or ``None``.
+# ----------------------------------------------------------------------------- the math
+def _scores(qt, kt, bias_t, kc, bias_c):
+    """Scaled scores: tiles ``[B,H,T,Q,K]`` and context ``[B,H,T,Q,S]`` (or ``None``)."""
+    s_t = torch.matmul(qt, kt.mT).add_(bias_t)
+    s_c = None
+    if kc is not None:
+        b, h, t, q, d = qt.shape
+        s_c = torch.matmul(qt.view(b, h, t * q, d), kc.mT).view(b, h, t, q, -1)
+        if bias_c is not None:
+            s_c.add_(bias_c)
+    return s_t, s_c
 
-    Returns:
-        ``[B, H, T, Q, D]``.
-    """
-    b, h, t, q, d = q_t.shape
-    s = k_ctx.shape[2]
-    q_b = rearrange(q_t, "b h t q d -> (b t) h q d")
-    k_b = rearrange(torch.cat([k_ctx[:, :, None].expand(b, h, t, s, d), k_t], dim=3), "b h t k d -> (b t) h k d")
-    v_b = rearrange(torch.cat([v_ctx[:, :, None].expand(b, h, t, s, d), v_t], dim=3), "b h t k d -> (b t) h k d")
-    if mask_t.dim() == 3:
-        mask_t = mask_t[None, None]
-    ctx = torch.ones(1, s, dtype=torch.bool, device=q_t.device) if ctx_keep is None else ctx_keep
-    ctx = ctx[:, None, None, None, :]  # [B|1, 1, 1, 1, S]
-    shape = torch.broadcast_shapes(ctx.shape[:-1], mask_t.shape[:-1], (1, 1, t, q))
-    mask = torch.cat([ctx.expand(*shape, s), mask_t.expand(*shape, mask_t.shape[-1])], dim=-1)
-    mask = rearrange(mask.expand(b, *mask.shape[1:]), "b one t q k -> (b t) one q k")
-    out = F.scaled_dot_product_attention(q_b, k_b, v_b, attn_mask=mask)
-    return rearrange(out, "(b t) h q d -> b h t q d", b=b)
+
+def _forward(qt, kt, vt, bias_t, kc, vc, bias_c, keep_probs: bool):
+    """Softmax attention over (context + tile keys). Returns ``out [B,H,T,Q,D]``, ``lse [B,H,T,Q]``
+    and, with ``keep_probs``, the normalised probabilities."""
+    s_t, s_c = _scores(qt, kt, bias_t, kc, bias_c)
+    m = s_t.amax(-1)
+    if s_c is not None:
+        m = torch.maximum(m, s_c.amax(-1))
+    p_t = s_t.sub_(m[..., None]).exp_()
+    denom = p_t.sum(-1)
+    out = torch.matmul(p_t, vt)
+    if s_c is not None:
+        p_c = s_c.sub_(m[..., None]).exp_()
+        denom += p_c.sum(-1)
+        b, h, t, q, d = out.shape
+        out.view(b, h, t * q, d).add_(torch.matmul(p_c.view(b, h, t * q, -1), vc))
+    else:
+        p_c = None
+    out.div_(denom[..., None])
+    lse = m + denom.log()
+    probs = None
+    if keep_probs:
+        inv = denom.reciprocal()[..., None]
+        probs = (p_t.mul_(inv), None if p_c is None else p_c.mul_(inv))
+    return out, lse, probs
+
+
+def _backward(qt, kt, vt, bias_t, kc, vc, bias_c, lse, dout, probs, scale: float):
+    """Gradients of :func:`_forward` w.r.t. ``qt`` (unscaled q), tile and context keys / values."""
+    if probs is None:  # recompute the probabilities from the stored log-sum-exp
+        s_t, s_c = _scores(qt, kt, bias_t, kc, bias_c)
+        p_t = s_t.sub_(lse[..., None]).exp_()
+        p_c = None if s_c is None else s_c.sub_(lse[..., None]).exp_()
+    else:
+        p_t, p_c = probs
+    b, h, t, q, d = dout.shape
+    # dS = P * (dP - delta) with delta = rowsum(P * dP) (= rowsum(dout * out), without storing out),
+    # computed in place as P*dP - P*delta
+    ds_t = torch.matmul(dout, vt.mT).mul_(p_t)
+    delta = ds_t.sum(-1, keepdim=True)
+    if p_c is not None:
+        ds_c = torch.matmul(dout.view(b, h, t * q, d), vc.mT).view(b, h, t, q, -1).mul_(p_c)
+        delta += ds_c.sum(-1, keepdim=True)
+        ds_c.addcmul_(p_c, delta, value=-1)
+    ds_t.addcmul_(p_t, delta, value=-1)
+    dq = torch.matmul(ds_t, kt)
+    dk_t = torch.matmul(ds_t.mT, qt)
+    dv_t = torch.matmul(p_t.mT, dout)
+    dk_c = dv_c = None
+    if p_c is not None:
+        ds_c = ds_c.view(b, h, t * q, -1)
+        dq.view(b, h, t * q, d).add_(torch.matmul(ds_c, kc))
+        dk_c = torch.matmul(ds_c.mT, qt.view(b, h, t * q, d))
+        dv_c = torch.matmul(p_c.view(b, h, t * q, -1).mT, dout.view(b, h, t * q, d))
+    return dq.mul_(scale), dk_t, dv_t, dk_c, dv_c
+
+
+# ----------------------------------------------------------------------------- gathering
+def _pick(x: torch.Tensor, slices: tuple[slice, ...], dim: int) -> torch.Tensor:
+    parts = [x.narrow(dim, s.start, s.stop - s.start) for s in slices]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
+
+
+def _put(dst: torch.Tensor, src: torch.Tensor, slices: tuple[slice, ...]) -> None:
+    """``dst[:, :, slices] += src`` with ``src`` holding the slices one after another."""
+    t0 = 0
+    for s in slices:
+        dst[:, :, s].add_(src[:, :, t0 : t0 + s.stop - s.start])
+        t0 += s.stop - s.start
+
+
+def _neg_inf_where_not(keep: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(keep.shape, device=keep.device).masked_fill_(~keep, float("-inf"))
+
+
+class _Inputs:
+    """Tile-ordered operands of both query groups, built from (q, k, v) and the plan."""
+
+    def __init__(self, q, k, v, plan: TilePlan, keep: torch.Tensor | None) -> None:
+        b, h, _, d = q.shape
+        self.scale = 1.0 / math.sqrt(d)
+        n = plan.img.stop - plan.img.start
+        t, qn, kn = plan.tile_allow.shape
+        # image queries and their tile keys
+        q_img, k_img, v_img = (x[:, :, plan.img] for x in (q, k, v))
+        if plan.q_order is not None:
+            q_img = q_img.index_select(2, plan.q_order)
+        self.qt = torch.mul(q_img, self.scale).contiguous().view(b, h, t, qn, d)
+        self.plan = plan
+        if plan.key_index is None:  # a tile's keys are its own queries: one reordered copy
+            pick = (lambda x: x.contiguous()) if plan.q_order is None else (lambda x: x.index_select(2, plan.q_order))
+            self.k_img, self.v_img = (pick(x).view(b, h, t, kn, d) for x in (k_img, v_img))
+        else:  # overlapping windows: gathered per chunk of tiles
+            self.k_img, self.v_img = k_img, v_img
+        self.bias_t = plan.tile_bias
+        if keep is not None and not bool(keep[:, plan.img].all()):  # padded image keys (rare)
+            keep_img = keep[:, plan.img]
+            keep_img = keep_img[:, plan.key_index] if plan.key_index is not None else (
+                keep_img if plan.q_order is None else keep_img[:, plan.q_order]).view(b, t, kn)
+            self.bias_t = self.bias_t + _neg_inf_where_not(keep_img)[:, None, :, None, :]
+        self.kc = self.vc = self.bias_c = None
+        if plan.context:
+            self.kc, self.vc = (_pick(x, plan.context, 2).contiguous() for x in (k, v))
+            if keep is not None:
+                self.bias_c = _neg_inf_where_not(_pick(keep, plan.context, 1))[:, None, None, None, :]
+        # text queries: the key prefix their oracle rows need
+        self.has_text = bool(plan.text_q)
+        if self.has_text:
+            nk = plan.text_keys
+            self.qx = torch.mul(_pick(q, plan.text_q, 2), self.scale).unsqueeze(2)  # [B,H,1,Nt,D]
+            self.kx, self.vx = (x[:, :, None, :nk] for x in (k, v))
+            allow = plan.text_allow[None, None, None]
+            if keep is not None:
+                allow = allow & keep[:, None, None, None, :nk]
+            self.bias_x = _neg_inf_where_not(allow)
+        self.n, self.shape = n, (b, h, t, qn, d)
+        # chunks of tiles keep the score-sized temporaries near CHUNK_SCORES floats (cache, peak memory)
+        per_tile = b * h * qn * (kn + sum(c.stop - c.start for c in plan.context))
+        step = max(1, CHUNK_SCORES // per_tile)
+        self.chunks = [(t0, min(t0 + step, t)) for t0 in range(0, t, step)]
+
+    def tiles(self, t0: int, t1: int):
+        """``(qt, kt, vt, bias_t)`` of tiles ``t0:t1``."""
+        b, h, _, qn, d = self.shape
+        if self.plan.key_index is None:
+            kt, vt = self.k_img[:, :, t0:t1], self.v_img[:, :, t0:t1]
+        else:
+            idx = self.plan.key_index[t0:t1].flatten()
+            kt, vt = (x.index_select(2, idx).view(b, h, t1 - t0, -1, d) for x in (self.k_img, self.v_img))
+        return self.qt[:, :, t0:t1], kt, vt, self.bias_t[..., t0:t1, :, :]
+
+    def key_positions(self, t0: int, t1: int) -> torch.Tensor | slice:
+        """Image positions of the keys of tiles ``t0:t1`` (flattened), for scattering gradients."""
+        plan, qn = self.plan, self.shape[3]
+        if plan.key_index is not None:
+            return plan.key_index[t0:t1].flatten()
+        return slice(t0 * qn, t1 * qn) if plan.q_order is None else plan.q_order[t0 * qn : t1 * qn]
+
+
+def _assemble(plan: TilePlan, out_img, out_txt, like: torch.Tensor) -> torch.Tensor:
+    b, h, n_total, d = like.shape
+    out = like.new_empty(b, h, n_total, d)
+    out_img = out_img.view(b, h, -1, d)
+    if plan.q_order is None:
+        out[:, :, plan.img] = out_img
+    else:
+        out[:, :, plan.img].index_copy_(2, plan.q_order, out_img)
+    if out_txt is not None:
+        t0 = 0
+        for s in plan.text_q:
+            out[:, :, s] = out_txt[:, :, 0, t0 : t0 + s.stop - s.start]
+            t0 += s.stop - s.start
+    return out
+
+
+def _run_forward(x: _Inputs, plan: TilePlan, like: torch.Tensor, keep_probs: bool):
+    parts = [_forward(*x.tiles(t0, t1), x.kc, x.vc, x.bias_c, keep_probs) for t0, t1 in x.chunks]
+    cat = lambda ts: ts[0] if len(ts) == 1 else torch.cat(ts, 2)  # noqa: E731
+    out_i, lse_i = cat([p[0] for p in parts]), cat([p[1] for p in parts])
+    probs_i = None
+    if keep_probs:
+        probs_i = (cat([p[2][0] for p in parts]), None if x.kc is None else cat([p[2][1] for p in parts]))
+    out_x = lse_x = probs_x = None
+    if x.has_text:
+        out_x, lse_x, probs_x = _forward(x.qx, x.kx, x.vx, x.bias_x, None, None, None, keep_probs)
+    return _assemble(plan, out_i, out_x, like), (lse_i, lse_x), (probs_i, probs_x)
+
+
+class _SparseAttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan, keep, keep_probs):
+        x = _Inputs(q, k, v, plan, keep)
+        out, lses, probs = _run_forward(x, plan, q, keep_probs)
+        ctx.plan, ctx.keep_probs = plan, keep_probs
+        flat = [p for part in probs for p in (part if part is not None else (None, None))]
+        ctx.save_for_backward(q, k, v, keep, *lses, *flat)  # probabilities: None unless keep_probs
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, keep, lse_i, lse_x, *flat = ctx.saved_tensors
+        plan = ctx.plan
+        x = _Inputs(q, k, v, plan, keep)
+        b, h, t, qn, d = x.shape
+        dq, dk, dv = (torch.zeros(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+        d_img = dout[:, :, plan.img]
+        d_img = (d_img if plan.q_order is None else d_img.index_select(2, plan.q_order)).contiguous()
+        probs_i, probs_x = ((flat[0], flat[1]), (flat[2], flat[3])) if ctx.keep_probs else ((None, None), None)
+        d_img = d_img.view(b, h, t, qn, d)
+        gq = torch.empty_like(d_img)
+        for t0, t1 in x.chunks:
+            qt, kt, vt, bias_t = x.tiles(t0, t1)
+            chunk_probs = None if probs_i[0] is None else tuple(
+                None if p is None else p[:, :, t0:t1] for p in probs_i)
+            g = _backward(qt, kt, vt, bias_t, x.kc, x.vc, x.bias_c, lse_i[:, :, t0:t1], d_img[:, :, t0:t1],
+                          chunk_probs, x.scale)
+            gq[:, :, t0:t1] = g[0]
+            at = x.key_positions(t0, t1)
+            for grad, g_t, g_c in ((dk, g[1], g[3]), (dv, g[2], g[4])):
+                g_t, img = g_t.reshape(b, h, -1, d), grad[:, :, plan.img]
+                if isinstance(at, slice):
+                    img[:, :, at].add_(g_t)
+                else:
+                    img.index_add_(2, at, g_t)
+                if g_c is not None:
+                    _put(grad, g_c, plan.context)
+        gq = gq.view(b, h, -1, d)
+        if plan.q_order is None:
+            dq[:, :, plan.img] = gq
+        else:
+            dq[:, :, plan.img].index_copy_(2, plan.q_order, gq)
+        if x.has_text:
+            d_txt = _pick(dout, plan.text_q, 2).unsqueeze(2).contiguous()
+            gq, gk, gv, _, _ = _backward(x.qx, x.kx, x.vx, x.bias_x, None, None, None, lse_x, d_txt, probs_x,
+                                         x.scale)
+            _put(dq, gq[:, :, 0], plan.text_q)
+            nk = plan.text_keys
+            dk[:, :, :nk].add_(gk[:, :, 0])
+            dv[:, :, :nk].add_(gv[:, :, 0])
+        return dq, dk, dv, None, None, None
 
 
 def blockwise_attend(
@@ -195,63 +397,31 @@ def blockwise_attend(
     kind: str,
     kernel_size: int,
     key_padding_mask: torch.Tensor | None,
-    conv_tile: int = 8,
+    conv_tile: int | tuple[int, int] = (1, 32),
     lines_per_tile: int = 1,
+    recompute: bool = True,
 ) -> torch.Tensor:
     """Sparse attention equal to SDPA with the oracle mask, computing only allowed blocks.
 
     Args:
         q, k, v: ``[B, H, N, D]``.
-        kind: ``"row"``, ``"column"`` or ``"conv"`` (``"dense"`` goes to SDPA).
-        conv_tile: conv queries are tiled in patches of at most this many rows and columns.
-        lines_per_tile: row / column layers put this many image rows / columns in one tile
-            (a block-diagonal mask inside it), trading a little wasted compute for fewer copies
-            of the context keys and bigger, more efficient kernel calls.
+        kind: ``"row"``, ``"column"`` or ``"conv"``.
         key_padding_mask: Bool ``[B, N]``, True = padding.
+        conv_tile: conv query patch ``(rows, cols)`` (an int: square), clipped to grid divisors.
+        lines_per_tile: row / column layers put this many image rows / columns in one tile.
+        recompute: keep only q, k, v and the log-sum-exp for backward (else also the probabilities).
 
     Returns:
-        ``[B, H, N, D]``.
+        ``[B, H, N, D]`` in the dtype of ``q`` (low-precision inputs are computed in float32).
     """
-    allowed = build_allowed(layout, kind, kernel_size, device=q.device)
-    if kind == "dense":
-        from vilgkit_attention.dense import masked_sdpa
-
-        return masked_sdpa(q, k, v, allowed, key_padding_mask)
-    context, text_q, img = _segments(layout)
-    _, h, w, _ = image_segment(layout)
+    plan = tile_plan(layout, kind, kernel_size, conv_tile, lines_per_tile, q.device)
     keep = None if key_padding_mask is None else ~key_padding_mask
-
-    # Text queries: few rows, all keys, oracle mask rows.
-    q_txt = _cat_positions(q, text_q, 2)
-    rows = _cat_positions(allowed, text_q, 0)  # [Nt, N]
-    mask_txt = rows if keep is None else rows[None, None] & keep[:, None, None, :]
-    out_txt = F.scaled_dot_product_attention(q_txt, k, v, attn_mask=mask_txt)
-
-    # Image queries: tiles sharing keys, plus the context keys.
-    k_ctx, v_ctx = _cat_positions(k, context, 2), _cat_positions(v, context, 2)
-    ctx_keep = None if keep is None else _cat_positions(keep, context, 1)
-    halo = kernel_size // 2 if kind == "conv" else 0
-    q_img, k_img, v_img = (x[:, :, img] for x in (q, k, v))
-    q_t, k_t, v_t = (to_tiles(x, kind, h, w, hl, conv_tile, lines_per_tile)
-                     for x, hl in ((q_img, 0), (k_img, halo), (v_img, halo)))
-    mask_t = tile_mask(layout, kind, kernel_size, conv_tile, lines_per_tile, q.device)
-    if keep is not None and not bool(keep[:, img].all()):
-        keep_t = to_tiles(keep[:, img], kind, h, w, halo, conv_tile, lines_per_tile)
-        mask_t = mask_t[None, None] & keep_t[:, None, :, None, :]
-    out_img = from_tiles(tile_attention(q_t, k_t, v_t, mask_t, k_ctx, v_ctx, ctx_keep), kind, h, w, conv_tile)
-    return _assemble(out_txt, out_img, text_q, img)
-
-
-def _assemble(out_txt: torch.Tensor, out_img: torch.Tensor, text_q: tuple[slice, ...], img: slice) -> torch.Tensor:
-    """Reassemble in position order: [text before image] [image] [text after image]."""
-    pieces, t0 = [], 0
-    for s in text_q:
-        if s.start < img.start:
-            pieces.append(out_txt[:, :, t0 : t0 + s.stop - s.start])
-            t0 += s.stop - s.start
-    pieces.append(out_img)
-    for s in text_q:
-        if s.start >= img.stop:
-            pieces.append(out_txt[:, :, t0 : t0 + s.stop - s.start])
-            t0 += s.stop - s.start
-    return torch.cat(pieces, dim=2)
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if needs_grad:
+        out = _SparseAttentionFn.apply(q, k, v, plan, keep, not recompute)
+    else:
+        out = _run_forward(_Inputs(q, k, v, plan, keep), plan, q, False)[0]
+    return out.to(dtype)

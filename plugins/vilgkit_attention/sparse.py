@@ -19,12 +19,10 @@ Dimension key: B batch, H heads, N sequence length, D head dim, K gathered keys.
 """
 from __future__ import annotations
 
-import functools
 from functools import lru_cache
 from typing import Literal
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from vilgkit.interfaces import AttentionPattern
 from vilgkit.layout import Layout
@@ -76,8 +74,8 @@ class SparseAttention(AttentionPattern):
         schedule: Literal["paper", "dense", "row", "column", "conv"] | list[Kind] = "paper",
         backend: Backend = "auto",
         recompute: bool = True,
-        conv_tile: int = 16,
-        lines_per_tile: int = 2,
+        conv_tile: int | tuple[int, int] = (2, 32),
+        lines_per_tile: int = 1,
     ) -> None:
         check_kind("conv", kernel_size)
         if isinstance(schedule, str):
@@ -91,13 +89,14 @@ class SparseAttention(AttentionPattern):
                 check_kind(kind, kernel_size)
         if backend not in ("auto", "blockwise", "flex", "sdpa"):
             raise ValueError(f"backend must be auto, blockwise, flex or sdpa; got {backend!r}")
-        if conv_tile < 1 or lines_per_tile < 1:
-            raise ValueError(f"conv_tile and lines_per_tile must be >= 1, got {conv_tile}, {lines_per_tile}")
+        tile = (conv_tile, conv_tile) if isinstance(conv_tile, int) else tuple(conv_tile)
+        if len(tile) != 2 or min(tile) < 1 or lines_per_tile < 1:
+            raise ValueError(f"conv_tile (rows, cols) and lines_per_tile must be >= 1, got {conv_tile}, {lines_per_tile}")
         self.kernel_size = kernel_size
         self.schedule = schedule
         self.backend = backend
         self.recompute = recompute
-        self.conv_tile = conv_tile
+        self.conv_tile = tile
         self.lines_per_tile = lines_per_tile
 
     @classmethod
@@ -155,18 +154,10 @@ class SparseAttention(AttentionPattern):
             return flex_attend(
                 q, k, v, layout=layout, kind=kind, kernel_size=self.kernel_size, key_padding_mask=key_padding_mask
             )
-        fn = functools.partial(
-            blockwise_attend, layout=layout, kind=kind, kernel_size=self.kernel_size, conv_tile=self.conv_tile,
-            lines_per_tile=self.lines_per_tile,
+        return blockwise_attend(
+            q, k, v, layout=layout, kind=kind, kernel_size=self.kernel_size, key_padding_mask=key_padding_mask,
+            conv_tile=self.conv_tile, lines_per_tile=self.lines_per_tile, recompute=self.recompute,
         )
-        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        if self.recompute and needs_grad:
-            # Like a fused kernel: keep q, k, v and recompute the sparse scores in backward.
-            return checkpoint(
-                lambda q_, k_, v_, pad: fn(q_, k_, v_, key_padding_mask=pad),
-                q, k, v, key_padding_mask, use_reentrant=False, preserve_rng_state=False,
-            )
-        return fn(q, k, v, key_padding_mask=key_padding_mask)
 
     def decode_keys(self, layer: int, num_layers: int, layout: Layout, position: int) -> torch.Tensor | None:
         """Positions the query at ``position`` needs from the KV cache.

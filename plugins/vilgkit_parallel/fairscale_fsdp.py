@@ -48,6 +48,9 @@ class FairScaleFSDP(DistributedStrategy):
         compute_dtype: ``"bf16"`` or ``"fp32"`` for the unsharded compute copy.
         activation_checkpointing: ``"none"`` or ``"full"`` recompute per block.
         timeout_s: collective timeout.
+        device: ``"cuda"`` (this rank's GPU), ``"cuda:N"`` or ``"auto"``; accepted so that a recipe
+            switches between ``FSDP`` and this strategy with the same ``device`` argument. The CPU is
+            refused (FairScale's FSDP needs CUDA).
     """
 
     def __init__(
@@ -56,14 +59,17 @@ class FairScaleFSDP(DistributedStrategy):
         compute_dtype: Literal["fp32", "bf16"] = "bf16",
         activation_checkpointing: Literal["none", "full"] = "none",
         timeout_s: float = 1800.0,
+        device: str = "cuda",
     ) -> None:
+        if device not in ("auto", "cuda") and not str(device).startswith("cuda:"):
+            raise ValueError(f"FairScaleFSDP runs on CUDA only: device must be 'cuda', 'cuda:N' or 'auto', got {device!r}")
         if not torch.cuda.is_available():
             raise RuntimeError(NO_CUDA)
         if compute_dtype not in ("fp32", "bf16"):
             raise ValueError(f"compute_dtype must be 'fp32' or 'bf16', got {compute_dtype!r}")
         if activation_checkpointing not in ("none", "full"):
             raise ValueError("FairScaleFSDP supports activation_checkpointing 'none' or 'full'")
-        super().__init__(device="cuda", timeout_s=timeout_s)
+        super().__init__(device="cuda" if device == "auto" else device, timeout_s=timeout_s)
         self.offload = bool(offload)
         self.compute_dtype = compute_dtype
         self.activation_checkpointing = activation_checkpointing

@@ -113,3 +113,43 @@ def test_decode_keys_for_fig2_rows():
     assert SparseAttention().decode_keys(0, 1, Layout.image_to_text(4, 4, 6), 17) is None  # text target
     with pytest.raises(ValueError, match="not a target position"):
         SparseAttention().decode_keys(0, 1, layout, 3)
+
+
+@pytest.mark.parametrize("layout_name", list(LAYOUTS))
+@pytest.mark.parametrize("pattern", [SparseAttention(kernel_size=3, schedule=["row", "column", "conv", "dense"]),
+                                     DenseAttention()], ids=["sparse", "dense"])
+def test_sparse_kv_cache_equals_full_mask(layout_name, pattern):
+    """SparseKVCache (line buffers for row / column, gathers for conv, slices otherwise) = oracle."""
+    from vilgkit_attention.decode import SparseKVCache
+
+    layout = LAYOUTS[layout_name]
+    torch.manual_seed(4)
+    model = TinyStack(pattern)
+    x = torch.randn(2, layout.length, C)
+    pad = torch.zeros(2, layout.length, dtype=torch.bool)
+    text_src = [(o, s) for o, s in zip(layout.offsets(), layout.source) if s.kind == "text"]
+    if text_src:
+        pad[1, text_src[0][0] + text_src[0][1].length - 1] = True
+    src, n = layout.source_length, layout.length
+    with torch.no_grad():
+        ref = model(x, layout, pad, use_pattern_attend=False)
+        cache = SparseKVCache(pattern, layout, LAYERS, 2, HEADS, C // HEADS, pad)
+        h = x[:, :src]
+        for i in range(LAYERS):
+            q, k, v = model.heads(i, h)
+            cache.prefill(i, k, v)
+            mask = pattern.allowed(i, LAYERS, layout)[:src, :src][None, None] & ~pad[:, None, None, :src]
+            h = model.merge(i, h, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        outs = [h]
+        for p in range(src, n):
+            h = x[:, p : p + 1]
+            for i in range(LAYERS):
+                h = model.merge(i, h, cache.attend(i, p, *model.heads(i, h)))
+            outs.append(h)
+    torch.testing.assert_close(torch.cat(outs, 1), ref, atol=1e-5, rtol=1e-5)
+    if isinstance(pattern, SparseAttention) and layout.target.kind == "image":
+        assert cache.kinds == ["row", "column", "gather", "slice"]
+    else:
+        assert set(cache.kinds) == {"slice"}
+    with pytest.raises(ValueError, match="only source positions"):
+        SparseKVCache(pattern, layout, LAYERS, 2, HEADS, C // HEADS, torch.ones(2, n, dtype=torch.bool))

@@ -475,7 +475,9 @@ class Trainer:
         real ``forward``.
         """
         module = self.module
-        if self.model is not module and callable(getattr(self.model, "training_losses", None)):
+        # the wrapper's own class must define it: FairScale's FSDP forwards unknown attributes to the
+        # inner module, whose training_losses would then run without the wrapper gathering parameters
+        if self.model is not module and callable(getattr(type(self.model), "training_losses", None)):
             return self.model.training_losses(batch, group, self.step)  # the wrapper routes it itself
         losses_fn = module.training_losses
 

@@ -69,6 +69,7 @@ def test_unknown_argument_rejected(vilgkit_component):
         case.cls(no_such_arg_xyz=1)
 
 
+@pytest.mark.vilgkit_kind.with_args(nn.Module)
 def test_module_state_dict_round_trip(vilgkit_component):
     """An ``nn.Module`` component restores exactly from its own state dict."""
     case = _case(vilgkit_component, nn.Module)
@@ -83,6 +84,7 @@ def test_module_state_dict_round_trip(vilgkit_component):
         assert torch.equal(sa[key], sb[key]), key
 
 
+@pytest.mark.vilgkit_kind.with_args(ImageTokenizer)
 def test_image_tokenizer_contract(vilgkit_component):
     """encode/decode/embed shapes, code range, output range, and a finite differentiable loss."""
     case = _case(vilgkit_component, ImageTokenizer)
@@ -110,6 +112,7 @@ def test_image_tokenizer_contract(vilgkit_component):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tok.parameters())
 
 
+@pytest.mark.vilgkit_kind.with_args(TextTokenizer)
 def test_text_tokenizer_contract(vilgkit_component, tmp_path):
     """Fit (if needed), encode/decode round trip on plain words, identical after save/load."""
     case = _case(vilgkit_component, TextTokenizer)
@@ -133,6 +136,7 @@ LAYOUTS = [Layout.text_to_image(3, 3, 4), Layout.image_to_text(3, 4, 3), Layout.
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["t2i", "i2t", "vqa"])
+@pytest.mark.vilgkit_kind.with_args(AttentionPattern)
 def test_attention_pattern_contract(vilgkit_component, layout):
     """Oracle shape and basic rules; ``attend`` and ``decode_keys`` agree with the oracle."""
     case = _case(vilgkit_component, AttentionPattern)
@@ -160,6 +164,7 @@ def test_attention_pattern_contract(vilgkit_component, layout):
             assert torch.equal(got, expect), f"layer {layer} position {pos}"
 
 
+@pytest.mark.vilgkit_kind.with_args(ParallelStrategy)
 def test_parallel_strategy_contract(vilgkit_component, tmp_path):
     """Wraps a module onto its device and round-trips a checkpoint (single process)."""
     case = _case(vilgkit_component, ParallelStrategy)

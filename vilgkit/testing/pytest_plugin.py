@@ -26,6 +26,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     registry = marker.args[0] if marker else None
     plugin = metafunc.config.getoption("--vilgkit-plugin")
     cases = registered_components(registry=registry, plugin=plugin)
+    kind_marker = metafunc.definition.get_closest_marker("vilgkit_kind")
+    if kind_marker:  # an interface check is generated only for the components implementing it
+        import inspect
+
+        kind = kind_marker.args[0]
+        cases = [c for c in cases if inspect.isclass(c.cls) and issubclass(c.cls, kind)]
     if not cases:
         metafunc.parametrize("vilgkit_component", [pytest.param(None, marks=pytest.mark.skip("none registered"))])
         return
@@ -34,3 +40,4 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vilgkit_registry(name): restrict vilgkit_component to one registry")
+    config.addinivalue_line("markers", "vilgkit_kind(cls): parametrize only over components subclassing cls")

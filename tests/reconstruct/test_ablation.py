@@ -1,0 +1,53 @@
+"""The Table 7 recipes and the ``vilgkit ablation`` command (on a seconds-long shrunk copy)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests_reconstruct_shrink import ABLATIONS, shrunk_ablation  # noqa: F401  (see conftest)
+
+
+def test_rows_share_the_base_stages_verbatim_and_parse():
+    from vilgkit.engine.runner import resolve
+
+    base = yaml.safe_load((ABLATIONS / "base.yaml").read_text())
+    rows = sorted(ABLATIONS.glob("row*.yaml"))
+    assert [p.name[:4] for p in rows] == ["row1", "row2", "row3", "row4", "row5"]
+    kinds = []
+    for path in rows:
+        row = yaml.safe_load(path.read_text())
+        assert row["stages"][: len(base["stages"])] == base["stages"], f"{path.name}: shared stages drifted from base.yaml"
+        recipe = resolve([str(ABLATIONS / "base.yaml"), str(path)])
+        assert recipe["image_tokenizer"]["class_path"].endswith("DVAETokenizer")  # the paper's dVAE
+        last = recipe["stages"][-1]
+        assert last["class_path"].endswith("EvaluateReconstruction")
+        decode = (last["init_args"].get("reconstructor") or recipe["reconstructor"])["class_path"].rpartition(".")[2]
+        kinds.append((last["init_args"]["source"], last["init_args"].get("generator_from"), decode))
+    assert kinds == [
+        ("generated", "train_generator_two_stage", "TwoStageReconstructor"),
+        ("generated", "train_generator_end_to_end", "TwoStageReconstructor"),
+        ("generated", "train_generator_end_to_end", "EndToEndReconstructor"),
+        ("gold", None, "TwoStageReconstructor"),
+        ("gold", "train_generator_end_to_end", "EndToEndReconstructor"),
+    ]
+
+
+@pytest.mark.slow
+def test_ablation_command_writes_the_table_and_reuses_finished_stages(tmp_path, capsys):
+    from vilgkit.cli import main
+
+    folder = shrunk_ablation(tmp_path / "ablations")
+    assert main(["ablation", str(folder), "--rows", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| 4 | Gold image sequence | Two-stage R |" in out
+    run_dir = tmp_path / "ablations" / "run"
+    record = json.loads((run_dir / "ablation.json").read_text())
+    row = record["rows"][0]
+    assert row["metrics"]["fid"] >= 0 and 0 <= row["metrics"]["shapes_prompt_accuracy"] <= 1 and "psnr" in row["metrics"]
+    assert (run_dir / "ablation.md").read_text().startswith("| row | Generator")
+    stamp = (run_dir / "train_tokenizer" / "image_tokenizer.safetensors").stat().st_mtime_ns
+    assert main(["ablation", str(folder), "--rows", "4"]) == 0  # everything reused: nothing retrains
+    assert "running" not in capsys.readouterr().out
+    assert (run_dir / "train_tokenizer" / "image_tokenizer.safetensors").stat().st_mtime_ns == stamp
