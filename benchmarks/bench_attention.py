@@ -52,6 +52,7 @@ class AttnStack(nn.Module):
         self.qkv = nn.ModuleList(nn.Linear(hidden, 3 * hidden) for _ in range(layers))
         self.out = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
         self.saved: dict[int, int] = {}
+        self.attn_s = 0.0  # sampling: seconds inside the cached attention (cache write, gather, SDPA)
 
     def split(self, i: int, x: torch.Tensor) -> list[torch.Tensor]:
         return [t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in self.qkv[i](x).chunk(3, -1)]
@@ -90,6 +91,7 @@ class AttnStack(nn.Module):
             h = x[:, p : p + 1]
             for i in range(self.layers):
                 q, k, v = self.split(i, h)
+                t0 = time.perf_counter()
                 kc, vc = cache[i]
                 kc[:, :, p : p + 1], vc[:, :, p : p + 1] = k, v
                 idx = plan[i][p - src]
@@ -98,6 +100,7 @@ class AttnStack(nn.Module):
                 else:
                     keys, vals, m = kc.index_select(2, idx), vc.index_select(2, idx), valid.index_select(3, idx)
                 a = F.scaled_dot_product_attention(q, keys, vals, attn_mask=m)
+                self.attn_s += time.perf_counter() - t0
                 h = h + self.out[i](a.transpose(1, 2).flatten(2))
         return h
 
@@ -120,8 +123,21 @@ class AttnStack(nn.Module):
             h = x[:, p : p + 1]
             for i in range(self.layers):
                 q, k, v = self.split(i, h)
-                h = h + self.out[i](cache.attend(i, p, q, k, v).transpose(1, 2).flatten(2))
+                t0 = time.perf_counter()
+                a = cache.attend(i, p, q, k, v)
+                self.attn_s += time.perf_counter() - t0
+                h = h + self.out[i](a.transpose(1, 2).flatten(2))
         return h
+
+
+def timed_sampler(fn, model: AttnStack, log: list[float], *args):
+    """``fn(*args)``, appending to ``log`` the seconds it spent in cached attention."""
+    def run():
+        model.attn_s = 0.0
+        out = fn(*args)
+        log.append(model.attn_s)
+        return out
+    return run
 
 
 def sync(device: torch.device) -> None:
@@ -198,6 +214,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch default)")
     ap.add_argument("--generator", action="store_true", help="also time UnifiedTransformer.sample_images")
     ap.add_argument("--skip-sampling", action="store_true")
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--per-layer", action="store_true",
+                    help="also time one attention call (fwd+bwd) per kind: dense, row, column, conv")
     ap.add_argument("--quick", action="store_true", help="8x8 image, 2 layers: a smoke run")
     args = ap.parse_args()
     if args.quick:
@@ -232,8 +251,8 @@ def main() -> None:
             model(x, layout, pad, count_saved=count).pow(2).mean().backward()
 
         steps[name] = step
-    timing = interleaved_times(steps, args.repeats, device)
-    for name, model in models.items():
+    timing = {} if args.skip_train else interleaved_times(steps, args.repeats, device)
+    for name, model in models.items() if timing else ():
         model.saved.clear()
         steps[name](count=True)
         saved = sum(model.saved.values())
@@ -243,22 +262,33 @@ def main() -> None:
         print(f"train {name:20s} step median {t['median_s'] * 1e3:8.1f} ms  min {t['min_s'] * 1e3:8.1f} ms   "
               f"attention saved {saved / 1e6:7.1f} MB   step peak {'n/a' if peak is None else f'{peak / 1e6:.1f} MB'}")
     t = results["train"]
-    print(ratio_line("train", t) + f"   attention memory sparse/dense: "
-          f"{t['sparse']['attn_saved_MB'] / t['dense']['attn_saved_MB']:.2f}")
+    if t:
+        print(ratio_line("train", t) + f"   attention memory sparse/dense: "
+              f"{t['sparse']['attn_saved_MB'] / t['dense']['attn_saved_MB']:.2f}")
+    if args.per_layer:
+        results["per_layer"] = per_layer_times(args, layout, pad, device)
     if not args.skip_sampling:
-        samplers = {}
+        samplers, attn_times = {}, {}
         for name, pattern_name, method in (("dense", "dense", "sample"), ("sparse", "sparse", "sample"),
                                            ("sparse_lines", "sparse", "sample_lines")):
             torch.manual_seed(0)
             model = AttnStack(patterns[pattern_name], args.hidden, args.heads, args.layers).to(device)
-            samplers[name] = getattr(model, method)
-            samplers[name] = lambda fn=samplers[name]: fn(x, layout, pad)
+            samplers[name] = timed_sampler(getattr(model, method), model, attn_times.setdefault(name, []),
+                                           x, layout, pad)
         with torch.no_grad():  # the two sparse samplers agree (same weights, same inputs)
             torch.testing.assert_close(samplers["sparse"](), samplers["sparse_lines"](), atol=1e-4, rtol=1e-4)
+        for log in attn_times.values():
+            log.clear()
         results["sample"] = s = interleaved_times(samplers, args.sample_repeats, device)
         for name in samplers:
-            print(f"sample {name:7s} {layout.target.length} tokens: median {s[name]['median_s']:7.2f} s  "
-                  f"min {s[name]['min_s']:7.2f} s")
+            a = attn_times[name][1:]  # without the warm-up
+            s[name].update({"attn_median_s": statistics.median(a), "attn_min_s": min(a), "attn_all_s": a})
+            print(f"sample {name:12s} {layout.target.length} tokens: median {s[name]['median_s']:7.2f} s  "
+                  f"min {s[name]['min_s']:7.2f} s   of which cached attention: median {s[name]['attn_median_s']:6.2f} s  "
+                  f"min {s[name]['attn_min_s']:6.2f} s")
+        for b in ("sparse", "sparse_lines"):
+            print(f"sampling, cached attention only, dense/{b}: median "
+                  f"{s['dense']['attn_median_s'] / s[b]['attn_median_s']:.2f}x, min {s['dense']['attn_min_s'] / s[b]['attn_min_s']:.2f}x")
         print(ratio_line("sampling (gather)", s))
         print(ratio_line("sampling (SparseKVCache)", s, b="sparse_lines"))
     if args.generator:
@@ -266,6 +296,26 @@ def main() -> None:
     results["load_after"] = load_average()
     print(f"load average after {results['load_after']}")
     print(json.dumps(results))
+
+
+def per_layer_times(args, layout, pad, device) -> dict:
+    """One attention call, forward + backward, per image pattern (interleaved repeats)."""
+    torch.manual_seed(0)
+    shape = (args.batch, args.heads, layout.length, args.hidden // args.heads)
+    qkv = [torch.randn(shape, device=device, requires_grad=True) for _ in range(3)]
+    calls = {"dense": DenseAttention()}
+    calls.update({kind: SparseAttention(kernel_size=args.kernel, schedule=kind) for kind in ("row", "column", "conv")})
+
+    def call(pattern):
+        for t in qkv:
+            t.grad = None
+        pattern.attend(*qkv, layer=0, num_layers=1, layout=layout, key_padding_mask=pad).sum().backward()
+
+    out = interleaved_times({k: (lambda p=p: call(p)) for k, p in calls.items()}, args.repeats, device)
+    for name, t in out.items():
+        print(f"one attention call {name:6s} fwd+bwd: median {t['median_s'] * 1e3:7.1f} ms  min {t['min_s'] * 1e3:7.1f} ms"
+              f"   dense/this (median): {out['dense']['median_s'] / t['median_s']:.2f}x")
+    return out
 
 
 def generator_sampling(args, device, patterns) -> dict:

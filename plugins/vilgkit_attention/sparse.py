@@ -7,13 +7,15 @@ subclasses may override :meth:`SparseAttention.kind` for other rules.
 
 Three execution paths agree with the oracle :meth:`SparseAttention.allowed` (tests check it):
 
-* ``blockwise`` (CPU default): tiles of image queries sharing keys (``blockwise.py``); the sparse
-  scores are recomputed in backward (``recompute=True``) so no probabilities are stored;
+* ``blockwise`` (CPU default): tiles of image queries sharing keys, context scores computed once,
+  hand-written backward (``blockwise.py``); with ``recompute=True`` only q, k, v and one
+  log-sum-exp per query are stored and the probabilities are recomputed from them in backward;
 * ``flex`` (CUDA default): FlexAttention with cached block masks (``flex.py``);
 * ``sdpa``: SDPA with the oracle mask (dense cost; a reference for debugging).
 
 Decoding with a KV cache uses :meth:`SparseAttention.decode_keys`: the context (source) keys and
-the image keys of the query's row / column / window so far.
+the image keys of the query's row / column / window so far (``decode.SparseKVCache`` lays a cache
+out so that row / column keys need no gather).
 
 Dimension key: B batch, H heads, N sequence length, D head dim, K gathered keys.
 """
@@ -61,10 +63,13 @@ class SparseAttention(AttentionPattern):
             generator's number of layers).
         backend: ``"auto"`` picks ``flex`` on CUDA and ``blockwise`` elsewhere; ``"flex"`` is refused
             off CUDA (FlexAttention has no CPU backward).
-        recompute: block-wise path only; recompute the sparse scores in backward instead of storing
-            them (memory of a fused kernel at the cost of one extra sparse forward).
-        conv_tile: block-wise conv path: queries are processed in tiles of at most this many rows
-            and columns, each with its (tile + kernel halo) key window.
+        recompute: block-wise path only; store only q, k, v and a log-sum-exp per query for
+            backward and recompute the sparse probabilities from them (the memory of a fused kernel
+            at the cost of one extra score product); ``False`` stores the probabilities.
+        conv_tile: block-wise conv path: query tiles of ``(rows, cols)`` (an int: square), clipped
+            to divisors of the grid; each tile's keys are the window the kernel reaches from it
+            (only the rows above and its own rows when the image is causal). The default, two
+            whole rows, was the fastest at a 32x32 grid with an 11x11 kernel on CPU.
         lines_per_tile: block-wise row / column path: image rows (columns) per tile.
     """
 

@@ -143,7 +143,6 @@ class DVAETokenizer(ImageTokenizer, Trainable):
 
     def _mix(self, flat_logits: torch.Tensor, temperature: float) -> torch.Tensor:
         # code-last [N, K]: softmax, sampling and the codebook product run along contiguous rows
-        # (along dim 1 of [B, K, h, w] the same ops are strided and several times slower on CPU)
         y = gumbel_softmax(flat_logits, temperature, hard=self.hard_samples(), dim=-1)
         return (y @ self.codebook.weight.float()).to(self.codebook.weight.dtype)
 

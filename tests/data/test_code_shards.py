@@ -121,3 +121,22 @@ def test_incomplete_or_tampered_shards(tokenized, tmp_path):
         CodeShardDataset(str(out))
     with pytest.raises(FileExistsError, match="not empty"):
         write_code_shards(ShapesDataset(size=2, image_size=32), image_tok, text_tok, out, progress=False)
+
+
+def test_fingerprint_covers_zero_dim_buffers():
+    """Tokenizers keep step counters as 0-d buffers: they hash, and a changed counter changes the hash."""
+    from vilgkit.data.code_shards import image_tokenizer_fingerprint
+
+    class Tok(torch.nn.Module):
+        codebook_size, downsample = 8, 4
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(2, 3))
+            self.register_buffer("step", torch.tensor(3))
+
+    tok = Tok()
+    before = image_tokenizer_fingerprint(tok)
+    assert before == image_tokenizer_fingerprint(tok)
+    tok.step.fill_(4)
+    assert image_tokenizer_fingerprint(tok) != before

@@ -148,3 +148,28 @@ def test_attach_checks_and_keeps_trained_weights(tiny):
     # the copy's encoder takes no gradients (only the decode path trains)
     assert not any(p.requires_grad for p in rec.decoder.encoder.parameters())
     assert all(p.requires_grad for p in rec.decoder.decoder.parameters())
+
+
+@pytest.mark.parametrize("kind", [TwoStageReconstructor, EndToEndReconstructor])
+def test_pipeline_text_to_image_decodes_with_the_recipes_reconstructor(tiny, kind):
+    """``text_to_image`` = sample codes → the reconstructor (end-to-end: after one teacher-forced pass)."""
+    import numpy as np
+    from vilgkit_text import WordPieceTokenizer
+
+    gen, tok = tiny["gen"], tiny["tok"]
+    text = WordPieceTokenizer(vocab_size=40)
+    text.fit(["a red circle", "a blue square at the top", "a small green star"] * 3)
+    rec = kind(map_init_std=0.5) if kind is EndToEndReconstructor else kind()
+    pipe = Pipeline(gen, text, tok, (4, 4), rec.attach(tok, gen.hidden_size), device="cpu")
+    prompts = ["a red circle", "a small green star"]
+    images = pipe.text_to_image(prompts, seed=3)
+    codes, ids, mask = pipe.sample_codes(prompts, seed=3)
+    with torch.no_grad():
+        hidden = gen.image_hidden_states(ids, mask, codes) if kind.end_to_end else None
+        want = rec.reconstruct(codes, hidden)
+    want = ((want.clamp(-1, 1) + 1) * 127.5).round().permute(0, 2, 3, 1).to(torch.uint8).numpy()
+    got = np.stack([np.asarray(im) for im in images])
+    assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    if kind.end_to_end:  # the hidden states matter: the tokenizer's own decode differs
+        plain = ((tok.decode(codes) + 1) * 127.5).round().permute(0, 2, 3, 1).to(torch.uint8).numpy()
+        assert np.abs(got.astype(int) - plain.astype(int)).max() > 1

@@ -121,3 +121,20 @@ def test_adaptive_weight_is_grad_norm_ratio():
     w = adaptive_weight(nll, g, last, scale=0.8)
     assert w.item() == pytest.approx(0.8 * 5.0 / (2.0 + 1e-4), rel=1e-6)
     assert not w.requires_grad
+
+
+def test_gumbel_softmax_samples_the_softmax_and_straight_through_is_one_hot():
+    from vilgkit_vq.quantizers import gumbel_softmax
+
+    torch.manual_seed(0)
+    probs = torch.tensor([0.7, 0.2, 0.1])
+    logits = probs.log().expand(20000, 3).clone().requires_grad_(True)
+    y = gumbel_softmax(logits, 1.0, hard=True)
+    # Gumbel-max: the hard samples follow softmax(logits)
+    assert torch.allclose(y.detach().mean(0), probs, atol=0.015)
+    assert torch.equal(y.detach().sum(-1), torch.ones(20000)) and set(y.detach().unique().tolist()) == {0.0, 1.0}
+    # straight-through: the gradient is the soft sample's
+    (y * torch.tensor([1.0, -1.0, 0.5])).sum().backward()
+    assert logits.grad.abs().sum() > 0
+    soft = gumbel_softmax(torch.zeros(4, 5), 0.5)
+    assert torch.allclose(soft.sum(-1), torch.ones(4)) and (soft > 0).all()

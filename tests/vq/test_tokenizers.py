@@ -81,6 +81,39 @@ def test_dvae_hard_codes_at_inference_and_annealing():
     assert all(any(torch.allclose(v, r, atol=1e-6) for r in rows) for v in flat)
 
 
+def test_dvae_straight_through_from_a_step():
+    tok = DVAETokenizer(downsample=4, straight_through=True, straight_through_start=10, **TINY)
+    assert not tok.hard_samples(9) and tok.hard_samples(10)
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    tok.training_losses(x, "main", 3)
+    z = tok.relaxed_embedding(torch.randn(2, 16, 2, 2), 1.0)  # soft: a mixture, not a codebook row
+    assert not any(torch.allclose(z[0, :, 0, 0], r, atol=1e-6) for r in tok.codebook.weight)
+    tok.training_losses(x, "main", 10)
+    z = tok.relaxed_embedding(torch.randn(2, 16, 2, 2), 1.0)
+    assert any(torch.allclose(z[0, :, 0, 0], r, atol=1e-6) for r in tok.codebook.weight)
+    assert not DVAETokenizer(downsample=4, straight_through_start=0, **TINY).hard_samples(100)  # needs straight_through
+    with pytest.raises(ValueError, match="straight_through_start"):
+        DVAETokenizer(downsample=4, straight_through_start=-1, **TINY)
+
+
+def test_vqgan_pixel_loss_choice():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    for kind in ("l1", "mse"):
+        tok = VQGANTokenizer(ch_mult=[1, 1, 1], pixel_loss=kind, disc_start=100, **TINY_GAN)
+        torch.manual_seed(1)
+        out = tok.training_losses(x, "autoencoder", 0)
+        tok.eval()
+        torch.manual_seed(1)
+        with torch.no_grad():
+            recon = tok.reconstruct(x)[0]
+        diff = x - recon
+        expect = diff.abs().mean() if kind == "l1" else diff.square().mean()
+        assert out["rec"].item() == pytest.approx(expect.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="pixel_loss"):
+        VQGANTokenizer(ch_mult=[1, 1, 1], pixel_loss="huber", **TINY_GAN)
+
+
 def test_dvae_kl_warmup():
     tok = DVAETokenizer(downsample=4, kl_weight=0.5, kl_warmup_steps=10, **TINY)
     assert tok.kl_weight_at(0) == 0.0 and tok.kl_weight_at(5) == pytest.approx(0.25) and tok.kl_weight_at(50) == 0.5

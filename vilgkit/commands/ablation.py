@@ -178,13 +178,23 @@ def markdown_table(record: dict[str, Any]) -> str:
         "| row | Generator | Reconstructor | FID ↓ | prompt accuracy ↑ | object recall ↑ | PSNR (dB) ↑ |",
         "|---:|---|---|---:|---:|---:|---:|",
     ]
+    def cell(m: dict[str, Any], key: str, fmt: str) -> str:
+        runs = m.get(f"{key}_runs")
+        spread = f" ({', '.join(format(v, fmt) for v in runs)})" if runs else ""
+        return format(m[key], fmt) + spread
+
     for r in record["rows"]:
         m = r["metrics"]
         psnr = f"{m['psnr']:.2f}" if "psnr" in m else "—"
-        lines.append(f"| {r['row']} | {r['generator']} | {r['reconstructor']} | {m['fid']:.2f} | "
-                     f"{m['shapes_prompt_accuracy']:.3f} | {m['shapes_object_recall']:.3f} | {psnr} |")  # fmt: skip
+        lines.append(f"| {r['row']} | {r['generator']} | {r['reconstructor']} | {cell(m, 'fid', '.2f')} | "
+                     f"{cell(m, 'shapes_prompt_accuracy', '.3f')} | {cell(m, 'shapes_object_recall', '.3f')} | {psnr} |")  # fmt: skip
     n = record["rows"][0]["settings"]["num_samples"] if record["rows"] else 0
-    lines += ["", f"{n} held-out Shapes images per row; FID with the Shapes feature extractor (no downloaded weights).", ""]
+    floors = [r["metrics"]["fid_real_vs_real"] for r in record["rows"] if "fid_real_vs_real" in r["metrics"]]
+    lines += ["", f"{n} held-out Shapes images per row; FID with the Shapes feature extractor (no downloaded weights); "
+              "rows sampled several times show the mean and each run in parentheses."]  # fmt: skip
+    if floors:
+        lines.append(f"FID between the evaluation images and {n} independent real images (the noise floor): {floors[0]:.2f}.")
+    lines.append("")
     if record["orderings"]:
         lines += ["| paper's claim | FID (two-stage → end-to-end) | holds? | prompt accuracy | holds? |", "|---|---|---|---|---|"]
         for o in record["orderings"]:
@@ -198,7 +208,9 @@ def markdown_table(record: dict[str, Any]) -> str:
         lines.append(f"| {name} | {s['seconds']:.0f} | {s['row']} | {reused} | "
                      f"{s.get('load_before', float('nan')):.1f} → {s.get('load_after', float('nan')):.1f} |")  # fmt: skip
     ls, le = record["load_average_start"], record["load_average_end"]
-    lines += ["", f"Total wall time {record['wall_seconds'] / 60:.1f} min on {record['cpu_count']} CPU cores "
+    from_scratch = sum(s["seconds"] for s in record["stages"].values())
+    lines += ["", f"Sum of the stage wall times (the table from scratch): {from_scratch / 60:.1f} min.",
+              f"This invocation's wall time {record['wall_seconds'] / 60:.1f} min on {record['cpu_count']} CPU cores "
               f"({record['torch_threads']} torch threads); load average (1/5/15 min) at start "
               f"{ls[0]:.1f}/{ls[1]:.1f}/{ls[2]:.1f}, at end {le[0]:.1f}/{le[1]:.1f}/{le[2]:.1f}.", "",
               f"Command: `{record['command']}`", ""]  # fmt: skip

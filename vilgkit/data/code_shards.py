@@ -51,6 +51,7 @@ def image_tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
     for name, tensor in sorted(tokenizer.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        t = t.reshape(-1)  # a 0-d tensor (a step counter) cannot be viewed as bytes
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
