@@ -83,8 +83,6 @@ class EvaluateReconstruction(Stage):
         super().__init__(name)
         if source not in ("generated", "gold"):
             raise ValueError(f"source must be 'generated' or 'gold', got {source!r}")
-        if source == "generated" and not generator_from:
-            raise ValueError("source 'generated' needs generator_from (the generator stage)")
         if num_samples < 2 or batch_size <= 0 or grid_images < 0 or repeats < 1:
             raise ValueError("num_samples >= 2, batch_size > 0, repeats >= 1 and grid_images >= 0 are required")
         self.source, self.generator_from, self.reconstructor = source, generator_from, reconstructor
@@ -153,6 +151,8 @@ class EvaluateReconstruction(Stage):
         from vilgkit.stages.evaluate import default_eval_data
         from vilgkit.stages.train_tokenizer import write_grid
 
+        if self.source == "generated" and not self.generator_from:
+            raise VilgkitError(f"{self.name}: source 'generated' needs generator_from (the generator stage)")
         start = time.perf_counter()
         out_dir = ctx.stage_dir(self.name)
         data_node: Any = "given in the stage"

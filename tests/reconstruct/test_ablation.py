@@ -6,20 +6,18 @@ import json
 import pytest
 import yaml
 
-from tests_reconstruct_shrink import ABLATIONS, shrunk_ablation  # noqa: F401  (see conftest)
 
-
-def test_rows_share_the_base_stages_verbatim_and_parse():
+def test_rows_share_the_base_stages_verbatim_and_parse(ablations_dir):
     from vilgkit.engine.runner import resolve
 
-    base = yaml.safe_load((ABLATIONS / "base.yaml").read_text())
-    rows = sorted(ABLATIONS.glob("row*.yaml"))
+    base = yaml.safe_load((ablations_dir / "base.yaml").read_text())
+    rows = sorted(ablations_dir.glob("row*.yaml"))
     assert [p.name[:4] for p in rows] == ["row1", "row2", "row3", "row4", "row5"]
     kinds = []
     for path in rows:
         row = yaml.safe_load(path.read_text())
         assert row["stages"][: len(base["stages"])] == base["stages"], f"{path.name}: shared stages drifted from base.yaml"
-        recipe = resolve([str(ABLATIONS / "base.yaml"), str(path)])
+        recipe = resolve([str(ablations_dir / "base.yaml"), str(path)])
         assert recipe["image_tokenizer"]["class_path"].endswith("DVAETokenizer")  # the paper's dVAE
         last = recipe["stages"][-1]
         assert last["class_path"].endswith("EvaluateReconstruction")
@@ -35,10 +33,10 @@ def test_rows_share_the_base_stages_verbatim_and_parse():
 
 
 @pytest.mark.slow
-def test_ablation_command_writes_the_table_and_reuses_finished_stages(tmp_path, capsys):
+def test_ablation_command_writes_the_table_and_reuses_finished_stages(shrunk_ablations, tmp_path, capsys):
     from vilgkit.cli import main
 
-    folder = shrunk_ablation(tmp_path / "ablations")
+    folder = shrunk_ablations
     assert main(["ablation", str(folder), "--rows", "4"]) == 0
     out = capsys.readouterr().out
     assert "| 4 | Gold image sequence | Two-stage R |" in out

@@ -96,6 +96,8 @@ def run_ablation(folder: str | Path, *, run_dir: str | None = None, rows: str | 
     if not base.is_file():
         raise VilgkitError(f"{folder} has no base.yaml")
     overrides = list(overrides or [])
+    command = " ".join(["vilgkit ablation", str(folder), *(["--run-dir", str(run_dir)] if run_dir else []),
+                        *(["--rows", rows] if rows else []), *overrides])  # fmt: skip
     if run_dir is not None:
         overrides += ["--run_dir", str(run_dir)]
     start, load_start = time.perf_counter(), os.getloadavg()
@@ -128,8 +130,7 @@ def run_ablation(folder: str | Path, *, run_dir: str | None = None, rows: str | 
         result = json.loads((root / evaluated / "metrics.json").read_text())
         results.append({"row": number, "recipe": str(path), **result})
     record = {
-        "command": "vilgkit ablation " + " ".join([str(folder), *(["--run-dir", run_dir] if run_dir else []),
-                                                   *(["--rows", rows] if rows else []), *overrides]),
+        "command": command,
         "rows": results,
         "stages": stage_times,
         "wall_seconds": time.perf_counter() - start,

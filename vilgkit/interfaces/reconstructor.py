@@ -17,6 +17,13 @@ class Reconstructor(nn.Module, ABC):
     #: True when the reconstructor consumes hidden states and trains with the generator.
     end_to_end: bool = False
 
+    def attach(self, image_tokenizer: nn.Module, hidden_size: int) -> None:
+        """Receive the trained image tokenizer and the generator's width before use.
+
+        Stages and the pipeline call this once the tokenizer exists (it is usually trained by an
+        earlier stage, so it cannot be a constructor argument). The default does nothing.
+        """
+
     @abstractmethod
     def reconstruct(self, codes: torch.Tensor, image_hidden: torch.Tensor | None = None) -> torch.Tensor:
         """Codes ``[B, h, w]`` (and hidden states ``[B, h*w, hidden]`` when end-to-end) → images
