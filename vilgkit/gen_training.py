@@ -305,35 +305,6 @@ class SampleGrids:
         return images, self.text_tokenizer.decode([[i for i in row if i < size] for row in out])
 
 
-@torch.no_grad()
-def init_image_embeddings_from_codebook(generator: nn.Module, image_tokenizer: ImageTokenizer, seed: int = 0) -> bool:
-    """Start the generator's image-code embeddings from the tokenizer's codebook.
-
-    Row ``k`` of ``generator.image_embed`` becomes codebook vector ``k`` (standardised per
-    dimension) through a fixed random projection ``d → C``, rescaled to the table's init std. Codes
-    that look alike then start with similar embeddings, so what the generator learns about one
-    code carries over to its neighbours (the image→text direction reads images sooner). Generators
-    without an ``image_embed`` table, or whose vocabulary differs from the codebook, are left alone.
-
-    Returns:
-        Whether the table was initialised.
-    """
-    table = getattr(generator, "image_embed", None)
-    k = int(image_tokenizer.codebook_size)
-    if not isinstance(table, nn.Embedding) or table.num_embeddings != k:
-        return False
-    device = next(image_tokenizer.parameters()).device
-    with _no_autocast(device):
-        codes = torch.arange(k, device=device).view(1, 1, k)
-        vectors = image_tokenizer.embed(codes)[0, :, 0, :].t().float().cpu()  # [K, d]
-    vectors = (vectors - vectors.mean(0)) / vectors.std(0).clamp_min(1e-6)
-    rng = torch.Generator().manual_seed(seed)
-    projected = vectors @ torch.randn(vectors.shape[1], table.embedding_dim, generator=rng)  # [K, C]
-    std = float(table.weight.std())
-    table.weight.copy_((projected * (std / projected.std().clamp_min(1e-12))).to(table.weight))
-    return True
-
-
 @contextlib.contextmanager
 def eval_mode(*modules: nn.Module):
     """Temporarily put modules in eval mode (restored afterwards)."""

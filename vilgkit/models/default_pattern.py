@@ -2,23 +2,22 @@
 
 Core must not import the attention plugin, yet a generator without an explicit pattern should
 still work: this is the dense case of DESIGN.md §1 expressed through the ``AttentionPattern`` base
-machinery (its ``attend`` and ``decode_keys`` defaults). It is deliberately *not* registered: the
-recipe-facing dense pattern is the plugin's ``DenseAttention``.
+machinery (its ``decode_keys`` default; ``attend`` is overridden, see below). It is deliberately
+*not* registered: the recipe-facing dense pattern is the plugin's ``DenseAttention``.
 
 Dense masks depend only on (source length, total length), so they are memoised.
 
 Training attention on the CPU is :func:`masked_attention` (two matmuls and a masked softmax), not
 SDPA: for the short streams of the demos (N ≈ 100) PyTorch's CPU flash kernel with a boolean mask
-is slow in backward, in bf16 above all (measured on the 2-core EPYC: fp32/bf16 SDPA 0.40/1.06 s
-vs 0.25–0.58 s for the explicit form per layer and direction at B=64, N=96, D=64; a whole
-4×256 generator step 2.1× faster). GPUs keep SDPA (fused kernels win there).
+is slow in backward under bf16 autocast (2-core EPYC, CPU time per layer and direction, forward +
+backward, B=64, N=96, D=64: SDPA 0.082 s vs 0.051 s; a whole 4×256 generator step 2.16 → 1.76 s).
+GPUs keep SDPA (fused kernels win there).
 """
 from __future__ import annotations
 
 from functools import lru_cache
 
 import torch
-
 import torch.nn.functional as F
 
 from vilgkit.interfaces.attention import AttentionPattern

@@ -31,7 +31,6 @@ from vilgkit.gen_training import (
     TokenizedDataset,
     collate_tokenized,
     dataset_fingerprint,
-    init_image_embeddings_from_codebook,
     tokenize_dataset,
 )
 from vilgkit.interfaces import RunContext, Stage
@@ -100,7 +99,6 @@ class _GeneratorStage(Stage):
         reconstructor_weight: float = 1.0,
         sample_every: int = 0,
         num_samples: int = 8,
-        image_embed_init: Literal["random", "codebook"] = "random",
     ) -> None:
         super().__init__(name)
         self.trainer = coerce_config(trainer) if trainer is not None else TrainerConfig()
@@ -113,9 +111,6 @@ class _GeneratorStage(Stage):
         self.reconstructor_weight = reconstructor_weight
         self.sample_every = sample_every
         self.num_samples = num_samples
-        self.image_embed_init = image_embed_init
-        if image_embed_init not in ("random", "codebook"):
-            raise ValueError(f"image_embed_init must be 'random' or 'codebook', got {image_embed_init!r}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
 
@@ -163,8 +158,6 @@ class _GeneratorStage(Stage):
         check_special_ids(generator, text_tok)
         if self.generator_from:
             load_generator_weights(generator, ctx.source_dir(self.generator_from))
-        elif self.image_embed_init == "codebook":  # a resumed run loads its checkpoint over this
-            init_image_embeddings_from_codebook(generator, image_tok, seed=ctx.seed)
         reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
         if reconstructor is not None and callable(getattr(reconstructor, "attach", None)):
             reconstructor.attach(image_tok, int(generator.hidden_size))  # the trained tokenizer, the generator's width
@@ -273,10 +266,6 @@ class TrainGenerator(_GeneratorStage):
             reconstructor has ``end_to_end = True``.
         sample_every: steps between sample grids (0: none).
         num_samples: prompts / images per sample grid.
-        image_embed_init: ``"codebook"`` starts the generator's image-code embeddings from the image
-            tokenizer's codebook through a fixed random projection (similar codes start alike;
-            see :func:`vilgkit.gen_training.init_image_embeddings_from_codebook`); ``"random"`` is
-            the model's own init. Ignored with ``generator_from``.
     """
 
 
