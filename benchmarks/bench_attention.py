@@ -72,6 +72,17 @@ class AttnStack(nn.Module):
             x = x + self.out[i](a.transpose(1, 2).flatten(2))
         return x
 
+    def _prefill(self, x, layout, valid, store) -> None:
+        """The source through every layer (bidirectional, padded), handing each layer's keys and
+        values to ``store(layer, k, v)``; shared by both cached samplers so they time the same prefill."""
+        src = layout.source_length
+        h = x[:, :src]
+        for i in range(self.layers):
+            q, k, v = self.split(i, h)
+            store(i, k, v)
+            mask = self.pattern.allowed(i, self.layers, layout)[:src, :src].to(x.device) & valid[..., :src]
+            h = h + self.out[i](F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2))
+
     @torch.no_grad()
     def sample(self, x, layout, pad):
         """Prefill the source, then every target position through a KV cache (inputs given)."""
@@ -81,12 +92,11 @@ class AttnStack(nn.Module):
         plan = [[self.pattern.decode_keys(i, self.layers, layout, p) for p in range(src, n)] for i in range(self.layers)]
         plan = [[None if t is None else t.to(x.device) for t in row] for row in plan]
         valid = ~pad[:, None, None, :]
-        h = x[:, :src]
-        for i in range(self.layers):
-            q, k, v = self.split(i, h)
+
+        def store(i, k, v):
             cache[i][0][:, :, :src], cache[i][1][:, :, :src] = k, v
-            mask = self.pattern.allowed(i, self.layers, layout)[:src, :src].to(x.device) & valid[..., :src]
-            h = h + self.out[i](F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2))
+
+        self._prefill(x, layout, valid, store)
         for p in range(src, n):
             h = x[:, p : p + 1]
             for i in range(self.layers):
@@ -113,12 +123,7 @@ class AttnStack(nn.Module):
         d = x.shape[-1] // self.heads
         cache = SparseKVCache(self.pattern, layout, self.layers, b, self.heads, d, pad, device=x.device, dtype=x.dtype)
         valid = ~pad[:, None, None, :]
-        h = x[:, :src]
-        for i in range(self.layers):
-            q, k, v = self.split(i, h)
-            cache.prefill(i, k, v)
-            mask = self.pattern.allowed(i, self.layers, layout)[:src, :src].to(x.device) & valid[..., :src]
-            h = h + self.out[i](F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2))
+        self._prefill(x, layout, valid, cache.prefill)
         for p in range(src, n):
             h = x[:, p : p + 1]
             for i in range(self.layers):
