@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vilgkit.interfaces import AttentionPattern
+from vilgkit.interfaces.attention import with_key_padding
 from vilgkit.layout import Layout
 from vilgkit.registry import ATTENTION_PATTERNS
 from vilgkit_attention.masks import build_allowed, check_attend_inputs, check_decode_position
@@ -20,10 +21,7 @@ def masked_sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, key_padding_mask: torch.Tensor | None
 ) -> torch.Tensor:
     """SDPA with ``allowed`` ``Bool[N, N]`` and an optional key padding mask ``Bool[B, N]``."""
-    mask = allowed
-    if key_padding_mask is not None:
-        mask = allowed[None, None] & ~key_padding_mask[:, None, None, :]  # [B, 1, N, N]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=with_key_padding(allowed, key_padding_mask))
 
 
 @ATTENTION_PATTERNS.register_module()

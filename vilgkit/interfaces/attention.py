@@ -16,6 +16,14 @@ import torch.nn.functional as F
 from vilgkit.layout import Layout
 
 
+def with_key_padding(allowed: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """The attention mask for a batch: ``allowed`` ``Bool[N, N]`` without padding (returned as is), or
+    ``Bool[B, 1, N, N]`` that also hides the padded keys (``key_padding_mask`` ``Bool[B, N]``, True = pad)."""
+    if key_padding_mask is None:
+        return allowed
+    return allowed[None, None] & ~key_padding_mask[:, None, None, :]
+
+
 class AttentionPattern(ABC):
     """Decides, per layer, which keys a query attends to, and computes attention accordingly."""
 
@@ -47,9 +55,7 @@ class AttentionPattern(ABC):
             ``[B, H, N, D]``. The default is SDPA with the oracle mask; sparse patterns override it
             with kernels that only compute what the mask allows.
         """
-        mask = self.allowed(layer, num_layers, layout).to(q.device)  # [N, N]
-        if key_padding_mask is not None:
-            mask = mask[None, None] & ~key_padding_mask[:, None, None, :]  # [B, 1, N, N]
+        mask = with_key_padding(self.allowed(layer, num_layers, layout).to(q.device), key_padding_mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def decode_keys(self, layer: int, num_layers: int, layout: Layout, position: int) -> torch.Tensor | None:

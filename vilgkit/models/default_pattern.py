@@ -20,7 +20,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from vilgkit.interfaces.attention import AttentionPattern
+from vilgkit.interfaces.attention import AttentionPattern, with_key_padding
 from vilgkit.layout import Layout
 
 
@@ -61,9 +61,7 @@ class DefaultDensePattern(AttentionPattern):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: int, num_layers: int,
                layout: Layout, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Masked attention ``[B, H, N, D]``: explicit on the CPU, SDPA elsewhere."""
-        mask = self.allowed(layer, num_layers, layout).to(q.device)  # [N, N]
-        if key_padding_mask is not None:
-            mask = mask[None, None] & ~key_padding_mask[:, None, None, :]  # [B, 1, N, N]
+        mask = with_key_padding(self.allowed(layer, num_layers, layout).to(q.device), key_padding_mask)
         if q.device.type == "cpu":
             return masked_attention(q, k, v, mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
