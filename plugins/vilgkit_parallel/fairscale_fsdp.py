@@ -8,6 +8,17 @@ the design card and for comparison on GPUs.
 
 Checkpoints are consolidated on rank 0 (``safetensors`` for weights, JSON + safetensors for
 optimizer and trainer state, a hashed marker written last), so they load on any world size.
+
+Work-arounds for FairScale 0.4.13 (see ``docs/distributed.md``, FairScale section; not yet verified
+on a GPU):
+
+* with ``mixed_precision=True`` the root casts every fp32 input to **fp16**, whatever its
+  ``compute_dtype``; a forward pre-hook on the root casts fp32 inputs to the compute dtype first
+  (bf16), so FairScale's cast finds nothing to do;
+* every output tensor of the root that needs a gradient gets a pre-backward hook; when one fires
+  after a root parameter's gradient is already reduced, ``_use_full_params`` fails its
+  ``assert self.has_full_params``. A forward hook on the wrapped module detaches every entry of a
+  training-loss dict but ``"loss"`` (the only one the trainer backpropagates), FairScale's own advice.
 """
 from __future__ import annotations
 
@@ -30,6 +41,54 @@ from vilgkit_parallel.common import DistributedStrategy
 
 MARKER = "vilgkit_full.json"
 NO_CUDA = "FairScaleFSDP needs CUDA (FairScale's FSDP uses CUDA streams even with CPU offload); use FSDP instead"
+
+
+def fsdp_kwargs(compute_dtype: str, offload: bool, device: torch.device) -> dict[str, Any]:
+    """FairScale ``FullyShardedDataParallel`` arguments for every wrapper (the blocks and the root).
+
+    ``"bf16"``: mixed precision with ``compute_dtype=torch.bfloat16`` (FairScale's default under
+    ``mixed_precision=True`` is fp16), fp32 master shards, fp32 reduce-scatter. ``"fp32"``: full
+    precision. Buffers stay fp32 in both, as FSDP2 leaves them (FairScale's default casts them to the
+    compute dtype, and EMA codebook statistics and usage counts would lose precision in bf16).
+    ``flatten_parameters=False`` keeps parameter identity, so optimizer groups stay valid.
+    """
+    if compute_dtype not in ("fp32", "bf16"):
+        raise ValueError(f"compute_dtype must be 'fp32' or 'bf16', got {compute_dtype!r}")
+    bf16 = compute_dtype == "bf16"
+    return dict(
+        mixed_precision=bf16,
+        compute_dtype=torch.bfloat16 if bf16 else torch.float32,
+        buffer_dtype=torch.float32,
+        fp32_reduce_scatter=bf16,
+        flatten_parameters=False,
+        move_params_to_cpu=bool(offload),
+        move_grads_to_cpu=bool(offload),
+        compute_device=torch.device(device),
+        state_dict_device=torch.device("cpu"),
+    )
+
+
+def cast_floats(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` with every fp32 tensor in it (also inside dicts, lists and tuples) cast to ``dtype``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.dtype == torch.float32 else value
+    if isinstance(value, dict):
+        return {k: cast_floats(v, dtype) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(cast_floats(v, dtype) for v in value)
+    return value
+
+
+def detach_side_outputs(output: Any) -> Any:
+    """A training-loss dict with every tensor but ``"loss"`` detached (anything else unchanged).
+
+    The trainer backpropagates ``"loss"`` only; the other entries are logged. FairScale registers a
+    pre-backward hook on every output tensor of the root that needs a gradient, and a hook that fires
+    after a root parameter's post-backward hook ends in ``AssertionError`` in ``_use_full_params``.
+    """
+    if not isinstance(output, dict) or "loss" not in output:
+        return output
+    return {k: v.detach() if k != "loss" and isinstance(v, torch.Tensor) else v for k, v in output.items()}
 
 
 def check_recipe(recipe: dict[str, Any], path: str) -> None:
@@ -78,18 +137,7 @@ class FairScaleFSDP(DistributedStrategy):
     def _fsdp(self, module: nn.Module) -> nn.Module:
         from fairscale.nn.data_parallel import FullyShardedDataParallel
 
-        bf16 = self.compute_dtype == "bf16"
-        return FullyShardedDataParallel(
-            module,
-            mixed_precision=bf16,
-            compute_dtype=torch.bfloat16 if bf16 else torch.float32,
-            fp32_reduce_scatter=bf16,
-            flatten_parameters=False,  # keep parameter identity: optimizer groups stay valid
-            move_params_to_cpu=self.offload,
-            move_grads_to_cpu=self.offload,
-            compute_device=self.device,
-            state_dict_device=torch.device("cpu"),
-        )
+        return FullyShardedDataParallel(module, **fsdp_kwargs(self.compute_dtype, self.offload, self.device))
 
     def wrap(self, model: nn.Module) -> nn.Module:
         from fairscale.nn.checkpoint import checkpoint_wrapper
@@ -110,8 +158,14 @@ class FairScaleFSDP(DistributedStrategy):
                 checkpoint_wrapper(block)  # patches block.forward; parameter names are unchanged
             parent, name = parents[id(block)]
             parent._modules[name] = self._fsdp(block)
-        self._wrapped = self._fsdp(model)
-        return self._wrapped
+        model.register_forward_hook(lambda _module, _args, output: detach_side_outputs(output))
+        self._wrapped = root = self._fsdp(model)
+        if self.compute_dtype == "bf16":  # before FairScale's own cast of the root's fp32 inputs to fp16
+            root.register_forward_pre_hook(
+                lambda _module, args, kwargs: (cast_floats(args, torch.bfloat16), cast_floats(kwargs, torch.bfloat16)),
+                with_kwargs=True,
+            )
+        return root
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
@@ -119,7 +173,17 @@ class FairScaleFSDP(DistributedStrategy):
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
         return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
 
-    def clip_grad_norm_(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+    def clip_grad_norm_(self, model: nn.Module, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """FairScale's own ``clip_grad_norm_``: the norm over every rank's gradient shards (the torch
+        function would return this rank's partial norm). It clips every gradient of the module, so
+        gradients outside ``params`` (another optimizer group's parameters that this group's loss
+        reached; the trainer zeroes them before that group's backward anyway) are dropped first and
+        the norm is the group's, as on one device. The parameters are the module's own objects
+        (``flatten_parameters=False``)."""
+        keep = {id(p) for p in params}
+        for p in model.parameters():
+            if p.grad is not None and id(p) not in keep:
+                p.grad = None
         return model.clip_grad_norm_(max_norm)
 
     def layout(self):

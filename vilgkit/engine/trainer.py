@@ -437,8 +437,7 @@ class Trainer:
                     values[key].append(torch.as_tensor(value).detach().float().mean())
             params = self.groups[name]["params"]
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            norm = strategy.clip_grad_norm_(self.model, params, max_norm)  # sharded wrappers clip themselves
             loss_stack = torch.stack(values["loss"])
             finite = (torch.isfinite(loss_stack).all() & torch.isfinite(norm)).float().reshape(1)
             # one collective and one device-to-host transfer per group and step: the finiteness flag

@@ -76,6 +76,28 @@ class ParallelStrategy(ABC):
     def barrier(self) -> None:
         """Wait for every rank (no-op on one device)."""
 
+    def clip_grad_norm_(self, model: nn.Module, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip the gradients to a total norm of ``max_norm`` (``inf``: measure only); returns the
+        total norm before clipping, the same on every rank. Called on every rank after backward.
+
+        The default suits one device, DDP (replicated gradients) and FSDP2 (DTensor gradients, whose
+        norm ``torch.nn.utils.clip_grad_norm_`` reduces over the mesh): the torch function over
+        ``params``, the optimizer group being stepped. A wrapper whose class defines its own
+        ``clip_grad_norm_(max_norm)`` (FairScale's FSDP, PyTorch's FSDP1) is asked instead: there
+        each rank holds plain tensors with a shard of the gradient, and the torch function would
+        return this rank's partial norm. Such a wrapper clips every gradient of ``model``.
+
+        Args:
+            model: the module :meth:`wrap` returned.
+            params: the parameters of the optimizer group about to step.
+            max_norm: the largest total gradient norm kept.
+        """
+        if callable(getattr(type(model), "clip_grad_norm_", None)):
+            norm = model.clip_grad_norm_(max_norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
     @abstractmethod
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Full (unsharded) model state for export; may only be complete on the main rank."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset, IterableDataset
@@ -63,11 +64,30 @@ class FitTextTokenizer(Stage):
         self.max_samples = max_samples
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        """Fit and save on the main rank; under torchrun the other ranks wait for it at a barrier
+        and load what it wrote, so every rank holds the identical tokenizer and one process writes."""
+        from vilgkit.engine.runner import is_main_process, stage_barrier
+
         tokenizer: TextTokenizer = ctx.component("text_tokenizer")
         out = ctx.stage_dir(self.name)
+        if not is_main_process():  # exactly one barrier on every rank, whichever path the main rank takes
+            stage_barrier(ctx)
+            if not (out / SUMMARY_FILE).is_file():
+                raise FileNotFoundError(f"stage {self.name}: the main rank wrote no {SUMMARY_FILE} in {out} "
+                                        "(a multi-process launch needs a recipe strategy for the barrier)")
+            tokenizer.load(out)
+            return json.loads((out / SUMMARY_FILE).read_text())
+        summary = self._fit_and_save(ctx, tokenizer, out)
+        stage_barrier(ctx)  # the files are complete: the other ranks may load them
+        return summary
+
+    def _fit_and_save(self, ctx: RunContext, tokenizer: TextTokenizer, out: Path) -> dict[str, Any]:
+        from vilgkit.sharded import write_json_atomic
+
         if ctx.resume and (out / SUMMARY_FILE).is_file():
             tokenizer.load(out)  # already fitted by the interrupted run: reuse it unchanged
             return json.loads((out / SUMMARY_FILE).read_text())
+        (out / SUMMARY_FILE).unlink(missing_ok=True)  # a stale marker must not vouch for files being rewritten
         dataset = self.data if self.data is not None else ctx.component("data")
         corpus = list(corpus_from_dataset(dataset, self.fields, self.max_samples))
         if not corpus:
@@ -77,7 +97,7 @@ class FitTextTokenizer(Stage):
         summary = {"texts": len(corpus), "vocab_size": tokenizer.vocab_size, "directory": str(out)}
         if hasattr(tokenizer, "fingerprint"):
             summary["fingerprint"] = tokenizer.fingerprint()
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        write_json_atomic(out / SUMMARY_FILE, summary)  # written last and whole: it marks a finished fit
         return summary
 
 

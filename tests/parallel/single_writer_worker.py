@@ -1,0 +1,78 @@
+"""Run by ``torchrun --nproc-per-node 2`` from ``test_single_writer.py``: ``FitTextTokenizer`` and
+``TrainGenerator``'s tokenized cache on 2 ranks (gloo), as the runner calls them. Each rank records
+what it wrote and what it ended up holding in ``OUT/rank<r>.json``.
+
+    torchrun --nproc-per-node 2 tests/parallel/single_writer_worker.py OUT
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+from vilgkit_parallel import DDP
+from vilgkit_text.wordpiece import WordPieceTokenizer
+
+import vilgkit.stages.train_generator as train_generator
+from vilgkit.engine.runner import stage_barrier
+from vilgkit.interfaces import RunContext
+from vilgkit.stages.fit_text_tokenizer import FitTextTokenizer
+
+SHAPES, COLOURS = ["circle", "square", "triangle"], ["red", "green", "blue", "yellow"]
+
+
+class Captions(Dataset):
+    """Captions with precomputed codes (no image tokenizer needed)."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, i: int) -> dict:
+        caption = f"a {COLOURS[i % 4]} {SHAPES[i % 3]} left of a {COLOURS[(i + 1) % 4]} {SHAPES[(i + 2) % 3]}"
+        return {"caption": caption, "codes": torch.full((2, 2), i % 7, dtype=torch.long)}
+
+
+def main(out: Path) -> None:
+    writes = {"tokenizer": 0, "tokenized": 0}
+    real_save, real_save_file = WordPieceTokenizer.save, train_generator.save_file
+
+    def slow_save(self, directory):  # a late writer: a rank that does not wait finds no files
+        writes["tokenizer"] += 1
+        time.sleep(1.0)
+        real_save(self, directory)
+
+    def counted_save_file(*args, **kwargs):
+        writes["tokenized"] += 1
+        real_save_file(*args, **kwargs)
+
+    WordPieceTokenizer.save = slow_save
+    train_generator.save_file = counted_save_file
+
+    data = Captions()
+    ctx = RunContext(run_dir=out / "run", components={
+        "text_tokenizer": WordPieceTokenizer(vocab_size=80), "data": data, "strategy": DDP(device="cpu")})
+    summary = FitTextTokenizer().run(ctx)
+    stage_barrier(ctx)  # as the runner does after every stage
+    tokenizer = ctx.components["text_tokenizer"]
+    ctx.stage_dir("codes_only")  # stands for the image tokenizer's stage folder
+    stage = train_generator.TrainGenerator(data=data, image_tokenizer_from="codes_only")
+    dataset, _, stats = stage._training_data(ctx, ctx.stage_dir(stage.name), tokenizer, None, max_len=16)
+    digest = hashlib.sha256()
+    for key in sorted(dataset.tensors):
+        digest.update(key.encode() + dataset.tensors[key].numpy().tobytes())
+    stage_barrier(ctx)
+    rank = dist.get_rank()
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "rank": rank, "writes": writes, "summary": summary, "vocab": tokenizer.vocab(),
+        "encoded": tokenizer.encode(["a red circle"]), "tensors": digest.hexdigest(), "stats": stats,
+    }))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,50 @@
+"""Under ``torchrun --nproc-per-node 2`` (CPU, gloo) the main rank alone writes the fitted text
+tokenizer and the tokenized-data cache; the other rank waits for the tokenizer at a barrier and
+loads it (its writer is made slow on purpose), and keeps its own identical tokenized copy in memory.
+About 10 s on 2 cores."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.distributed
+HERE = Path(__file__).parent
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single_writer")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_port()}",
+           str(HERE / "single_writer_worker.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return out / "run", [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_the_main_rank_alone_writes_the_tokenizer_and_every_rank_holds_it(ranks):
+    run_dir, (main, other) = ranks
+    assert main["writes"]["tokenizer"] == 1 and other["writes"]["tokenizer"] == 0
+    assert main["vocab"] == other["vocab"] and main["encoded"] == other["encoded"]
+    assert main["summary"] == other["summary"]  # rank 1 read rank 0's summary
+    assert (run_dir / "fit_text_tokenizer" / "fit_summary.json").is_file()
+
+
+def test_the_main_rank_alone_writes_the_tokenized_cache(ranks):
+    run_dir, (main, other) = ranks
+    assert main["writes"]["tokenized"] == 1 and other["writes"]["tokenized"] == 0
+    assert main["tensors"] == other["tensors"]
+    assert (run_dir / "train_generator" / "tokenized.safetensors").is_file()
+    assert not list(run_dir.rglob("*.tmp"))  # written through a temporary name, then renamed
