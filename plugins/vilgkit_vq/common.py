@@ -42,3 +42,23 @@ def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
     """Mean PSNR in dB of images in [-1, 1] (peak-to-peak 2), per image then averaged."""
     mse = (images.float() - reconstructions.float().clamp(-1, 1)).pow(2).flatten(1).mean(1)
     return (10.0 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()
+
+
+def edge_weighted_mse(reconstructions: torch.Tensor, images: torch.Tensor, edge_weight: float) -> torch.Tensor:
+    """Mean squared error with each pixel weighted by ``1 + edge_weight * |∇ image|``.
+
+    ``|∇ image|`` is the target's forward-difference gradient magnitude (|∂x| + |∂y|, largest over
+    the colour channels; 0 on flat regions, up to 4 on a black-to-white edge in [-1, 1]). Plain MSE
+    spends almost all of its signal on flat interiors; thin details — a small star's points, an
+    8-pixel triangle's corners — cover few pixels and are the first thing a coarse code grid drops.
+    Weighting edges keeps them in the objective. ``edge_weight = 0`` is plain MSE.
+    """
+    if edge_weight == 0:
+        return torch.nn.functional.mse_loss(reconstructions, images)
+    with torch.no_grad():
+        target = images.float()
+        gx = (target[..., :, 1:] - target[..., :, :-1]).abs()
+        gy = (target[..., 1:, :] - target[..., :-1, :]).abs()
+        grad = torch.nn.functional.pad(gx, (0, 1)) + torch.nn.functional.pad(gy, (0, 0, 0, 1))
+        weight = 1.0 + edge_weight * grad.amax(dim=1, keepdim=True)
+    return (weight * (reconstructions.float() - target) ** 2).mean()

@@ -23,7 +23,7 @@ from torch import nn
 
 from vilgkit.interfaces import ImageTokenizer, Trainable
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, images_from_batch, psnr
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
 from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
 from vilgkit_vq.quantizers import codebook_usage, gumbel_softmax, gumbel_temperature, kl_to_uniform
 
@@ -51,6 +51,8 @@ class DVAETokenizer(ImageTokenizer, Trainable):
             (the soft relaxation before it, so early training explores mixtures of codes and the
             late phase trains the decoder on the single codes that inference decodes); 0: from the start.
         rec_loss: ``"mse"`` or ``"l1"``.
+        edge_weight: with ``rec_loss="mse"``, weight each pixel's squared error by
+            ``1 + edge_weight * |∇ image|`` (:func:`vilgkit_vq.common.edge_weighted_mse`); 0 = plain MSE.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         straight_through: bool = False,
         straight_through_start: int = 0,
         rec_loss: Literal["mse", "l1"] = "mse",
+        edge_weight: float = 0.0,
     ) -> None:
         super().__init__()
         levels = levels_for(downsample)
@@ -79,6 +82,9 @@ class DVAETokenizer(ImageTokenizer, Trainable):
             raise ValueError("Gumbel temperatures must be positive")
         if rec_loss not in ("mse", "l1"):
             raise ValueError(f"rec_loss must be 'mse' or 'l1', got {rec_loss!r}")
+        if edge_weight < 0 or (edge_weight > 0 and rec_loss != "mse"):
+            raise ValueError(f"edge_weight must be >= 0 and needs rec_loss='mse', got {edge_weight} with {rec_loss!r}")
+        self.edge_weight = edge_weight
         self.codebook_size, self.code_dim, self.downsample = codebook_size, code_dim, downsample
         self.temperature_start, self.temperature_end, self.anneal_steps = temperature_start, temperature_end, anneal_steps
         self.kl_weight, self.kl_warmup_steps = kl_weight, kl_warmup_steps
@@ -157,7 +163,7 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         else:  # evaluation scores what inference does: hard argmax codes
             z = self.embed(codes.view(-1, h, w))
         recon = self.decoder(z)
-        rec = F.mse_loss(recon, images) if self.rec_loss == "mse" else F.l1_loss(recon, images)
+        rec = edge_weighted_mse(recon, images, self.edge_weight) if self.rec_loss == "mse" else F.l1_loss(recon, images)
         kl = kl_to_uniform(flat, dim=-1)
         total = rec + self.kl_weight_at() * kl
         out = {"loss": total, "rec": rec, "kl": kl}

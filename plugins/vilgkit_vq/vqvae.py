@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from vilgkit.interfaces import ImageTokenizer, Trainable
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, images_from_batch, psnr
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
 from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
 from vilgkit_vq.quantizers import VectorQuantizer, codebook_usage
 
@@ -38,6 +38,8 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
         num_res_blocks: residual blocks per level.
         beta: commitment weight (paper eq. 1 uses 1; VQ-VAE's customary value is 0.25).
         rec_loss: ``"mse"`` (paper eq. 1) or ``"l1"``.
+        edge_weight: with ``rec_loss="mse"``, weight each pixel's squared error by
+            ``1 + edge_weight * |∇ image|`` (see :func:`edge_weighted_mse`); 0 = plain MSE.
         ema: EMA codebook updates instead of the codebook loss term.
         ema_decay: EMA decay.
         restart_dead_codes: reset rarely used codes to random encoder outputs.
@@ -58,6 +60,7 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
         ema_decay: float = 0.99,
         restart_dead_codes: bool = False,
         dead_code_threshold: float = 0.03,
+        edge_weight: float = 0.0,
     ) -> None:
         super().__init__()
         levels = levels_for(downsample)
@@ -67,7 +70,9 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
         if rec_loss not in ("mse", "l1"):
             raise ValueError(f"rec_loss must be 'mse' or 'l1', got {rec_loss!r}")
         self.codebook_size, self.code_dim, self.downsample = codebook_size, code_dim, downsample
-        self.rec_loss = rec_loss
+        if edge_weight < 0 or (edge_weight > 0 and rec_loss != "mse"):
+            raise ValueError(f"edge_weight must be >= 0 and needs rec_loss='mse', got {edge_weight} with {rec_loss!r}")
+        self.rec_loss, self.edge_weight = rec_loss, edge_weight
         self.encoder = ConvEncoder(code_dim, hidden, mult, num_res_blocks)
         self.decoder = ConvDecoder(code_dim, hidden, mult, num_res_blocks)
         self.quantizer = VectorQuantizer(
@@ -109,7 +114,7 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
 
     def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         recon, q_losses, codes = self.reconstruct(images)
-        rec = F.mse_loss(recon, images) if self.rec_loss == "mse" else F.l1_loss(recon, images)
+        rec = edge_weighted_mse(recon, images, self.edge_weight) if self.rec_loss == "mse" else F.l1_loss(recon, images)
         total = rec + sum(q_losses.values())
         out = {"loss": total, "rec": rec, **q_losses}
         with torch.no_grad():

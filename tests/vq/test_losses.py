@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vilgkit_vq.common import edge_weighted_mse
 from vilgkit_vq.quantizers import VectorQuantizer, codebook_usage, gumbel_temperature, kl_to_uniform, nearest_code
+from vilgkit_vq.vqvae import VQVAETokenizer
 from vilgkit_vq.vqgan import adaptive_weight, hinge_d_loss, vanilla_d_loss
 
 CODEBOOK = torch.tensor([[0.0, 0.0], [1.0, 1.0], [3.0, 0.0]])
@@ -138,3 +140,23 @@ def test_gumbel_softmax_samples_the_softmax_and_straight_through_is_one_hot():
     assert logits.grad.abs().sum() > 0
     soft = gumbel_softmax(torch.zeros(4, 5), 0.5)
     assert torch.allclose(soft.sum(-1), torch.ones(4)) and (soft > 0).all()
+
+
+def test_edge_weighted_mse_by_hand():
+    # one channel-triple image, 1 x 3 pixels: values [-1, 1, 1] in every channel
+    target = torch.tensor([-1.0, 1.0, 1.0]).expand(1, 3, 1, 3).clone()
+    recon = torch.zeros_like(target)
+    # |∂x| = [2, 0, 0 (padding)], |∂y| = 0 → weights 1 + 0.5·[2, 0, 0] = [2, 1, 1]
+    # squared errors [1, 1, 1] → weighted mean (2 + 1 + 1) / 3
+    assert edge_weighted_mse(recon, target, 0.5).item() == pytest.approx(4 / 3)
+    assert edge_weighted_mse(recon, target, 0.0).item() == pytest.approx(1.0)
+    # the weight is a constant: the gradient flows to the reconstruction only, scaled per pixel
+    recon.requires_grad_(True)
+    edge_weighted_mse(recon, target, 0.5).backward()
+    expected = torch.tensor([2.0, 1.0, 1.0]) * 2 * (0 - torch.tensor([-1.0, 1.0, 1.0])) / 9
+    assert torch.allclose(recon.grad[0, 0, 0], expected)
+
+
+def test_vqvae_edge_weight_needs_mse():
+    with pytest.raises(ValueError, match="edge_weight"):
+        VQVAETokenizer(codebook_size=8, code_dim=4, downsample=4, hidden=8, rec_loss="l1", edge_weight=1.0)
