@@ -41,6 +41,20 @@ def test_set(pipe: Any, n: int, compositional: bool = False, seed: int | None = 
     return ShapesDataset(**{k: v for k, v in args.items() if k != "data"})
 
 
+#: Sampling/decoding settings read from the recipe's ``Evaluate`` stage (so this script scores the
+#: model the way the run's own report does); command-line flags override them.
+SAMPLING_KEYS = ("temperature", "top_k", "top_p", "cfg_scale", "caption_method", "num_beams")
+
+
+def recipe_sampling(pipe: Any) -> dict[str, Any]:
+    """The ``Evaluate`` stage's sampling and caption-decoding arguments from the run's recipe."""
+    for stage in pipe_recipe(pipe).get("stages") or []:
+        if str(stage.get("class_path", "")).split(".")[-1] == "Evaluate":
+            args = stage.get("init_args") or {}
+            return {k: args[k] for k in SAMPLING_KEYS if k in args}
+    return {}
+
+
 def pipe_recipe(pipe: Any) -> dict[str, Any]:
     import yaml
 
@@ -48,18 +62,25 @@ def pipe_recipe(pipe: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch: int = 50) -> dict[str, Any]:
-    """Caption accuracy, text→image prompt accuracy (first / reranked / any of N) and VQA exact match."""
+def evaluate(pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch: int = 50,
+             sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Caption accuracy, text→image prompt accuracy (first / reranked / any of N) and VQA exact match.
+
+    ``sampling``: keys of :data:`SAMPLING_KEYS` (image sampling and caption decoding settings).
+    """
     from vilgkit.data.shapes import caption_matches_scene, canonical_answer, image_matches_scene
 
     items = [dataset[i] for i in range(len(dataset))]
-    out: dict[str, Any] = {"n": len(items), "candidates": candidates, "seed": seed}
+    sampling = dict(sampling or {})
+    caption_kw = {"method": sampling.pop("caption_method", "greedy"), "num_beams": sampling.pop("num_beams", 4)}
+    out: dict[str, Any] = {"n": len(items), "candidates": candidates, "seed": seed,
+                           "sampling": {**sampling, "caption_method": caption_kw["method"]}}
     t0 = time.perf_counter()
     caps, answers = [], []
     for s in range(0, len(items), batch):
         chunk = items[s : s + batch]
         images = [it["image"] for it in chunk]
-        caps += pipe.image_to_text(images)
+        caps += pipe.image_to_text(images, **caption_kw)
         answers += pipe.answer(images, [it["question"] for it in chunk])
     out["caption_all_correct"] = sum(caption_matches_scene(c, it["scene"])["all_correct"] for c, it in zip(caps, items)) / len(items)
     out["vqa_exact_match"] = sum(
@@ -70,7 +91,7 @@ def evaluate(pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch:
     first = best = anyof = 0
     for s in range(0, len(items), batch):
         chunk = items[s : s + batch]
-        codes, ids, mask = pipe.sample_codes([it["caption"] for it in chunk], candidates, seed=seed + s)
+        codes, ids, mask = pipe.sample_codes([it["caption"] for it in chunk], candidates, seed=seed + s, **sampling)
         order = pipe.rerank(codes, ids, mask, candidates, "self") if candidates > 1 else torch.zeros(len(chunk), 1, dtype=torch.long)
         images = pipe.decode_codes(codes, ids.repeat_interleave(candidates, 0), mask.repeat_interleave(candidates, 0)).cpu()
         for b, it in enumerate(chunk):
@@ -95,17 +116,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compositional", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--cfg-scale", type=float, default=None)
+    parser.add_argument("--caption-method", choices=["greedy", "beam"], default=None)
     args = parser.parse_args()
     from vilgkit import Pipeline
 
     pipe = Pipeline.from_run_dir(args.run_dir, stage=args.stage)
-    results = {"held_out": evaluate(pipe, test_set(pipe, args.n), args.candidates, args.seed)}
+    sampling = recipe_sampling(pipe)
+    sampling.update({k: v for k, v in vars(args).items() if k in SAMPLING_KEYS and v is not None})
+    results = {"held_out": evaluate(pipe, test_set(pipe, args.n), args.candidates, args.seed, sampling=sampling)}
     if args.compositional:
-        results["compositional"] = evaluate(pipe, test_set(pipe, args.n, compositional=True), args.candidates, args.seed)
+        results["compositional"] = evaluate(pipe, test_set(pipe, args.n, compositional=True), args.candidates,
+                                            args.seed, sampling=sampling)
     for name, r in results.items():
         print(f"[{name}] n={r['n']}  captions all-correct {r['caption_all_correct']:.1%}  VQA EM {r['vqa_exact_match']:.1%}  "
               f"t2i exact objects: first {r['t2i_first']:.1%}, best-of-{r['candidates']} self-reranked {r['t2i_reranked']:.1%}, "
-              f"any {r['t2i_any']:.1%}  ({r['seconds_caption_vqa']:.0f}s + {r['seconds_t2i']:.0f}s)")  # fmt: skip
+              f"any {r['t2i_any']:.1%}  ({r['seconds_caption_vqa']:.0f}s + {r['seconds_t2i']:.0f}s)  {r['sampling']}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2, ensure_ascii=False)

@@ -132,7 +132,12 @@ class _GeneratorStage(Stage):
                 tensors = load_file(str(cached))
                 return TokenizedDataset(tensors), collate_tokenized, {"samples": len(tensors["codes"]), "cached": True}
         tensors, stats = tokenize_dataset(dataset, text_tok, image_tok, max_text_len=max_len, desc=f"{self.name}: tokenizing")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / TOKENIZED_FILE), metadata={"fingerprint": fingerprint})
+        from vilgkit.engine.runner import is_main_process
+
+        if is_main_process():  # one writer under torchrun; every rank keeps its own identical copy in memory
+            tmp = out_dir / f"{TOKENIZED_FILE}.tmp"  # write, then rename: a rank never reads a half-written cache
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"fingerprint": fingerprint})
+            tmp.replace(out_dir / TOKENIZED_FILE)
         if stats["truncated"]:
             print(f"{self.name}: {stats['truncated']} texts were longer than {max_len - 2} tokens and were truncated")
         return TokenizedDataset(tensors), collate_tokenized, stats
