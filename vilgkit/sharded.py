@@ -51,6 +51,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file via a temporary name and a rename (a reader never sees half a file)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
 def is_complete(directory: str | Path) -> bool:
     """True when ``directory`` carries our marker (cheap; :func:`verify` checks the hashes)."""
     return (Path(directory) / MARKER).is_file()

@@ -19,6 +19,7 @@ from vilgkit_parallel import DDP
 from vilgkit_text.wordpiece import WordPieceTokenizer
 
 import vilgkit.stages.train_generator as train_generator
+import vilgkit.sharded as sharded
 from vilgkit.engine.runner import stage_barrier
 from vilgkit.interfaces import RunContext
 from vilgkit.stages.fit_text_tokenizer import FitTextTokenizer
@@ -39,19 +40,19 @@ class Captions(Dataset):
 
 def main(out: Path) -> None:
     writes = {"tokenizer": 0, "tokenized": 0}
-    real_save, real_save_file = WordPieceTokenizer.save, train_generator.save_file
+    real_save, real_save_file = WordPieceTokenizer.save, sharded.save_file_atomic
 
     def slow_save(self, directory):  # a late writer: a rank that does not wait finds no files
         writes["tokenizer"] += 1
         time.sleep(1.0)
         real_save(self, directory)
 
-    def counted_save_file(*args, **kwargs):
-        writes["tokenized"] += 1
-        real_save_file(*args, **kwargs)
+    def counted_save_file(tensors, path, *args, **kwargs):
+        writes["tokenized"] += path.name == train_generator.TOKENIZED_FILE
+        real_save_file(tensors, path, *args, **kwargs)
 
     WordPieceTokenizer.save = slow_save
-    train_generator.save_file = counted_save_file
+    sharded.save_file_atomic = counted_save_file
 
     data = Captions()
     ctx = RunContext(run_dir=out / "run", components={

@@ -133,11 +133,11 @@ class _GeneratorStage(Stage):
                 return TokenizedDataset(tensors), collate_tokenized, {"samples": len(tensors["codes"]), "cached": True}
         tensors, stats = tokenize_dataset(dataset, text_tok, image_tok, max_text_len=max_len, desc=f"{self.name}: tokenizing")
         from vilgkit.engine.runner import is_main_process
+        from vilgkit.sharded import save_file_atomic
 
         if is_main_process():  # one writer under torchrun; every rank keeps its own identical copy in memory
-            tmp = out_dir / f"{TOKENIZED_FILE}.tmp"  # write, then rename: a rank never reads a half-written cache
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"fingerprint": fingerprint})
-            tmp.replace(out_dir / TOKENIZED_FILE)
+            save_file_atomic({k: v.contiguous() for k, v in tensors.items()}, out_dir / TOKENIZED_FILE,
+                             metadata={"fingerprint": fingerprint})  # a rank never reads a half-written cache
         if stats["truncated"]:
             print(f"{self.name}: {stats['truncated']} texts were longer than {max_len - 2} tokens and were truncated")
         return TokenizedDataset(tensors), collate_tokenized, stats

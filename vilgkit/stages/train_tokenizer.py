@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from vilgkit.engine.config import TrainerConfig, coerce_config
 from vilgkit.errors import VilgkitError
 from vilgkit.interfaces import ImageTokenizer, RunContext, Stage
 from vilgkit.registry import STAGES
+from vilgkit.sharded import save_file_atomic
 
 WEIGHTS_FILE = "image_tokenizer.safetensors"
 MANIFEST_FILE = "image_tokenizer.json"
@@ -143,9 +144,7 @@ def save_image_tokenizer(tok: ImageTokenizer, out_dir: Path, manifest: dict[str,
     """Write ``image_tokenizer.safetensors`` + ``image_tokenizer.json`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in tok.state_dict().items()}
-    tmp = out_dir / f".tmp-{WEIGHTS_FILE}"
-    save_file(state, str(tmp), metadata={"class": f"{type(tok).__module__}.{type(tok).__qualname__}"})
-    tmp.replace(out_dir / WEIGHTS_FILE)
+    save_file_atomic(state, out_dir / WEIGHTS_FILE, metadata={"class": f"{type(tok).__module__}.{type(tok).__qualname__}"})
     record = {
         "class_path": f"{type(tok).__module__}.{type(tok).__qualname__}",
         "codebook_size": int(tok.codebook_size),
