@@ -231,6 +231,21 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = False, dim: in
     return one_hot - y.detach() + y
 
 
+def batch_usage_deficit(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``1 − H(q̄) / log K``: how far the batch's average code distribution is from uniform.
+
+    ``q̄`` is ``softmax(logits)`` averaged over every position of the batch. 0 when the batch spreads
+    its probability over all ``K`` codes evenly, 1 when it puts it all on one code. Unlike
+    :func:`kl_to_uniform`, which flattens each position's own distribution, this rewards the batch
+    for *using* many codes while each position stays confident (the codebook diversity penalty of
+    wav2vec 2.0, normalised to [0, 1]).
+    """
+    k = logits.shape[dim]
+    avg = F.softmax(logits.float(), dim=dim).movedim(dim, -1).reshape(-1, k).mean(0)
+    entropy = -(avg * torch.log(avg.clamp_min(1e-12))).sum()
+    return 1.0 - entropy / math.log(k)
+
+
 def kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Mean over positions of ``KL(q || uniform) = Σ_k q_k log(q_k · K)`` with ``q = softmax(logits)``."""
     log_q = F.log_softmax(logits.float(), dim=dim)

@@ -39,8 +39,14 @@ class Captions(Dataset):
 
 
 def main(out: Path) -> None:
-    writes = {"tokenizer": 0, "tokenized": 0}
+    writes = {"tokenizer": 0, "tokenized": 0, "tokenize_calls": 0}
     real_save, real_save_file = WordPieceTokenizer.save, sharded.save_file_atomic
+    real_tokenize = train_generator.tokenize_dataset
+
+    def counted_tokenize(*args, **kwargs):  # the main rank is slow too: the other must wait for its file
+        writes["tokenize_calls"] += 1
+        time.sleep(1.0)
+        return real_tokenize(*args, **kwargs)
 
     def slow_save(self, directory):  # a late writer: a rank that does not wait finds no files
         writes["tokenizer"] += 1
@@ -53,6 +59,7 @@ def main(out: Path) -> None:
 
     WordPieceTokenizer.save = slow_save
     sharded.save_file_atomic = counted_save_file
+    train_generator.tokenize_dataset = counted_tokenize
 
     data = Captions()
     ctx = RunContext(run_dir=out / "run", components={
@@ -66,11 +73,13 @@ def main(out: Path) -> None:
     digest = hashlib.sha256()
     for key in sorted(dataset.tensors):
         digest.update(key.encode() + dataset.tensors[key].numpy().tobytes())
+    again = stage._training_data(ctx, ctx.stage_dir(stage.name), tokenizer, None, max_len=16)[2]  # both hit the cache
     stage_barrier(ctx)
     rank = dist.get_rank()
     (out / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "writes": writes, "summary": summary, "vocab": tokenizer.vocab(),
         "encoded": tokenizer.encode(["a red circle"]), "tensors": digest.hexdigest(), "stats": stats,
+        "again": again,
     }))
     dist.destroy_process_group()
 

@@ -1,7 +1,6 @@
 """Under ``torchrun --nproc-per-node 2`` (CPU, gloo) the main rank alone writes the fitted text
-tokenizer and the tokenized-data cache; the other rank waits for the tokenizer at a barrier and
-loads it (its writer is made slow on purpose), and keeps its own identical tokenized copy in memory.
-About 10 s on 2 cores."""
+tokenizer and the tokenized-data cache; the other rank waits for each at a barrier and loads it
+(the main rank's writer and tokenizer are made slow on purpose). About 10 s on 2 cores."""
 from __future__ import annotations
 
 import json
@@ -46,5 +45,9 @@ def test_the_main_rank_alone_writes_the_tokenized_cache(ranks):
     run_dir, (main, other) = ranks
     assert main["writes"]["tokenized"] == 1 and other["writes"]["tokenized"] == 0
     assert main["tensors"] == other["tensors"]
+    # only the main rank tokenized; the other read its file
+    assert main["writes"]["tokenize_calls"] == 1 and other["writes"]["tokenize_calls"] == 0
+    assert other["stats"]["cached"] is True and "cached" not in main["stats"]
+    assert main["again"]["cached"] is True and other["again"]["cached"] is True  # a second call: no deadlock
     assert (run_dir / "train_generator" / "tokenized.safetensors").is_file()
     assert not list(run_dir.rglob("*.tmp"))  # written through a temporary name, then renamed

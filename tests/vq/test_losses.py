@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vilgkit_vq.common import edge_weighted_mse
-from vilgkit_vq.quantizers import VectorQuantizer, codebook_usage, gumbel_temperature, kl_to_uniform, nearest_code
+from vilgkit_vq.quantizers import VectorQuantizer, batch_usage_deficit, codebook_usage, gumbel_temperature, kl_to_uniform, nearest_code
 from vilgkit_vq.vqvae import VQVAETokenizer
 from vilgkit_vq.vqgan import adaptive_weight, hinge_d_loss, vanilla_d_loss
 
@@ -99,6 +99,38 @@ def test_kl_to_uniform_by_hand():
     logits = torch.tensor([math.log(3.0), 0.0]).reshape(1, 2, 1, 1)  # q = (0.75, 0.25)
     expect = 0.75 * math.log(0.75 * 2) + 0.25 * math.log(0.25 * 2)
     assert kl_to_uniform(logits).item() == pytest.approx(expect, rel=1e-6)
+
+
+def test_batch_usage_deficit_by_hand():
+    # K = 4 codes, [B=1, K, h=1, w=2]
+    assert batch_usage_deficit(torch.zeros(1, 4, 1, 2)).item() == pytest.approx(0.0, abs=1e-6)
+    confident = torch.full((1, 4, 1, 2), -30.0)
+    confident[0, 0, 0, :] = 30.0  # both positions certain of code 0: the batch uses one code
+    assert batch_usage_deficit(confident).item() == pytest.approx(1.0, abs=1e-5)
+    confident[0, :, 0, 1] = -30.0
+    confident[0, 3, 0, 1] = 30.0  # now codes 0 and 3: H(q̄) = log 2 = half of log 4
+    assert batch_usage_deficit(confident).item() == pytest.approx(0.5, abs=1e-5)
+    # the per-position KL cannot tell the two apart: both positions are certain either way
+    assert kl_to_uniform(confident).item() == pytest.approx(math.log(4), abs=1e-5)
+
+
+def test_dvae_usage_term_enters_the_loss():
+    from vilgkit_vq.dvae import DVAETokenizer
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    plain = DVAETokenizer(**DVAETokenizer.conformance_args()).train()
+    spread = DVAETokenizer(**DVAETokenizer.conformance_args(), usage_weight=0.5).train()
+    spread.load_state_dict(plain.state_dict())
+    torch.manual_seed(1)
+    base = plain.loss(images)
+    torch.manual_seed(1)
+    out = spread.loss(images)
+    assert "usage_deficit" not in base
+    assert out["loss"].item() == pytest.approx(base["loss"].item() + 0.5 * out["usage_deficit"].item(), rel=1e-5)
+    assert 0.0 < out["usage_deficit"].item() < 1.0
+    with pytest.raises(ValueError, match="usage_weight"):
+        DVAETokenizer(**DVAETokenizer.conformance_args(), usage_weight=-1.0)
 
 
 def test_gumbel_temperature_schedule():

@@ -20,6 +20,7 @@ from torch import nn
 
 from vilgkit.interfaces.attention import AttentionPattern
 from vilgkit.layout import Layout
+from vilgkit.models.gemv import decode_linear
 
 
 class MLP(nn.Module):
@@ -34,6 +35,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(F.gelu(self.fc1(x))))
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for a few decoding rows (weights read through :func:`decode_linear`)."""
+        return self.drop(decode_linear(self.fc2, F.gelu(decode_linear(self.fc1, x))))
 
 
 class Block(nn.Module):
@@ -73,15 +78,19 @@ class Block(nn.Module):
         self.mlp = MLP(hidden_size, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor, decoding: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``[B, N, C]`` → q, k, v each ``[B, H, N, D]``."""
-        qkv = rearrange(self.qkv(self.ln1(x)), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        h = self.ln1(x)
+        qkv = decode_linear(self.qkv, h) if decoding else self.qkv(h)
+        qkv = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         return qkv[0], qkv[1], qkv[2]
 
-    def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    def _finish(self, x: torch.Tensor, attn: torch.Tensor, decoding: bool = False) -> torch.Tensor:
         """Residual adds after attention ``[B, H, N, D]``, then the MLP."""
-        x = x + self.drop(self.proj(rearrange(attn, "b h n d -> b n (h d)")))
-        return x + self.mlp(self.ln2(x))
+        attn = rearrange(attn, "b h n d -> b n (h d)")
+        x = x + self.drop(decode_linear(self.proj, attn) if decoding else self.proj(attn))
+        h = self.ln2(x)
+        return x + (self.mlp.decode(h) if decoding else self.mlp(h))
 
     def forward(
         self, x: torch.Tensor, layout: Layout, key_padding_mask: torch.Tensor | None = None
@@ -143,7 +152,7 @@ class Block(nn.Module):
         Returns:
             ``[B, 1, C]``.
         """
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, decoding=True)
         k_cache[:, :, position : position + 1].copy_(k)
         v_cache[:, :, position : position + 1].copy_(v)
         if key_index is None:
@@ -153,4 +162,4 @@ class Block(nn.Module):
             keys, values = k_cache.index_select(2, key_index), v_cache.index_select(2, key_index)
             mask = None if valid is None else valid.index_select(3, key_index)
         attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        return self._finish(x, attn)
+        return self._finish(x, attn, decoding=True)

@@ -20,6 +20,7 @@ import torch
 from vilgkit.interfaces.attention import AttentionPattern
 from vilgkit.layout import Layout
 from vilgkit.models.cache import KVCache
+from vilgkit.models.gemv import decode_linear
 from vilgkit.models.sampling import check_sampling_args, guide, sample_next
 
 _MAX_MEMO = 32
@@ -180,7 +181,7 @@ class DecodingMixin:
             out = torch.empty(B * Nc, T, dtype=torch.long, device=device)
             x = (self.boi + slots[0]).expand(rows.numel(), -1)
             for t in range(T):
-                logits = self.image_head(self._step(x, cache)).float()  # [R, V]
+                logits = decode_linear(self.image_head, self._step(x, cache)).float()  # [R, V]
                 if guided:
                     logits = guide(logits, cfg_scale)
                 nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
@@ -209,7 +210,7 @@ class DecodingMixin:
     def _text_logits(self, prev: torch.Tensor, cache: KVCache, slots: torch.Tensor) -> torch.Tensor:
         """Next-id logits ``[R, V]`` after feeding ``prev [R]``; BOS and padding are never generated."""
         t = cache.length - cache.layout.source_length
-        logits = self.text_head(self._step(self.text_embed(prev) + slots[t], cache)).float()
+        logits = decode_linear(self.text_head, self._step(self.text_embed(prev) + slots[t], cache)).float()
         logits[:, [self.pad_id, self.bos_id]] = float("-inf")
         return logits
 

@@ -16,6 +16,7 @@ generator's ``max_text_len`` (BOS and EOS included) are truncated, and their num
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +51,17 @@ def _load_tokenizers(ctx: RunContext, text_from: str, image_from: str):
     from vilgkit.stages.train_tokenizer import load_image_tokenizer
 
     return load_text_tokenizer(ctx, text_from), load_image_tokenizer(ctx, image_from)
+
+
+def _load_cached(folders: list[Path], fingerprint: str):
+    """The first ``tokenized.safetensors`` in ``folders`` made from the same data and tokenizers, as
+    ``(dataset, collate, stats)``, or ``None``."""
+    for folder in folders:
+        cached = folder / TOKENIZED_FILE
+        if cached.is_file() and _cached_fingerprint(cached) == fingerprint:
+            tensors = load_file(str(cached))
+            return TokenizedDataset(tensors), collate_tokenized, {"samples": len(tensors["codes"]), "cached": True}
+    return None
 
 
 def check_special_ids(generator: Any, text_tokenizer: Any) -> None:
@@ -126,16 +138,32 @@ class _GeneratorStage(Stage):
             return dataset, _raw_collate, {"samples": len(dataset), "tokenized": False}
         sources = [ctx.source_dir(self.text_tokenizer_from), ctx.source_dir(self.image_tokenizer_from)]
         fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{max_len}"
-        for folder in [out_dir] + ([ctx.source_dir(self.generator_from)] if self.generator_from else []):
-            cached = folder / TOKENIZED_FILE
-            if cached.is_file() and _cached_fingerprint(cached) == fingerprint:
-                tensors = load_file(str(cached))
-                return TokenizedDataset(tensors), collate_tokenized, {"samples": len(tensors["codes"]), "cached": True}
-        tensors, stats = tokenize_dataset(dataset, text_tok, image_tok, max_text_len=max_len, desc=f"{self.name}: tokenizing")
-        from vilgkit.engine.runner import is_main_process
+        folders = [out_dir] + ([ctx.source_dir(self.generator_from)] if self.generator_from else [])
+        found = _load_cached(folders, fingerprint)
+        from vilgkit.engine.runner import is_main_process, stage_barrier
+
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            # Under torchrun the main rank tokenizes and writes once; the others wait for it and read
+            # its file instead of tokenizing the whole data set N−1 more times. Every rank reaches the
+            # barrier exactly once, cache hit or not, so no rank can wait for one that went ahead.
+            made = None
+            if is_main_process() and found is None:
+                made = self._tokenize(dataset, text_tok, image_tok, max_len, out_dir, fingerprint)
+            stage_barrier(ctx)
+            if is_main_process():
+                return found or made
+            found = found or _load_cached([out_dir], fingerprint)
+            if found is None:  # a run directory that is not shared between nodes
+                print(f"{self.name}: the main rank's {TOKENIZED_FILE} is not visible here; tokenizing on this rank too")
+                return self._tokenize(dataset, text_tok, image_tok, max_len, None, fingerprint)
+        return found or self._tokenize(dataset, text_tok, image_tok, max_len, out_dir, fingerprint)
+
+    def _tokenize(self, dataset, text_tok, image_tok, max_len: int, out_dir: Path | None, fingerprint: str):
+        """Tokenize ``dataset`` and (with ``out_dir``) write the cache, atomically."""
         from vilgkit.sharded import save_file_atomic
 
-        if is_main_process():  # one writer under torchrun; every rank keeps its own identical copy in memory
+        tensors, stats = tokenize_dataset(dataset, text_tok, image_tok, max_text_len=max_len, desc=f"{self.name}: tokenizing")
+        if out_dir is not None:
             save_file_atomic({k: v.contiguous() for k, v in tensors.items()}, out_dir / TOKENIZED_FILE,
                              metadata={"fingerprint": fingerprint})  # a rank never reads a half-written cache
         if stats["truncated"]:
