@@ -9,6 +9,11 @@ from vilgkit.models import gemv
 from vilgkit.models.gemv import decode_linear
 
 
+@pytest.fixture(autouse=True)
+def tiny_layers_too(monkeypatch):
+    monkeypatch.setattr(gemv, "MIN_WEIGHT_NUMEL", 1)  # these tests' layers are far below the real threshold
+
+
 @pytest.fixture
 def threads():
     before = torch.get_num_threads()
@@ -61,6 +66,10 @@ def test_falls_back_to_linear_with_autograd_many_rows_or_disabled(monkeypatch):
         monkeypatch.setattr(gemv, "enabled", True)
         decode_linear(layer, torch.randn(1, 8))
         assert hasattr(layer, gemv._PACK)
+        small = nn.Linear(8, 6)
+        monkeypatch.setattr(gemv, "MIN_WEIGHT_NUMEL", 49)  # 48 weights: below it, plain linear
+        decode_linear(small, torch.randn(1, 8))
+        assert not hasattr(small, gemv._PACK)
     assert "_vilgkit_split_gemv" not in layer.state_dict()  # not state: checkpoints are unchanged
 
 

@@ -26,6 +26,10 @@ enabled: bool = True
 #: Above this many rows a plain ``F.linear`` (a real matrix product) is as fast.
 MAX_ROWS: int = 16
 
+#: Weights smaller than this many elements stay on ``F.linear``: they sit in the cache, where the
+#: split's extra ops cost more than the bandwidth it wins.
+MIN_WEIGHT_NUMEL: int = 1 << 17
+
 _PACK = "_vilgkit_split_gemv"
 
 
@@ -55,11 +59,12 @@ def _packed(linear: nn.Linear) -> torch.Tensor:
 def decode_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``linear(x)`` for ``x [..., I]``, through the split layout when that is faster.
 
-    The split layout serves CPU tensors with at most :data:`MAX_ROWS` rows outside autograd; every
-    other call is a plain ``linear(x)``. Results equal ``linear(x)`` up to float summation order.
+    The split layout serves CPU tensors with at most :data:`MAX_ROWS` rows outside autograd, for
+    weights of at least :data:`MIN_WEIGHT_NUMEL` elements; every other call is a plain ``linear(x)``.
+    Results equal ``linear(x)`` up to float summation order.
     """
     rows = x.numel() // x.shape[-1]
-    if (not enabled or x.device.type != "cpu" or rows > MAX_ROWS
+    if (not enabled or x.device.type != "cpu" or rows > MAX_ROWS or linear.weight.numel() < MIN_WEIGHT_NUMEL
             or (torch.is_grad_enabled() and linear.weight.requires_grad)):
         return linear(x)
     slices = _packed(linear)
