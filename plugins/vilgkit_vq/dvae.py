@@ -162,13 +162,14 @@ class DVAETokenizer(ImageTokenizer, Trainable):
     def relaxed_embedding(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
         """Gumbel-softmax sample over codes, mixed into the codebook: ``[B, K, h, w]`` → ``[B, d, h, w]``."""
         h, w = logits.shape[-2:]
-        z = self._mix(rearrange(logits, "b k h w -> (b h w) k").float(), temperature)
-        return _contiguous_for_training(rearrange(z, "(b h w) d -> b d h w", h=h, w=w))
+        return self._mix(rearrange(logits, "b k h w -> (b h w) k").float(), temperature, h, w)
 
-    def _mix(self, flat_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    def _mix(self, flat_logits: torch.Tensor, temperature: float, h: int, w: int) -> torch.Tensor:
+        """Code-last logits ``[N, K]`` (``N = B·h·w``) → relaxed embeddings ``[B, d, h, w]``, contiguous."""
         # code-last [N, K]: softmax, sampling and the codebook product run along contiguous rows
         y = gumbel_softmax(flat_logits, temperature, hard=self.hard_samples(), dim=-1)
-        return (y @ self.codebook.weight.float()).to(self.codebook.weight.dtype)
+        z = (y @ self.codebook.weight.float()).to(self.codebook.weight.dtype)
+        return _contiguous_for_training(rearrange(z, "(b h w) d -> b d h w", h=h, w=w))
 
     def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = self.logits(images)
@@ -177,7 +178,7 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         codes = flat.argmax(dim=-1)
         tau = self.temperature()
         if self.training:
-            z = _contiguous_for_training(rearrange(self._mix(flat, tau), "(b h w) d -> b d h w", h=h, w=w))
+            z = self._mix(flat, tau, h, w)
         else:  # evaluation scores what inference does: hard argmax codes
             z = self.embed(codes.view(-1, h, w))
         recon = self.decoder(z)

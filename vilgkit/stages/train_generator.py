@@ -146,11 +146,11 @@ class _GeneratorStage(Stage):
             # Under torchrun the main rank tokenizes and writes once; the others wait for it and read
             # its file instead of tokenizing the whole data set N−1 more times. Every rank reaches the
             # barrier exactly once, cache hit or not, so no rank can wait for one that went ahead.
-            made = None
-            if is_main_process() and found is None:
+            main, made = is_main_process(), None
+            if main and found is None:
                 made = self._tokenize(dataset, text_tok, image_tok, max_len, out_dir, fingerprint)
             stage_barrier(ctx)
-            if is_main_process():
+            if main:
                 return found or made
             found = found or _load_cached([out_dir], fingerprint)
             if found is None:  # a run directory that is not shared between nodes
