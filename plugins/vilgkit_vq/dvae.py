@@ -68,6 +68,12 @@ class DVAETokenizer(ImageTokenizer, Trainable):
             percent of the codes (measured on Shapes, docs/performance.md).
         edge_weight: with ``rec_loss="mse"``, weight each pixel's squared error by
             ``1 + edge_weight * |∇ image|`` (:func:`vilgkit_vq.common.edge_weighted_mse`); 0 = plain MSE.
+        noise_end, noise_anneal_start, noise_anneal_steps: scale of the Gumbel noise, 1 until
+            ``noise_anneal_start``, then linear to ``noise_end`` over ``noise_anneal_steps``. With
+            ``noise_end = 0`` and ``straight_through`` the last phase trains the decoder on the argmax
+            codes that inference decodes (the sampled codes otherwise differ from them wherever the
+            logits are not peaked: the temperature scales the soft sample, not the noise). Not
+            DALL-E's method; default 1 = no annealing.
     """
 
     def __init__(
@@ -88,6 +94,9 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         rec_loss: Literal["mse", "l1"] = "mse",
         edge_weight: float = 0.0,
         usage_weight: float = 0.0,
+        noise_end: float = 1.0,
+        noise_anneal_start: int = 0,
+        noise_anneal_steps: int = 0,
     ) -> None:
         super().__init__()
         levels = levels_for(downsample)
@@ -102,6 +111,10 @@ class DVAETokenizer(ImageTokenizer, Trainable):
             raise ValueError(f"edge_weight must be >= 0 and needs rec_loss='mse', got {edge_weight} with {rec_loss!r}")
         if usage_weight < 0:
             raise ValueError(f"usage_weight must be >= 0, got {usage_weight}")
+        if not 0 <= noise_end <= 1 or noise_anneal_start < 0 or noise_anneal_steps < 0:
+            raise ValueError("noise_end must be in [0, 1]; noise_anneal_start and noise_anneal_steps must be >= 0, got "
+                             f"{noise_end}, {noise_anneal_start}, {noise_anneal_steps}")
+        self.noise_end, self.noise_anneal_start, self.noise_anneal_steps = noise_end, noise_anneal_start, noise_anneal_steps
         self.edge_weight, self.usage_weight = edge_weight, usage_weight
         self.codebook_size, self.code_dim, self.downsample = codebook_size, code_dim, downsample
         self.temperature_start, self.temperature_end, self.anneal_steps = temperature_start, temperature_end, anneal_steps
@@ -126,6 +139,15 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         """Gumbel temperature at ``step`` (default: the current training step)."""
         step = int(self.step) if step is None else step
         return gumbel_temperature(step, self.temperature_start, self.temperature_end, self.anneal_steps)
+
+    def noise_scale(self, step: int | None = None) -> float:
+        """Scale of the Gumbel noise at ``step``: 1 until ``noise_anneal_start``, then linear to
+        ``noise_end`` over ``noise_anneal_steps`` (0 steps: ``noise_end`` from the start step on)."""
+        step = int(self.step) if step is None else step
+        if step < self.noise_anneal_start:
+            return 1.0
+        frac = 1.0 if self.noise_anneal_steps <= 0 else min((step - self.noise_anneal_start) / self.noise_anneal_steps, 1.0)
+        return 1.0 + (self.noise_end - 1.0) * frac
 
     def kl_weight_at(self, step: int | None = None) -> float:
         """KL weight at ``step`` (linear warm-up, then constant)."""
@@ -167,7 +189,7 @@ class DVAETokenizer(ImageTokenizer, Trainable):
     def _mix(self, flat_logits: torch.Tensor, temperature: float, h: int, w: int) -> torch.Tensor:
         """Code-last logits ``[N, K]`` (``N = B·h·w``) → relaxed embeddings ``[B, d, h, w]``, contiguous."""
         # code-last [N, K]: softmax, sampling and the codebook product run along contiguous rows
-        y = gumbel_softmax(flat_logits, temperature, hard=self.hard_samples(), dim=-1)
+        y = gumbel_softmax(flat_logits, temperature, hard=self.hard_samples(), dim=-1, noise_scale=self.noise_scale())
         z = (y @ self.codebook.weight.float()).to(self.codebook.weight.dtype)
         return _contiguous_for_training(rearrange(z, "(b h w) d -> b d h w", h=h, w=w))
 
@@ -193,6 +215,7 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         out["loss"] = total
         with torch.no_grad():
             out["temperature"] = torch.tensor(tau, device=images.device)
+            out["noise_scale"] = torch.tensor(self.noise_scale(), device=images.device)
             out["psnr"] = psnr(images, recon)
             out.update(codebook_usage(codes, self.codebook_size))
         return out

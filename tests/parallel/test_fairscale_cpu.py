@@ -1,7 +1,8 @@
 """What of ``FairScaleFSDP`` can be checked without CUDA (FairScale's forward needs CUDA streams):
 the constructor arguments for bf16 / fp32, that FairScale 0.4.13 accepts them, how ``wrap`` hooks
-the root, and the autograd ordering behind the ``_use_full_params`` assertion. The GPU run itself is
-recorded (or still pending) in docs/distributed.md, FairScale section."""
+the root, the autograd ordering behind the ``_use_full_params`` assertion, how root parameters that
+a loss never reaches get their (zero, then dropped) gradients, and the bf16 accumulation refusal.
+The GPU runs are recorded in docs/distributed.md, FairScale section."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from vilgkit_parallel import distributed as D
-from vilgkit_parallel.fairscale_fsdp import FairScaleFSDP, cast_floats, detach_side_outputs, fsdp_kwargs
+from vilgkit.errors import RecipeError
+from vilgkit_parallel.fairscale_fsdp import (
+    BF16_ACCUM, FairScaleFSDP, cast_floats, check_recipe, detach_side_outputs, fsdp_kwargs,
+)
 
 fairscale = pytest.importorskip("fairscale")
 
@@ -92,6 +96,7 @@ class Toy(nn.Module):
         super().__init__()
         self.embed = nn.Linear(3, 4)
         self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
+        self.head = nn.Linear(4, 2)  # a root parameter the test's losses leave unused
         self.register_buffer("usage", torch.zeros(4))
 
     def blocks(self):
@@ -119,7 +124,8 @@ def test_wrap_on_cpu_builds_fairscale_wrappers_and_hooks(one_process_group, dtyp
 
     strategy = object.__new__(FairScaleFSDP)  # the constructor refuses a machine without CUDA
     strategy.__dict__.update(_env=D.launch_env(), device=torch.device("cpu"), timeout_s=60.0, _ready=False,
-                             offload=False, compute_dtype=dtype, activation_checkpointing="none", _wrapped=None)
+                             offload=False, compute_dtype=dtype, activation_checkpointing="none", _wrapped=None,
+                             _root_params=[])
     model = Toy()
     params = list(model.parameters())
     root = strategy.wrap(model)
@@ -137,3 +143,73 @@ def test_wrap_on_cpu_builds_fairscale_wrappers_and_hooks(one_process_group, dtyp
     for hook in model._forward_hooks.values():
         out = hook(model, args, out)
     assert out["loss"].requires_grad and not out["aux"].requires_grad
+
+
+def _cpu_strategy(dtype: str = "fp32") -> FairScaleFSDP:
+    strategy = object.__new__(FairScaleFSDP)  # the constructor refuses a machine without CUDA
+    strategy.__dict__.update(_env=D.launch_env(), device=torch.device("cpu"), timeout_s=60.0, _ready=False,
+                             offload=False, compute_dtype=dtype, activation_checkpointing="none", _wrapped=None,
+                             _root_params=[])
+    return strategy
+
+
+def test_unused_root_parameters_get_zero_gradients_that_are_dropped_before_the_step(one_process_group):
+    """FairScale frees a root parameter only in its post-backward hook: the forward hook makes the
+    loss reach every trainable root parameter (+ 0 * p[0], same value), and the strategy drops the
+    gradients that stayed exactly zero (no micro-batch of the step used the parameter) before
+    clipping, so the optimizer skips them as on one device."""
+    strategy = _cpu_strategy()
+    model = Toy()
+    strategy.wrap(model)
+    head, embed = model.head, model.embed
+    assert {id(p) for p in strategy._root_params} == {id(p) for p in [*embed.parameters(), *head.parameters()]}
+    hook = next(iter(model._forward_hooks.values()))
+
+    def micro_batch(use_head: bool) -> None:
+        h = embed(torch.rand(2, 3))  # (the wrapped blocks' forward needs CUDA; they are not root parameters)
+        loss = h.pow(2).mean() + (head(h).sum() if use_head else 0.0)
+        out = hook(model, (), {"loss": loss, "aux": h.mean()})
+        assert torch.equal(out["loss"], loss) and not out["aux"].requires_grad
+        out["loss"].backward()
+
+    params = list(model.parameters())
+    micro_batch(use_head=False)
+    assert head.weight.grad is not None and torch.count_nonzero(head.weight.grad) == 0  # reached, zero
+    strategy._drop_foreign_grads(model, params)
+    assert head.weight.grad is None and head.bias.grad is None and torch.count_nonzero(embed.weight.grad) > 0
+    # accumulation: a parameter used by any micro-batch of the step keeps its (real) gradient
+    model.zero_grad(set_to_none=True)
+    micro_batch(use_head=False)
+    micro_batch(use_head=True)
+    strategy._drop_foreign_grads(model, params)
+    assert torch.count_nonzero(head.weight.grad) > 0 and torch.count_nonzero(embed.weight.grad) > 0
+    # gradients outside the stepped group are dropped as before
+    model.zero_grad(set_to_none=True)
+    micro_batch(use_head=True)
+    strategy._drop_foreign_grads(model, list(head.parameters()))
+    assert embed.weight.grad is None and head.weight.grad is not None
+    # a frozen root parameter is left alone; without a graph (evaluation) the loss is untouched
+    model.zero_grad(set_to_none=True)
+    head.requires_grad_(False)
+    micro_batch(use_head=False)
+    assert head.weight.grad is None
+    with torch.no_grad():
+        loss = embed(torch.rand(1, 3)).sum()
+        assert hook(model, (), {"loss": loss})["loss"] is loss
+
+
+def test_bf16_gradient_accumulation_is_refused(monkeypatch):
+    recipe = {"strategy": {"class_path": "FairScaleFSDP", "init_args": {"compute_dtype": "bf16"}},
+              "stages": [{"class_path": "TrainTokenizer", "init_args": {"trainer": {"grad_accum": 1}}},
+                         {"class_path": "TrainGenerator", "init_args": {"trainer": {"grad_accum": 4}}}]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(RecipeError, match=r"r\.yaml: stages\[1\]\.init_args\.trainer\.grad_accum: .*grad_accum 1"):
+        check_recipe(recipe, "r.yaml")
+    recipe["strategy"]["init_args"]["compute_dtype"] = "fp32"  # fp32 accumulates through no_sync
+    check_recipe(recipe, "r.yaml")
+    del recipe["strategy"]["init_args"]  # bf16 is the default compute dtype
+    with pytest.raises(RecipeError, match="grad_accum"):
+        check_recipe(recipe, "r.yaml")
+    with pytest.raises(RuntimeError, match="cannot accumulate"):
+        _cpu_strategy("bf16").no_sync(nn.Linear(1, 1))
+    assert BF16_ACCUM in str(RecipeError(BF16_ACCUM))

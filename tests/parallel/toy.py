@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vilgkit.engine.trainer import losses_through_wrapper
 from vilgkit.interfaces import Trainable
 
 VOCAB, HIDDEN, LAYERS, SEQ, GLOBAL_BATCH = 32, 16, 3, 8, 8
@@ -73,8 +74,13 @@ def make_model(seed: int = 0) -> ToyModel:
     return model
 
 
-def train(model, strategy, opt, steps: range, grad_accum: int, rank: int, world: int) -> list[float]:
-    """Steps of the engine's loop; returns the global mean loss per step."""
+def train(model, strategy, opt, steps: range, grad_accum: int, rank: int, world: int, inner=None) -> list[float]:
+    """Steps of the engine's loop; returns the global mean loss per step.
+
+    ``inner``: the model before wrapping, for a wrapper whose forward hooks must run (FairScale): the
+    losses then go through the wrapper's call as in the trainer. Without it ``training_losses`` is
+    called on ``model`` itself (FSDP2 registers it as a forward method; DDP's wrapper routes it).
+    """
     losses = []
     for step in steps:
         ids = global_batch(step).chunk(world)[rank].to(strategy.device)
@@ -84,10 +90,13 @@ def train(model, strategy, opt, steps: range, grad_accum: int, rank: int, world:
         for i, chunk in enumerate(micro):
             ctx = strategy.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
             with ctx:
-                loss = model.training_losses({"ids": chunk}, "main", step)["loss"] / len(micro)
+                batch = {"ids": chunk}
+                out = (model.training_losses(batch, "main", step) if inner is None
+                       else losses_through_wrapper(model, inner, batch, "main", step))
+                loss = out["loss"] / len(micro)
                 loss.backward()
             total += loss.detach()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters()], 1.0)
+        strategy.clip_grad_norm_(model, list(model.parameters()), 1.0)
         opt.step()
         losses.append(float(strategy.all_reduce_mean(total)))
     return losses

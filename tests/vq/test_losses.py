@@ -192,3 +192,49 @@ def test_edge_weighted_mse_by_hand():
 def test_vqvae_edge_weight_needs_mse():
     with pytest.raises(ValueError, match="edge_weight"):
         VQVAETokenizer(codebook_size=8, code_dim=4, downsample=4, hidden=8, rec_loss="l1", edge_weight=1.0)
+
+
+def test_gumbel_noise_scale_zero_is_the_argmax_and_one_is_unchanged():
+    from vilgkit_vq.quantizers import gumbel_softmax
+
+    torch.manual_seed(0)
+    logits = torch.randn(500, 7, requires_grad=True)
+    hard = gumbel_softmax(logits, 0.5, hard=True, noise_scale=0.0)
+    assert torch.equal(hard.detach().argmax(-1), logits.detach().argmax(-1))  # no noise: the inference code
+    soft = gumbel_softmax(logits, 0.5, noise_scale=0.0)
+    assert torch.allclose(soft, (logits / 0.5).softmax(-1))
+    (hard * torch.arange(7.0)).sum().backward()  # straight-through gradient still flows
+    assert logits.grad.abs().sum() > 0
+    # scale 1: the same draws as before the option existed (-log(-log U) from one rand call)
+    torch.manual_seed(3)
+    y = gumbel_softmax(logits.detach(), 0.5, noise_scale=1.0)
+    torch.manual_seed(3)
+    u = torch.rand(500, 7).clamp_min(torch.finfo(torch.float32).tiny)
+    assert torch.allclose(y, ((logits.detach() - torch.log(-torch.log(u))) / 0.5).softmax(-1), atol=1e-6)
+    # a half scale: half the noise
+    torch.manual_seed(3)
+    y = gumbel_softmax(logits.detach(), 0.5, noise_scale=0.5)
+    assert torch.allclose(y, ((logits.detach() - 0.5 * torch.log(-torch.log(u))) / 0.5).softmax(-1), atol=1e-6)
+    with pytest.raises(ValueError, match="noise_scale"):
+        gumbel_softmax(logits, 0.5, noise_scale=-0.1)
+
+
+def test_dvae_noise_schedule_and_argmax_training_codes():
+    from vilgkit_vq.dvae import DVAETokenizer
+
+    args = DVAETokenizer.conformance_args()
+    tok = DVAETokenizer(**args, straight_through=True, noise_end=0.0, noise_anneal_start=10, noise_anneal_steps=20)
+    assert [tok.noise_scale(s) for s in (0, 10, 20, 30, 99)] == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
+    assert DVAETokenizer(**args).noise_scale(10**6) == 1.0  # default: DALL-E's sampling throughout
+    assert DVAETokenizer(**args, noise_end=0.2, noise_anneal_start=5).noise_scale(5) == pytest.approx(0.2)
+    # at scale 0 the training embedding is the codebook row of the argmax code, as at inference
+    tok.train()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    out = tok.training_losses(x, "main", 40)
+    assert out["noise_scale"].item() == 0.0
+    logits = tok.logits(x)
+    z = tok.relaxed_embedding(logits, tok.temperature())
+    assert torch.allclose(z, tok.embed(logits.argmax(1)), atol=1e-6)
+    for bad in ({"noise_end": 1.5}, {"noise_anneal_start": -1}, {"noise_anneal_steps": -2}):
+        with pytest.raises(ValueError, match="noise_end"):
+            DVAETokenizer(**args, **bad)

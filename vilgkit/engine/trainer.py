@@ -466,29 +466,8 @@ class Trainer:
         return out
 
     def _call(self, group: str, batch: Any) -> dict[str, torch.Tensor]:
-        """``training_losses`` entered through the wrapped model's ``__call__`` (DDP/FSDP hooks run).
-
-        A wrapper that exposes ``training_losses`` itself (e.g. the DDP plugin's) is called directly.
-        Otherwise the module's ``forward`` is replaced, for this call only, by a one-shot function that
-        removes itself before calling ``training_losses``: calls of ``self(...)`` inside it reach the
-        real ``forward``.
-        """
-        module = self.module
-        # the wrapper's own class must define it: FairScale's FSDP forwards unknown attributes to the
-        # inner module, whose training_losses would then run without the wrapper gathering parameters
-        if self.model is not module and callable(getattr(type(self.model), "training_losses", None)):
-            return self.model.training_losses(batch, group, self.step)  # the wrapper routes it itself
-        losses_fn = module.training_losses
-
-        def enter(batch: Any, step: int) -> dict[str, torch.Tensor]:
-            module.__dict__.pop("forward", None)
-            return losses_fn(batch, group, step)
-
-        module.forward = enter
-        try:
-            return self.model(batch, self.step)
-        finally:
-            module.__dict__.pop("forward", None)
+        """``training_losses`` entered through the wrapped model's ``__call__`` (DDP/FSDP hooks run)."""
+        return losses_through_wrapper(self.model, self.module, batch, group, self.step)
 
     def _non_finite(self, group: str, batches: list[Any], losses: torch.Tensor, norm: torch.Tensor) -> None:
         bad = [i for i, ok in enumerate(torch.isfinite(losses).tolist()) if not ok]
@@ -510,3 +489,33 @@ class Trainer:
             warnings.warn(f"skipping: {where} [{self.counters['skipped_steps']}/{self.config.max_skipped}]", stacklevel=2)
         if self.counters["skipped_steps"] > self.config.max_skipped:
             raise NonFiniteLossError(f"{where}; more than max_skipped={self.config.max_skipped} skipped updates")
+
+
+def losses_through_wrapper(wrapped: nn.Module, module: nn.Module, batch: Any, group: str, step: int) -> Any:
+    """``module.training_losses(batch, group, step)`` entered through ``wrapped``'s ``__call__``.
+
+    A strategy's wrapper gathers parameters (FSDP, FairScale) or arms gradient sync (DDP) in its
+    forward hooks, which a direct call of ``training_losses`` would bypass. A wrapper that exposes
+    ``training_losses`` itself (e.g. the DDP plugin's) is called directly. Otherwise ``module``'s
+    ``forward`` is replaced, for this call only, by a one-shot function that removes itself before
+    calling ``training_losses``: calls of ``self(...)`` inside it reach the real ``forward``.
+
+    Args:
+        wrapped: what the strategy's ``wrap`` returned.
+        module: the model before wrapping (the object whose ``training_losses`` runs).
+    """
+    # the wrapper's own class must define it: FairScale's FSDP forwards unknown attributes to the
+    # inner module, whose training_losses would then run without the wrapper gathering parameters
+    if wrapped is not module and callable(getattr(type(wrapped), "training_losses", None)):
+        return wrapped.training_losses(batch, group, step)  # the wrapper routes it itself
+    losses_fn = module.training_losses
+
+    def enter(batch: Any, step: int) -> dict[str, torch.Tensor]:
+        module.__dict__.pop("forward", None)
+        return losses_fn(batch, group, step)
+
+    module.forward = enter
+    try:
+        return wrapped(batch, step)
+    finally:
+        module.__dict__.pop("forward", None)
