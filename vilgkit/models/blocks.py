@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from vilgkit.interfaces.attention import AttentionPattern
@@ -82,12 +81,15 @@ class Block(nn.Module):
         """``[B, N, C]`` → q, k, v each ``[B, H, N, D]``."""
         h = self.ln1(x)
         qkv = decode_linear(self.qkv, h) if decoding else self.qkv(h)
-        qkv = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        return qkv[0], qkv[1], qkv[2]
+        b, n, _ = qkv.shape
+        # "b n (three h d) -> three b h n d" as a view + permute: einops' parsing costs ~10 µs per
+        # call, a visible share of a batch-1 decoding step
+        q, k, v = qkv.view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
 
     def _finish(self, x: torch.Tensor, attn: torch.Tensor, decoding: bool = False) -> torch.Tensor:
         """Residual adds after attention ``[B, H, N, D]``, then the MLP."""
-        attn = rearrange(attn, "b h n d -> b n (h d)")
+        attn = attn.transpose(1, 2).flatten(2)  # b h n d -> b n (h d)
         x = x + self.drop(decode_linear(self.proj, attn) if decoding else self.proj(attn))
         h = self.ln2(x)
         return x + (self.mlp.decode(h) if decoding else self.mlp(h))
