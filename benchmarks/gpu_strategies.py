@@ -3,8 +3,11 @@
 FairScaleFSDP (fp32 compute, parameter offload) and FSDP (CPU offload, full recompute, fp32) train
 the toy model for 4 steps and must match single-device training on the same GPU; then bf16 runs
 (FairScale and FSDP) report their losses, and a FairScale checkpoint saved after 2 steps must
-resume into a fresh model with the same losses and final weights as the uninterrupted run. Prints one JSON line per strategy; a strategy that fails
-prints its error instead (``--device cpu`` is a smoke test: FairScale there reports its refusal).
+resume into a fresh model with the same losses and final weights as the uninterrupted run.
+Variants: a root parameter no loss uses (must not move), bf16 with and without ``no_sync`` (the
+second shows FairScale's offload keeping only the last micro-batch's gradient). Prints one JSON
+line per configuration; a failing one prints its error instead (``--device cpu`` is a smoke test:
+FairScale there reports its refusal). Results: docs/distributed.md, "GPU results".
 
     torchrun --nproc-per-node 1 benchmarks/gpu_strategies.py [--device cuda]
 """
@@ -29,7 +32,7 @@ from vilgkit_parallel.single import SingleDevice  # noqa: E402
 
 def run(strategy, steps: int = 4, accum: int = 2, sync_every_micro_batch: bool = False, spare: bool = False) -> list:
     strategy.setup()
-    if sync_every_micro_batch:  # gradients reduced after every micro-batch (no no_sync)
+    if sync_every_micro_batch:  # reduce after every micro-batch (bypasses the strategy's bf16 refusal)
         strategy.no_sync = lambda _model: contextlib.nullcontext()
     inner = toy.make_model()
     if spare:  # a root parameter no loss uses: must get no update (on one device its gradient is None)
