@@ -30,6 +30,12 @@ from vilgkit_parallel import FSDP, FairScaleFSDP  # noqa: E402
 from vilgkit_parallel.single import SingleDevice  # noqa: E402
 
 
+def wrapped_toy(strategy, inner):
+    """``(wrapped model, optimizer)`` for the toy model ``inner`` under ``strategy``."""
+    model = strategy.wrap(inner)
+    return model, strategy.build_optimizer(list(model.parameters()), toy.adamw)
+
+
 def run(strategy, steps: int = 4, accum: int = 2, sync_every_micro_batch: bool = False, spare: bool = False) -> list:
     strategy.setup()
     if sync_every_micro_batch:  # reduce after every micro-batch (bypasses the strategy's bf16 refusal)
@@ -38,8 +44,7 @@ def run(strategy, steps: int = 4, accum: int = 2, sync_every_micro_batch: bool =
     if spare:  # a root parameter no loss uses: must get no update (on one device its gradient is None)
         inner.spare = torch.nn.Linear(toy.HIDDEN, 3)
         before = inner.spare.weight.detach().clone()
-    model = strategy.wrap(inner)
-    opt = strategy.build_optimizer(list(model.parameters()), toy.adamw)
+    model, opt = wrapped_toy(strategy, inner)
     losses = toy.train(model, strategy, opt, range(steps), accum, strategy.rank, strategy.world_size, inner=inner)
     if spare:
         moved = float((strategy.state_dict(model)["spare.weight"] - before).abs().max())
@@ -53,8 +58,7 @@ def fairscale_resume(make, steps: int = 4) -> dict:
     half = steps // 2
     strategy = make()
     inner = toy.make_model()
-    model = strategy.wrap(inner)
-    opt = strategy.build_optimizer(list(model.parameters()), toy.adamw)
+    model, opt = wrapped_toy(strategy, inner)
     args = (2, strategy.rank, strategy.world_size)
     first = toy.train(model, strategy, opt, range(half), *args, inner=inner)
     directory = Path(tempfile.mkdtemp()) / "step"
@@ -64,8 +68,7 @@ def fairscale_resume(make, steps: int = 4) -> dict:
 
     again = make()
     inner2 = toy.make_model(seed=123)  # everything must come from the file
-    model2 = again.wrap(inner2)
-    opt2 = again.build_optimizer(list(model2.parameters()), toy.adamw)
+    model2, opt2 = wrapped_toy(again, inner2)
     trainer: dict = {}
     again.load_checkpoint(directory, {"model": model2, "optimizers": {"main": opt2}, "trainer": trainer})
     resumed = toy.train(model2, again, opt2, range(half, steps), *args, inner=inner2)
@@ -83,17 +86,16 @@ def main() -> None:
     model = toy.make_model().to(device)
     ref = toy.train(model, single, toy.adamw(model.parameters()), range(4), 2, 0, 1)
     results = {"single": ref}
-    fairscale = FairScaleFSDP
     for name, make, kwargs in [  # built inside the try: FairScaleFSDP refuses at construction without CUDA
-        ("fairscale_fp32_offload", lambda: fairscale(offload=True, compute_dtype="fp32"), {}),
-        ("fairscale_fp32_offload_unused_param", lambda: fairscale(offload=True, compute_dtype="fp32"), {"spare": True}),
-        ("fairscale_bf16_offload_unused_param", lambda: fairscale(offload=True, compute_dtype="bf16"), {"spare": True, "accum": 1}),
-        ("fairscale_fp32_offload_recompute", lambda: fairscale(offload=True, compute_dtype="fp32", activation_checkpointing="full"), {}),
-        ("fairscale_fp32_gpu_recompute", lambda: fairscale(offload=False, compute_dtype="fp32", activation_checkpointing="full"), {}),
-        ("fairscale_bf16_offload_accum1", lambda: fairscale(offload=True, compute_dtype="bf16"), {"accum": 1}),
-        ("fairscale_bf16_offload_accum2", lambda: fairscale(offload=True, compute_dtype="bf16"), {}),  # refused
-        ("fairscale_bf16_offload_sync", lambda: fairscale(offload=True, compute_dtype="bf16"), {"sync_every_micro_batch": True}),
-        ("fairscale_bf16_gpu", lambda: fairscale(offload=False, compute_dtype="bf16"), {"accum": 1}),
+        ("fairscale_fp32_offload", lambda: FairScaleFSDP(offload=True, compute_dtype="fp32"), {}),
+        ("fairscale_fp32_offload_unused_param", lambda: FairScaleFSDP(offload=True, compute_dtype="fp32"), {"spare": True}),
+        ("fairscale_bf16_offload_unused_param", lambda: FairScaleFSDP(offload=True, compute_dtype="bf16"), {"spare": True, "accum": 1}),
+        ("fairscale_fp32_offload_recompute", lambda: FairScaleFSDP(offload=True, compute_dtype="fp32", activation_checkpointing="full"), {}),
+        ("fairscale_fp32_gpu_recompute", lambda: FairScaleFSDP(offload=False, compute_dtype="fp32", activation_checkpointing="full"), {}),
+        ("fairscale_bf16_offload_accum1", lambda: FairScaleFSDP(offload=True, compute_dtype="bf16"), {"accum": 1}),
+        ("fairscale_bf16_offload_accum2", lambda: FairScaleFSDP(offload=True, compute_dtype="bf16"), {}),  # refused
+        ("fairscale_bf16_offload_sync", lambda: FairScaleFSDP(offload=True, compute_dtype="bf16"), {"sync_every_micro_batch": True}),
+        ("fairscale_bf16_gpu", lambda: FairScaleFSDP(offload=False, compute_dtype="bf16"), {"accum": 1}),
         ("fsdp_offload_recompute", lambda: FSDP(device=device, cpu_offload=True, activation_checkpointing="full"), {}),
         ("fsdp_bf16_selective", lambda: FSDP(device=device, param_dtype="bf16", activation_checkpointing="selective"), {}),
     ]:

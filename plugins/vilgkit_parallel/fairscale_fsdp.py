@@ -318,6 +318,6 @@ class FairScaleFSDP(DistributedStrategy):
         optim = safe_state.load(directory / f"optimizers_rank{dist.get_rank()}")
         for name, opt in optims.items():
             opt.load_state_dict(optim[name])
-        local = safe_state.load(directory / f"rank{dist.get_rank() % int(marker['world_size'])}")
+        local = safe_state.load(directory / f"rank{dist.get_rank() % saved_world}")
         for name, (path, target) in others.items():
             ckpt._restore(state, path, target, local[name])

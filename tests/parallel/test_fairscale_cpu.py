@@ -118,14 +118,19 @@ def one_process_group():
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_wrap_on_cpu_builds_fairscale_wrappers_and_hooks(one_process_group, dtype):
-    from fairscale.nn.data_parallel import FullyShardedDataParallel
-
+def _cpu_strategy(dtype: str = "fp32") -> FairScaleFSDP:
     strategy = object.__new__(FairScaleFSDP)  # the constructor refuses a machine without CUDA
     strategy.__dict__.update(_env=D.launch_env(), device=torch.device("cpu"), timeout_s=60.0, _ready=False,
                              offload=False, compute_dtype=dtype, activation_checkpointing="none", _wrapped=None,
                              _root_params=[])
+    return strategy
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_wrap_on_cpu_builds_fairscale_wrappers_and_hooks(one_process_group, dtype):
+    from fairscale.nn.data_parallel import FullyShardedDataParallel
+
+    strategy = _cpu_strategy(dtype)
     model = Toy()
     params = list(model.parameters())
     root = strategy.wrap(model)
@@ -143,14 +148,6 @@ def test_wrap_on_cpu_builds_fairscale_wrappers_and_hooks(one_process_group, dtyp
     for hook in model._forward_hooks.values():
         out = hook(model, args, out)
     assert out["loss"].requires_grad and not out["aux"].requires_grad
-
-
-def _cpu_strategy(dtype: str = "fp32") -> FairScaleFSDP:
-    strategy = object.__new__(FairScaleFSDP)  # the constructor refuses a machine without CUDA
-    strategy.__dict__.update(_env=D.launch_env(), device=torch.device("cpu"), timeout_s=60.0, _ready=False,
-                             offload=False, compute_dtype=dtype, activation_checkpointing="none", _wrapped=None,
-                             _root_params=[])
-    return strategy
 
 
 def test_unused_root_parameters_get_zero_gradients_that_are_dropped_before_the_step(one_process_group):
