@@ -209,10 +209,11 @@ class Interrupt(Exception):
     pass
 
 
-def test_exact_resume_after_an_interruption(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume_after_an_interruption(tmp_path, optimizer):
     torch.manual_seed(0)
     init = ToyRegression(4, hidden=8, dropout=0.3).state_dict()
-    common = dict(steps=17, checkpoint_every=5, log_every=1, grad_accum=2, batch_size=12)
+    common = dict(steps=17, checkpoint_every=5, log_every=1, grad_accum=2, batch_size=12, optimizer=optimizer)
     ref = ToyRegression(4, hidden=8, dropout=0.3)
     ref.load_state_dict(init)
     fit(ref, tmp_path / "ref", **common)

@@ -13,9 +13,12 @@ class TrainerConfig:
         steps: optimizer steps (each may accumulate several micro-batches).
         batch_size: samples per micro-batch per device.
         grad_accum: micro-batches per optimizer step.
-        lr: peak learning rate (AdamW).
-        weight_decay: AdamW decay; never applied to norms, biases and embeddings.
+        lr: peak learning rate (of both parts under ``optimizer: muon``).
+        weight_decay: decoupled weight decay; never applied to norms, biases and embeddings.
         betas: AdamW betas.
+        optimizer: ``"adamw"``, or ``"muon"``: Muon for the hidden weight matrices and AdamW for
+            embeddings, output heads (what a module lists in ``muon_excluded()``), norms and biases
+            (:mod:`vilgkit.engine.muon`).
         warmup_steps: linear warm-up before the cosine decay.
         min_lr_ratio: the cosine floor as a fraction of ``lr``.
         grad_clip: max global gradient norm (0 disables clipping).
@@ -35,6 +38,7 @@ class TrainerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
+    optimizer: Literal["adamw", "muon"] = "adamw"
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
@@ -81,6 +85,7 @@ def validate_config(cfg: TrainerConfig) -> None:
         (cfg.warmup_steps >= 0, f"warmup_steps must be >= 0, got {cfg.warmup_steps}"),
         (0 <= cfg.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}"),
         (cfg.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables), got {cfg.grad_clip}"),
+        (cfg.optimizer in ("adamw", "muon"), f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}"),
         (cfg.precision in ("fp32", "bf16"), f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}"),
         (cfg.nonfinite in ("stop", "skip"), f"nonfinite must be 'stop' or 'skip', got {cfg.nonfinite!r}"),
         (cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}"),

@@ -35,6 +35,7 @@ from vilgkit.engine.compat import check_resume
 from vilgkit.engine.batch import batch_size, move_to, sample_ids
 from vilgkit.engine.config import TrainerConfig, coerce_config, validate_config
 from vilgkit.engine.loader import StatefulLoader
+from vilgkit.engine.muon import muon_factory, muon_param_groups
 from vilgkit.engine.optim import adamw_factory, adamw_param_groups, normalize_groups
 from vilgkit.engine.progress import RunLogger
 from vilgkit.engine.schedule import build_scheduler
@@ -137,6 +138,11 @@ class Trainer:
         self.shuffle, self.progress, self.tensorboard = shuffle, progress, tensorboard
         if eval_every < 0 or eval_batches < 1:
             raise VilgkitError(f"need eval_every >= 0 and eval_batches >= 1, got {eval_every}, {eval_batches}")
+        if config.optimizer == "muon" and strategy.layout().sharding != "none":
+            # Muon orthogonalises whole matrices; a sharded strategy hands each rank a slice
+            raise VilgkitError(f"trainer.optimizer: muon needs whole weight matrices on every rank, but "
+                               f"{type(strategy).__name__} shards them; use optimizer: adamw with it, or a "
+                               "replicating strategy (SingleDevice, DDP)")
         self.eval_dataset, self.eval_every, self.eval_batches = eval_dataset, eval_every, eval_batches
         self.seed = rng.derive_seed(run_seed, config.seed)
         self.step = 0
@@ -181,8 +187,13 @@ class Trainer:
         for name, spec in self.groups.items():
             wd = spec.get("weight_decay", cfg.weight_decay)
             lr = spec.get("lr", cfg.lr)
-            factory = adamw_factory(lr=lr, betas=spec.get("betas", cfg.betas), weight_decay=wd)
-            param_groups = adamw_param_groups(self.module, spec["params"], wd)
+            betas = spec.get("betas", cfg.betas)
+            if cfg.optimizer == "muon":
+                factory = muon_factory(lr=lr, betas=betas)
+                param_groups = muon_param_groups(self.module, spec["params"], wd)
+            else:
+                factory = adamw_factory(lr=lr, betas=betas, weight_decay=wd)
+                param_groups = adamw_param_groups(self.module, spec["params"], wd)
             self.optimizers[name] = strategy.build_optimizer(param_groups, factory)
             self.schedulers[name] = build_scheduler(
                 self.optimizers[name], warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio

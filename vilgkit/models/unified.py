@@ -156,6 +156,10 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
     def blocks(self) -> list[nn.Module]:
         return list(self.layers)
 
+    def muon_excluded(self) -> set[str]:
+        """Output heads stay on AdamW under ``optimizer: muon`` (they map to vocabularies, not hidden features)."""
+        return {"text_head.weight", "image_head.weight"}
+
     # ----------------------------------------------------------------- validation
     def _check_text(self, ids: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.Tensor:
         """Validate a BOS … EOS id batch; returns its mask (``ids != pad_id`` when not given)."""

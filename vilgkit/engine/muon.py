@@ -1,0 +1,124 @@
+"""Muon for hidden weight matrices, AdamW for everything else, as one optimizer.
+
+Muon (PyTorch's ``torch.optim.Muon``) orthogonalises each matrix's momentum with a few
+Newton–Schulz iterations before the update. It is meant for the 2-D weights *inside* the network;
+embeddings, output heads, norms and biases keep AdamW. The trainer wants one optimizer per group
+(one learning-rate schedule, one checkpoint file), so :class:`MuonAdamW` holds both parts:
+
+* its ``param_groups`` are the very dicts that an inner ``torch.optim.Muon`` and an inner
+  ``torch.optim.AdamW`` step, so a scheduler that writes ``group["lr"]`` drives both;
+* its ``state`` is shared with both, so ``state_dict()`` / ``load_state_dict()`` have the standard
+  single-optimizer layout and round-trip through ``torch.load(weights_only=True)``.
+
+Muon's step is scaled with ``adjust_lr_fn="match_rms_adamw"`` (update RMS ≈ AdamW's), so one
+peak learning rate and one weight decay serve both parts, as in the Moonlight recipe.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vilgkit.engine.optim import split_decay
+
+MUON_MOMENTUM = 0.95
+MUON_NS_STEPS = 5
+
+
+def muon_excluded_parameter_names(model: nn.Module) -> set[str]:
+    """Names a module lists in ``muon_excluded()`` (e.g. output heads), prefixed as in ``named_parameters``."""
+    names: set[str] = set()
+    for prefix, sub in model.named_modules():
+        hook = getattr(sub, "muon_excluded", None)
+        if callable(hook):
+            names |= {f"{prefix}.{n}" if prefix else n for n in hook()}
+    return names
+
+
+def muon_param_groups(model: nn.Module, params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """Groups for :class:`MuonAdamW`: decayed 2-D matrices → Muon; the rest → AdamW.
+
+    "Decayed" uses the same rule as AdamW's groups (no norms, embeddings, biases, nor what a module
+    lists in ``no_weight_decay()``); on top, anything listed in ``muon_excluded()`` stays on AdamW.
+    """
+    decay, no_decay = split_decay(model, params)
+    excluded = muon_excluded_parameter_names(model)
+    excluded_ids = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in excluded}
+    muon = [p for p in decay if p.ndim == 2 and id(p) not in excluded_ids]
+    muon_ids = {id(p) for p in muon}
+    adam_decay = [p for p in decay if id(p) not in muon_ids]
+    groups = [
+        {"params": muon, "weight_decay": weight_decay, "use_muon": True},
+        {"params": adam_decay, "weight_decay": weight_decay, "use_muon": False},
+        {"params": no_decay, "weight_decay": 0.0, "use_muon": False},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """One optimizer over groups tagged ``use_muon``: Muon steps those, AdamW the others.
+
+    Args:
+        param_groups: dicts with ``params``, ``weight_decay`` and ``use_muon`` (see
+            :func:`muon_param_groups`).
+        lr: peak learning rate of both parts (Muon's is RMS-matched to AdamW's).
+        betas: AdamW betas.
+        momentum: Muon's (Nesterov) momentum.
+        ns_steps: Newton–Schulz iterations per Muon update (PyTorch's default: 5).
+    """
+
+    def __init__(
+        self, param_groups: list[dict[str, Any]], *, lr: float, betas: tuple[float, float],
+        momentum: float = MUON_MOMENTUM, ns_steps: int = MUON_NS_STEPS,
+    ) -> None:
+        muon_groups = [dict(g) for g in param_groups if g.get("use_muon")]
+        adam_groups = [dict(g) for g in param_groups if not g.get("use_muon")]
+        for g in muon_groups:
+            bad = [tuple(p.shape) for p in g["params"] if p.ndim != 2]
+            if bad:
+                raise ValueError(f"Muon steps 2-D matrices only; group has parameters of shapes {bad}")
+        # The inner optimizers fill each group dict with their defaults; the outer one adopts the
+        # same dicts, so whatever sets group["lr"] on this optimizer sets it for the inner step.
+        self._muon = (
+            torch.optim.Muon(muon_groups, lr=lr, momentum=momentum, ns_steps=ns_steps, adjust_lr_fn="match_rms_adamw")
+            if muon_groups else None
+        )
+        self._adamw = torch.optim.AdamW(adam_groups, lr=lr, betas=tuple(betas)) if adam_groups else None
+        inner = (self._muon.param_groups if self._muon else []) + (self._adamw.param_groups if self._adamw else [])
+        super().__init__(inner, defaults={"lr": lr})
+        self._link()
+
+    def _link(self) -> None:
+        """Point both inner optimizers at this optimizer's group dicts and state."""
+        if self._muon is not None:
+            self._muon.param_groups = [g for g in self.param_groups if g["use_muon"]]
+            self._muon.state = self.state
+        if self._adamw is not None:
+            self._adamw.param_groups = [g for g in self.param_groups if not g["use_muon"]]
+            self._adamw.state = self.state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Standard loading, then re-link (loading replaces the group dicts and the state)."""
+        super().load_state_dict(state_dict)
+        self._link()
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer.step
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for part in (self._muon, self._adamw):
+            if part is not None:
+                part.step()
+        return loss
+
+
+def muon_factory(*, lr: float, betas: tuple[float, float]):
+    """``factory(param_groups) -> MuonAdamW`` for :meth:`ParallelStrategy.build_optimizer`."""
+
+    def factory(param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        return MuonAdamW(param_groups, lr=lr, betas=betas)
+
+    return factory
