@@ -92,10 +92,10 @@ class MuonAdamW(torch.optim.Optimizer):
     def _link(self) -> None:
         """Point both inner optimizers at this optimizer's group dicts and state."""
         if self._muon is not None:
-            self._muon.param_groups = [g for g in self.param_groups if g["use_muon"]]
+            self._muon.param_groups = [g for g in self.param_groups if g.get("use_muon")]
             self._muon.state = self.state
         if self._adamw is not None:
-            self._adamw.param_groups = [g for g in self.param_groups if not g["use_muon"]]
+            self._adamw.param_groups = [g for g in self.param_groups if not g.get("use_muon")]
             self._adamw.state = self.state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
