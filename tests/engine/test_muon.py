@@ -129,3 +129,15 @@ def test_refused_under_a_sharding_strategy(tmp_path):
     with pytest.raises(VilgkitError, match="optimizer: muon needs whole weight matrices.*Sharding shards them"):
         Trainer(ToyRegression(4), ToyRegressionData(8), tmp_path, Sharding("cpu"), TrainerConfig(optimizer="muon"),
                 progress=False, tensorboard=False)
+
+
+def test_untagged_groups_are_adamw_before_and_after_loading():
+    a = _mlp()
+    groups = [{"params": [a[0].weight], "weight_decay": 0.0, "use_muon": True},
+              {"params": [a[0].bias, a[2].weight, a[2].bias], "weight_decay": 0.0}]  # no tag: AdamW
+    opt = MuonAdamW(groups, lr=0.01, betas=(0.9, 0.95))
+    _loss(a, 0).backward()
+    opt.step()
+    opt.load_state_dict(opt.state_dict())
+    assert [len(g["params"]) for g in opt._adamw.param_groups] == [3]
+    assert "exp_avg" in opt.state[a[2].weight] and "momentum_buffer" in opt.state[a[0].weight]
