@@ -20,20 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from vilgkit.engine.optim import split_decay
+from vilgkit.engine.optim import listed_parameter_names, split_decay
 
 MUON_MOMENTUM = 0.95
 MUON_NS_STEPS = 5
-
-
-def muon_excluded_parameter_names(model: nn.Module) -> set[str]:
-    """Names a module lists in ``muon_excluded()`` (e.g. output heads), prefixed as in ``named_parameters``."""
-    names: set[str] = set()
-    for prefix, sub in model.named_modules():
-        hook = getattr(sub, "muon_excluded", None)
-        if callable(hook):
-            names |= {f"{prefix}.{n}" if prefix else n for n in hook()}
-    return names
 
 
 def muon_param_groups(model: nn.Module, params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
@@ -43,7 +33,7 @@ def muon_param_groups(model: nn.Module, params: list[nn.Parameter], weight_decay
     lists in ``no_weight_decay()``); on top, anything listed in ``muon_excluded()`` stays on AdamW.
     """
     decay, no_decay = split_decay(model, params)
-    excluded = muon_excluded_parameter_names(model)
+    excluded = listed_parameter_names(model, "muon_excluded")
     excluded_ids = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in excluded}
     muon = [p for p in decay if p.ndim == 2 and id(p) not in excluded_ids]
     muon_ids = {id(p) for p in muon}

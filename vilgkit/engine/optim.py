@@ -37,13 +37,20 @@ def _is_no_decay_owner(module: nn.Module) -> bool:
     )
 
 
+def listed_parameter_names(model: nn.Module, hook_name: str) -> set[str]:
+    """Names every submodule returns from its ``hook_name()`` method (e.g. ``no_weight_decay``),
+    prefixed with the submodule's path as in ``model.named_parameters()``."""
+    names: set[str] = set()
+    for prefix, sub in model.named_modules():
+        hook = getattr(sub, hook_name, None)
+        if callable(hook):
+            names |= {f"{prefix}.{n}" if prefix else n for n in hook()}
+    return names
+
+
 def no_decay_parameter_names(model: nn.Module) -> set[str]:
     """Names (as in ``model.named_parameters()``) of parameters that must not be decayed."""
-    explicit: set[str] = set()
-    for prefix, sub in model.named_modules():
-        hook = getattr(sub, "no_weight_decay", None)
-        if callable(hook):
-            explicit |= {f"{prefix}.{n}" if prefix else n for n in hook()}
+    explicit = listed_parameter_names(model, "no_weight_decay")
     names: set[str] = set()
     for prefix, sub in model.named_modules():
         owner = _is_no_decay_owner(sub)
