@@ -1,4 +1,4 @@
-"""The split-GEMV decoding layout gives ``linear(x)``'s numbers and never serves stale weights."""
+"""The decoding GEMV layouts give ``linear(x)``'s numbers and never serve stale weights."""
 from __future__ import annotations
 
 import pytest
@@ -12,6 +12,20 @@ from vilgkit.models.gemv import decode_linear
 @pytest.fixture(autouse=True)
 def tiny_layers_too(monkeypatch):
     monkeypatch.setattr(gemv, "MIN_WEIGHT_NUMEL", 1)  # these tests' layers are far below the real threshold
+
+
+@pytest.fixture
+def bmm_calls(monkeypatch):
+    """Counts ``torch.bmm`` calls from Python: the fast paths use it, ``F.linear`` does not."""
+    calls = []
+    real = torch.bmm
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "bmm", counting)
+    return calls
 
 
 @pytest.fixture
@@ -35,10 +49,12 @@ def test_equals_linear(threads, num_threads, shape):
     torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
 
 
-def test_rebuilds_after_in_place_update_and_dtype_change():
+@pytest.mark.parametrize(("num_threads", "rows"), [(1, 1), (2, 1), (2, 8)])  # copy; view of the weight; copy
+def test_rebuilds_after_in_place_update_and_dtype_change(threads, num_threads, rows):
+    threads(num_threads)
     torch.manual_seed(0)
     layer = nn.Linear(8, 6)
-    x = torch.randn(1, 8)
+    x = torch.randn(rows, 8)
     with torch.no_grad():
         decode_linear(layer, x)
         layer.weight.mul_(-2.0)  # what an optimizer step or load_state_dict does: in place
@@ -51,29 +67,34 @@ def test_rebuilds_after_in_place_update_and_dtype_change():
         torch.testing.assert_close(got, layer(x.double()))
 
 
-def test_falls_back_to_linear_with_autograd_many_rows_or_disabled(monkeypatch):
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_falls_back_to_linear_with_autograd_many_rows_or_disabled(monkeypatch, threads, bmm_calls, num_threads):
+    threads(num_threads)
     torch.manual_seed(0)
     layer = nn.Linear(8, 6)
     out = decode_linear(layer, torch.randn(2, 8))  # grad enabled, trainable weight: plain linear
     assert out.requires_grad and out.grad_fn is not None
-    assert not hasattr(layer, gemv._PACK)
+    assert not bmm_calls and not hasattr(layer, gemv._PACK)
     with torch.no_grad():
         decode_linear(layer, torch.randn(gemv.MAX_ROWS + 1, 8))
-        assert not hasattr(layer, gemv._PACK)
         monkeypatch.setattr(gemv, "enabled", False)
         decode_linear(layer, torch.randn(1, 8))
-        assert not hasattr(layer, gemv._PACK)
+        assert not bmm_calls and not hasattr(layer, gemv._PACK)
         monkeypatch.setattr(gemv, "enabled", True)
         decode_linear(layer, torch.randn(1, 8))
-        assert hasattr(layer, gemv._PACK)
+        assert len(bmm_calls) == 1
+        assert hasattr(layer, gemv._PACK) == (num_threads == 1)  # two threads read a view: no copy
+        decode_linear(layer, torch.randn(gemv.FEW_ROWS + 1, 8))  # one thread, several rows: F.linear
+        assert len(bmm_calls) == (1 if num_threads == 1 else 2)
+        del bmm_calls[:]
         small = nn.Linear(8, 6)
         monkeypatch.setattr(gemv, "MIN_WEIGHT_NUMEL", 49)  # 48 weights: below it, plain linear
         decode_linear(small, torch.randn(1, 8))
-        assert not hasattr(small, gemv._PACK)
-    assert "_vilgkit_split_gemv" not in layer.state_dict()  # not state: checkpoints are unchanged
+        assert not bmm_calls
+    assert gemv._PACK not in layer.state_dict()  # not state: checkpoints are unchanged
 
 
-def test_sampling_is_the_same_with_and_without_the_split_layout(monkeypatch, threads):
+def test_sampling_is_the_same_with_and_without_the_split_layout(monkeypatch, threads, bmm_calls):
     """Whole decoding runs: same codes and captions with the layout on and off (2 slices)."""
     from vilgkit.models.unified import UnifiedTransformer
 
@@ -89,8 +110,10 @@ def test_sampling_is_the_same_with_and_without_the_split_layout(monkeypatch, thr
         return codes, text
 
     fast = run()
-    assert hasattr(model.layers[0].qkv, gemv._PACK) and hasattr(model.image_head, gemv._PACK)  # it was used
+    assert bmm_calls  # the row-split path was used
     monkeypatch.setattr(gemv, "enabled", False)
+    del bmm_calls[:]
     slow = run()
+    assert not bmm_calls
     assert torch.equal(fast[0], slow[0])
     assert fast[1] == slow[1]

@@ -1,16 +1,22 @@
-"""Small-batch linear layers for CPU decoding: the weight re-laid out so both cores stream it.
+"""Small-batch linear layers for CPU decoding: the weight read by every core at full bandwidth.
 
 At one to a few rows per decoding step a linear layer is a matrix–vector product, bound by how fast
 the weight is read. On the CPU, ``F.linear`` with one row runs on a single thread and reads the
-``[out, in]`` weight at ≈ 10 GB/s; the same product with the weight transposed and split into one
-``[in, out / T]`` slice per thread, run as a ``bmm`` over the T slices, reads it at ≈ 29 GB/s on this
-2-core machine — the speed of a plain ``sum`` over the same bytes (``benchmarks/bench_generator.py``,
-docs/performance.md "Generator: training and sampling").
+``[out, in]`` weight at ≈ 10–12 GB/s. Two layouts do better (``benchmarks/bench_generator.py`` and
+docs/performance.md, "Generator: training and sampling", 2-core machine):
 
-:func:`decode_linear` keeps that layout as a copy next to the module, rebuilt whenever the weight
-changes (new storage, dtype, device, or an in-place update such as an optimizer step or
-``load_state_dict``). The copy doubles the memory of the layers it serves while decoding on the CPU;
-set :data:`enabled` to ``False`` to trade the speed for the memory.
+* **One or two rows, T ≥ 2 threads — row split, no copy.** The weight viewed as ``[T, O/T, I]``
+  (T contiguous blocks of output rows) and multiplied with ``bmm`` by the input columns: each thread
+  streams its own block, ≈ 32 GB/s at one row — the speed of a ``sum`` over the same bytes (the
+  transposed copy below: ≈ 21 GB/s).
+* **More rows, or one thread and one or two rows — transposed copy.** ``Wᵀ`` stored as
+  ``[T, I, O/T]`` (one column slice per thread) and multiplied with ``bmm``: at 8 rows ≈ 1.3× the
+  row split's tokens/s; on one thread ≈ 15–16 GB/s against ≈ 11.6 for ``F.linear`` (from 4 rows
+  on, one thread uses ``F.linear``, which is faster there). The copy is cached next to the module and
+  rebuilt whenever the weight changes (new storage, dtype, device, or an in-place update such as an
+  optimizer step or ``load_state_dict``); it doubles the memory of the layers it serves.
+
+Set :data:`enabled` to ``False`` to always use ``F.linear``.
 
 Dimension key: R rows, I input features, O output features, T slices (≤ threads).
 """
@@ -30,6 +36,11 @@ MAX_ROWS: int = 16
 #: split's extra ops cost more than the bandwidth it wins.
 MIN_WEIGHT_NUMEL: int = 1 << 17
 
+#: Up to this many rows (and with ≥ 2 threads) the weight is read in place, split by output rows;
+#: more rows use the transposed copy, which measured faster there (batch 8: 434–483 vs 351–355
+#: tok/s) — or, on one thread, plain ``F.linear``.
+FEW_ROWS: int = 2
+
 _PACK = "_vilgkit_split_gemv"
 
 
@@ -41,35 +52,41 @@ def _slices(out_features: int) -> int:
     return t
 
 
-def _packed(linear: nn.Linear) -> torch.Tensor:
-    """``[T, I, O / T]`` copy of ``linear.weight`` (cached on the module, rebuilt when it goes stale)."""
+def _transposed(linear: nn.Linear, t: int) -> torch.Tensor:
+    """``[T, I, O/T]`` copy of ``linear.weight.T`` split by output columns (cached, rebuilt when stale)."""
     w = linear.weight
-    key = (w.data_ptr(), w._version, w.dtype, w.device, torch.get_num_threads())
+    key = (w.data_ptr(), w._version, w.dtype, w.device, t)
     pack = getattr(linear, _PACK, None)
     if pack is None or pack[0] != key:
         o, i = w.shape
-        t = _slices(o)
         with torch.no_grad():
-            slices = w.detach().t().reshape(i, t, o // t).permute(1, 0, 2).contiguous()
-        object.__setattr__(linear, _PACK, (key, slices))  # a plain attribute: not state, not moved by .to()
-        return slices
+            copy = w.detach().t().reshape(i, t, o // t).permute(1, 0, 2).contiguous()
+        object.__setattr__(linear, _PACK, (key, copy))  # a plain attribute: not state, not moved by .to()
+        return copy
     return pack[1]
 
 
 def decode_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``linear(x)`` for ``x [..., I]``, through the split layout when that is faster.
+    """``linear(x)`` for ``x [..., I]``, through a split layout when that is faster (module docstring).
 
-    The split layout serves CPU tensors with at most :data:`MAX_ROWS` rows outside autograd, for
+    The split layouts serve CPU tensors with at most :data:`MAX_ROWS` rows outside autograd, for
     weights of at least :data:`MIN_WEIGHT_NUMEL` elements; every other call is a plain ``linear(x)``.
     Results equal ``linear(x)`` up to float summation order.
     """
+    w = linear.weight
     rows = x.numel() // x.shape[-1]
-    if (not enabled or x.device.type != "cpu" or rows > MAX_ROWS or linear.weight.numel() < MIN_WEIGHT_NUMEL
-            or (torch.is_grad_enabled() and linear.weight.requires_grad)):
+    if (not enabled or x.device.type != "cpu" or rows > MAX_ROWS or w.numel() < MIN_WEIGHT_NUMEL
+            or (torch.is_grad_enabled() and w.requires_grad)):
         return linear(x)
-    slices = _packed(linear)
-    t, i, part = slices.shape
-    flat = x.reshape(rows, i).to(slices.dtype)
-    out = torch.bmm(flat.expand(t, rows, i), slices)  # [T, R, O/T]: one slice per thread
-    out = out.permute(1, 0, 2).reshape(*x.shape[:-1], t * part)
+    o, i = w.shape
+    t = _slices(o)
+    if t == 1 and rows > FEW_ROWS:
+        return linear(x)  # one thread, several rows: F.linear is the fastest (8 rows: 308 vs 259 tok/s)
+    flat = x.reshape(rows, i).to(w.dtype)
+    if t > 1 and rows <= FEW_ROWS and w.is_contiguous():
+        # [T, O/T, I] @ [T, I, R] → [T, O/T, R]: thread j streams output rows j·O/T … (j+1)·O/T − 1
+        out = torch.bmm(w.detach().view(t, o // t, i), flat.t().expand(t, i, rows)).permute(2, 0, 1)
+    else:
+        out = torch.bmm(flat.expand(t, rows, i), _transposed(linear, t)).permute(1, 0, 2)  # [R, T, O/T]
+    out = out.reshape(*x.shape[:-1], o)
     return out if linear.bias is None else out + linear.bias
