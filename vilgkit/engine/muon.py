@@ -12,9 +12,17 @@ embeddings, output heads, norms and biases keep AdamW. The trainer wants one opt
 
 Muon's step is scaled with ``adjust_lr_fn="match_rms_adamw"`` (update RMS ≈ AdamW's), so one
 peak learning rate and one weight decay serve both parts, as in the Moonlight recipe.
+
+The Muon step itself is :func:`muon_step`, not ``torch.optim.Muon.step``: the same update
+(Nesterov momentum, Newton–Schulz in bf16 with PyTorch's coefficients, decoupled weight decay,
+RMS-matched learning rate), but the Newton–Schulz iterations of same-shape matrices run as one
+batched matmul. A transformer's blocks have a handful of shapes, so this makes 4–8× fewer, larger
+matmuls — the iteration was ≈ 18 % of a small model's CPU step when run one matrix at a time.
+A shape held by a single matrix takes exactly PyTorch's 2-D path (bit-equal to ``torch.optim.Muon``).
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 import torch
@@ -99,10 +107,69 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for part in (self._muon, self._adamw):
-            if part is not None:
-                part.step()
+        if self._muon is not None:
+            for group in self._muon.param_groups:
+                muon_step(group, self.state)
+        if self._adamw is not None:
+            self._adamw.step()
         return loss
+
+
+def muon_step(group: dict[str, Any], state: dict[Any, Any]) -> None:
+    """One Muon update of a ``torch.optim.Muon`` parameter group, Newton–Schulz batched by shape.
+
+    Same math as PyTorch's single-tensor Muon; ``group`` carries its keys (``lr``, ``momentum``,
+    ``nesterov``, ``ns_coefficients``, ``ns_steps``, ``eps``, ``weight_decay``) and must use
+    ``adjust_lr_fn="match_rms_adamw"``; ``state[p]["momentum_buffer"]`` is created as PyTorch does.
+    """
+    if group["adjust_lr_fn"] != "match_rms_adamw":
+        raise ValueError(f"muon_step implements adjust_lr_fn='match_rms_adamw', got {group['adjust_lr_fn']!r}")
+    params = [p for p in group["params"] if p.grad is not None]
+    if not params:
+        return
+    lr, momentum = float(group["lr"]), group["momentum"]
+    updates = []
+    for p in params:
+        buf = state[p].get("momentum_buffer")
+        if buf is None:
+            buf = state[p]["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+        buf.lerp_(p.grad, 1 - momentum)
+        updates.append(p.grad.lerp(buf, momentum) if group["nesterov"] else buf)
+    # Orient every update wide (rows ≤ columns), as PyTorch does, and batch equal shapes.
+    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, u in enumerate(updates):
+        by_shape[tuple(u.shape) if u.shape[0] <= u.shape[1] else tuple(u.shape[::-1])].append(i)
+    for indices in by_shape.values():
+        wide = [updates[i] if updates[i].shape[0] <= updates[i].shape[1] else updates[i].T for i in indices]
+        ortho = newton_schulz(wide, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        for i, o in zip(indices, ortho):
+            p = params[i]
+            o = o if p.shape[0] <= p.shape[1] else o.T
+            p.mul_(1 - lr * group["weight_decay"])
+            p.add_(o, alpha=-lr * 0.2 * max(p.shape) ** 0.5)  # "match_rms_adamw": 0.2 · √max(A, B)
+
+
+def newton_schulz(
+    matrices: list[torch.Tensor], coefficients: tuple[float, float, float], steps: int, eps: float
+) -> list[torch.Tensor]:
+    """Approximately orthogonalise wide matrices of one shape (PyTorch Muon's quintic iteration, bf16).
+
+    One matrix runs PyTorch's 2-D ops exactly; several run as one stack with ``baddbmm``.
+    """
+    a, b, c = coefficients
+    if len(matrices) == 1:
+        x = matrices[0].to(torch.bfloat16, copy=True)  # never normalise a momentum buffer in place
+        x.div_(x.norm().clamp(min=eps))
+        for _ in range(steps):
+            gram = x @ x.T
+            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        return [x]
+    x = torch.stack(matrices).bfloat16()
+    x.div_(torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True).clamp(min=eps))
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return list(x.unbind(0))
 
 
 def muon_factory(*, lr: float, betas: tuple[float, float]):
