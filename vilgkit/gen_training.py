@@ -169,6 +169,10 @@ class GeneratorTrainable(nn.Module, Trainable):
         directions: the directions trained every batch (subset of ``txt2img``, ``img2txt``, ``vqa``).
         reconstructor: trained jointly when ``reconstructor.end_to_end`` is True (ignored otherwise).
         reconstructor_weight: weight of the reconstruction loss (the paper weighs both equally).
+        direction_fractions: share of each batch's rows a direction trains on (default 1 for every
+            direction), e.g. ``{"img2txt": 0.5, "txt2img": 0.5}`` in a VQA stage: the rehearsed
+            directions then see the first half of the rows — each loss stays a per-token mean, so
+            the sum keeps its scale, and a step costs 2 rows per sample instead of 3.
     """
 
     def __init__(
@@ -179,11 +183,13 @@ class GeneratorTrainable(nn.Module, Trainable):
         directions: Sequence[str] = ("txt2img", "img2txt"),
         reconstructor: Reconstructor | None = None,
         reconstructor_weight: float = 1.0,
+        direction_fractions: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         bad = [d for d in directions if d not in DIRECTIONS]
         if bad or not directions:
             raise ValueError(f"directions must be a non-empty subset of {DIRECTIONS}, got {list(directions)}")
+        self.direction_fractions = check_direction_fractions(direction_fractions, directions)
         self.generator = generator
         self.directions = list(directions)
         self.end_to_end = bool(reconstructor is not None and getattr(reconstructor, "end_to_end", False))
@@ -237,15 +243,50 @@ class GeneratorTrainable(nn.Module, Trainable):
 
     def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
         batch = self.prepare(batch)
-        output = self.generator(self.generator_batch(batch))
-        losses = dict(output.losses)
-        if self.end_to_end:
-            if "image" not in batch:
-                raise ValueError("end-to-end training needs the real images in the batch")
-            rec = self.reconstructor.loss(batch["image"], batch["codes"], output.image_hidden)
-            losses["reconstruct"] = rec["loss"]
-            losses["loss"] = losses["loss"] + self.reconstructor_weight * rec["loss"]
+        losses: dict[str, torch.Tensor] = {}
+        # Directions sharing a row count run as one generator call on the first rows of the batch.
+        by_rows: dict[int, list[str]] = {}
+        size = len(batch["codes"])
+        for direction in self.directions:
+            rows = max(1, round(size * self.direction_fractions.get(direction, 1.0)))
+            by_rows.setdefault(rows, []).append(direction)
+        # The end-to-end reconstructor reads the txt2img hidden states: it joins that call (or the first).
+        rec_rows = next((r for r, ds in by_rows.items() if "txt2img" in ds), next(iter(by_rows)))
+        for rows, directions in by_rows.items():
+            part = batch if rows == size else _first_rows(batch, rows)
+            gen_batch = self.generator_batch(part)
+            gen_batch["directions"] = directions
+            output = self.generator(gen_batch)
+            total = losses.get("loss")
+            losses.update(output.losses)
+            losses["loss"] = output.losses["loss"] if total is None else total + output.losses["loss"]
+            if self.end_to_end and rows == rec_rows:
+                if "image" not in part:
+                    raise ValueError("end-to-end training needs the real images in the batch")
+                rec = self.reconstructor.loss(part["image"], part["codes"], output.image_hidden)
+                losses["reconstruct"] = rec["loss"]
+                losses["loss"] = losses["loss"] + self.reconstructor_weight * rec["loss"]
         return losses
+
+
+def _first_rows(batch: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+    """The first ``rows`` samples of a prepared batch, text columns that became all-padding dropped."""
+    part = {k: v[:rows] for k, v in batch.items()}
+    for _, prefix in TEXT_FIELDS:
+        if f"{prefix}_ids" in part and f"{prefix}_mask" in part:
+            part[f"{prefix}_ids"], part[f"{prefix}_mask"] = trim_padding(part[f"{prefix}_ids"], part[f"{prefix}_mask"])
+    return part
+
+
+def check_direction_fractions(fractions: dict[str, float] | None, directions: Sequence[str]) -> dict[str, float]:
+    """Validate ``direction_fractions``: known, trained directions, each share in (0, 1]."""
+    fractions = dict(fractions or {})
+    for direction, share in fractions.items():
+        if direction not in directions:
+            raise ValueError(f"direction_fractions names {direction!r}, which is not trained here; choose from {list(directions)}")
+        if not 0.0 < float(share) <= 1.0:
+            raise ValueError(f"direction_fractions[{direction!r}] must be in (0, 1], got {share}")
+    return {d: float(v) for d, v in fractions.items()}
 
 
 class SampleGrids:

@@ -40,6 +40,30 @@ def test_raw_and_pretokenized_batches_give_identical_losses(tiny_run):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_direction_fractions_train_rehearsal_on_the_first_rows(tiny_run):
+    pipe, data = _parts(tiny_run)
+    dirs = ["vqa", "img2txt", "txt2img"]
+    tensors, _ = tokenize_dataset(data, pipe.text_tokenizer, pipe.image_tokenizer, max_text_len=32)
+    batch = collate_tokenized([TokenizedDataset(tensors)[i] for i in range(8)])
+    half = collate_tokenized([TokenizedDataset(tensors)[i] for i in range(4)])
+    module = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs,
+                                direction_fractions={"img2txt": 0.5, "txt2img": 0.5})
+    whole = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs)
+    module.eval()
+    with torch.no_grad():
+        mixed = module.training_losses(batch, "main", 0)
+        full, first_half = whole.training_losses(batch, "main", 0), whole.training_losses(half, "main", 0)
+    torch.testing.assert_close(mixed["vqa"], full["vqa"])  # VQA on all 8 rows
+    for d in ("img2txt", "txt2img"):  # rehearsal on rows 0-3 only
+        torch.testing.assert_close(mixed[d], first_half[d])
+        assert not torch.allclose(mixed[d], full[d])
+    torch.testing.assert_close(mixed["loss"], mixed["vqa"] + mixed["img2txt"] + mixed["txt2img"])
+    with pytest.raises(ValueError, match=r"direction_fractions\['txt2img'\] must be in \(0, 1\], got 0"):
+        GeneratorTrainable(pipe.generator, directions=dirs, direction_fractions={"txt2img": 0})
+    with pytest.raises(ValueError, match="names 'vqa', which is not trained here"):
+        GeneratorTrainable(pipe.generator, directions=["txt2img"], direction_fractions={"vqa": 0.5})
+
+
 class PixelHead(Reconstructor):
     """A stand-in end-to-end reconstructor: hidden states → one colour per code cell."""
 

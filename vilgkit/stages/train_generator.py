@@ -30,6 +30,7 @@ from vilgkit.gen_training import (
     GeneratorTrainable,
     SampleGrids,
     TokenizedDataset,
+    check_direction_fractions,
     collate_tokenized,
     dataset_fingerprint,
     tokenize_dataset,
@@ -111,6 +112,7 @@ class _GeneratorStage(Stage):
         reconstructor_weight: float = 1.0,
         sample_every: int = 0,
         num_samples: int = 8,
+        direction_fractions: dict[str, float] | None = None,
     ) -> None:
         super().__init__(name)
         self.trainer = coerce_config(trainer) if trainer is not None else TrainerConfig()
@@ -119,6 +121,7 @@ class _GeneratorStage(Stage):
         self.generator_from = generator_from
         self.data = data
         self.directions = list(directions or self.default_directions)
+        self.direction_fractions = check_direction_fractions(direction_fractions, self.directions)
         self.precompute = precompute
         self.reconstructor_weight = reconstructor_weight
         self.sample_every = sample_every
@@ -202,7 +205,8 @@ class _GeneratorStage(Stage):
         dataset, collate, data_stats = self._training_data(ctx, out_dir, text_tok, image_tok, max_len)
         grid = self._grid(dataset, image_tok)
         module = GeneratorTrainable(
-            generator, text_tok, image_tok, self.directions, reconstructor, self.reconstructor_weight
+            generator, text_tok, image_tok, self.directions, reconstructor, self.reconstructor_weight,
+            self.direction_fractions,
         )
         trainer = Trainer.for_stage(
             ctx, self, module, dataset, self.trainer, collate_fn=collate,
@@ -231,7 +235,8 @@ class _GeneratorStage(Stage):
         reconstructor = fresh_component(ctx, "reconstructor") if end_to_end else None
         if callable(getattr(reconstructor, "attach", None)):
             reconstructor.attach(image_tok, int(generator.hidden_size))
-        return GeneratorTrainable(generator, text_tok, image_tok, self.directions, reconstructor, self.reconstructor_weight)
+        return GeneratorTrainable(generator, text_tok, image_tok, self.directions, reconstructor,
+                                  self.reconstructor_weight, self.direction_fractions)
 
     def _save(self, ctx, out_dir, trainer, module, grid, image_tok, data_stats, metrics) -> None:
         if not trainer.strategy.is_main:  # ``module`` is the plain trained copy: the main rank writes alone
@@ -249,6 +254,7 @@ class _GeneratorStage(Stage):
             "image_size": [grid[0] * image_tok.downsample, grid[1] * image_tok.downsample],
             "max_text_len": int(module.generator.max_text_len),
             "directions": self.directions,
+            "direction_fractions": self.direction_fractions,
             "end_to_end": module.reconstructor is not None,
             "steps": self.trainer.steps,
             "data": data_stats,
@@ -299,6 +305,9 @@ class TrainGenerator(_GeneratorStage):
             reconstructor has ``end_to_end = True``.
         sample_every: steps between sample grids (0: none).
         num_samples: prompts / images per sample grid.
+        direction_fractions: share of each batch's rows a direction trains on (default 1 each), e.g.
+            ``{img2txt: 0.5, txt2img: 0.5}`` to rehearse on half the rows (see
+            :class:`~vilgkit.gen_training.GeneratorTrainable`).
     """
 
 
@@ -316,6 +325,8 @@ class FinetuneVQA(_GeneratorStage):
                  text_tokenizer_from: str = "fit_text_tokenizer", image_tokenizer_from: str = "train_tokenizer",
                  generator_from: str | None = "train_generator", data: Dataset | None = None,
                  directions: list[Direction] | None = None, precompute: bool = True,
-                 reconstructor_weight: float = 1.0, sample_every: int = 0, num_samples: int = 8) -> None:  # fmt: skip
+                 reconstructor_weight: float = 1.0, sample_every: int = 0, num_samples: int = 8,
+                 direction_fractions: dict[str, float] | None = None) -> None:  # fmt: skip
         super().__init__(trainer, name, text_tokenizer_from, image_tokenizer_from, generator_from, data,
-                         directions, precompute, reconstructor_weight, sample_every, num_samples)  # fmt: skip
+                         directions, precompute, reconstructor_weight, sample_every, num_samples,
+                         direction_fractions)  # fmt: skip
