@@ -16,15 +16,18 @@ def tiny_layers_too(monkeypatch):
 
 @pytest.fixture
 def bmm_calls(monkeypatch):
-    """Counts ``torch.bmm`` calls from Python: the fast paths use it, ``F.linear`` does not."""
+    """Counts ``torch.bmm``/``torch.baddbmm`` calls from Python: the fast paths use them, ``F.linear`` does not."""
     calls = []
-    real = torch.bmm
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+    def counting(real):
+        def call(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "bmm", counting)
+        return call
+
+    for name in ("bmm", "baddbmm"):
+        monkeypatch.setattr(torch, name, counting(getattr(torch, name)))
     return calls
 
 

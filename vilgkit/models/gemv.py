@@ -85,7 +85,12 @@ def decode_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     flat = x.reshape(rows, i).to(w.dtype)
     if t > 1 and rows <= FEW_ROWS and w.is_contiguous():
         # [T, O/T, I] @ [T, I, R] → [T, O/T, R]: thread j streams output rows j·O/T … (j+1)·O/T − 1
-        out = torch.bmm(w.detach().view(t, o // t, i), flat.t().expand(t, i, rows)).permute(2, 0, 1)
+        blocks, cols = w.detach().view(t, o // t, i), flat.t().expand(t, i, rows)
+        if linear.bias is None:
+            out = torch.bmm(blocks, cols)
+        else:  # the bias rides in the same call (one op less per layer and step)
+            out = torch.baddbmm(linear.bias.detach().view(t, o // t, 1), blocks, cols)
+        return out.permute(2, 0, 1).reshape(*x.shape[:-1], o)
     else:
         out = torch.bmm(flat.expand(t, rows, i), _transposed(linear, t)).permute(1, 0, 2)  # [R, T, O/T]
     out = out.reshape(*x.shape[:-1], o)
