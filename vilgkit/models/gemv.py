@@ -2,8 +2,8 @@
 
 At one to a few rows per decoding step a linear layer is a matrix–vector product, bound by how fast
 the weight is read. On the CPU, ``F.linear`` with one row runs on a single thread and reads the
-``[out, in]`` weight at ≈ 10–12 GB/s. Two layouts do better (``benchmarks/bench_generator.py`` and
-docs/performance.md, "Generator: training and sampling", 2-core machine):
+``[out, in]`` weight at ≈ 10–12 GB/s. Two layouts do better (``benchmarks/bench_gemv.py``,
+``benchmarks/bench_generator.py``; docs/performance.md, "Generator: training and sampling"):
 
 * **One or two rows, T ≥ 2 threads — row split, no copy.** The weight viewed as ``[T, O/T, I]``
   (T contiguous blocks of output rows) and multiplied with ``bmm`` by the input columns: each thread
@@ -23,7 +23,6 @@ Dimension key: R rows, I input features, O output features, T slices (≤ thread
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 #: Use the split layout for CPU decoding (``False``: always ``F.linear``, no weight copies).
@@ -91,7 +90,6 @@ def decode_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         else:  # the bias rides in the same call (one op less per layer and step)
             out = torch.baddbmm(linear.bias.detach().view(t, o // t, 1), blocks, cols)
         return out.permute(2, 0, 1).reshape(*x.shape[:-1], o)
-    else:
-        out = torch.bmm(flat.expand(t, rows, i), _transposed(linear, t)).permute(1, 0, 2)  # [R, T, O/T]
+    out = torch.bmm(flat.expand(t, rows, i), _transposed(linear, t)).permute(1, 0, 2)  # [R, T, O/T]
     out = out.reshape(*x.shape[:-1], o)
     return out if linear.bias is None else out + linear.bias
