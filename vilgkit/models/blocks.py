@@ -36,8 +36,12 @@ class MLP(nn.Module):
         return self.drop(self.fc2(F.gelu(self.fc1(x))))
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` for a few decoding rows (weights read through :func:`decode_linear`)."""
-        return self.drop(decode_linear(self.fc2, F.gelu(decode_linear(self.fc1, x))))
+        """:meth:`forward` for a few decoding rows (weights read through :func:`decode_linear`).
+
+        Decoding runs in eval mode, where dropout is the identity: it is skipped, not called (a
+        module call per layer and step is a visible share of a batch-1 step).
+        """
+        return decode_linear(self.fc2, F.gelu(decode_linear(self.fc1, x)))
 
 
 class Block(nn.Module):
@@ -90,7 +94,7 @@ class Block(nn.Module):
     def _finish(self, x: torch.Tensor, attn: torch.Tensor, decoding: bool = False) -> torch.Tensor:
         """Residual adds after attention ``[B, H, N, D]``, then the MLP."""
         attn = attn.transpose(1, 2).flatten(2)  # b h n d -> b n (h d)
-        x = x + self.drop(decode_linear(self.proj, attn) if decoding else self.proj(attn))
+        x = x + (decode_linear(self.proj, attn) if decoding else self.drop(self.proj(attn)))  # decoding: eval mode
         h = self.ln2(x)
         return x + (self.mlp.decode(h) if decoding else self.mlp(h))
 
