@@ -20,22 +20,12 @@ Run::
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from bench_generator import best_time  # this folder is on sys.path when a benchmark runs as a script
 from torch import nn
 
 from vilgkit.models.gemv import decode_linear
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main() -> None:
@@ -67,7 +57,7 @@ def main() -> None:
             "sum (bandwidth)": lambda: [w.sum() for w in weights],
         }
         for name, fn in cases.items():
-            sec = best_of(fn, a.repeats)
+            sec = best_time(fn, a.repeats)
             print(f"{rows:>4}  {name:18s} {sec * 1e3:8.2f} {nbytes / sec / 1e9:6.1f}")
 
 
