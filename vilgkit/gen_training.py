@@ -151,11 +151,15 @@ class TokenizedDataset(Dataset):
 
 def collate_tokenized(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack samples and drop text columns that are padding in the whole batch."""
-    out = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    return _trim_text_padding({k: torch.stack([it[k] for it in items]) for k in items[0]})
+
+
+def _trim_text_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop, in place, the text columns that are padding in every row of ``batch``; returns it."""
     for _, prefix in TEXT_FIELDS:
-        if f"{prefix}_ids" in out:
-            out[f"{prefix}_ids"], out[f"{prefix}_mask"] = trim_padding(out[f"{prefix}_ids"], out[f"{prefix}_mask"])
-    return out
+        if f"{prefix}_ids" in batch:
+            batch[f"{prefix}_ids"], batch[f"{prefix}_mask"] = trim_padding(batch[f"{prefix}_ids"], batch[f"{prefix}_mask"])
+    return batch
 
 
 class GeneratorTrainable(nn.Module, Trainable):
@@ -253,7 +257,7 @@ class GeneratorTrainable(nn.Module, Trainable):
         # The end-to-end reconstructor reads the txt2img hidden states: it joins that call (or the first).
         rec_rows = next((r for r, ds in by_rows.items() if "txt2img" in ds), next(iter(by_rows)))
         for rows, directions in by_rows.items():
-            part = batch if rows == size else _first_rows(batch, rows)
+            part = batch if rows == size else _trim_text_padding({k: v[:rows] for k, v in batch.items()})
             gen_batch = self.generator_batch(part)
             gen_batch["directions"] = directions
             output = self.generator(gen_batch)
@@ -267,15 +271,6 @@ class GeneratorTrainable(nn.Module, Trainable):
                 losses["reconstruct"] = rec["loss"]
                 losses["loss"] = losses["loss"] + self.reconstructor_weight * rec["loss"]
         return losses
-
-
-def _first_rows(batch: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
-    """The first ``rows`` samples of a prepared batch, text columns that became all-padding dropped."""
-    part = {k: v[:rows] for k, v in batch.items()}
-    for _, prefix in TEXT_FIELDS:
-        if f"{prefix}_ids" in part and f"{prefix}_mask" in part:
-            part[f"{prefix}_ids"], part[f"{prefix}_mask"] = trim_padding(part[f"{prefix}_ids"], part[f"{prefix}_mask"])
-    return part
 
 
 def check_direction_fractions(fractions: dict[str, float] | None, directions: Sequence[str]) -> dict[str, float]:
