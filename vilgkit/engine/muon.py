@@ -136,12 +136,12 @@ def muon_step(group: dict[str, Any], state: dict[Any, Any]) -> None:
         buf.lerp_(p.grad, 1 - momentum)
         updates.append(p.grad.lerp(buf, momentum) if group["nesterov"] else buf)
     # Orient every update wide (rows ≤ columns), as PyTorch does, and batch equal shapes.
+    wide = [u if u.shape[0] <= u.shape[1] else u.T for u in updates]
     by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, u in enumerate(updates):
-        by_shape[tuple(u.shape) if u.shape[0] <= u.shape[1] else tuple(u.shape[::-1])].append(i)
+    for i, u in enumerate(wide):
+        by_shape[tuple(u.shape)].append(i)
     for indices in by_shape.values():
-        wide = [updates[i] if updates[i].shape[0] <= updates[i].shape[1] else updates[i].T for i in indices]
-        ortho = newton_schulz(wide, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        ortho = newton_schulz([wide[i] for i in indices], group["ns_coefficients"], group["ns_steps"], group["eps"])
         for i, o in zip(indices, ortho):
             p = params[i]
             o = o if p.shape[0] <= p.shape[1] else o.T
