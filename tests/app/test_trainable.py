@@ -64,6 +64,40 @@ def test_direction_fractions_train_rehearsal_on_the_first_rows(tiny_run):
         GeneratorTrainable(pipe.generator, directions=["txt2img"], direction_fractions={"vqa": 0.5})
 
 
+def test_direction_weights_scale_only_the_optimised_sum(tiny_run):
+    pipe, data = _parts(tiny_run)
+    dirs = ["vqa", "img2txt", "txt2img"]
+    tensors, _ = tokenize_dataset(data, pipe.text_tokenizer, pipe.image_tokenizer, max_text_len=32)
+    batch = collate_tokenized([TokenizedDataset(tensors)[i] for i in range(8)])
+    plain = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs)
+    weighted = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs,
+                                  direction_fractions={"txt2img": 0.5}, direction_weights={"vqa": 4, "txt2img": 0.5})
+    halved = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs,
+                                direction_fractions={"txt2img": 0.5})
+    pipe.generator.eval()
+    with torch.no_grad():
+        a, b = halved.training_losses(batch, "main", 0), weighted.training_losses(batch, "main", 0)
+    for d in dirs:  # the logged losses are the unweighted ones
+        torch.testing.assert_close(a[d], b[d])
+    torch.testing.assert_close(b["loss"], 4 * b["vqa"] + b["img2txt"] + 0.5 * b["txt2img"])
+    # the gradient is the weighted sum's: d(loss)/dθ = 4·d(vqa)/dθ + d(img2txt)/dθ for a vqa+img2txt module
+    two = ["vqa", "img2txt"]
+    grads = []
+    for module, scale in ((GeneratorTrainable(pipe.generator, directions=two, direction_weights={"vqa": 4}), None),
+                          (GeneratorTrainable(pipe.generator, directions=two), 4.0)):
+        pipe.generator.zero_grad()
+        losses = module.training_losses(batch, "main", 0)
+        total = losses["loss"] if scale is None else scale * losses["vqa"] + losses["img2txt"]
+        total.backward()
+        grads.append(pipe.generator.text_embed.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+    assert plain.direction_weights == {}
+    with pytest.raises(ValueError, match=r"direction_weights\['vqa'\] must be a finite number > 0, got -1"):
+        GeneratorTrainable(pipe.generator, directions=dirs, direction_weights={"vqa": -1})
+    with pytest.raises(ValueError, match="direction_weights names 'vqa', which is not trained here"):
+        GeneratorTrainable(pipe.generator, directions=["txt2img"], direction_weights={"vqa": 2})
+
+
 class PixelHead(Reconstructor):
     """A stand-in end-to-end reconstructor: hidden states → one colour per code cell."""
 

@@ -31,6 +31,7 @@ from vilgkit.gen_training import (
     SampleGrids,
     TokenizedDataset,
     check_direction_fractions,
+    check_direction_weights,
     collate_tokenized,
     dataset_fingerprint,
     tokenize_dataset,
@@ -113,6 +114,7 @@ class _GeneratorStage(Stage):
         sample_every: int = 0,
         num_samples: int = 8,
         direction_fractions: dict[str, float] | None = None,
+        direction_weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__(name)
         self.trainer = coerce_config(trainer) if trainer is not None else TrainerConfig()
@@ -122,6 +124,7 @@ class _GeneratorStage(Stage):
         self.data = data
         self.directions = list(directions or self.default_directions)
         self.direction_fractions = check_direction_fractions(direction_fractions, self.directions)
+        self.direction_weights = check_direction_weights(direction_weights, self.directions)
         self.precompute = precompute
         self.reconstructor_weight = reconstructor_weight
         self.sample_every = sample_every
@@ -206,7 +209,7 @@ class _GeneratorStage(Stage):
         grid = self._grid(dataset, image_tok)
         module = GeneratorTrainable(
             generator, text_tok, image_tok, self.directions, reconstructor, self.reconstructor_weight,
-            self.direction_fractions,
+            self.direction_fractions, self.direction_weights,
         )
         trainer = Trainer.for_stage(
             ctx, self, module, dataset, self.trainer, collate_fn=collate,
@@ -236,7 +239,7 @@ class _GeneratorStage(Stage):
         if callable(getattr(reconstructor, "attach", None)):
             reconstructor.attach(image_tok, int(generator.hidden_size))
         return GeneratorTrainable(generator, text_tok, image_tok, self.directions, reconstructor,
-                                  self.reconstructor_weight, self.direction_fractions)
+                                  self.reconstructor_weight, self.direction_fractions, self.direction_weights)
 
     def _save(self, ctx, out_dir, trainer, module, grid, image_tok, data_stats, metrics) -> None:
         if not trainer.strategy.is_main:  # ``module`` is the plain trained copy: the main rank writes alone
@@ -255,6 +258,7 @@ class _GeneratorStage(Stage):
             "max_text_len": int(module.generator.max_text_len),
             "directions": self.directions,
             "direction_fractions": self.direction_fractions,
+            "direction_weights": self.direction_weights,
             "end_to_end": module.reconstructor is not None,
             "steps": self.trainer.steps,
             "data": data_stats,
@@ -308,6 +312,8 @@ class TrainGenerator(_GeneratorStage):
         direction_fractions: share of each batch's rows a direction trains on (default 1 each), e.g.
             ``{img2txt: 0.5, txt2img: 0.5}`` to rehearse on half the rows (see
             :class:`~vilgkit.gen_training.GeneratorTrainable`).
+        direction_weights: weight of a direction's loss in the optimised sum (default 1 each), e.g.
+            ``{vqa: 4}`` (see :class:`~vilgkit.gen_training.GeneratorTrainable`).
     """
 
 
@@ -326,7 +332,8 @@ class FinetuneVQA(_GeneratorStage):
                  generator_from: str | None = "train_generator", data: Dataset | None = None,
                  directions: list[Direction] | None = None, precompute: bool = True,
                  reconstructor_weight: float = 1.0, sample_every: int = 0, num_samples: int = 8,
-                 direction_fractions: dict[str, float] | None = None) -> None:  # fmt: skip
+                 direction_fractions: dict[str, float] | None = None,
+                 direction_weights: dict[str, float] | None = None) -> None:  # fmt: skip
         super().__init__(trainer, name, text_tokenizer_from, image_tokenizer_from, generator_from, data,
                          directions, precompute, reconstructor_weight, sample_every, num_samples,
-                         direction_fractions)  # fmt: skip
+                         direction_fractions, direction_weights)  # fmt: skip
