@@ -148,6 +148,14 @@ class TokenizedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[index] for k, v in self.tensors.items()}
 
+    def sample_lengths(self) -> list[int]:
+        """Real text ids per sample (caption, question and answer together): what a batch pads,
+        read by ``trainer.group_by_length``."""
+        masks = [v for k, v in self.tensors.items() if k.endswith("_mask")]
+        if not masks:
+            return [0] * len(self)
+        return sum(m.sum(1) for m in masks).tolist()
+
 
 def collate_tokenized(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack samples and drop text columns that are padding in the whole batch."""

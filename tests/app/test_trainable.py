@@ -131,3 +131,11 @@ def test_end_to_end_reconstructor_loss_is_added_and_reaches_the_generator(tiny_r
     # a non-end-to-end reconstructor is ignored by training
     rec.end_to_end = False
     assert GeneratorTrainable(pipe.generator, reconstructor=rec).reconstructor is None
+
+
+def test_tokenized_sample_lengths_count_every_real_text_id():
+    masks = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    data = TokenizedDataset({"codes": torch.zeros(3, 2, 2, dtype=torch.long), "text_ids": torch.zeros(3, 4, dtype=torch.long),
+                             "text_mask": masks, "answer_mask": masks[:, :2]})
+    assert data.sample_lengths() == [4, 6, 5]
+    assert TokenizedDataset({"codes": torch.zeros(2, 2, 2, dtype=torch.long)}).sample_lengths() == [0, 0]

@@ -192,3 +192,60 @@ def test_webdataset_reader_resumes_by_stream_position(shards, workers, repeat):
     # the broken sample is counted once per epoch read, summed over workers, and survives the resume
     assert ref_loader.counters()["skipped/undecodable_image"] >= 1
     assert second.counters() == ref_loader.counters()
+
+
+class Sized(Indexed):
+    """Indexed samples with a length each (what length grouping sorts by)."""
+
+    def __init__(self, n, seed=0):
+        super().__init__(n)
+        self.lengths = torch.randint(1, 40, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+    def sample_lengths(self):
+        return self.lengths
+
+
+def test_length_grouping_keeps_the_epoch_and_pads_less():
+    data = Sized(64)
+    plain = StatefulLoader(data, 4, seed=3)
+    grouped = StatefulLoader(data, 4, seed=3, group_by_length=4)
+    a, b = take(plain, 16), take(grouped, 16)
+    assert sorted(itertools.chain(*a)) == sorted(itertools.chain(*b)) == list(range(64))  # same epoch, each once
+    for window in range(4):  # each window of 4 batches holds the same samples as without grouping
+        span = slice(4 * window, 4 * window + 4)
+        assert sorted(itertools.chain(*a[span])) == sorted(itertools.chain(*b[span]))
+    padded = [sum(max(data.lengths[i] for i in batch) * len(batch) for batch in run) for run in (a, b)]
+    real = sum(data.lengths)
+    assert padded[1] - real < 0.5 * (padded[0] - real)  # less than half the padding
+    assert take(grouped, 16) != b  # the next epoch has another order
+    # inside a window the batches are sorted runs of lengths, but their order is shuffled
+    longest = [[max(data.lengths[i] for i in batch) for batch in b[w : w + 4]] for w in range(0, 16, 4)]
+    assert any(window != sorted(window) for window in longest)
+
+
+@pytest.mark.parametrize("cut", [1, 6, 11])
+def test_length_grouping_resumes_exactly(cut):
+    ref = take(StatefulLoader(Sized(50), 4, seed=5, group_by_length=3), 20)
+    first = StatefulLoader(Sized(50), 4, seed=5, group_by_length=3)
+    head = take(first, cut)
+    second = StatefulLoader(Sized(50), 4, seed=5, group_by_length=3)
+    second.load_state_dict(first.state_dict())
+    assert head + take(second, 20 - cut) == ref
+
+
+def test_length_grouping_refusals():
+    with pytest.raises(ValueError, match="group_by_length needs a map-style data set with sample_lengths"):
+        StatefulLoader(Indexed(20), 4, group_by_length=2)
+    grouped = StatefulLoader(Sized(40), 4, seed=1, group_by_length=2)
+    next(grouped)
+    with pytest.raises(ValueError, match="group_by_length: checkpoint 2 vs now 0"):
+        StatefulLoader(Sized(40), 4, seed=1).load_state_dict(grouped.state_dict())
+    with pytest.raises(ValueError, match="batch_size: checkpoint 4 vs now 8"):
+        StatefulLoader(Sized(40), 8, seed=1, group_by_length=2).load_state_dict(grouped.state_dict())
+    old = StatefulLoader(Sized(40), 4, seed=1)
+    next(old)
+    state = old.state_dict()
+    state.pop("group_by_length")  # a checkpoint from before the setting resumes ungrouped
+    resumed = StatefulLoader(Sized(40), 4, seed=1)
+    resumed.load_state_dict(state)
+    assert resumed.position == 1

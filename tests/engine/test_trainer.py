@@ -245,6 +245,10 @@ def test_exact_resume_after_an_interruption(tmp_path, optimizer):
 def test_bad_config_and_module(tmp_path):
     with pytest.raises(VilgkitError, match="grad_accum must be >= 1"):
         fit(ToyRegression(4), tmp_path, grad_accum=0)
+    with pytest.raises(VilgkitError, match="group_by_length must be >= 0"):
+        fit(ToyRegression(4), tmp_path, group_by_length=-1)
+    with pytest.raises(ValueError, match="group_by_length needs a map-style data set with sample_lengths"):
+        fit(ToyRegression(4), tmp_path, group_by_length=4)  # the toy data has no lengths
     with pytest.raises(TypeError, match="implementing Trainable"):
         Trainer(nn.Linear(2, 2), ToyRegressionData(8), tmp_path, SingleDevice("cpu"), TrainerConfig())
     with pytest.raises(ValueError, match="CUDA is not available|got 'tpu'"):

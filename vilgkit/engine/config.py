@@ -29,6 +29,9 @@ class TrainerConfig:
         nonfinite: ``"stop"`` raises on a non-finite loss; ``"skip"`` drops the batch and counts it.
         max_skipped: with ``"skip"``, stop after this many skipped batches.
         num_workers: data-loader workers.
+        group_by_length: sort each window of this many batches by sample length before cutting it
+            into batches (0: off), so a batch pads less; needs a data set with ``sample_lengths()``
+            (the generator stages' tokenized data). The order stays seeded and resumable.
         seed: base seed for this stage (combined with the run seed).
     """
 
@@ -49,6 +52,7 @@ class TrainerConfig:
     nonfinite: Literal["stop", "skip"] = "stop"
     max_skipped: int = 10
     num_workers: int = 0
+    group_by_length: int = 0
     seed: int = 0
 
 
@@ -91,6 +95,7 @@ def validate_config(cfg: TrainerConfig) -> None:
         (cfg.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {cfg.checkpoint_every}"),
         (cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}"),
         (cfg.num_workers >= 0, f"num_workers must be >= 0, got {cfg.num_workers}"),
+        (cfg.group_by_length >= 0, f"group_by_length must be >= 0 (0 disables), got {cfg.group_by_length}"),
     ]
     bad = [msg for ok, msg in checks if not ok]
     if bad:

@@ -17,6 +17,11 @@ Iterable data sets (e.g. WebDataset streams), in order of preference:
    first ``n`` samples of this rank's stream on its next ``__iter__``;
 3. otherwise the loader reads and discards the consumed batches.
 
+Length grouping (map-style, ``group_by_length = k > 0``): each epoch's order is cut into windows of
+``k`` batches; a window is sorted by ``dataset.sample_lengths()``, cut into batches, and its batches
+are shuffled. Every epoch still visits the same samples once, batches pad less, and the order stays
+a pure function of ``(seed, epoch)``, so resume is exact.
+
 ``dataset.set_epoch(epoch)`` is called at each epoch start when present. Iterable data sets shard
 themselves across ranks (the loader does not split their streams).
 
@@ -65,6 +70,8 @@ class StatefulLoader:
         rank: this data-parallel rank.
         world_size: number of data-parallel ranks.
         pin_memory: page-lock batches (for fast copies to a GPU).
+        group_by_length: windows of this many batches are sorted by sample length before being
+            cut into batches (0: off; map-style data sets with ``sample_lengths()`` only).
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class StatefulLoader:
         rank: int = 0,
         world_size: int = 1,
         pin_memory: bool = False,
+        group_by_length: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -86,6 +94,8 @@ class StatefulLoader:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if group_by_length < 0:
+            raise ValueError(f"group_by_length must be >= 0, got {group_by_length}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.collate_fn = collate_fn
@@ -96,6 +106,8 @@ class StatefulLoader:
         self.rank, self.world_size = rank, world_size
         self.pin_memory = pin_memory
         self.iterable = isinstance(dataset, IterableDataset)
+        self.group_by_length = int(group_by_length)
+        self._lengths = self._sample_lengths() if self.group_by_length else None
         self.epoch = 0
         self.position = 0  # batches (map-style) or samples (iterable) consumed in this epoch
         self.batches_yielded = 0
@@ -111,6 +123,17 @@ class StatefulLoader:
                     f"data set of {len(dataset)} samples gives no batch of {batch_size} per rank over "
                     f"{world_size} rank(s) with drop_last={drop_last}: lower batch_size or add data"
                 )
+
+    def _sample_lengths(self) -> list[int]:
+        lengths = getattr(self.dataset, "sample_lengths", None)
+        if self.iterable or not callable(lengths):
+            raise ValueError(f"group_by_length needs a map-style data set with sample_lengths() (the generator "
+                             f"stages' tokenized data has one); {type(self.dataset).__name__} has none")
+        out = [int(n) for n in lengths()]
+        if len(out) != len(self.dataset):
+            raise ValueError(f"{type(self.dataset).__name__}.sample_lengths() gave {len(out)} lengths for "
+                             f"{len(self.dataset)} samples")
+        return out
 
     # ------------------------------------------------------------------ map-style order
     @property
@@ -133,10 +156,28 @@ class StatefulLoader:
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """This rank's batches of sample indices for ``epoch``."""
         idx = self.epoch_indices(epoch)
+        if self.group_by_length:
+            return self._length_grouped(idx, epoch)
         batches = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         return batches
+
+    def _length_grouped(self, idx: list[int], epoch: int) -> list[list[int]]:
+        """Windows of ``group_by_length`` batches: sorted by length, cut, batch order shuffled."""
+        lengths, size = self._lengths, self.batch_size
+        gen = torch.Generator().manual_seed(_epoch_seed(self.seed + 104_729, epoch))
+        out: list[list[int]] = []
+        window = self.group_by_length * size
+        for start in range(0, len(idx), window):
+            chunk = sorted(idx[start : start + window], key=lambda i: lengths[i])  # stable
+            batches = [chunk[i : i + size] for i in range(0, len(chunk), size)]
+            if self.drop_last and len(batches[-1]) < size:  # only the last window can end short
+                batches.pop()
+            if self.shuffle and len(batches) > 1:
+                batches = [batches[j] for j in torch.randperm(len(batches), generator=gen).tolist()]
+            out += batches
+        return out
 
     # ------------------------------------------------------------------ iteration
     def _make_iter(self) -> Iterator[Any]:
@@ -221,6 +262,7 @@ class StatefulLoader:
             "rank": self.rank,
             "world_size": self.world_size,
             "shuffle": self.shuffle,
+            "group_by_length": self.group_by_length,
             "dataset_len": None if self.iterable else len(self.dataset),
             "stream": self._tracker.state_dict() if self._tracker is not None else None,
             "earlier_skips": dict(self._earlier_skips),
@@ -235,7 +277,11 @@ class StatefulLoader:
         The continuation is exact when that number is a multiple of the new global batch;
         otherwise it rounds down (up to one global batch is seen again) with a warning.
         """
-        strict = ("unit", "dataset_len") + (("seed", "shuffle") if not self.iterable else ("batch_size", "world_size"))
+        strict = ("unit", "dataset_len", "group_by_length") + (
+            ("seed", "shuffle") if not self.iterable else ("batch_size", "world_size"))
+        if self.group_by_length:  # windows are cut per rank and batch size: no conversion between them
+            strict += ("batch_size", "world_size")
+        state = {"group_by_length": 0, **state}  # checkpoints from before the setting
         diffs = [
             f"{k}: checkpoint {state.get(k)!r} vs now {v!r}"
             for k, v in self.state_dict().items()

@@ -201,7 +201,7 @@ class Trainer:
         self.loader = StatefulLoader(
             self.dataset, cfg.batch_size, self.collate_fn, seed=self.seed, shuffle=self.shuffle,
             num_workers=cfg.num_workers, rank=strategy.rank, world_size=strategy.world_size,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", group_by_length=cfg.group_by_length,
         )
         self.ckpt = CheckpointManager(self.checkpoint_dir, strategy, keep=cfg.keep_checkpoints)
 
