@@ -292,26 +292,27 @@ class GeneratorTrainable(nn.Module, Trainable):
         return losses
 
 
+def _check_per_direction(values: dict[str, float] | None, directions: Sequence[str], name: str,
+                         valid: Any, rule: str) -> dict[str, float]:
+    """A ``{direction: number}`` setting: only trained directions, each value passing ``valid``."""
+    values = dict(values or {})
+    for direction, value in values.items():
+        if direction not in directions:
+            raise ValueError(f"{name} names {direction!r}, which is not trained here; choose from {list(directions)}")
+        if not valid(float(value)):
+            raise ValueError(f"{name}[{direction!r}] must be {rule}, got {value}")
+    return {d: float(v) for d, v in values.items()}
+
+
 def check_direction_fractions(fractions: dict[str, float] | None, directions: Sequence[str]) -> dict[str, float]:
     """Validate ``direction_fractions``: known, trained directions, each share in (0, 1]."""
-    fractions = dict(fractions or {})
-    for direction, share in fractions.items():
-        if direction not in directions:
-            raise ValueError(f"direction_fractions names {direction!r}, which is not trained here; choose from {list(directions)}")
-        if not 0.0 < float(share) <= 1.0:
-            raise ValueError(f"direction_fractions[{direction!r}] must be in (0, 1], got {share}")
-    return {d: float(v) for d, v in fractions.items()}
+    return _check_per_direction(fractions, directions, "direction_fractions", lambda v: 0.0 < v <= 1.0, "in (0, 1]")
 
 
 def check_direction_weights(weights: dict[str, float] | None, directions: Sequence[str]) -> dict[str, float]:
     """Validate ``direction_weights``: known, trained directions, each weight finite and > 0."""
-    weights = dict(weights or {})
-    for direction, weight in weights.items():
-        if direction not in directions:
-            raise ValueError(f"direction_weights names {direction!r}, which is not trained here; choose from {list(directions)}")
-        if not 0.0 < float(weight) < float("inf"):
-            raise ValueError(f"direction_weights[{direction!r}] must be a finite number > 0, got {weight}")
-    return {d: float(v) for d, v in weights.items()}
+    return _check_per_direction(weights, directions, "direction_weights", lambda v: 0.0 < v < float("inf"),
+                                "a finite number > 0")
 
 
 class SampleGrids:
