@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -293,7 +293,7 @@ class GeneratorTrainable(nn.Module, Trainable):
 
 
 def _check_per_direction(values: dict[str, float] | None, directions: Sequence[str], name: str,
-                         valid: Any, rule: str) -> dict[str, float]:
+                         valid: Callable[[float], bool], rule: str) -> dict[str, float]:
     """A ``{direction: number}`` setting: only trained directions, each value passing ``valid``."""
     values = dict(values or {})
     for direction, value in values.items():
