@@ -11,6 +11,7 @@ Numbers (issue 6 bar in brackets):
   (``log P(prompt | image)`` of the same generator); also the first candidate alone and "any of N"
   (the reranking ceiling)                                                               [≥ 70 %, N = 8]
 * VQA: exact match of the greedy answer after ``canonical_answer`` normalisation        [≥ 90 %]
+  (also right/asked per question type)
 
 The test scenes come from the recipe's data arguments with ``split: test`` (an independent random
 stream: no test scene is a training scene). With the recipe's default ``held_out: []`` there is no
@@ -86,6 +87,12 @@ def evaluate(pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch:
     out["vqa_exact_match"] = sum(
         canonical_answer(a) == canonical_answer(it["answer"]) for a, it in zip(answers, items)
     ) / len(items)
+    by_type: dict[str, list[int]] = {}
+    for a, it in zip(answers, items):
+        right_total = by_type.setdefault(it["question_type"], [0, 0])
+        right_total[0] += canonical_answer(a) == canonical_answer(it["answer"])
+        right_total[1] += 1
+    out["vqa_by_type"] = {t: f"{r}/{n}" for t, (r, n) in sorted(by_type.items())}
     out["seconds_caption_vqa"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     first = best = anyof = 0
@@ -134,7 +141,8 @@ def main() -> None:
     for name, r in results.items():
         print(f"[{name}] n={r['n']}  captions all-correct {r['caption_all_correct']:.1%}  VQA EM {r['vqa_exact_match']:.1%}  "
               f"t2i exact objects: first {r['t2i_first']:.1%}, best-of-{r['candidates']} self-reranked {r['t2i_reranked']:.1%}, "
-              f"any {r['t2i_any']:.1%}  ({r['seconds_caption_vqa']:.0f}s + {r['seconds_t2i']:.0f}s)  {r['sampling']}")  # fmt: skip
+              f"any {r['t2i_any']:.1%}  ({r['seconds_caption_vqa']:.0f}s + {r['seconds_t2i']:.0f}s)  {r['sampling']}\n"
+              f"  VQA right/asked by question type: {r['vqa_by_type']}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2, ensure_ascii=False)

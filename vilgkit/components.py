@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from vilgkit.errors import ComponentArgumentError
 from vilgkit.recipe import instantiate
 
 
@@ -49,7 +50,11 @@ class ComponentStore(Mapping):
         node = self._recipe.get(key)
         if node is None:
             raise KeyError(f"the recipe defines no '{key}'")
-        component = instantiate(node)
+        try:
+            component = instantiate(node)
+        except ValueError as err:  # a constructor's own argument check: the user's recipe, not a bug
+            where = node.get("class_path", "?") if isinstance(node, dict) else type(node).__name__
+            raise ComponentArgumentError(f"recipe key '{key}' ({where}): {err}") from err
         if self._on_built is not None:
             self._on_built(key, component)
         return component

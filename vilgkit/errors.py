@@ -9,5 +9,10 @@ class RecipeError(VilgkitError):
     """A recipe that cannot be parsed or validated; the message names the file and the key."""
 
 
+class ComponentArgumentError(RecipeError, ValueError):
+    """A recipe component whose constructor rejected its ``init_args`` (also a ``ValueError``, which
+    is what the constructor raised, so library code catching that keeps working)."""
+
+
 class NotYetImplementedError(VilgkitError):
     """A subcommand or feature that has not landed yet (the CLI exits non-zero, never pretends)."""

@@ -139,3 +139,20 @@ def test_tokenized_sample_lengths_count_every_real_text_id():
                              "text_mask": masks, "answer_mask": masks[:, :2]})
     assert data.sample_lengths() == [4, 6, 5]
     assert TokenizedDataset({"codes": torch.zeros(2, 2, 2, dtype=torch.long)}).sample_lengths() == [0, 0]
+
+
+
+def test_dataset_fingerprint_sees_a_change_to_a_few_samples_only():
+    """The tokenized cache must be rebuilt when a recipe change redraws only some samples' texts
+    (``train_question_weights`` does), not only when the first, middle or last sample changes."""
+    from vilgkit.data import ShapesDataset
+    from vilgkit.gen_training import dataset_fingerprint
+
+    rows = [{"caption": f"caption {i}", "question": "what?", "index": i} for i in range(400)]
+    edited = [dict(r) for r in rows]
+    edited[6]["question"] = "where?"  # away from indices 0, 1, 200 and 399
+    assert dataset_fingerprint(rows) == dataset_fingerprint([dict(r) for r in rows])
+    assert dataset_fingerprint(rows) != dataset_fingerprint(edited)
+    plain = ShapesDataset(size=400, image_size=16, seed=1)
+    weighted = ShapesDataset(size=400, image_size=16, seed=1, train_question_weights={"position": 3.0})
+    assert dataset_fingerprint(plain) != dataset_fingerprint(weighted)

@@ -181,6 +181,29 @@ def test_vqa_answers_agree_with_the_scene():
     assert types == {"color", "shape", "position", "size", "count"}
 
 
+def test_train_question_weights_shift_the_training_mix_only():
+    def share(ds, qtype):
+        return sum(ds.describe(i)["question_type"] == qtype for i in range(len(ds))) / len(ds)
+
+    plain = ShapesDataset(size=600, seed=3)
+    heavy = ShapesDataset(size=600, seed=3, train_question_weights={"position": 4.0})
+    # position is allowed in most scenes; weight 4 against four types of weight 1 → about half
+    assert share(plain, "position") < 0.25 and share(heavy, "position") > 0.4
+    for i in range(50):  # the scene, caption and the question's validity are unchanged
+        p, h = plain.describe(i), heavy.describe(i)
+        assert (p["scene"], p["caption"]) == (h["scene"], h["caption"])
+        assert {"question": h["question"], "answer": h["answer"], "type": h["question_type"]} in qa_pairs(h["scene"], "en")
+    # evaluation splits ignore the weights: their questions are exactly the uniform ones
+    for split in ("val", "test"):
+        a = ShapesDataset(split=split, size=40, seed=3, held_out=[])
+        b = ShapesDataset(split=split, size=40, seed=3, held_out=[], train_question_weights={"position": 4.0})
+        assert [a.describe(i)["question"] for i in range(40)] == [b.describe(i)["question"] for i in range(40)]
+    with pytest.raises(ValueError, match=r"unknown question type.*'where'.*choose from.*position"):
+        ShapesDataset(size=4, train_question_weights={"where": 2.0})
+    with pytest.raises(ValueError, match="> 0"):
+        ShapesDataset(size=4, train_question_weights={"count": 0.0})
+
+
 def test_collate_batches_and_rejects_mismatch():
     ds = ShapesDataset(size=4, image_size=32)
     batch = collate([ds[i] for i in range(4)])

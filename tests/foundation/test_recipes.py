@@ -132,3 +132,19 @@ def test_not_yet_landed_subcommands_say_so():
     for name in stubs:
         res = run_cli([name])
         assert res.returncode == 3 and "has not landed yet" in res.stderr
+
+
+def test_constructor_rejecting_its_args_is_a_one_line_error_naming_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        f"run_dir: {tmp_path / 'run'}\n"
+        "data: {class_path: ShapesDataset, init_args: {size: 8, train_question_weights: {where: 2}}}\n"
+        "text_tokenizer: {class_path: WordPieceTokenizer, init_args: {vocab_size: 64}}\n"
+        "stages:\n  - class_path: FitTextTokenizer\n"
+    )
+    res = run_cli(["run", str(path)])
+    assert res.returncode == 2
+    msg = res.stderr.strip()
+    assert "recipe key 'data'" in msg and "ShapesDataset" in msg
+    assert "['where']" in msg and "position" in msg  # the constructor's own message: the key and the choices
+    assert "Traceback" not in res.stderr and len(msg.splitlines()) == 1

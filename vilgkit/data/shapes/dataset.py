@@ -7,7 +7,7 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from vilgkit.data.shapes.language import LANGUAGES, NUM_TEMPLATES, caption, qa_pairs, sample_qa
+from vilgkit.data.shapes.language import LANGUAGES, NUM_TEMPLATES, QUESTION_TYPES, caption, qa_pairs, sample_qa
 from vilgkit.data.shapes.world import (
     COLORS,
     DEFAULT_HELD_OUT,
@@ -50,6 +50,11 @@ class ShapesDataset(Dataset):
             :data:`vilgkit.data.shapes.world.DEFAULT_HELD_OUT`).
         templates: caption templates to draw from (default: all); ``[0]`` gives one fixed phrasing.
         cache_mb: memory budget of the rendered-pixel cache (0 disables it).
+        train_question_weights: relative weights of the question types (``color``, ``shape``,
+            ``position``, ``size``, ``count``; missing ones weigh 1) when drawing each sample's
+            question on the ``train`` split; e.g. ``{position: 3}`` trains more on the questions
+            that need an object found by its description. ``val`` and ``test`` always draw types
+            uniformly, so scores stay comparable whatever a recipe trains on.
 
     Each sample is a dict: ``image`` (float ``[3, H, W]`` in [-1, 1]), ``caption``, ``references``
     (the caption in every template of the sample's language), ``question``, ``answer``,
@@ -68,6 +73,7 @@ class ShapesDataset(Dataset):
         held_out: Sequence[tuple[str, str]] | None = None,
         templates: Sequence[int] | None = None,
         cache_mb: float = 256.0,
+        train_question_weights: dict[str, float] | None = None,
     ) -> None:
         if split not in _SPLIT_STREAM:
             raise ValueError(f"split must be one of {', '.join(_SPLIT_STREAM)}, got {split!r}")
@@ -84,7 +90,21 @@ class ShapesDataset(Dataset):
         templates = list(range(NUM_TEMPLATES)) if templates is None else list(templates)
         if not templates or any(not 0 <= t < NUM_TEMPLATES for t in templates):
             raise ValueError(f"templates must be a non-empty list of ints in [0, {NUM_TEMPLATES}), got {templates}")
+        if train_question_weights is not None:
+            unknown = sorted(set(train_question_weights) - set(QUESTION_TYPES))
+            if unknown:
+                raise ValueError(
+                    f"train_question_weights: unknown question type(s) {unknown}; choose from {list(QUESTION_TYPES)}"
+                )
+            if any(not float(w) > 0 for w in train_question_weights.values()):
+                raise ValueError(f"train_question_weights must all be > 0, got {dict(train_question_weights)}")
         self.split = split
+        # only the training split is re-weighted: evaluation always sees the uniform mix
+        self.question_weights = (
+            {k: float(v) for k, v in train_question_weights.items()}
+            if train_question_weights is not None and split == "train"
+            else None
+        )
         self.size = int(size)
         self.image_size = int(image_size)
         self.languages = list(languages)
@@ -133,7 +153,7 @@ class ShapesDataset(Dataset):
         )
         lang = self.languages[index % len(self.languages)]
         template = self.templates[int(rng.integers(len(self.templates)))]
-        qa = sample_qa(scene, lang, rng)
+        qa = sample_qa(scene, lang, rng, self.question_weights)
         return {
             "caption": caption(scene, lang, template),
             "references": [caption(scene, lang, t) for t in range(NUM_TEMPLATES)],

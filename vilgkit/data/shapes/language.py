@@ -242,11 +242,24 @@ def _unique_description(o: dict[str, Any], scene: list[dict[str, Any]], lang: st
     return None
 
 
-def sample_qa(scene: list[dict[str, Any]], lang: str, rng: np.random.Generator) -> dict[str, str]:
-    """One question: a type drawn uniformly among those the scene allows, then a pair of it."""
+def sample_qa(
+    scene: list[dict[str, Any]],
+    lang: str,
+    rng: np.random.Generator,
+    type_weights: dict[str, float] | None = None,
+) -> dict[str, str]:
+    """One question: a type drawn among those the scene allows, then a pair of it.
+
+    Types are drawn uniformly unless ``type_weights`` (question type → relative weight, missing
+    types weigh 1) says otherwise.
+    """
     pairs = qa_pairs(scene, lang)
     types = [t for t in QUESTION_TYPES if any(p["type"] == t for p in pairs)]
-    qtype = types[int(rng.integers(len(types)))]
+    if type_weights is None:
+        qtype = types[int(rng.integers(len(types)))]
+    else:
+        weights = np.array([float(type_weights.get(t, 1.0)) for t in types])
+        qtype = types[int(rng.choice(len(types), p=weights / weights.sum()))]
     of_type = [p for p in pairs if p["type"] == qtype]
     return of_type[int(rng.integers(len(of_type)))]
 
