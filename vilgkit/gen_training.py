@@ -119,8 +119,8 @@ def tokenize_dataset(
 
 def dataset_fingerprint(dataset: Dataset, *sources: Path) -> str:
     """A cheap identity of (data set, tokenizers): length, the texts of 64 spread-out samples,
-    tokenizer file hashes. (Sixty-four, not a handful: a recipe change that redraws only some
-    samples' questions must still invalidate the cache.)"""
+    tokenizer file hashes. (Sixty-four rather than a handful, so that a recipe change redrawing a
+    share of the samples' texts, e.g. their questions, is all but certain to invalidate the cache.)"""
     h = hashlib.sha1()
     n = len(dataset)  # type: ignore[arg-type]
     h.update(f"{type(dataset).__qualname__}:{n}".encode())

@@ -141,7 +141,6 @@ def test_tokenized_sample_lengths_count_every_real_text_id():
     assert TokenizedDataset({"codes": torch.zeros(2, 2, 2, dtype=torch.long)}).sample_lengths() == [0, 0]
 
 
-
 def test_dataset_fingerprint_sees_a_change_to_a_few_samples_only():
     """The tokenized cache must be rebuilt when a recipe change redraws only some samples' texts
     (``train_question_weights`` does), not only when the first, middle or last sample changes."""
