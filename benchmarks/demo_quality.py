@@ -84,13 +84,12 @@ def evaluate(pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch:
         caps += pipe.image_to_text(images, **caption_kw)
         answers += pipe.answer(images, [it["question"] for it in chunk])
     out["caption_all_correct"] = sum(caption_matches_scene(c, it["scene"])["all_correct"] for c, it in zip(caps, items)) / len(items)
-    out["vqa_exact_match"] = sum(
-        canonical_answer(a) == canonical_answer(it["answer"]) for a, it in zip(answers, items)
-    ) / len(items)
+    right = [canonical_answer(a) == canonical_answer(it["answer"]) for a, it in zip(answers, items)]
+    out["vqa_exact_match"] = sum(right) / len(items)
     by_type: dict[str, list[int]] = {}
-    for a, it in zip(answers, items):
+    for ok, it in zip(right, items):
         right_total = by_type.setdefault(it["question_type"], [0, 0])
-        right_total[0] += canonical_answer(a) == canonical_answer(it["answer"])
+        right_total[0] += ok
         right_total[1] += 1
     out["vqa_by_type"] = {t: f"{r}/{n}" for t, (r, n) in sorted(by_type.items())}
     out["seconds_caption_vqa"] = time.perf_counter() - t0

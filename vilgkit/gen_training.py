@@ -124,7 +124,8 @@ def dataset_fingerprint(dataset: Dataset, *sources: Path) -> str:
     h = hashlib.sha1()
     n = len(dataset)  # type: ignore[arg-type]
     h.update(f"{type(dataset).__qualname__}:{n}".encode())
-    for i in sorted({0, n - 1, *(k * n // 64 for k in range(64))} - {-1}):
+    spread = sorted({n - 1, *(k * n // 64 for k in range(64))}) if n else []  # k = 0 gives the first
+    for i in spread:
         item = dataset[i]
         h.update(repr({k: v for k, v in item.items() if isinstance(v, (str, int))}).encode())
     for src in sources:

@@ -152,6 +152,7 @@ def test_dataset_fingerprint_sees_a_change_to_a_few_samples_only():
     edited[6]["question"] = "where?"  # away from indices 0, 1, 200 and 399
     assert dataset_fingerprint(rows) == dataset_fingerprint([dict(r) for r in rows])
     assert dataset_fingerprint(rows) != dataset_fingerprint(edited)
+    assert dataset_fingerprint([]) != dataset_fingerprint(rows[:1])  # an empty set is fingerprinted, not indexed
     plain = ShapesDataset(size=400, image_size=16, seed=1)
     weighted = ShapesDataset(size=400, image_size=16, seed=1, train_question_weights={"position": 3.0})
     assert dataset_fingerprint(plain) != dataset_fingerprint(weighted)

@@ -255,7 +255,7 @@ def sample_qa(
     """
     pairs = qa_pairs(scene, lang)
     types = [t for t in QUESTION_TYPES if any(p["type"] == t for p in pairs)]
-    if type_weights is None:
+    if type_weights is None:  # the original draw, so unweighted data sets keep every question
         qtype = types[int(rng.integers(len(types)))]
     else:
         weights = np.array([float(type_weights.get(t, 1.0)) for t in types])
