@@ -37,6 +37,28 @@ def test_cache_matches_full_forward(make_pattern, direction):
     torch.testing.assert_close(inc[real], full[real], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("make_pattern", PATTERNS[:2])
+@pytest.mark.parametrize("direction", ["txt2img", "vqa"])
+def test_cache_matches_full_forward_with_qk_norm(make_pattern, direction):
+    """QK-norm normalises the cached keys once, when they are written: decoding still matches."""
+    model = tiny_model(make_pattern(), qk_norm=True)
+    with torch.no_grad():  # non-trivial norm gains and biases, so a missed norm cannot pass
+        for block in model.layers:
+            for norm in (block.q_norm, block.k_norm):
+                norm.weight.uniform_(0.5, 2.0)
+                norm.bias.normal_(0.0, 0.3)
+    g = torch.Generator().manual_seed(4)
+    batch = model.dummy_batch(3, 7, (3, 4), vqa=True, generator=g)
+    batch["directions"] = [direction]
+    with torch.no_grad():
+        full = model(batch).logits[direction]
+        inc, labels = incremental_logits(model, direction, batch)
+        plain = tiny_model(make_pattern())(batch).logits[direction]
+    real = labels != -100
+    torch.testing.assert_close(inc[real], full[real], atol=ATOL, rtol=0)
+    assert (full - plain).abs().max() > 1e-2  # the norms are really in the path
+
+
 def test_sparse_decoding_gathers_keys():
     from tests.models.conftest import ReferenceSparsePattern
 

@@ -55,6 +55,7 @@ class Block(nn.Module):
         pattern: which keys each query sees, per layer.
         layer: this block's index (patterns differ per layer, e.g. column attention at ``i % 4 == 2``).
         num_layers: total number of blocks (e.g. convolutional attention in the last one).
+        qk_norm: LayerNorm each head's queries and keys (learnable gain) before the dot product.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class Block(nn.Module):
         pattern: AttentionPattern,
         layer: int,
         num_layers: int,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         if hidden_size % num_heads:
@@ -77,6 +79,11 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(hidden_size)
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
+        # QK-norm bounds the attention logits by the norms' learnable gains rather than by the
+        # raw q/k scale, so a head can sharpen onto a few keys without its logits drifting
+        head_dim = hidden_size // num_heads
+        self.q_norm = nn.LayerNorm(head_dim) if qk_norm else None
+        self.k_norm = nn.LayerNorm(head_dim) if qk_norm else None
         self.ln2 = nn.LayerNorm(hidden_size)
         self.mlp = MLP(hidden_size, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
@@ -89,6 +96,8 @@ class Block(nn.Module):
         # "b n (three h d) -> three b h n d" as a view + permute: einops' parsing costs ~10 µs per
         # call, a visible share of a batch-1 decoding step
         q, k, v = qkv.view(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
 
     def _finish(self, x: torch.Tensor, attn: torch.Tensor, decoding: bool = False) -> torch.Tensor:

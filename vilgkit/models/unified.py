@@ -57,6 +57,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         attention: which keys each query sees per layer; ``None`` is dense (UniLM masks).
         text_dropout: probability, in training, of replacing a text→image sample's text by the empty
             prompt ``[BOS, EOS]`` — what classifier-free guidance needs at sampling time.
+        qk_norm: LayerNorm per head on queries and keys before attention (see :class:`Block`).
         pad_id, bos_id, eos_id: the text tokenizer's special ids.
 
     Batch keys read by :meth:`forward`: ``text_ids Long[B, L]`` (BOS … EOS, right-padded with
@@ -78,6 +79,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         max_image_grid: int = 16,
         attention: AttentionPattern | None = None,
         text_dropout: float = 0.0,
+        qk_norm: bool = False,
         pad_id: int = 0,
         bos_id: int = 2,
         eos_id: int = 3,
@@ -104,6 +106,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
         self.max_text_len, self.max_image_grid = max_text_len, max_image_grid
         self.text_dropout = text_dropout
+        self.qk_norm = qk_norm
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.attention = attention if attention is not None else DefaultDensePattern()
 
@@ -117,7 +120,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         self.type_embed = nn.Embedding(4, C)
         self.embed_drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            Block(C, num_heads, mlp_ratio, dropout, self.attention, i, num_layers) for i in range(num_layers)
+            Block(C, num_heads, mlp_ratio, dropout, self.attention, i, num_layers, qk_norm) for i in range(num_layers)
         )
         self.norm = nn.LayerNorm(C)
         self.text_head = nn.Linear(C, text_vocab_size, bias=False)
