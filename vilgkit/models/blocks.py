@@ -55,7 +55,7 @@ class Block(nn.Module):
         pattern: which keys each query sees, per layer.
         layer: this block's index (patterns differ per layer, e.g. column attention at ``i % 4 == 2``).
         num_layers: total number of blocks (e.g. convolutional attention in the last one).
-        qk_norm: LayerNorm each head's queries and keys (learnable gain) before the dot product.
+        qk_norm: LayerNorm each head's queries and keys (learnable gain and bias) before the dot product.
     """
 
     def __init__(

@@ -120,7 +120,8 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         self.type_embed = nn.Embedding(4, C)
         self.embed_drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            Block(C, num_heads, mlp_ratio, dropout, self.attention, i, num_layers, qk_norm) for i in range(num_layers)
+            Block(C, num_heads, mlp_ratio, dropout, self.attention, i, num_layers, qk_norm=qk_norm)
+            for i in range(num_layers)
         )
         self.norm = nn.LayerNorm(C)
         self.text_head = nn.Linear(C, text_vocab_size, bias=False)
