@@ -203,3 +203,16 @@ def test_vqgan_dead_code_restart_keeps_taming_layout():
     changed = (tok.quantize.embedding.weight != before).any(1)
     assert int(changed.sum()) >= 8
     assert all(k.split(".")[0] != "quantize" or "usage" not in k for k in tok.state_dict())
+
+
+def test_vqvae_channels_last_encode_matches_the_training_path():
+    # encode() runs the encoder channels-last on the CPU (faster); its codes must be the ones the
+    # contiguous training path (reconstruct) assigns, up to floating-point ties
+    torch.manual_seed(0)
+    tok = VQVAETokenizer(downsample=8, codebook_size=256, code_dim=16, hidden=16).eval()
+    x = torch.rand(16, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        fast = tok.encode(x)
+        _, _, reference = tok.reconstruct(x.contiguous())
+    assert fast.is_contiguous() and fast.shape == reference.shape == (16, 8, 8)
+    assert (fast == reference).float().mean() >= 0.999
