@@ -14,7 +14,9 @@ sharding, the ranks of a node for hybrid sharding), ``T`` tokens per device per 
 * activations: what backward keeps, per token per layer, for a pre-norm block with fused QKV and
   SDPA (no N×N scores): ``(8C + 2M)`` values without recompute, ``C`` (the block input) with full
   recompute, ``7C + M`` with selective recompute (matmul/attention outputs kept), plus one block's
-  full set while it is recomputed, plus fp32 logits and their gradient.
+  full set while it is recomputed, plus fp32 logits and their gradient. QK-norm (a model whose
+  ``qk_norm`` is true) adds the normalised queries and keys SDPA then keeps, ``2C`` values, and the
+  norms' fp32 statistics, per token and layer without recompute or with selective recompute.
 
 Models may override the activation term with ``activation_bytes(tokens) -> int``.
 """
@@ -79,6 +81,7 @@ class ModelDims:
     block_params: int  # parameters of all blocks together
     other_params: int  # embeddings, heads, norms
     vocab: int  # mean output vocabulary (for logits)
+    qk_norm: bool = False  # normalised q and k are saved for backward as well
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -104,14 +107,17 @@ def model_dims(model: nn.Module) -> ModelDims:
         block_params=block_params,
         other_params=count_parameters(model) - block_params,
         vocab=int(sum(vocabs) / len(vocabs)) if vocabs else 0,
+        qk_norm=bool(getattr(model, "qk_norm", False)),
     )
 
 
 def activation_bytes(dims: ModelDims, tokens: int, recompute: str, compute_bytes: int) -> dict[str, int]:
     """Saved-for-backward bytes per device for ``tokens`` tokens (see the module docstring)."""
     C, M, L = dims.hidden, dims.mlp, dims.layers
-    full_layer = (8 * C + 2 * M) * compute_bytes + 4 * dims.heads  # + SDPA's fp32 log-sum-exp per head
-    kept = {"none": full_layer, "full": C * compute_bytes, "selective": (7 * C + M) * compute_bytes}[recompute]
+    # QK-norm: SDPA keeps the normalised q and k (2C), the two norms their fp32 mean and rstd per head
+    qk = (2 * C * compute_bytes + 4 * 4 * dims.heads) if dims.qk_norm else 0
+    full_layer = (8 * C + 2 * M) * compute_bytes + 4 * dims.heads + qk  # + SDPA's fp32 log-sum-exp per head
+    kept = {"none": full_layer, "full": C * compute_bytes, "selective": (7 * C + M) * compute_bytes + qk}[recompute]
     layers = L * kept * tokens
     working = 0 if recompute == "none" else full_layer * tokens  # one block recomputed at a time
     logits = 2 * 4 * dims.vocab * tokens  # fp32 logits + their gradient

@@ -61,15 +61,18 @@ def test_parse_bytes():
         P.parse_bytes("lots")
 
 
-def test_activation_formula_matches_saved_tensors():
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_activation_formula_matches_saved_tensors(qk_norm):
     """The no-recompute per-token term equals the bytes autograd saves for a real pre-norm block
-    (fused QKV, SDPA, GELU MLP) in fp32, within the SDPA log-sum-exp and norm statistics."""
+    (fused QKV, optional per-head QK-norm, SDPA, GELU MLP) in fp32, within the SDPA log-sum-exp and
+    norm statistics."""
     import torch.nn.functional as F
     from torch import nn
 
     C, H, N = 64, 4, 32
     ln1, qkv, proj, ln2, fc1, fc2 = (nn.LayerNorm(C), nn.Linear(C, 3 * C), nn.Linear(C, C), nn.LayerNorm(C),
                                      nn.Linear(C, 4 * C), nn.Linear(4 * C, C))
+    q_norm, k_norm = nn.LayerNorm(C // H), nn.LayerNorm(C // H)
     x = torch.randn(1, N, C, requires_grad=True)
     seen: dict[int, int] = {}
 
@@ -78,17 +81,32 @@ def test_activation_formula_matches_saved_tensors():
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    params = [p for m in (ln1, qkv, proj, ln2, fc1, fc2) for p in m.parameters()]
+    params = [p for m in (ln1, qkv, proj, ln2, fc1, fc2, q_norm, k_norm) for p in m.parameters()]
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         q, k, v = qkv(ln1(x)).view(1, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
+        if qk_norm:
+            q, k = q_norm(q), k_norm(k)
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, N, C)
         h = x + proj(a)
         out = h + fc2(F.gelu(fc1(ln2(h))))
-    dims = P.ModelDims(hidden=C, layers=1, heads=H, mlp=4 * C, block_params=0, other_params=0, vocab=0)
+    dims = P.ModelDims(hidden=C, layers=1, heads=H, mlp=4 * C, block_params=0, other_params=0, vocab=0,
+                       qk_norm=qk_norm)
     estimate = P.activation_bytes(dims, N, "none", 4)["layers"]
     measured = sum(v for k, v in seen.items() if k not in {p.data_ptr() for p in params})
     assert out.shape == x.shape
     assert abs(estimate - measured) / measured < 0.2, (estimate, measured)
+    if qk_norm:  # the norms' share is counted, not lost in the tolerance
+        without = P.activation_bytes(P.ModelDims(**{**vars(dims), "qk_norm": False}), N, "none", 4)["layers"]
+        assert abs(without - measured) > abs(estimate - measured)
+
+
+def test_model_dims_reads_qk_norm():
+    from vilgkit.models.unified import UnifiedTransformer
+
+    kw = dict(hidden_size=32, num_layers=2, num_heads=4, text_vocab_size=64, image_vocab_size=16,
+              max_text_len=8, max_image_grid=4)
+    assert P.model_dims(UnifiedTransformer(**kw, qk_norm=True)).qk_norm
+    assert not P.model_dims(UnifiedTransformer(**kw)).qk_norm
 
 
 def test_safe_state_round_trip(tmp_path):
