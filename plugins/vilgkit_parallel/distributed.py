@@ -6,6 +6,7 @@ one-process group, so the same recipe works on a laptop and on a cluster.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ def init_process_group(device: torch.device, timeout_s: float = 1800.0) -> None:
         return
     env = launch_env()
     backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
+    # Leave the group before the interpreter tears down: a gloo group still alive at exit can
+    # abort a rank ("terminate called without an active exception") after the work is done.
+    atexit.register(_destroy_process_group)
     timeout = datetime.timedelta(seconds=timeout_s)
     if "MASTER_ADDR" in os.environ and env.world_size >= 1 and "RANK" in os.environ:
         kwargs = {"device_id": device} if device.type == "cuda" else {}
@@ -80,6 +84,11 @@ def init_process_group(device: torch.device, timeout_s: float = 1800.0) -> None:
                 "(e.g. torchrun --nproc-per-node 8 -m vilgkit run RECIPE)"
             )
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def build_mesh(device: torch.device, replicate: int, shard: int) -> DeviceMesh:

@@ -130,3 +130,20 @@ def test_10b_recipe_at_full_width_through_its_strategy(tmp_path):
     assert got["params"] == 277_233_664  # 12·4096² + 13·4096 + (2·1000 + 2·8192 + 64 + 64 + 4 + 1 + 2)·4096
     assert all(torch.isfinite(torch.tensor(got["losses"])))
     assert got["losses"][1] < got["losses"][0]
+
+
+def test_process_group_is_destroyed_at_exit():
+    """A rank leaves its gloo group when the interpreter exits (a group still alive then can abort a
+    finished rank with "terminate called without an active exception")."""
+    code = (
+        "import atexit, torch, torch.distributed as dist\n"
+        "from vilgkit_parallel.distributed import init_process_group\n"
+        "init_process_group(torch.device('cpu'))\n"
+        "assert dist.is_initialized()\n"
+        "atexit._run_exitfuncs()\n"
+        "print('initialized after exit handlers:', dist.is_initialized())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "RANK", "WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "initialized after exit handlers: False" in out.stdout
