@@ -95,7 +95,7 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, self.downsample)
         if images.device.type == "cpu":
-            # channels-last convolutions encode 1.6–2× faster on the CPU (the demo's tokenizer,
+            # channels-last convolutions encode 1.4–2× faster on the CPU (the demo's tokenizer,
             # `bench_tokenizers.py --demo-encode`); the codes are the contiguous layout's except
             # for floating-point ties (> 99.98 % agree). Training (bf16) stays contiguous: there
             # channels-last was slower.
