@@ -18,17 +18,14 @@ Shapes (dimension key): B prompts/images, N candidates per prompt, L text length
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import yaml
 from PIL import Image
 
 from vilgkit.batching import InputError, encode_texts, load_images, to_pil
-from vilgkit.errors import VilgkitError
-from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, RunContext, TextTokenizer
+from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, TextTokenizer
 from vilgkit.interfaces.reranker import Reranker, RerankInputs
 
 
@@ -78,40 +75,12 @@ class Pipeline:
                 generator, e.g. ``finetune_vqa`` after ``train_generator``).
             device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         """
-        from safetensors.torch import load_file
+        from vilgkit.artifacts import load_run
 
-        from vilgkit.components import ComponentStore
-        from vilgkit.engine.runner import RESOLVED_RECIPE
-        from vilgkit.stages.train_generator import GENERATOR_FILE, MANIFEST_FILE, RECONSTRUCTOR_FILE, load_generator_weights
-
-        run_dir = Path(run_dir)
-        recipe_path = run_dir / RESOLVED_RECIPE
-        if not recipe_path.is_file():
-            raise VilgkitError(f"{run_dir} is not a vilgkit run directory (no {RESOLVED_RECIPE})")
-        recipe = {k: v for k, v in (yaml.safe_load(recipe_path.read_text()) or {}).items() if k != "_versions"}
-        stage_dir = run_dir / stage if stage else _last_generator_stage(run_dir, recipe, GENERATOR_FILE)
-        if stage_dir is None or not (stage_dir / GENERATOR_FILE).is_file():
-            raise VilgkitError(f"no trained generator in {run_dir}{'/' + stage if stage else ''}: run the train_generator stage first")
-        manifest = json.loads((stage_dir / MANIFEST_FILE).read_text())
-        ctx = RunContext(run_dir=run_dir, components=ComponentStore(recipe), recipe=recipe, seed=int(recipe.get("seed", 0)))
-        from vilgkit.stages.train_generator import _load_tokenizers
-
-        text_tok, image_tok = _load_tokenizers(ctx, _abs(manifest["text_tokenizer"], run_dir), _abs(manifest["image_tokenizer"], run_dir))
-        generator = ctx.components.build("generator")
-        load_generator_weights(generator, stage_dir)
-        reconstructor = None
-        if recipe.get("reconstructor") is not None:  # the recipe picks how codes become pixels
-            reconstructor = ctx.components.build("reconstructor")
-            if callable(getattr(reconstructor, "attach", None)):  # hand over the trained tokenizer
-                reconstructor.attach(image_tok, int(generator.hidden_size))
-            if reconstructor.end_to_end:
-                if not (stage_dir / RECONSTRUCTOR_FILE).is_file():
-                    raise VilgkitError(f"the recipe's reconstructor is end-to-end but {stage_dir} has no "
-                                       f"{RECONSTRUCTOR_FILE}: that generator was trained without it")
-                reconstructor.load_state_dict(load_file(str(stage_dir / RECONSTRUCTOR_FILE)))
-        pipe = cls(generator, text_tok, image_tok, tuple(manifest["grid"]), reconstructor, device)
-        pipe.run_dir = run_dir
-        pipe.stage_dir = stage_dir
+        run = load_run(run_dir, stage)  # every file verified against the run's manifest
+        pipe = cls(run.generator, run.text_tokenizer, run.image_tokenizer, run.grid, run.reconstructor, device)
+        pipe.run_dir = run.run_dir
+        pipe.stage_dir = run.stage_dir
         return pipe
 
     # ------------------------------------------------------------------ text → image
@@ -312,23 +281,3 @@ class Pipeline:
 
     def _rng(self, seed: int | None) -> torch.Generator | None:
         return None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
-
-
-def _abs(path: str, run_dir: Path) -> str:
-    p = Path(path)
-    return str(p if p.is_absolute() else run_dir / p)
-
-
-def _last_generator_stage(run_dir: Path, recipe: dict[str, Any], filename: str) -> Path | None:
-    """The last stage (in recipe order) whose folder holds a trained generator."""
-    from vilgkit.interfaces.stage import _snake
-
-    names = []
-    for node in recipe.get("stages") or []:
-        init = node.get("init_args") or {}
-        names.append(init.get("name") or _snake(node["class_path"].rpartition(".")[2]))
-    found = [run_dir / n for n in names if (run_dir / n / filename).is_file()]
-    if found:
-        return found[-1]
-    others = sorted(p.parent for p in run_dir.glob(f"*/{filename}"))
-    return others[-1] if others else None

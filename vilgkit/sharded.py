@@ -14,15 +14,15 @@ Core code (``vilgkit export``) reads these directories without any strategy plug
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from vilgkit import artifacts
 
 MARKER = "vilgkit_dcp.json"
 FORMAT = "vilgkit-dcp-1"
@@ -33,31 +33,15 @@ class CheckpointIntegrityError(RuntimeError):
     """A sharded checkpoint is incomplete, modified or not ours."""
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+sha256_file = artifacts.sha256_file  # the one hash helper (vilgkit.artifacts)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` via a temporary file, fsync and rename (never half-written)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    artifacts.write_json_atomic(path, data, indent=1, sort_keys=True)
 
 
-def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file via a temporary name and a rename (a reader never sees half a file)."""
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+save_file_atomic = artifacts.save_file_atomic  # safetensors via a temporary name and a rename
 
 
 def is_complete(directory: str | Path) -> bool:

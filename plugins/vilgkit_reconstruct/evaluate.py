@@ -11,7 +11,6 @@ Written to the stage folder: ``metrics.json`` (numbers, labels, settings, timing
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -99,6 +98,7 @@ class EvaluateReconstruction(Stage):
     def _decoder(self, ctx: RunContext):
         """``(pipeline or None, text tokenizer, image tokenizer, reconstructor, generator label)``."""
         from vilgkit import Pipeline
+        from vilgkit.artifacts import GENERATOR_RECORD, read_json
 
         if self.generator_from:
             pipe = Pipeline.from_run_dir(ctx.run_dir, stage=self.generator_from, device=self.device)
@@ -109,12 +109,12 @@ class EvaluateReconstruction(Stage):
                 from vilgkit_reconstruct.two_stage import TwoStageReconstructor
 
                 pipe.reconstructor = TwoStageReconstructor(pipe.image_tokenizer)
-            manifest = json.loads((pipe.stage_dir / "generator.json").read_text())
+            manifest = read_json(pipe.stage_dir / GENERATOR_RECORD)
             g_label = "End-to-end G" if manifest.get("end_to_end") else "Two-stage G"
             return pipe, pipe.text_tokenizer, pipe.image_tokenizer, pipe.reconstructor, g_label
-        from vilgkit.stages.train_generator import _load_tokenizers
+        from vilgkit.stages.train_generator import load_tokenizers
 
-        text_tok, image_tok = _load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
+        text_tok, image_tok = load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
         rec = self.reconstructor
         if rec is None and "reconstructor" in ctx.components:
             rec = ctx.components.build("reconstructor")
@@ -128,19 +128,11 @@ class EvaluateReconstruction(Stage):
 
     @staticmethod
     def _attach(rec: Reconstructor, image_tok, hidden_size, stage_dir: Path | None) -> Reconstructor:
-        from safetensors.torch import load_file
+        from vilgkit.artifacts import attach_reconstructor
 
-        from vilgkit.stages.train_generator import RECONSTRUCTOR_FILE
-
-        attach = getattr(rec, "attach", None)
-        if attach is not None:
-            attach(image_tok, None if hidden_size is None else int(hidden_size))
-        if rec.end_to_end:
-            path = (stage_dir or Path(".")) / RECONSTRUCTOR_FILE
-            if not path.is_file():
-                raise VilgkitError(f"no {RECONSTRUCTOR_FILE} in {stage_dir}: that generator was not trained end to end")
-            rec.load_state_dict(load_file(str(path)))
-        return rec
+        if rec.end_to_end and stage_dir is None:
+            raise VilgkitError("an end-to-end reconstructor decodes generator hidden states; set generator_from")
+        return attach_reconstructor(rec, image_tok, hidden_size, stage_dir)
 
     # ------------------------------------------------------------------ run
 
@@ -198,7 +190,9 @@ class EvaluateReconstruction(Stage):
                          **self.sampling, "fid_extractor": extractor.name, "data": data_node},  # fmt: skip
             "seconds": {"decode": decode_s, "total": time.perf_counter() - start},
         }
-        (out_dir / METRICS_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str))
+        from vilgkit import artifacts
+
+        artifacts.write_json(out_dir / METRICS_FILE, record)
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
     def _decode_all(self, pipe, text_tok, image_tok, rec, device, real, captions, seed):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from vilgkit.artifacts import CorruptFileError
 from vilgkit.engine.checkpoint import (
     FAULT_SAVE_FAIL_ENV,
     MANIFEST,
@@ -75,7 +76,9 @@ def test_a_failed_save_leaves_nothing_that_counts(tmp_path, monkeypatch):
     assert manager.latest()[0] == 1
     monkeypatch.delenv(FAULT_SAVE_FAIL_ENV)
     manager.save(3, make_state())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001", "step_00000003"]
+    # the unfinished .tmp- save is removed; the step folder without a manifest is kept, moved aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged", "step_00000001", "step_00000003"]
+    assert (tmp_path / "damaged" / "step_00000002").is_dir()
 
 
 def test_corruption_is_detected_and_an_older_checkpoint_used(tmp_path):
@@ -91,9 +94,15 @@ def test_corruption_is_detected_and_an_older_checkpoint_used(tmp_path):
     target = make_state(9)
     step, _ = manager.load_latest_valid(target, warn=warnings.append)
     assert step == 1 and "hash mismatch" in warnings[0]
-    # a truncated file makes the folder incomplete
+    # the damaged one is kept, moved aside (never deleted)
+    assert not newest.exists() and (tmp_path / "damaged" / "step_00000002" / "model.safetensors").read_bytes() == bytes(blob)
+    # a truncated file makes the folder incomplete: not counted, and moved aside with a warning
+    newest = manager.save(2, make_state(5))
     (newest / "optimizers.main.pt").write_bytes(b"")
     assert manager.latest()[0] == 1
+    warnings.clear()
+    assert manager.load_latest_valid(make_state(9), warn=warnings.append)[0] == 1
+    assert "optimizers.main.pt is 0 bytes" in warnings[0] and (tmp_path / "damaged" / "step_00000002.2").is_dir()
 
 
 def test_tied_weights_and_shape_errors(tmp_path):
@@ -109,7 +118,7 @@ def test_tied_weights_and_shape_errors(tmp_path):
     dst = Tied()
     load_model_weights(dst, tmp_path / "w.safetensors")
     assert torch.equal(dst.emb.weight, src.emb.weight) and dst.out.weight is dst.emb.weight
-    with pytest.raises(CheckpointError, match=r"shape changed: emb.weight: checkpoint \[6, 4\] vs model \[6, 8\]"):
+    with pytest.raises(CheckpointError, match=r"shape changed: emb.weight: file \[6, 4\] vs model \[6, 8\]"):
         load_model_weights(Tied(8), tmp_path / "w.safetensors")
     other = nn.Linear(4, 6)
     with pytest.raises(CheckpointError, match="missing: bias, weight"):
@@ -125,8 +134,9 @@ def test_optimizer_files_are_never_unpickled(tmp_path):
     path = tmp_path / "optim_main.pt"
     torch.save({"state": {}, "param_groups": [], "x": Evil()}, path)
     opt = torch.optim.AdamW(nn.Linear(2, 2).parameters())
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CorruptFileError, match="optim_main.pt is not an optimizer state") as err:
         load_optimizer(path, opt)
+    assert isinstance(err.value.__cause__, pickle.UnpicklingError)
     assert not os.path.exists("/tmp/vilgkit_pwned")
 
 

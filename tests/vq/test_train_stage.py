@@ -68,7 +68,7 @@ def test_load_refuses_mismatching_weights(tmp_path):
     small = VQVAETokenizer(codebook_size=16, code_dim=8, downsample=4, hidden=8)
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(folder / WEIGHTS_FILE))
     ctx = RunContext(run_dir=tmp_path, components={"image_tokenizer": VQVAETokenizer(codebook_size=32, code_dim=8, downsample=4, hidden=8)})
-    with pytest.raises(VilgkitError, match=r"quantizer.embedding.weight: file \(16, 8\) vs model \(32, 8\)"):
+    with pytest.raises(VilgkitError, match=r"quantizer.embedding.weight: file \[16, 8\] vs model \[32, 8\]"):
         load_image_tokenizer(ctx, str(folder))
     with pytest.raises(FileNotFoundError):
         load_image_tokenizer(ctx, str(tmp_path / "nowhere"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from vilgkit.errors import VilgkitError
@@ -54,8 +55,8 @@ def build_reranker(name: str, clip_weights: str | None = None, clip_model: str =
 
 def main(args: argparse.Namespace) -> int:
     import vilgkit.builtins  # noqa: F401
-    from vilgkit.metrics.harness import RESULTS_FILE, REPORT_FILE, SamplingSettings
-    from vilgkit.stages.evaluate import run_evaluation
+    from vilgkit.artifacts import RESOLVED_RECIPE, RunDir, record_tree
+    from vilgkit.metrics.harness import RESULTS_FILE, REPORT_FILE
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -69,12 +70,42 @@ def main(args: argparse.Namespace) -> int:
     for flag in ("num_samples", "batch_size", "num_candidates"):
         if getattr(args, flag) <= 0:
             raise VilgkitError(f"--{flag.replace('_', '-')} must be positive")
+    out = Path(args.out) if args.out else run_dir / "eval"
+    if out.exists() and not out.is_dir():
+        raise VilgkitError(f"--out {out} is a file, not a directory")
+    run = RunDir(run_dir)
+    if not run.is_run():
+        raise VilgkitError(f"{run_dir} is not a vilgkit run directory (no {RESOLVED_RECIPE})")
+    # writing into the run (the report, or the Shapes FID extractor trained on first use): take its lock
+    writes_run = _inside(out, run_dir) or ("fid" in metrics and args.fid_extractor == "shapes" and args.fid_weights is None)
+    with run.locked("vilgkit eval") if writes_run else contextlib.nullcontext():
+        record = _evaluate(args, run_dir, out, metrics)
+        if _inside(out, run_dir):
+            record_tree(out)
+    width = max(len(k) for k in record["metrics"])
+    for key, value in sorted(record["metrics"].items()):
+        print(f"{key:<{width}}  {value:.4f}")
+    print(f"vilgkit eval: wrote {out / RESULTS_FILE} and {out / REPORT_FILE}")
+    return 0
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _evaluate(args: argparse.Namespace, run_dir: Path, out: Path, metrics: list[str]):
+    from vilgkit.metrics.harness import SamplingSettings
+    from vilgkit.stages.evaluate import run_evaluation
+
     sampling = SamplingSettings(num_candidates=args.num_candidates, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, cfg_scale=args.cfg_scale, caption_method=args.caption_method,
                                 num_beams=args.num_beams)  # fmt: skip
-    out = Path(args.out) if args.out else run_dir / "eval"
     try:
-        record = run_evaluation(
+        return run_evaluation(
             run_dir, out, metrics=metrics, stage=args.stage, num_samples=args.num_samples, batch_size=args.batch_size,
             sampling=sampling, reranker=build_reranker(args.reranker, args.clip_weights, args.clip_model),
             seed=args.seed, fid_extractor=args.fid_extractor, fid_weights=args.fid_weights,
@@ -82,8 +113,3 @@ def main(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except (ValueError, KeyError) as err:
         raise VilgkitError(str(err)) from None
-    width = max(len(k) for k in record["metrics"])
-    for key, value in sorted(record["metrics"].items()):
-        print(f"{key:<{width}}  {value:.4f}")
-    print(f"vilgkit eval: wrote {out / RESULTS_FILE} and {out / REPORT_FILE}")
-    return 0

@@ -4,25 +4,24 @@ The newest complete sharded (DCP) checkpoint of the stage is verified (hashes in
 consolidated on one process without building the model, and written as ``safetensors``:
 ``DIR/<stage>/generator.safetensors`` (and ``reconstructor.safetensors``) for a generator stage —
 the files :class:`vilgkit.Pipeline` loads — plus ``DIR/<stage>/<module>.safetensors`` with the
-trainer's full keys. The other stage folders are copied without their checkpoints, and the
-resolved recipe is written with ``strategy: SingleDevice`` so the result loads on one device.
+trainer's full keys. The other stage folders are copied without their checkpoints (each file
+verified against the run's manifest first), the resolved recipe is written with ``strategy:
+SingleDevice`` so the result loads on one device, and ``DIR/artifacts.json`` hashes every file of
+the export (the consolidated weights included), so loading the export verifies it too.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 from pathlib import Path
 
-import yaml
-
 from vilgkit import sharded
+from vilgkit.artifacts import CHECKPOINTS_DIR, EXPORT_RECORD, RunDir, stage_names
 from vilgkit.errors import VilgkitError
 
 HELP = "consolidate a sharded checkpoint into safetensors + the resolved recipe (single-device loadable)"
 ACCEPTS_OVERRIDES = False
-RESOLVED = "recipe.resolved.yaml"
 SPLIT = ("generator", "reconstructor")  # GeneratorTrainable's children, saved as the Pipeline expects
 
 
@@ -44,55 +43,57 @@ def find_checkpoints(stage_dir: Path) -> list[Path]:
 
 
 def export(run: Path, out: Path, stage: str | None = None) -> Path:
-    """Do the export; returns the stage folder inside ``out``."""
-    run, out = Path(run), Path(out)
-    recipe_path = run / RESOLVED
-    if not recipe_path.is_file():
-        raise VilgkitError(f"{run} is not a vilgkit run directory (no {RESOLVED})")
-    if out.exists() and any(out.iterdir()):
-        raise VilgkitError(f"{out} exists and is not empty")
-    recipe = yaml.safe_load(recipe_path.read_text()) or {}
+    """Do the export; returns the stage folder inside ``out``.
+
+    Every file taken from ``run`` is verified against its manifest first; ``out`` gets its own
+    manifest (the copied files, the consolidated weights, the recipe) and is written under its lock.
+    """
+    source, target = RunDir(run), RunDir(out)
+    recipe = source.read_recipe(anchored=False, versions=True)
+    if target.path.exists() and not target.path.is_dir():
+        raise VilgkitError(f"--out {target.path} is a file, not a directory")
+    if target.path.exists() and any(target.path.iterdir()):
+        raise VilgkitError(f"{target.path} exists and is not empty")
     if stage is None:
-        names = [(s.get("init_args") or {}).get("name") or _snake(s["class_path"].rsplit(".", 1)[-1])
-                 for s in recipe.get("stages") or []]
-        with_ckpt = [n for n in names if (run / n).is_dir() and find_checkpoints(run / n)]
+        with_ckpt = [n for n in stage_names(recipe) if (source.path / n).is_dir() and find_checkpoints(source.path / n)]
         if not with_ckpt:
-            raise VilgkitError(f"{run}: no stage has a complete sharded checkpoint")
+            raise VilgkitError(f"{source.path}: no stage has a complete sharded checkpoint")
         stage = with_ckpt[-1]
-    ckpts = find_checkpoints(run / stage) if (run / stage).is_dir() else []
+    ckpts = find_checkpoints(source.path / stage) if (source.path / stage).is_dir() else []
     if not ckpts:
-        raise VilgkitError(f"{run / stage}: no complete sharded checkpoint (looked for {sharded.MARKER})")
-    source = ckpts[-1]
-    marker = sharded.verify(source)
-    out.mkdir(parents=True, exist_ok=True)
-    for child in run.iterdir():  # tokenizers, manifests, logs: everything but checkpoints
-        if child.is_dir():
-            shutil.copytree(child, out / child.name, ignore=shutil.ignore_patterns("checkpoints", ".tmp-*"))
-    stage_out = out / stage
-    stage_out.mkdir(exist_ok=True)
-    from safetensors.torch import save_file
-
-    written = []
-    for key in marker["modules"]:
-        tensors = sharded.consolidate_module(source, key)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(stage_out / f"{key}.safetensors"))
-        written.append(f"{key}.safetensors")
-        for prefix in SPLIT:
-            part = {k[len(prefix) + 1:]: v.contiguous() for k, v in tensors.items() if k.startswith(prefix + ".")}
-            if part:
-                save_file(part, str(stage_out / f"{prefix}.safetensors"))
-                written.append(f"{prefix}.safetensors")
-    recipe["strategy"] = {"class_path": "vilgkit_parallel.single.SingleDevice", "init_args": {"device": "auto"}}
-    resolved = {k: v for k, v in recipe.items()}
-    (out / RESOLVED).write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-    record = {"source": str(source), "step": _step(source), "stage": stage, "files": written,
-              "saved_world_size": marker.get("world_size")}
-    (stage_out / "export.json").write_text(json.dumps(record, indent=2))
+        raise VilgkitError(f"{source.path / stage}: no complete sharded checkpoint (looked for {sharded.MARKER})")
+    checkpoint = ckpts[-1]
+    marker = sharded.verify(checkpoint)
+    with target.locked("vilgkit export"):
+        for child in sorted(source.path.iterdir()):  # tokenizers, manifests, logs, external files: all but checkpoints
+            if child.is_dir() and not child.name.startswith("."):
+                source.verify_tree(child)
+                shutil.copytree(child, target.path / child.name, ignore=shutil.ignore_patterns(CHECKPOINTS_DIR, ".*"))
+        target.record_tree()
+        external = source.manifest().get("external", {}) if source.manifest_path.is_file() else {}
+        if external:
+            manifest = target.manifest()
+            manifest["external"] = external
+            target._write_manifest(manifest)
+        stage_out = target.stage(stage)
+        stage_out.mkdir(exist_ok=True)
+        written = []
+        for key in marker["modules"]:
+            tensors = sharded.consolidate_module(checkpoint, key)
+            target.save_weights(stage_out / f"{key}.safetensors", {k: v.contiguous() for k, v in tensors.items()})
+            written.append(f"{key}.safetensors")
+            for prefix in SPLIT:
+                part = {k[len(prefix) + 1:]: v.contiguous() for k, v in tensors.items() if k.startswith(prefix + ".")}
+                if part:
+                    target.save_weights(stage_out / f"{prefix}.safetensors", part)
+                    written.append(f"{prefix}.safetensors")
+        versions = recipe.pop("_versions", None)
+        recipe["strategy"] = {"class_path": "vilgkit_parallel.single.SingleDevice", "init_args": {"device": "auto"}}
+        target.write_recipe(recipe, versions)
+        record = {"source": str(checkpoint), "step": _step(checkpoint), "stage": stage, "files": written,
+                  "saved_world_size": marker.get("world_size")}
+        target.write_json(stage_out / EXPORT_RECORD, record)
     return stage_out
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,24 +11,33 @@ The helpers at the bottom (model/optimizer/JSON files) are what strategies use t
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from vilgkit import artifacts
 from vilgkit.errors import VilgkitError
+from vilgkit.artifacts import (  # noqa: F401  (the file helpers strategies import from here)
+    CHECKPOINT_MANIFEST as MANIFEST,
+    CHECKPOINT_META as META,
+    DAMAGED_DIR,
+    ArtifactError,
+    CorruptFileError,
+    load_tensors,
+    readable,
+    save_tensors,
+    sha256_file,
+    tensor_shapes,
+)
 
-MANIFEST = "MANIFEST.json"
-META = "meta.json"
 FORMAT = "vilgkit-checkpoint/1"
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
 
@@ -39,92 +48,137 @@ FAULT_SAVE_DELAY_ENV = "VILGKIT_FAULT_SAVE_DELAY"
 FAULT_SAVE_FAIL_ENV = "VILGKIT_FAULT_SAVE_FAIL_STEP"
 
 
-class CheckpointError(VilgkitError):
+class CheckpointError(ArtifactError):
     """A checkpoint that cannot be used (corrupt, incomplete, or not matching the model)."""
+
+
+class DamagedCheckpointError(CheckpointError, CorruptFileError):
+    """A step folder whose files differ from its manifest or cannot be read: it is set aside."""
 
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+_fsync_path = artifacts.fsync_path
+
+
+def _problem(directory: Path) -> str | None:
+    """Why a step folder is not complete (``None`` when its manifest lists files that all exist at
+    their recorded sizes)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except FileNotFoundError:
+        return f"no {MANIFEST}"
+    except (OSError, ValueError):
+        return f"{MANIFEST} is unreadable"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        return f"{MANIFEST} is not a vilgkit checkpoint manifest"
+    for rel, info in manifest["files"].items():
+        path = directory / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if not isinstance(info, dict) or path.stat().st_size != info.get("bytes"):
+            return f"{rel} is {path.stat().st_size} bytes, the manifest says {info.get('bytes') if isinstance(info, dict) else '?'}"
+    return None
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     """The manifest of a *complete* step folder, else ``None`` (missing, unparsable or files missing)."""
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
+    if _problem(Path(directory)) is not None:
         return None
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
-        return None
-    for rel, info in manifest["files"].items():
-        path = directory / rel
-        if not path.is_file() or path.stat().st_size != info.get("bytes"):
-            return None
-    return manifest
+    return json.loads((Path(directory) / MANIFEST).read_text())
 
 
 def verify(directory: Path) -> dict[str, Any]:
-    """Check every file's SHA-256 against the manifest; returns the manifest or raises ``CheckpointError``."""
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise CheckpointError(f"{directory}: not a complete checkpoint (no valid {MANIFEST})")
-    bad = [rel for rel, info in manifest["files"].items() if sha256_file(directory / rel) != info["sha256"]]
+    """Check every file's SHA-256 against the manifest; returns the manifest or raises
+    ``DamagedCheckpointError`` (a ``CheckpointError``)."""
+    directory = Path(directory)
+    problem = _problem(directory)
+    if problem is not None:
+        raise DamagedCheckpointError(f"{directory}: not a complete checkpoint ({problem})")
+    manifest = json.loads((directory / MANIFEST).read_text())
+    bad = [rel for rel, info in manifest["files"].items() if sha256_file(directory / rel) != info.get("sha256")]
     if bad:
-        raise CheckpointError(f"{directory}: hash mismatch in {', '.join(sorted(bad))} (the files changed after saving)")
+        raise DamagedCheckpointError(f"{directory}: hash mismatch in {', '.join(sorted(bad))} (the files changed after saving)")
     return manifest
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
     """The ``meta.json`` of a step folder (``{}`` when absent)."""
     path = Path(directory) / META
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    with readable(path, "a checkpoint's meta.json"):
+        meta = json.loads(path.read_text())
+    if not isinstance(meta, dict):
+        raise DamagedCheckpointError(f"{path} is not a JSON object")
+    return meta
 
 
 class CheckpointManager:
     """Saves, finds, verifies, loads and prunes the step folders of one stage.
 
+    A step folder that is not usable — truncated or missing files, no manifest, hashes that do not
+    match, files that cannot be read — is never deleted: it is moved to ``checkpoints/damaged/``
+    with a warning, and the next-older checkpoint is used. Temporary ``.tmp-step_*`` folders (a
+    save that was interrupted before its manifest) are removed, with a note.
+
     Args:
         root: the ``checkpoints`` folder of a stage.
         strategy: writes and reads the files of a step (``save_checkpoint`` / ``load_checkpoint``).
         keep: how many complete checkpoints to keep (at least 1; the newest is never deleted).
+        warn: prints a warning line (default: ``vilgkit: warning: …`` on stderr).
     """
 
-    def __init__(self, root: Path, strategy: Any, keep: int = 2) -> None:
+    def __init__(self, root: Path, strategy: Any, keep: int = 2, warn: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
         self.strategy = strategy
         self.keep = max(1, int(keep))
+        self.warn = warn or artifacts.warn
 
     # ---------------------------------------------------------------- discovery
-    def complete(self) -> list[tuple[int, Path]]:
-        """``(step, folder)`` of every complete checkpoint, oldest first."""
+    def _steps(self) -> list[tuple[int, Path]]:
         if not self.root.is_dir():
             return []
         found = []
         for child in self.root.iterdir():
             match = _STEP_RE.match(child.name)
-            if match and child.is_dir() and read_manifest(child) is not None:
+            if match and child.is_dir():
                 found.append((int(match.group(1)), child))
         return sorted(found)
+
+    def complete(self) -> list[tuple[int, Path]]:
+        """``(step, folder)`` of every complete checkpoint, oldest first."""
+        return [(step, path) for step, path in self._steps() if _problem(path) is None]
+
+    def incomplete(self) -> list[tuple[int, Path, str]]:
+        """``(step, folder, problem)`` of every step folder that is not complete."""
+        return [(step, path, problem) for step, path in self._steps() if (problem := _problem(path)) is not None]
 
     def latest(self) -> tuple[int, Path] | None:
         """The newest complete checkpoint, or ``None``."""
         found = self.complete()
         return found[-1] if found else None
+
+    def set_aside(self, path: Path, reason: str) -> Path:
+        """Move an unusable step folder to ``checkpoints/damaged/`` (kept, never deleted) and warn."""
+        target_dir = self.root / DAMAGED_DIR
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / path.name
+        n = 1
+        while target.exists():
+            n += 1
+            target = target_dir / f"{path.name}.{n}"
+        os.replace(path, target)
+        _fsync_path(self.root)
+        self.warn(f"checkpoint {path} is not usable ({reason}); moved it to {target} (kept for inspection, "
+                  "delete it when done)")
+        return target
+
+    def set_aside_incomplete(self) -> list[Path]:
+        """Move every incomplete step folder aside (with a warning each)."""
+        return [self.set_aside(path, problem) for _, path, problem in self.incomplete()]
 
     # ---------------------------------------------------------------- save
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
@@ -139,7 +193,7 @@ class CheckpointManager:
         if strategy.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
             if tmp.exists():  # left by a crashed save of the same step
-                shutil.rmtree(tmp)
+                self._remove_unfinished(tmp)
             tmp.mkdir()
         strategy.barrier()
         strategy.save_checkpoint(tmp, state)
@@ -176,32 +230,64 @@ class CheckpointManager:
         if os.environ.get(FAULT_SAVE_FAIL_ENV) == str(step):
             raise RuntimeError(f"injected checkpoint failure at step {step} ({FAULT_SAVE_FAIL_ENV})")
 
+    def _remove_unfinished(self, path: Path) -> None:
+        print(f"vilgkit: removing {path}: a save that was interrupted before its manifest was written", flush=True)
+        shutil.rmtree(path, ignore_errors=True)
+
     def prune(self) -> None:
-        """Delete all but the newest ``keep`` complete checkpoints, and stale temporary folders."""
+        """Delete all but the newest ``keep`` complete checkpoints and unfinished ``.tmp-step_*``
+        saves; incomplete step folders are moved aside (:meth:`set_aside`), never deleted."""
         found = self.complete()
         for _, path in found[: max(0, len(found) - self.keep)]:
             shutil.rmtree(path, ignore_errors=True)
         for child in self.root.iterdir():
-            if child.name.startswith(".tmp-step_") or (_STEP_RE.match(child.name) and read_manifest(child) is None):
-                shutil.rmtree(child, ignore_errors=True)
+            if child.name.startswith(".tmp-step_"):
+                self._remove_unfinished(child)
+        self.set_aside_incomplete()
 
     # ---------------------------------------------------------------- load
     def load(self, directory: Path, state: dict[str, Any]) -> dict[str, Any]:
-        """Verify the hashes of ``directory``, then let the strategy load it into ``state``."""
+        """Verify the hashes of ``directory``, then let the strategy load it into ``state``.
+
+        Raises:
+            DamagedCheckpointError: a hash differs, or a file cannot be read (the message names it).
+            CheckpointError: the checkpoint does not fit the model (listed).
+        """
         manifest = verify(directory)
-        self.strategy.load_checkpoint(directory, state)
+        with damaged_as_error(directory):
+            self.strategy.load_checkpoint(directory, state)
         return manifest
 
-    def load_latest_valid(self, state: dict[str, Any], warn=print) -> tuple[int, Path] | None:
-        """Load the newest checkpoint whose hashes verify; a corrupt newer one is reported and skipped."""
+    def load_latest_valid(self, state: dict[str, Any], warn=None) -> tuple[int, Path] | None:
+        """Load the newest usable checkpoint; a damaged newer one is moved aside with a warning."""
+        if warn is not None:
+            self.warn = warn
+        self.set_aside_incomplete()
         for step, path in reversed(self.complete()):
             try:
                 self.load(path, state)
-            except CheckpointError as err:
-                warn(f"vilgkit: skipping checkpoint: {err}")
+            except DamagedCheckpointError as err:
+                self.set_aside(path, str(err).removeprefix(f"{path}: "))
                 continue
             return step, path
         return None
+
+
+@contextlib.contextmanager
+def damaged_as_error(directory: Path):
+    """Inside: an exception from reading a step folder's files becomes :class:`DamagedCheckpointError`
+    (a user's error such as a model that does not fit stays what it is)."""
+    try:
+        yield
+    except DamagedCheckpointError:
+        raise
+    except CorruptFileError as err:
+        raise DamagedCheckpointError(str(err)) from err
+    except (VilgkitError, MemoryError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as err:  # SafetensorError, UnpicklingError, KeyError, a sharded integrity error…
+        detail = artifacts._first_line(err)
+        raise DamagedCheckpointError(f"{directory}: cannot be read ({type(err).__name__}: {detail})") from err
 
 
 # -------------------------------------------------------------------- file helpers for strategies
@@ -213,75 +299,15 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save a name → tensor dict as safetensors; tensors sharing storage (tied weights) are stored
-    once and their other names recorded in the metadata, restored by :func:`load_tensors`."""
-    unique: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    views: dict[tuple[int, int, tuple[int, ...], torch.dtype], str] = {}
-    storages: set[int] = set()
-    for name, tensor in tensors.items():
-        t = tensor.detach()
-        if t.numel() == 0:
-            unique[name] = t.to("cpu").contiguous()
-            continue
-        ptr = t.untyped_storage().data_ptr()
-        key = (ptr, t.storage_offset(), tuple(t.shape), t.dtype)
-        if key in views:  # the same tensor under a second name (tied weights)
-            aliases[name] = views[key]
-            continue
-        views[key] = name
-        # safetensors refuses tensors that share memory: copy partial views of a seen storage
-        shared = ptr in storages
-        storages.add(ptr)
-        needs_copy = shared or t.device.type != "cpu" or not t.is_contiguous()
-        unique[name] = t.to("cpu").contiguous().clone() if needs_copy else t
-    meta = dict(metadata or {})
-    if aliases:
-        meta["vilgkit_aliases"] = json.dumps(aliases)
-    save_file(unique, str(path), metadata=meta)
-
-
-def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Inverse of :func:`save_tensors` (aliases come back as the same tensor)."""
-    out: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt", device=str(device)) as fh:
-        for name in fh.keys():
-            out[name] = fh.get_tensor(name)
-        aliases = json.loads((fh.metadata() or {}).get("vilgkit_aliases", "{}"))
-    for name, target in aliases.items():
-        out[name] = out[target]
-    return out
-
-
-def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Shapes in a safetensors file, read from its header only."""
-    with safe_open(str(path), framework="pt") as fh:
-        shapes = {name: tuple(fh.get_slice(name).get_shape()) for name in fh.keys()}
-        aliases = json.loads((fh.metadata() or {}).get("vilgkit_aliases", "{}"))
-    shapes.update({name: shapes[target] for name, target in aliases.items()})
-    return shapes
+    with readable(Path(path), "a JSON file"):
+        return json.loads(Path(path).read_text())
 
 
 def check_model_matches(model: nn.Module, path: Path) -> None:
     """Raise ``CheckpointError`` listing missing, unexpected and re-shaped tensors."""
-    have = tensor_shapes(path)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(want) - set(have))
-    unexpected = sorted(set(have) - set(want))
-    reshaped = sorted(
-        f"{k}: checkpoint {list(have[k])} vs model {list(want[k])}" for k in set(have) & set(want) if have[k] != want[k]
-    )
-    if missing or unexpected or reshaped:
-        lines = [f"{path} does not match {type(model).__name__}:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape changed", reshaped)):
-            if items:
-                shown = items[:20] + ([f"... {len(items) - 20} more"] if len(items) > 20 else [])
-                lines.append(f"  {title}: " + ", ".join(shown))
-        raise CheckpointError("\n".join(lines))
+    problem = artifacts.weights_mismatch(model, tensor_shapes(path))
+    if problem:
+        raise CheckpointError(f"{path} does not fit the {type(model).__name__}: {problem}")
 
 
 def save_model_weights(path: Path, model: nn.Module) -> None:
@@ -290,13 +316,12 @@ def save_model_weights(path: Path, model: nn.Module) -> None:
 
 
 def load_model_weights(model: nn.Module, path: Path) -> None:
-    """Load a :func:`save_model_weights` file into ``model`` in place, shapes checked first."""
+    """Load a :func:`save_model_weights` file into ``model`` in place, shapes checked first (and,
+    for a run's file, its hash against the run's manifest)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no weights file at {path}")
-    check_model_matches(model, path)
-    device = next((t.device for t in model.state_dict().values()), torch.device("cpu"))
-    model.load_state_dict(load_tensors(path, device), strict=True)
+    artifacts.load_weights(model, path, error=CheckpointError)
 
 
 def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
@@ -307,4 +332,6 @@ def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
 
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     """Inverse of :func:`save_optimizer`; never unpickles arbitrary objects."""
-    optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    with readable(Path(path), "an optimizer state (torch.save, weights only)"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state)

@@ -7,17 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 import vilgkit
+from vilgkit.artifacts import CHECKPOINTS_DIR, RESOLVED_RECIPE, RunDir  # noqa: F401  (RESOLVED_RECIPE: re-exported)
 from vilgkit.components import ComponentStore
 from vilgkit.engine.rng import seed_everything
-from vilgkit.errors import RecipeError
+from vilgkit.errors import RecipeError, VilgkitError
 from vilgkit.interfaces import RunContext, Stage
 from vilgkit.plugins import get_plugin_manager
 from vilgkit.recipe import instantiate, parse_recipe, to_dict
-
-RESOLVED_RECIPE = "recipe.resolved.yaml"
 
 
 def resolve(paths: list[str], overrides: list[str] | None = None) -> dict[str, Any]:
@@ -29,20 +27,47 @@ def resolve(paths: list[str], overrides: list[str] | None = None) -> dict[str, A
 
 
 def write_resolved_recipe(recipe: dict[str, Any], run_dir: Path) -> Path:
-    """Write the resolved recipe with versions (vilgkit, torch, plugins) into ``run_dir``."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = dict(recipe)
-    record["_versions"] = {
+    """Write the resolved recipe with versions (vilgkit, torch, plugins) into ``run_dir``
+    (atomically, hashed into the run's manifest)."""
+    versions = {
         "vilgkit": vilgkit.__version__,
         "torch": str(torch.__version__),
         "python": platform.python_version(),
         "plugins": get_plugin_manager().versions(),
     }
-    path = run_dir / RESOLVED_RECIPE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
-    tmp.replace(path)
-    return path
+    return RunDir(run_dir).write_recipe(recipe, versions)
+
+
+def check_run_dir(run_dir: Path, stages: list[Stage], recipe: dict[str, Any], resume: bool) -> None:
+    """Everything that would make the run refuse an existing run directory, checked before anything
+    is written there: without ``--resume`` a stage folder that holds checkpoints is an error; with
+    it, the recipe must be one the newest checkpoint of each stage can continue (the Trainer checks
+    again, with its full configuration, when it loads).
+
+    Raises:
+        VilgkitError: checkpoints without ``--resume``.
+        IncompatibleResumeError: the recipe changed in ways a checkpoint cannot continue (listed).
+    """
+    from vilgkit.engine.checkpoint import CheckpointManager, DamagedCheckpointError, read_meta
+    from vilgkit.engine.compat import check_resume
+
+    for stage in stages:
+        out_dir = Path(run_dir) / stage.name
+        latest = CheckpointManager(out_dir / CHECKPOINTS_DIR, strategy=None).latest()
+        if latest is None:
+            continue
+        step, path = latest
+        if not resume:
+            raise VilgkitError(
+                f"{out_dir} already has checkpoints (newest: step {step}); pass --resume to continue "
+                "them, or use another run_dir to start over"
+            )
+        try:
+            meta = read_meta(path)
+        except DamagedCheckpointError:
+            continue  # the Trainer sets it aside and looks at the older ones
+        check_resume(str(path), meta.get("recipe"), recipe, {}, {}, stage_name=stage.name,
+                     safe=tuple(getattr(stage, "safe_resume_keys", ()) or ()))
 
 
 def is_main_process() -> bool:
@@ -103,21 +128,36 @@ def run(
         raise RecipeError(f"stage names must be unique, got {names}")
     selected = select_stages(stage_objs, stages)
     run_dir = Path(recipe["run_dir"])
-    if is_main_process():  # one writer: ranks of a torchrun launch share the run dir
-        write_resolved_recipe(recipe, run_dir)
-    ctx = RunContext(
-        run_dir=run_dir,
-        components=ComponentStore(recipe, on_built=lambda k, c: pm.hook.vilgkit_component_built(key=k, component=c)),
-        recipe=recipe,
-        seed=int(recipe.get("seed", 0)),
-        resume=resume,
-        debug=debug,
-    )
-    for stage in selected:
-        # every stage starts from the same seeded state, so a stage run alone (--stages) builds
-        # and initialises its components exactly as it does inside the full recipe
-        seed_everything(ctx.seed)
-        summary = stage.run(ctx)
-        pm.hook.vilgkit_stage_finished(stage=stage.name, summary=summary, run_dir=str(run_dir))
+    artifacts = RunDir(run_dir)
+    main = is_main_process()
+    # one writer per run directory: rank 0 takes the lock before anything is written (the other
+    # ranks wait for it at the barrier below), checks everything, and only then writes
+    took_lock = artifacts.lock("vilgkit run") if main else False
+    try:
+        check_run_dir(run_dir, selected, recipe, resume)
+        if main:
+            write_resolved_recipe(recipe, run_dir)
+        # files the recipe names outside the run are copied in; components are built from the copies
+        build_recipe = artifacts.adopt_external_files(recipe, write=main)
+        ctx = RunContext(
+            run_dir=run_dir,
+            components=ComponentStore(build_recipe, on_built=lambda k, c: pm.hook.vilgkit_component_built(key=k, component=c)),
+            recipe=recipe,
+            seed=int(recipe.get("seed", 0)),
+            resume=resume,
+            debug=debug,
+        )
         stage_barrier(ctx)
+        for stage in selected:
+            # every stage starts from the same seeded state, so a stage run alone (--stages) builds
+            # and initialises its components exactly as it does inside the full recipe
+            seed_everything(ctx.seed)
+            summary = stage.run(ctx)
+            if main:  # everything the stage wrote (logs, samples, outputs) is hashed into the manifest
+                artifacts.record_tree(artifacts.stage(stage.name))
+            pm.hook.vilgkit_stage_finished(stage=stage.name, summary=summary, run_dir=str(run_dir))
+            stage_barrier(ctx)
+    finally:
+        if took_lock:
+            artifacts.unlock()
     return ctx

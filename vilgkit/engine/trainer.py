@@ -30,7 +30,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vilgkit.engine import rng
-from vilgkit.engine.checkpoint import CheckpointError, CheckpointManager, load_tensors, read_meta, save_tensors, verify
+from vilgkit import artifacts
+from vilgkit.engine.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    DamagedCheckpointError,
+    damaged_as_error,
+    load_tensors,
+    read_meta,
+    verify,
+)
 from vilgkit.engine.compat import check_resume
 from vilgkit.engine.batch import batch_size, move_to, sample_ids
 from vilgkit.engine.config import TrainerConfig, coerce_config, validate_config
@@ -42,7 +51,7 @@ from vilgkit.engine.schedule import build_scheduler
 from vilgkit.errors import VilgkitError
 from vilgkit.interfaces import ParallelStrategy, RunContext, Stage
 
-FINAL_WEIGHTS = "model.safetensors"
+FINAL_WEIGHTS = artifacts.FINAL_WEIGHTS
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:
@@ -232,40 +241,58 @@ class Trainer:
         return self.ckpt.save(self.step, state, meta=self._meta())
 
     def _resume(self) -> Path | None:
-        """Load the newest verified checkpoint (after checking the recipe); ``None`` if there is none."""
+        """Load the newest verified checkpoint (after checking the recipe); ``None`` if there is none.
+
+        A damaged checkpoint (hash mismatch, truncated or unreadable files) is moved aside with a
+        warning and the next-older one is used; when none is left after a damaged one, the stage
+        stops with that error (run again to start it fresh). A recipe that does not fit stops it.
+        """
+        damaged: list[str] = []
+        if self.strategy.is_main:
+            self.ckpt.set_aside_incomplete()
+        self.strategy.barrier()
         for step, path in reversed(self.ckpt.complete()):
             try:
                 verify(path)
-            except CheckpointError as err:
-                warnings.warn(f"skipping checkpoint: {err}", stacklevel=2)
+                meta = read_meta(path)
+                allowed = check_resume(
+                    str(path), meta.get("recipe"), self.recipe, meta.get("config", {}), dataclasses.asdict(self.config),
+                    stage_name=self.stage_name, safe=self.safe_resume_keys,
+                )
+                if allowed and self.strategy.is_main:
+                    print(f"vilgkit: resuming {path} with allowed changes: " + "; ".join(allowed))
+                state = self._state()
+                with damaged_as_error(path):
+                    self.strategy.load_checkpoint(path, state)
+                    trainer = state["trainer"]
+                    step_loaded = int(trainer["step"])
+                    counters, metrics, loader_state = trainer.get("counters", {}), trainer.get("metrics", {}), trainer["loader"]
+                    rng_data = trainer["rng"]
+            except DamagedCheckpointError as err:
+                damaged.append(str(err))
+                if self.strategy.is_main:  # every rank verified the same files: all move on to the older one
+                    self.ckpt.set_aside(path, str(err).removeprefix(f"{path}: "))
                 continue
-            meta = read_meta(path)
-            allowed = check_resume(
-                str(path), meta.get("recipe"), self.recipe, meta.get("config", {}), dataclasses.asdict(self.config),
-                stage_name=self.stage_name, safe=self.safe_resume_keys,
-            )
-            if allowed and self.strategy.is_main:
-                print(f"vilgkit: resuming {path} with allowed changes: " + "; ".join(allowed))
-            state = self._state()
-            self.strategy.load_checkpoint(path, state)
-            trainer = state["trainer"]
-            self.step = int(trainer["step"])
-            self.counters.update(trainer.get("counters", {}))
-            self.metrics = dict(trainer.get("metrics", {}))
+            self.step = step_loaded
+            self.counters.update(counters)
+            self.metrics = dict(metrics)
             try:
-                self.loader.load_state_dict(trainer["loader"])
+                self.loader.load_state_dict(loader_state)
             except ValueError as err:
                 raise CheckpointError(f"cannot resume from {path}: {err}") from None
-            rng.restore(trainer["rng"], state["rng"])
+            rng.restore(rng_data, state["rng"])
             return path
+        if damaged:
+            raise DamagedCheckpointError(
+                f"{self.checkpoint_dir}: no usable checkpoint is left ({damaged[-1]}); the damaged ones were moved to "
+                f"{self.checkpoint_dir / artifacts.DAMAGED_DIR}: run again to start this stage from its beginning"
+            )
         return None
 
     def _export(self) -> None:
         weights = self.strategy.state_dict(self.model)
         if self.strategy.is_main:
-            tmp = self.final_weights.with_name(f".tmp-{FINAL_WEIGHTS}")
-            save_tensors(tmp, weights, {"format": "pt", "step": str(self.step)})
-            tmp.replace(self.final_weights)
+            artifacts.save_weights(self.final_weights, weights, {"format": "pt", "step": str(self.step)})
 
     # ================================================================== the loop
     def fit(self, resume: bool = False) -> dict[str, float]:

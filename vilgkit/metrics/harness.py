@@ -14,8 +14,6 @@ picture grids next to the numbers.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -73,11 +71,10 @@ def build_metrics(keys: list[str], *, fid_extractor: str = "shapes", fid_weights
 
 def file_fingerprint(path: Path) -> dict[str, Any]:
     """Path, size and SHA-256 of a checkpoint file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    from vilgkit.artifacts import file_record
+
+    record = file_record(path)
+    return {"path": str(path), "bytes": record["bytes"], "sha256": record["sha256"]}
 
 
 def reranker_record(reranker: Reranker | None) -> dict[str, Any] | None:
@@ -193,7 +190,9 @@ def evaluate(
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         **(extra_record or {}),
     }
-    (out_dir / RESULTS_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False))
+    from vilgkit import artifacts
+
+    artifacts.write_json(out_dir / RESULTS_FILE, record)
     from vilgkit.report import write_report
 
     write_report(out_dir / REPORT_FILE, record, examples)

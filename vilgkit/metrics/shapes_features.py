@@ -86,18 +86,18 @@ class ShapesFeatureExtractor(FeatureExtractor):
 
     def save(self, directory: str | Path) -> Path:
         """Write ``shapes_features.safetensors`` + its config JSON into ``directory``."""
-        from safetensors.torch import save_file
+        from vilgkit import artifacts
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_FILE))
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+        artifacts.save_weights(directory / WEIGHTS_FILE, {k: v.contiguous() for k, v in self.state_dict().items()})
+        artifacts.write_json(directory / CONFIG_FILE, self.config())
         return directory / WEIGHTS_FILE
 
     @classmethod
     def load(cls, path: str | Path) -> "ShapesFeatureExtractor":
         """Load from a directory written by :meth:`save` (or the ``.safetensors`` file inside it)."""
-        from safetensors.torch import load_file
+        from vilgkit import artifacts
 
         path = Path(path).expanduser()
         directory = path.parent if path.suffix == ".safetensors" else path
@@ -107,8 +107,8 @@ class ShapesFeatureExtractor(FeatureExtractor):
                 f"no Shapes feature extractor at {directory} (expected {WEIGHTS_FILE} and {CONFIG_FILE}); "
                 "train one with the TrainShapesFeatures stage or vilgkit.metrics.train_shapes_feature_extractor"
             )
-        model = cls(**json.loads(config.read_text()))
-        model.load_state_dict(load_file(str(weights)))
+        model = cls(**artifacts.read_json(config))
+        artifacts.load_weights(model, weights)
         model.name = f"shapes-cnn:{directory}"
         return model.eval().requires_grad_(False)
 

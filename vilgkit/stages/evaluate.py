@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from vilgkit.artifacts import SHAPES_FEATURES_DIR  # noqa: F401  (re-exported)
 from vilgkit.interfaces import Reranker, RunContext, Stage
 from vilgkit.registry import STAGES
-
-SHAPES_FEATURES_DIR = "shapes_features"
 
 
 def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") -> tuple[Any, dict[str, Any]]:
@@ -47,12 +45,14 @@ def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") ->
 
 def shapes_feature_weights(run_dir: Path, image_size: int, log=print) -> str:
     """The run's Shapes FID extractor (``run_dir/shapes_features``), trained there on first use."""
+    from vilgkit.artifacts import record_tree
     from vilgkit.metrics.shapes_features import WEIGHTS_FILE, train_shapes_feature_extractor
 
     directory = run_dir / SHAPES_FEATURES_DIR
     if not (directory / WEIGHTS_FILE).is_file():
         log(f"evaluate: training the Shapes FID feature extractor into {directory} (once per run)")
         train_shapes_feature_extractor(image_size=image_size, out_dir=directory, log=log)
+        record_tree(directory)
     return str(directory)
 
 
@@ -155,28 +155,25 @@ def run_evaluation(
     log=print,
 ) -> dict[str, Any]:
     """Load the run's pipeline, pick the data and FID weights, and run the harness (stage and CLI)."""
-    import yaml
-
     from vilgkit import Pipeline
-    from vilgkit.engine.runner import RESOLVED_RECIPE
+    from vilgkit.artifacts import GENERATOR_RECORD, GENERATOR_WEIGHTS, RunDir, read_json
     from vilgkit.metrics.harness import evaluate, file_fingerprint
-    from vilgkit.stages.train_generator import GENERATOR_FILE, MANIFEST_FILE
 
     run_dir = Path(run_dir)
     pipe = Pipeline.from_run_dir(run_dir, stage=stage, device=device)
     if recipe is None:
-        recipe = {k: v for k, v in yaml.safe_load((run_dir / RESOLVED_RECIPE).read_text()).items() if k != "_versions"}
+        recipe = RunDir(run_dir).read_recipe()
     ctx = RunContext(run_dir=run_dir, components={}, recipe=recipe)
     data_node: Any = "given by the caller"
     if data is None:
         data, data_node = default_eval_data(ctx, num_samples)
     if "fid" in metrics and fid_extractor == "shapes" and fid_weights is None:
         fid_weights = shapes_feature_weights(run_dir, pipe.image_size, log=log)
-    manifest_path = pipe.stage_dir / MANIFEST_FILE
+    manifest_path = pipe.stage_dir / GENERATOR_RECORD
     checkpoint = {
-        **file_fingerprint(pipe.stage_dir / GENERATOR_FILE),
+        **file_fingerprint(pipe.stage_dir / GENERATOR_WEIGHTS),
         "stage_dir": str(pipe.stage_dir),
-        "manifest": json.loads(manifest_path.read_text()) if manifest_path.is_file() else None,
+        "manifest": read_json(manifest_path) if manifest_path.is_file() else None,
     }
     return evaluate(
         pipe, data, metrics=metrics, out_dir=out_dir, num_samples=num_samples, batch_size=batch_size,

@@ -6,18 +6,18 @@ run (a stage name) or from any directory a previous run wrote.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset, IterableDataset
 
+from vilgkit import artifacts
 from vilgkit.interfaces import RunContext, Stage, TextTokenizer
 from vilgkit.registry import STAGES
 
 DEFAULT_FIELDS = ("caption", "question", "answer")
-SUMMARY_FILE = "fit_summary.json"
+SUMMARY_FILE = artifacts.FIT_SUMMARY
 
 
 def corpus_from_dataset(dataset: Any, fields: Iterable[str] = DEFAULT_FIELDS, limit: int | None = None) -> Iterator[str]:
@@ -75,18 +75,16 @@ class FitTextTokenizer(Stage):
             if not (out / SUMMARY_FILE).is_file():
                 raise FileNotFoundError(f"stage {self.name}: the main rank wrote no {SUMMARY_FILE} in {out} "
                                         "(a multi-process launch needs a recipe strategy for the barrier)")
-            tokenizer.load(out)
-            return json.loads((out / SUMMARY_FILE).read_text())
+            _load_into(tokenizer, out)
+            return artifacts.read_json(out / SUMMARY_FILE)
         summary = self._fit_and_save(ctx, tokenizer, out)
         stage_barrier(ctx)  # the files are complete: the other ranks may load them
         return summary
 
     def _fit_and_save(self, ctx: RunContext, tokenizer: TextTokenizer, out: Path) -> dict[str, Any]:
-        from vilgkit.sharded import write_json_atomic
-
         if ctx.resume and (out / SUMMARY_FILE).is_file():
-            tokenizer.load(out)  # already fitted by the interrupted run: reuse it unchanged
-            return json.loads((out / SUMMARY_FILE).read_text())
+            _load_into(tokenizer, out)  # already fitted by the interrupted run: reuse it unchanged
+            return artifacts.read_json(out / SUMMARY_FILE)
         (out / SUMMARY_FILE).unlink(missing_ok=True)  # a stale marker must not vouch for files being rewritten
         dataset = self.data if self.data is not None else ctx.component("data")
         corpus = list(corpus_from_dataset(dataset, self.fields, self.max_samples))
@@ -94,11 +92,20 @@ class FitTextTokenizer(Stage):
             raise ValueError(f"stage {self.name}: the data set yielded no text in fields {self.fields}")
         tokenizer.fit(corpus)
         tokenizer.save(out)
+        artifacts.record_tree(out)  # the tokenizer wrote its own files: hash them into the run's manifest
         summary = {"texts": len(corpus), "vocab_size": tokenizer.vocab_size, "directory": str(out)}
         if hasattr(tokenizer, "fingerprint"):
             summary["fingerprint"] = tokenizer.fingerprint()
-        write_json_atomic(out / SUMMARY_FILE, summary)  # written last and whole: it marks a finished fit
+        # written last and whole: it marks a finished fit
+        artifacts.write_json(out / SUMMARY_FILE, summary, indent=1, sort_keys=True)
         return summary
+
+
+def _load_into(tokenizer: TextTokenizer, directory: Path) -> None:
+    """``tokenizer.load(directory)`` after verifying the files against the run's manifest."""
+    artifacts.verify_tree(directory)
+    with artifacts.readable(directory, "a saved text tokenizer"):
+        tokenizer.load(directory)
 
 
 def load_text_tokenizer(ctx: RunContext, source: str = "fit_text_tokenizer") -> TextTokenizer:
@@ -108,12 +115,4 @@ def load_text_tokenizer(ctx: RunContext, source: str = "fit_text_tokenizer") -> 
         ctx: the run context (its recipe must define ``text_tokenizer``: the class to rebuild).
         source: a stage name of this run or a directory written by ``TextTokenizer.save``.
     """
-    directory = ctx.source_dir(source)
-    components = ctx.components
-    tokenizer: TextTokenizer = components.build("text_tokenizer") if hasattr(components, "build") else ctx.component("text_tokenizer")
-    tokenizer.load(directory)
-    if hasattr(components, "set"):
-        components.set("text_tokenizer", tokenizer)
-    else:
-        components["text_tokenizer"] = tokenizer
-    return tokenizer
+    return artifacts.load_text_tokenizer(ctx.components, ctx.source_dir(source))

@@ -15,15 +15,14 @@ generator's ``max_text_len`` (BOS and EOS included) are truncated, and their num
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
+from vilgkit import artifacts
 from vilgkit.engine.config import TrainerConfig, coerce_config
 from vilgkit.errors import VilgkitError
 from vilgkit.gen_training import (
@@ -39,30 +38,41 @@ from vilgkit.gen_training import (
 from vilgkit.interfaces import RunContext, Stage
 from vilgkit.registry import STAGES
 
-GENERATOR_FILE = "generator.safetensors"
-RECONSTRUCTOR_FILE = "reconstructor.safetensors"
-MANIFEST_FILE = "generator.json"
-TOKENIZED_FILE = "tokenized.safetensors"
+GENERATOR_FILE = artifacts.GENERATOR_WEIGHTS
+RECONSTRUCTOR_FILE = artifacts.RECONSTRUCTOR_WEIGHTS
+MANIFEST_FILE = artifacts.GENERATOR_RECORD
+TOKENIZED_FILE = artifacts.TOKENIZED_CACHE
 
 Direction = Literal["txt2img", "img2txt", "vqa"]
 
 
-def _load_tokenizers(ctx: RunContext, text_from: str, image_from: str):
+def load_tokenizers(ctx: RunContext, text_from: str, image_from: str):
     """The fitted text tokenizer and trained image tokenizer from earlier stages (or paths)."""
-    from vilgkit.stages.fit_text_tokenizer import load_text_tokenizer
-    from vilgkit.stages.train_tokenizer import load_image_tokenizer
+    return (artifacts.load_text_tokenizer(ctx.components, ctx.source_dir(text_from)),
+            artifacts.load_image_tokenizer(ctx.components, _image_tokenizer_path(ctx, image_from)))  # fmt: skip
 
-    return load_text_tokenizer(ctx, text_from), load_image_tokenizer(ctx, image_from)
+
+def _image_tokenizer_path(ctx: RunContext, source: str) -> Path:
+    path = Path(source).expanduser()
+    return path if path.is_file() and path.suffix == ".safetensors" else ctx.source_dir(source) / artifacts.IMAGE_TOKENIZER_WEIGHTS
 
 
 def _load_cached(folders: list[Path], fingerprint: str):
     """The first ``tokenized.safetensors`` in ``folders`` made from the same data and tokenizers, as
-    ``(dataset, collate, stats)``, or ``None``."""
+    ``(dataset, collate, stats)``, or ``None``. A cache that does not verify (or read) is reported
+    and ignored: the data is tokenized again."""
     for folder in folders:
         cached = folder / TOKENIZED_FILE
-        if cached.is_file() and _cached_fingerprint(cached) == fingerprint:
-            tensors = load_file(str(cached))
-            return TokenizedDataset(tensors), collate_tokenized, {"samples": len(tensors["codes"]), "cached": True}
+        if not cached.is_file():
+            continue
+        try:
+            if artifacts.tensor_metadata(cached).get("fingerprint") != fingerprint:
+                continue
+            tensors = artifacts.read_weights(cached)
+        except artifacts.CorruptFileError as err:
+            artifacts.warn(f"ignoring the tokenized-data cache: {err}")
+            continue
+        return TokenizedDataset(tensors), collate_tokenized, {"samples": len(tensors["codes"]), "cached": True}
     return None
 
 
@@ -82,17 +92,7 @@ def check_special_ids(generator: Any, text_tokenizer: Any) -> None:
 
 def load_generator_weights(generator: torch.nn.Module, source_dir: Path) -> dict[str, Any]:
     """Load ``generator.safetensors`` from a generator stage folder; returns its manifest."""
-    path = source_dir / GENERATOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {GENERATOR_FILE} in {source_dir}: run the generator stage first")
-    missing, unexpected = generator.load_state_dict(load_file(str(path)), strict=False)
-    if missing or unexpected:
-        raise VilgkitError(
-            f"{path} does not fit the recipe's generator: missing {sorted(missing)[:8]}, "
-            f"unexpected {sorted(unexpected)[:8]}"
-        )
-    manifest = source_dir / MANIFEST_FILE
-    return json.loads(manifest.read_text()) if manifest.is_file() else {}
+    return artifacts.load_generator_weights(generator, source_dir)
 
 
 class _GeneratorStage(Stage):
@@ -166,12 +166,10 @@ class _GeneratorStage(Stage):
 
     def _tokenize(self, dataset, text_tok, image_tok, max_len: int, out_dir: Path | None, fingerprint: str):
         """Tokenize ``dataset`` and (with ``out_dir``) write the cache, atomically."""
-        from vilgkit.sharded import save_file_atomic
-
         tensors, stats = tokenize_dataset(dataset, text_tok, image_tok, max_text_len=max_len, desc=f"{self.name}: tokenizing")
         if out_dir is not None:
-            save_file_atomic({k: v.contiguous() for k, v in tensors.items()}, out_dir / TOKENIZED_FILE,
-                             metadata={"fingerprint": fingerprint})  # a rank never reads a half-written cache
+            artifacts.save_weights(out_dir / TOKENIZED_FILE, {k: v.contiguous() for k, v in tensors.items()},
+                                   metadata={"fingerprint": fingerprint})  # a rank never reads a half-written cache
         if stats["truncated"]:
             print(f"{self.name}: {stats['truncated']} texts were longer than {max_len - 2} tokens and were truncated")
         return TokenizedDataset(tensors), collate_tokenized, stats
@@ -192,18 +190,16 @@ class _GeneratorStage(Stage):
         from vilgkit.engine.trainer import Trainer
 
         out_dir = ctx.stage_dir(self.name)
-        text_tok, image_tok = _load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
+        text_tok, image_tok = load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
         generator = ctx.component("generator")
         check_special_ids(generator, text_tok)
         if self.generator_from:
             load_generator_weights(generator, ctx.source_dir(self.generator_from))
         reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
-        if reconstructor is not None and callable(getattr(reconstructor, "attach", None)):
-            reconstructor.attach(image_tok, int(generator.hidden_size))  # the trained tokenizer, the generator's width
-        if reconstructor is not None and getattr(reconstructor, "end_to_end", False) and self.generator_from:
-            rec_path = ctx.source_dir(self.generator_from) / RECONSTRUCTOR_FILE
-            if rec_path.is_file():
-                reconstructor.load_state_dict(load_file(str(rec_path)))
+        # the trained tokenizer, the generator's width; an end-to-end one continues from generator_from
+        artifacts.attach_reconstructor(reconstructor, image_tok, int(generator.hidden_size),
+                                       ctx.source_dir(self.generator_from) if self.generator_from else None,
+                                       required=False)  # fmt: skip
         max_len = int(generator.max_text_len)
         dataset, collate, data_stats = self._training_data(ctx, out_dir, text_tok, image_tok, max_len)
         grid = self._grid(dataset, image_tok)
@@ -236,8 +232,7 @@ class _GeneratorStage(Stage):
 
         generator = fresh_component(ctx, "generator")
         reconstructor = fresh_component(ctx, "reconstructor") if end_to_end else None
-        if callable(getattr(reconstructor, "attach", None)):
-            reconstructor.attach(image_tok, int(generator.hidden_size))
+        artifacts.attach_reconstructor(reconstructor, image_tok, int(generator.hidden_size), required=False)
         return GeneratorTrainable(generator, text_tok, image_tok, self.directions, reconstructor,
                                   self.reconstructor_weight, self.direction_fractions, self.direction_weights)
 
@@ -248,7 +243,7 @@ class _GeneratorStage(Stage):
         for prefix, filename in (("generator.", GENERATOR_FILE), ("reconstructor.", RECONSTRUCTOR_FILE)):
             part = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in full.items() if k.startswith(prefix)}
             if part:
-                save_file(part, str(out_dir / filename))
+                artifacts.save_weights(out_dir / filename, part)
         manifest = {
             "stage": self.name,
             "text_tokenizer": str(_relative(ctx.source_dir(self.text_tokenizer_from), ctx.run_dir)),
@@ -264,7 +259,7 @@ class _GeneratorStage(Stage):
             "data": data_stats,
             "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))},
         }
-        (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        artifacts.write_json(out_dir / MANIFEST_FILE, manifest)
 
 
 def _keep_components(ctx: RunContext, module: GeneratorTrainable) -> None:
@@ -281,13 +276,6 @@ def _relative(path: Path, root: Path) -> Path:
         return path.resolve().relative_to(root.resolve())
     except ValueError:
         return path.resolve()
-
-
-def _cached_fingerprint(path: Path) -> str | None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        return (fh.metadata() or {}).get("fingerprint")
 
 
 @STAGES.register_module()

@@ -17,23 +17,21 @@ reconstruction as from the original.
 from __future__ import annotations
 
 import itertools
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
+from vilgkit import artifacts
 from vilgkit.engine.config import TrainerConfig, coerce_config
 from vilgkit.errors import VilgkitError
 from vilgkit.interfaces import ImageTokenizer, RunContext, Stage
 from vilgkit.registry import STAGES
-from vilgkit.sharded import save_file_atomic
 
-WEIGHTS_FILE = "image_tokenizer.safetensors"
-MANIFEST_FILE = "image_tokenizer.json"
+WEIGHTS_FILE = artifacts.IMAGE_TOKENIZER_WEIGHTS
+MANIFEST_FILE = artifacts.IMAGE_TOKENIZER_RECORD
 
 
 def _collate(samples: list[Any]) -> Any:
@@ -141,18 +139,20 @@ def _detector_scores(images: torch.Tensor, recon: torch.Tensor, scenes: list[Any
 
 
 def save_image_tokenizer(tok: ImageTokenizer, out_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write ``image_tokenizer.safetensors`` + ``image_tokenizer.json`` into ``out_dir``."""
+    """Write ``image_tokenizer.safetensors`` + ``image_tokenizer.json`` into ``out_dir`` (atomically,
+    hashed into the run's manifest)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in tok.state_dict().items()}
-    save_file_atomic(state, out_dir / WEIGHTS_FILE, metadata={"class": f"{type(tok).__module__}.{type(tok).__qualname__}"})
+    class_path = f"{type(tok).__module__}.{type(tok).__qualname__}"
+    artifacts.save_weights(out_dir / WEIGHTS_FILE, state, metadata={"class": class_path})
     record = {
-        "class_path": f"{type(tok).__module__}.{type(tok).__qualname__}",
+        "class_path": class_path,
         "codebook_size": int(tok.codebook_size),
         "downsample": int(tok.downsample),
         "code_dim": int(tok.code_dim),
         **manifest,
     }
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str))
+    artifacts.write_json(out_dir / MANIFEST_FILE, record)
     return out_dir / WEIGHTS_FILE
 
 
@@ -167,39 +167,17 @@ def load_image_tokenizer(ctx: RunContext, source: str) -> ImageTokenizer:
 
     Returns:
         The tokenizer in eval mode with the trained weights, also stored as the run's
-        ``image_tokenizer`` component.
+        ``image_tokenizer`` component (see :func:`vilgkit.artifacts.load_image_tokenizer`).
 
     Raises:
         FileNotFoundError: no weights at ``source``.
-        VilgkitError: the weights do not fit the recipe's tokenizer (keys or shapes listed), or the
-            recipe's tokenizer class differs from the one that was trained.
+        VilgkitError: the weights do not fit the recipe's tokenizer (keys or shapes listed), do not
+            match the run's manifest, or the recipe's tokenizer class differs from the one trained.
     """
     path = Path(source).expanduser()
     if not (path.is_file() and path.suffix == ".safetensors"):
         path = ctx.source_dir(source) / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_FILE} at {path.parent}: run the train_tokenizer stage first (or fix the path)")
-    manifest_path = path.with_name(MANIFEST_FILE)
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if "image_tokenizer" in ctx.components:
-        tok = ctx.components["image_tokenizer"]
-    elif manifest.get("init") is not None:
-        from vilgkit.recipe import instantiate
-
-        tok = instantiate(manifest["init"])
-    else:
-        raise VilgkitError(f"the recipe defines no image_tokenizer and {manifest_path} does not say how to build one")
-    trained = manifest.get("class_path")
-    current = f"{type(tok).__module__}.{type(tok).__qualname__}"
-    if trained and trained != current:
-        raise VilgkitError(f"{path} holds a {trained} but the recipe's image_tokenizer is a {current}")
-    load_weights_strict(tok, load_file(str(path)), str(path))
-    tok.eval()
-    if hasattr(ctx.components, "set"):
-        ctx.components.set("image_tokenizer", tok)
-    else:
-        ctx.components["image_tokenizer"] = tok
-    return tok
+    return artifacts.load_image_tokenizer(ctx.components, path)
 
 
 def fresh_component(ctx: RunContext, key: str) -> torch.nn.Module:
@@ -220,18 +198,7 @@ def set_component(ctx: RunContext, key: str, component: Any) -> None:
 
 def load_weights_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict`` that lists missing, unexpected and mis-shaped keys in one clear error."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(state) if state[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        detail = "; ".join(p for p in (
-            f"missing {missing}" if missing else "",
-            f"unexpected {unexpected}" if unexpected else "",
-            f"mismatched shapes {shapes}" if shapes else "") if p)
-        raise VilgkitError(f"{source} does not fit the recipe's {type(module).__name__}: {detail}")
-    module.load_state_dict(state)
+    artifacts.load_state_strict(module, state, source)
 
 
 @STAGES.register_module()
@@ -280,7 +247,7 @@ class TrainTokenizer(Stage):
         if not callable(getattr(tok, "training_losses", None)):
             raise VilgkitError(f"{type(tok).__name__} is not Trainable: it cannot be trained by the train_tokenizer stage")
         if self.init_from:
-            load_weights_strict(tok, load_file(str(ctx.source_dir(self.init_from) / WEIGHTS_FILE)), self.init_from)
+            artifacts.load_weights(tok, ctx.source_dir(self.init_from) / WEIGHTS_FILE)
         data = self.data if self.data is not None else ctx.component("data")
         held_out = self.eval_data if self.eval_data is not None else data
         out_dir = ctx.stage_dir(self.name)
@@ -312,7 +279,7 @@ class TrainTokenizer(Stage):
             "eval": evaluation,
         }
         save_image_tokenizer(tok, out_dir, manifest)
-        (out_dir / "eval.json").write_text(json.dumps(evaluation, indent=2))
+        artifacts.write_json(out_dir / artifacts.TOKENIZER_EVAL, evaluation)
         _check_bar(evaluation, self.min_detector_agreement, out_dir)
         return {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}
 
@@ -358,7 +325,7 @@ class EvaluateTokenizer(Stage):
         manifest = {"stage": self.name, "init": ctx.recipe.get("image_tokenizer"), "image_size": list(preview.shape[-2:]),
                     "grid": list(tok.grid_size(*preview.shape[-2:])), "eval": evaluation}
         save_image_tokenizer(tok, out_dir, manifest)
-        (out_dir / "eval.json").write_text(json.dumps(evaluation, indent=2))
+        artifacts.write_json(out_dir / artifacts.TOKENIZER_EVAL, evaluation)
         _check_bar(evaluation, self.min_detector_agreement, out_dir)
         return {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}
 
