@@ -57,6 +57,9 @@ class WordPieceTokenizer(TextTokenizer):
         max_input_chars_per_word: longer words become ``[UNK]`` (BERT's default is 100).
     """
 
+    #: a BERT ``vocab.txt`` is copied into the run (``external/``): it loads after the file moves
+    EXTERNAL_FILES = ("vocab_file",)
+
     def __init__(
         self,
         vocab_size: int = 8000,

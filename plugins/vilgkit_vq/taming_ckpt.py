@@ -143,6 +143,9 @@ class TamingVQGAN(VQGANTokenizer):
         CheckpointKeyError: listing missing, unexpected or mis-shaped keys.
     """
 
+    #: the published files are copied into the run (``external/``): it loads after they move
+    EXTERNAL_FILES = ("checkpoint", "config", "lpips_weights", "vgg_weights")
+
     def __init__(
         self,
         checkpoint: str,

@@ -106,6 +106,9 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
         disc_loss: ``"hinge"`` or ``"vanilla"``.
     """
 
+    #: files outside the run that vilgkit copies into it (``external/``) so the run stays loadable
+    EXTERNAL_FILES = ("lpips_weights", "vgg_weights")
+
     def __init__(
         self,
         codebook_size: int = 8192,

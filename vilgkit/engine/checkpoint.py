@@ -46,6 +46,8 @@ _STEP_RE = re.compile(r"^step_(\d{8,})$")
 FAULT_SAVE_DELAY_ENV = "VILGKIT_FAULT_SAVE_DELAY"
 #: fault injection for tests: a step number whose save raises before its manifest is written
 FAULT_SAVE_FAIL_ENV = "VILGKIT_FAULT_SAVE_FAIL_STEP"
+#: fault injection for tests: ``PATH@STEP``: step STEP's save waits (at the same point) until PATH exists
+FAULT_SAVE_WAIT_ENV = "VILGKIT_FAULT_SAVE_WAIT"
 
 
 class CheckpointError(ArtifactError):
@@ -227,6 +229,10 @@ class CheckpointManager:
             seconds, _, at = spec.partition("@")
             if not at or int(at) == step:
                 time.sleep(float(seconds))
+        gate, _, at = os.environ.get(FAULT_SAVE_WAIT_ENV, "").rpartition("@")
+        if gate and int(at) == step:
+            while not os.path.exists(gate):
+                time.sleep(0.05)
         if os.environ.get(FAULT_SAVE_FAIL_ENV) == str(step):
             raise RuntimeError(f"injected checkpoint failure at step {step} ({FAULT_SAVE_FAIL_ENV})")
 
