@@ -19,7 +19,7 @@ from vilgkit_parallel import DDP
 from vilgkit_text.wordpiece import WordPieceTokenizer
 
 import vilgkit.stages.train_generator as train_generator
-import vilgkit.sharded as sharded
+import vilgkit.artifacts as artifacts
 from vilgkit.engine.runner import stage_barrier
 from vilgkit.interfaces import RunContext
 from vilgkit.stages.fit_text_tokenizer import FitTextTokenizer
@@ -40,7 +40,7 @@ class Captions(Dataset):
 
 def main(out: Path) -> None:
     writes = {"tokenizer": 0, "tokenized": 0, "tokenize_calls": 0}
-    real_save, real_save_file = WordPieceTokenizer.save, sharded.save_file_atomic
+    real_save, real_save_file = WordPieceTokenizer.save, artifacts.save_file_atomic
     real_tokenize = train_generator.tokenize_dataset
 
     def counted_tokenize(*args, **kwargs):  # the main rank is slow too: the other must wait for its file
@@ -54,11 +54,11 @@ def main(out: Path) -> None:
         real_save(self, directory)
 
     def counted_save_file(tensors, path, *args, **kwargs):
-        writes["tokenized"] += path.name == train_generator.TOKENIZED_FILE
-        real_save_file(tensors, path, *args, **kwargs)
+        writes["tokenized"] += Path(path).name == train_generator.TOKENIZED_FILE
+        return real_save_file(tensors, path, *args, **kwargs)
 
     WordPieceTokenizer.save = slow_save
-    sharded.save_file_atomic = counted_save_file
+    artifacts.save_file_atomic = counted_save_file
     train_generator.tokenize_dataset = counted_tokenize
 
     data = Captions()

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from vilgkit import sharded
-from vilgkit.artifacts import CHECKPOINTS_DIR, EXPORT_RECORD, RunDir, stage_names
+from vilgkit.artifacts import CHECKPOINTS_DIR, EXPORT_RECORD, LOCK, RunDir, stage_names
 from vilgkit.errors import VilgkitError
 
 HELP = "consolidate a sharded checkpoint into safetensors + the resolved recipe (single-device loadable)"
@@ -52,7 +52,7 @@ def export(run: Path, out: Path, stage: str | None = None) -> Path:
     recipe = source.read_recipe(anchored=False, versions=True)
     if target.path.exists() and not target.path.is_dir():
         raise VilgkitError(f"--out {target.path} is a file, not a directory")
-    if target.path.exists() and any(target.path.iterdir()):
+    if target.path.exists() and any(p.name != LOCK for p in target.path.iterdir()):
         raise VilgkitError(f"{target.path} exists and is not empty")
     if stage is None:
         with_ckpt = [n for n in stage_names(recipe) if (source.path / n).is_dir() and find_checkpoints(source.path / n)]
@@ -64,11 +64,14 @@ def export(run: Path, out: Path, stage: str | None = None) -> Path:
         raise VilgkitError(f"{source.path / stage}: no complete sharded checkpoint (looked for {sharded.MARKER})")
     checkpoint = ckpts[-1]
     marker = sharded.verify(checkpoint)
+    # tokenizers, manifests, logs, external files: every folder but the checkpoints, verified before
+    # anything is written
+    folders = [child for child in sorted(source.path.iterdir()) if child.is_dir() and not child.name.startswith(".")]
+    for child in folders:
+        source.verify_tree(child)
     with target.locked("vilgkit export"):
-        for child in sorted(source.path.iterdir()):  # tokenizers, manifests, logs, external files: all but checkpoints
-            if child.is_dir() and not child.name.startswith("."):
-                source.verify_tree(child)
-                shutil.copytree(child, target.path / child.name, ignore=shutil.ignore_patterns(CHECKPOINTS_DIR, ".*"))
+        for child in folders:
+            shutil.copytree(child, target.path / child.name, ignore=shutil.ignore_patterns(CHECKPOINTS_DIR, ".*"))
         target.record_tree()
         external = source.manifest().get("external", {}) if source.manifest_path.is_file() else {}
         if external:
