@@ -70,6 +70,7 @@ def main(args: argparse.Namespace) -> int:
     for flag in ("num_samples", "batch_size", "num_candidates"):
         if getattr(args, flag) <= 0:
             raise VilgkitError(f"--{flag.replace('_', '-')} must be positive")
+    reranker = build_reranker(args.reranker, args.clip_weights, args.clip_model)
     out = Path(args.out) if args.out else run_dir / "eval"
     if out.exists() and not out.is_dir():
         raise VilgkitError(f"--out {out} is a file, not a directory")
@@ -79,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     # writing into the run (the report, or the Shapes FID extractor trained on first use): take its lock
     writes_run = _inside(out, run_dir) or ("fid" in metrics and args.fid_extractor == "shapes" and args.fid_weights is None)
     with run.locked("vilgkit eval") if writes_run else contextlib.nullcontext():
-        record = _evaluate(args, run_dir, out, metrics)
+        record = _evaluate(args, run_dir, out, metrics, reranker)
         if _inside(out, run_dir):
             record_tree(out)
     width = max(len(k) for k in record["metrics"])
@@ -97,7 +98,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
-def _evaluate(args: argparse.Namespace, run_dir: Path, out: Path, metrics: list[str]):
+def _evaluate(args: argparse.Namespace, run_dir: Path, out: Path, metrics: list[str], reranker):
     from vilgkit.metrics.harness import SamplingSettings
     from vilgkit.stages.evaluate import run_evaluation
 
@@ -107,7 +108,7 @@ def _evaluate(args: argparse.Namespace, run_dir: Path, out: Path, metrics: list[
     try:
         return run_evaluation(
             run_dir, out, metrics=metrics, stage=args.stage, num_samples=args.num_samples, batch_size=args.batch_size,
-            sampling=sampling, reranker=build_reranker(args.reranker, args.clip_weights, args.clip_model),
+            sampling=sampling, reranker=reranker,
             seed=args.seed, fid_extractor=args.fid_extractor, fid_weights=args.fid_weights,
             report_examples=args.examples, device=args.device,
         )  # fmt: skip
