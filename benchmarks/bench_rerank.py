@@ -53,9 +53,9 @@ def main() -> int:
         return 2
     get_plugin_manager()
     pipe = Pipeline.from_run_dir(run_dir, stage=args.stage, device="cpu")
-    import yaml
+    from vilgkit.artifacts import RunDir
 
-    recipe = {k: v for k, v in yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text()).items() if k != "_versions"}
+    recipe = RunDir(run_dir).read_recipe()
     data, _ = default_eval_data(RunContext(run_dir=run_dir, components={}, recipe=recipe), args.num_prompts, args.split)
     items = [data[i] for i in range(min(args.num_prompts, len(data)))]
     reranker = RERANKERS.get("SelfReranker")(batch_size=64)

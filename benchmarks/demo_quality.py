@@ -57,9 +57,9 @@ def recipe_sampling(pipe: Any) -> dict[str, Any]:
 
 
 def pipe_recipe(pipe: Any) -> dict[str, Any]:
-    import yaml
+    from vilgkit.artifacts import RunDir
 
-    return yaml.safe_load((pipe.run_dir / "recipe.resolved.yaml").read_text())
+    return RunDir(pipe.run_dir).read_recipe(versions=True)
 
 
 @torch.no_grad()

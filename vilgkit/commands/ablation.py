@@ -103,46 +103,55 @@ def run_ablation(folder: str | Path, *, run_dir: str | None = None, rows: str | 
     start, load_start = time.perf_counter(), os.getloadavg()
     stage_times: dict[str, dict[str, Any]] = {}
     results = []
-    for number, path in _rows(folder, rows):
-        paths = [str(base), str(path)]
-        recipe = resolve(paths, overrides)
-        root = Path(recipe["run_dir"])
-        evaluated = None
-        for name, fingerprint in stage_fingerprints(recipe):
-            marker = root / name / MARKER
-            done = json.loads(marker.read_text()) if marker.is_file() else None
-            if done is not None and done.get("fingerprint") == fingerprint and not fresh:
-                stage_times.setdefault(name, {**done, "reused_by": []})["reused_by"].append(number)
-                log(f"ablation: row {number}: {name} already done ({done['seconds']:.0f} s), reused")
-            else:
-                log(f"ablation: row {number}: running {name}")
-                t0, l0 = time.perf_counter(), os.getloadavg()[0]
-                run(paths, overrides, stages=[name])
-                record = {"fingerprint": fingerprint, "seconds": time.perf_counter() - t0, "row": number,
-                          "load_before": l0, "load_after": os.getloadavg()[0]}  # fmt: skip
-                marker.write_text(json.dumps(record, indent=2))
-                stage_times[name] = {**record, "reused_by": []}
-            metrics_file = root / name / "metrics.json"
-            if metrics_file.is_file():
-                evaluated = name
-        if evaluated is None:
-            raise VilgkitError(f"{path}: no EvaluateReconstruction stage wrote metrics.json")
-        result = json.loads((root / evaluated / "metrics.json").read_text())
-        results.append({"row": number, "recipe": str(path), **result})
-    record = {
-        "command": command,
-        "rows": results,
-        "stages": stage_times,
-        "wall_seconds": time.perf_counter() - start,
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "orderings": paper_orderings(results),
-    }
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "ablation.json").write_text(json.dumps(record, indent=2, default=str))
-    (root / "ablation.md").write_text(markdown_table(record))
+    from vilgkit.artifacts import RunDir, write_json, write_text
+
+    held: list[RunDir] = []
+    try:
+        for number, path in _rows(folder, rows):
+            paths = [str(base), str(path)]
+            recipe = resolve(paths, overrides)
+            root = Path(recipe["run_dir"])
+            if RunDir(root).lock("vilgkit ablation"):  # one writer for every row: the lock is held to the end
+                held.append(RunDir(root))
+            evaluated = None
+            for name, fingerprint in stage_fingerprints(recipe):
+                marker = root / name / MARKER
+                done = json.loads(marker.read_text()) if marker.is_file() else None
+                if done is not None and done.get("fingerprint") == fingerprint and not fresh:
+                    stage_times.setdefault(name, {**done, "reused_by": []})["reused_by"].append(number)
+                    log(f"ablation: row {number}: {name} already done ({done['seconds']:.0f} s), reused")
+                else:
+                    log(f"ablation: row {number}: running {name}")
+                    t0, l0 = time.perf_counter(), os.getloadavg()[0]
+                    run(paths, overrides, stages=[name])
+                    record = {"fingerprint": fingerprint, "seconds": time.perf_counter() - t0, "row": number,
+                              "load_before": l0, "load_after": os.getloadavg()[0]}  # fmt: skip
+                    write_json(marker, record)
+                    stage_times[name] = {**record, "reused_by": []}
+                metrics_file = root / name / "metrics.json"
+                if metrics_file.is_file():
+                    evaluated = name
+            if evaluated is None:
+                raise VilgkitError(f"{path}: no EvaluateReconstruction stage wrote metrics.json")
+            result = json.loads((root / evaluated / "metrics.json").read_text())
+            results.append({"row": number, "recipe": str(path), **result})
+        record = {
+            "command": command,
+            "rows": results,
+            "stages": stage_times,
+            "wall_seconds": time.perf_counter() - start,
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg(),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "orderings": paper_orderings(results),
+        }
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(root / "ablation.json", record)
+        write_text(root / "ablation.md", markdown_table(record))
+    finally:
+        for lock in held:
+            lock.unlock()
     return record
 
 

@@ -196,11 +196,6 @@ def set_component(ctx: RunContext, key: str, component: Any) -> None:
         ctx.components[key] = component
 
 
-def load_weights_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` that lists missing, unexpected and mis-shaped keys in one clear error."""
-    artifacts.load_state_strict(module, state, source)
-
-
 @STAGES.register_module()
 class TrainTokenizer(Stage):
     """Train the recipe's ``image_tokenizer`` on images, evaluate it and save it.
