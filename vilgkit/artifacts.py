@@ -422,7 +422,7 @@ class RunDir:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(os.path.abspath(path))  # absolute: a relative name is always run-relative
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -458,14 +458,13 @@ class RunDir:
         return None
 
     def relative(self, path: str | Path) -> Path:
-        """``path`` relative to the run directory (``ValueError`` when outside it)."""
-        path = Path(path)
-        if not path.is_absolute():
-            return path
-        return path.resolve().relative_to(self.path.resolve())
+        """A filesystem path (absolute, or relative to the working directory) relative to the run
+        directory (``ValueError`` when outside it)."""
+        return Path(path).resolve().relative_to(self.path.resolve())
 
     def resolve(self, path: str | Path) -> Path:
-        """A path recorded relative to the run (or absolute) as an absolute path."""
+        """A path relative to the run (a manifest key, ``"train_generator/generator.json"``) or an
+        absolute one, as a filesystem path."""
         path = Path(path)
         return path if path.is_absolute() else self.path / path
 
@@ -506,7 +505,8 @@ class RunDir:
             return []
         manifest = self.manifest()
         files = manifest["files"]
-        base = self.relative(root).as_posix() if root != self.path else ""
+        base = self.relative(root).as_posix()
+        base = "" if base == "." else base
         seen, changed = set(), []
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             rel = self.relative(path)

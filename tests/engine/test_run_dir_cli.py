@@ -236,3 +236,11 @@ def test_a_read_only_run_dir_is_one_error(tmp_path, capsys):
         assert "cannot write to the run directory" in capsys.readouterr().err
     finally:
         folder.chmod(0o700)
+
+
+def test_a_run_dir_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run([str(toy_recipe(tmp_path, Path("runs") / "relative", steps=3))])
+    files = json.loads((tmp_path / "runs" / "relative" / MANIFEST).read_text())["files"]
+    assert {"recipe.resolved.yaml", "train_toy/model.safetensors"} <= set(files)
+    assert RunDir("runs/relative").verify_all() == sorted(files)
