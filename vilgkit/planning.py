@@ -23,51 +23,15 @@ Models may override the activation term with ``activation_bytes(tokens) -> int``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from vilgkit.interfaces.parallel import MemoryPlan
+from vilgkit.interfaces.parallel import MemoryPlan, StrategyLayout
 
 GiB = 1024**3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-
-
-@dataclass(frozen=True)
-class StrategyLayout:
-    """How a strategy lays out training state (what ``vilgkit plan`` needs to know).
-
-    Attributes:
-        sharding: ``"none"`` (every rank holds everything), ``"full"`` or ``"hybrid"``.
-        shard_size: ranks per shard group for hybrid sharding (``None``: ranks per node).
-        cpu_offload: sharded master weights, gradients and optimizer states on the host.
-        recompute: activation checkpointing per block: ``"none"``, ``"full"``, ``"selective"``.
-        param_dtype: dtype of the compute copy of the parameters.
-        reduce_dtype: dtype of gradient reductions.
-    """
-
-    sharding: Literal["none", "full", "hybrid"] = "none"
-    shard_size: int | None = None
-    cpu_offload: bool = False
-    recompute: Literal["none", "full", "selective"] = "none"
-    param_dtype: str = "fp32"
-    reduce_dtype: str = "fp32"
-
-    def shard_group(self, nodes: int, gpus_per_node: int) -> int:
-        if self.sharding == "none":
-            return 1
-        if self.sharding == "full":
-            return nodes * gpus_per_node
-        return self.shard_size or gpus_per_node
-
-    def describe(self, nodes: int, gpus_per_node: int) -> str:
-        s = self.shard_group(nodes, gpus_per_node)
-        world = nodes * gpus_per_node
-        where = {"none": "replicated", "full": f"sharded over {s}",
-                 "hybrid": f"sharded over {s}, replicated ×{world // max(1, s)}"}[self.sharding]
-        return (f"{where}; offload={'on' if self.cpu_offload else 'off'}; recompute={self.recompute}; "
-                f"params {self.param_dtype}, reduce {self.reduce_dtype}")
 
 
 @dataclass

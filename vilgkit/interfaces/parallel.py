@@ -11,10 +11,46 @@ import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class StrategyLayout:
+    """How a strategy lays out training state (what ``vilgkit plan`` needs to know).
+
+    Attributes:
+        sharding: ``"none"`` (every rank holds everything), ``"full"`` or ``"hybrid"``.
+        shard_size: ranks per shard group for hybrid sharding (``None``: ranks per node).
+        cpu_offload: sharded master weights, gradients and optimizer states on the host.
+        recompute: activation checkpointing per block: ``"none"``, ``"full"``, ``"selective"``.
+        param_dtype: dtype of the compute copy of the parameters.
+        reduce_dtype: dtype of gradient reductions.
+    """
+
+    sharding: Literal["none", "full", "hybrid"] = "none"
+    shard_size: int | None = None
+    cpu_offload: bool = False
+    recompute: Literal["none", "full", "selective"] = "none"
+    param_dtype: str = "fp32"
+    reduce_dtype: str = "fp32"
+
+    def shard_group(self, nodes: int, gpus_per_node: int) -> int:
+        if self.sharding == "none":
+            return 1
+        if self.sharding == "full":
+            return nodes * gpus_per_node
+        return self.shard_size or gpus_per_node
+
+    def describe(self, nodes: int, gpus_per_node: int) -> str:
+        s = self.shard_group(nodes, gpus_per_node)
+        world = nodes * gpus_per_node
+        where = {"none": "replicated", "full": f"sharded over {s}",
+                 "hybrid": f"sharded over {s}, replicated ×{world // max(1, s)}"}[self.sharding]
+        return (f"{where}; offload={'on' if self.cpu_offload else 'off'}; recompute={self.recompute}; "
+                f"params {self.param_dtype}, reduce {self.reduce_dtype}")
 
 
 @dataclass
@@ -113,11 +149,9 @@ class ParallelStrategy(ABC):
     def load_checkpoint(self, directory: Path, state: dict[str, Any]) -> None:
         """Load into the objects of ``state`` in place (the inverse of :meth:`save_checkpoint`)."""
 
-    def layout(self) -> Any:
-        """How this strategy lays out training state, a :class:`vilgkit.planning.StrategyLayout`
-        (``vilgkit plan`` reads it); the default is an unsharded replica on every rank."""
-        from vilgkit.planning import StrategyLayout
-
+    def layout(self) -> StrategyLayout:
+        """How this strategy lays out training state (``vilgkit plan`` reads it); the default is an
+        unsharded replica on every rank."""
         return StrategyLayout()
 
     def build_module(self, factory: Any) -> nn.Module:
