@@ -5,6 +5,7 @@ Model code stays single-device; a strategy applies, in this order (DESIGN.md §3
 materialise and initialise. The training loop only talks to this interface, so the same loop runs
 single-device, DDP or FSDP.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,10 +48,15 @@ class StrategyLayout:
     def describe(self, nodes: int, gpus_per_node: int) -> str:
         s = self.shard_group(nodes, gpus_per_node)
         world = nodes * gpus_per_node
-        where = {"none": "replicated", "full": f"sharded over {s}",
-                 "hybrid": f"sharded over {s}, replicated ×{world // max(1, s)}"}[self.sharding]
-        return (f"{where}; offload={'on' if self.cpu_offload else 'off'}; recompute={self.recompute}; "
-                f"params {self.param_dtype}, reduce {self.reduce_dtype}")
+        where = {
+            "none": "replicated",
+            "full": f"sharded over {s}",
+            "hybrid": f"sharded over {s}, replicated ×{world // max(1, s)}",
+        }[self.sharding]
+        return (
+            f"{where}; offload={'on' if self.cpu_offload else 'off'}; recompute={self.recompute}; "
+            f"params {self.param_dtype}, reduce {self.reduce_dtype}"
+        )
 
 
 @dataclass
@@ -66,7 +72,9 @@ class MemoryPlan:
 
     @property
     def device_total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer_states + self.activations
+        return (
+            self.parameters + self.gradients + self.optimizer_states + self.activations
+        )
 
 
 class ParallelStrategy(ABC):
@@ -112,7 +120,9 @@ class ParallelStrategy(ABC):
     def barrier(self) -> None:
         """Wait for every rank (no-op on one device)."""
 
-    def clip_grad_norm_(self, model: nn.Module, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    def clip_grad_norm_(
+        self, model: nn.Module, params: list[nn.Parameter], max_norm: float
+    ) -> torch.Tensor:
         """Clip the gradients to a total norm of ``max_norm`` (``inf``: measure only); returns the
         total norm before clipping, the same on every rank. Called on every rank after backward.
 
@@ -161,7 +171,9 @@ class ParallelStrategy(ABC):
 
     def memory_plan(self, model: nn.Module, tokens_per_device: int) -> MemoryPlan:
         """Estimated memory per device for training ``model`` under this strategy."""
-        raise NotImplementedError(f"{type(self).__name__} does not report a memory plan")
+        raise NotImplementedError(
+            f"{type(self).__name__} does not report a memory plan"
+        )
 
     @contextlib.contextmanager
     def autocast(self, dtype: torch.dtype | None) -> Iterator[None]:
