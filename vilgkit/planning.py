@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from vilgkit.interfaces.parallel import MemoryPlan, StrategyLayout
