@@ -124,7 +124,7 @@ class SparseAttention(AttentionPattern):
         return self.schedule[layer]
 
     def allowed(self, layer: int, num_layers: int, layout: Layout) -> torch.Tensor:
-        """Oracle mask ``Bool[N, N]`` of DESIGN.md §1 for this layer's image pattern."""
+        """Oracle mask ``Bool[N, N]`` of docs/architecture.md §2 for this layer's image pattern."""
         return build_allowed(layout, self.kind(layer, num_layers), self.kernel_size)
 
     def resolve_backend(self, device: torch.device) -> str:

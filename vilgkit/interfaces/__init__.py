@@ -1,4 +1,4 @@
-"""The abstract interfaces of DESIGN.md §2. Core depends only on these; plugins implement them."""
+"""The abstract interfaces of docs/architecture.md §3. Core depends only on these; plugins implement them."""
 from vilgkit.interfaces.attention import AttentionPattern
 from vilgkit.interfaces.generator import Generator, GeneratorOutput
 from vilgkit.interfaces.image_tokenizer import ImageTokenizer

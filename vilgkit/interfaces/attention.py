@@ -1,6 +1,6 @@
 """The attention-pattern interface: which keys each query may see, and fast ways to compute it.
 
-The reference definition (DESIGN.md §1) is expressed by :meth:`AttentionPattern.allowed`; every fast
+The reference definition (docs/architecture.md §2) is expressed by :meth:`AttentionPattern.allowed`; every fast
 path must agree with it. Layers are identified by ``(layer, num_layers)`` so that schedules such as
 "convolutional attention in the last layer" need no hidden state.
 

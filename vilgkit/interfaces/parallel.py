@@ -1,6 +1,6 @@
 """The parallel-strategy interface: how modules are wrapped, optimised and checkpointed.
 
-Model code stays single-device; a strategy applies, in this order (DESIGN.md §3): build on
+Model code stays single-device; a strategy applies, in this order (docs/architecture.md §4): build on
 ``meta`` → activation checkpointing → compile (optional) → shard per block then the root →
 materialise and initialise. The training loop only talks to this interface, so the same loop runs
 single-device, DDP or FSDP.

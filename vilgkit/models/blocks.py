@@ -131,7 +131,7 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The source part of a stream, with an explicit mask.
 
-        The source never attends to the target (DESIGN.md §1), so the source rows of the oracle
+        The source never attends to the target (docs/architecture.md §2), so the source rows of the oracle
         mask restricted to source keys are all a prefill needs.
 
         Args:
