@@ -3,7 +3,7 @@ from vilgkit.interfaces.attention import AttentionPattern
 from vilgkit.interfaces.decode_cache import DecodeCache
 from vilgkit.interfaces.generator import Generator, GeneratorOutput
 from vilgkit.interfaces.image_tokenizer import ImageTokenizer
-from vilgkit.interfaces.parallel import MemoryPlan, ParallelStrategy
+from vilgkit.interfaces.parallel import MemoryPlan, ParallelStrategy, StrategyLayout
 from vilgkit.interfaces.reconstructor import Reconstructor
 from vilgkit.interfaces.reranker import Reranker, RerankInputs, RerankResult
 from vilgkit.interfaces.stage import RunContext, Stage
@@ -24,6 +24,7 @@ __all__ = [
     "Reranker",
     "RunContext",
     "Stage",
+    "StrategyLayout",
     "TextTokenizer",
     "Trainable",
 ]
