@@ -14,7 +14,7 @@ from vilgkit.components import ComponentStore
 from vilgkit.engine.rng import seed_everything
 from vilgkit.errors import RecipeError
 from vilgkit.interfaces import RunContext, Stage
-from vilgkit.plugins import get_plugin_manager
+from vilgkit.plugins import get_plugin_manager, notify
 from vilgkit.recipe import instantiate, parse_recipe, to_dict
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
@@ -92,9 +92,9 @@ def run(
     debug: bool = False,
 ) -> RunContext:
     """Run a recipe's stages; returns the context (run dir, built components)."""
-    pm = get_plugin_manager()
+    get_plugin_manager()
     recipe = resolve(paths, overrides)
-    pm.hook.vilgkit_recipe_loaded(recipe=recipe, path=", ".join(map(str, paths)))
+    notify("vilgkit_recipe_loaded", recipe=recipe, path=", ".join(map(str, paths)))
     stage_objs: list[Stage] = instantiate(recipe.get("stages") or [])
     if not stage_objs:
         raise RecipeError(f"{', '.join(map(str, paths))}: the recipe has no stages")
@@ -107,7 +107,7 @@ def run(
         write_resolved_recipe(recipe, run_dir)
     ctx = RunContext(
         run_dir=run_dir,
-        components=ComponentStore(recipe, on_built=lambda k, c: pm.hook.vilgkit_component_built(key=k, component=c)),
+        components=ComponentStore(recipe, on_built=lambda k, c: notify("vilgkit_component_built", key=k, component=c)),
         recipe=recipe,
         seed=int(recipe.get("seed", 0)),
         resume=resume,
@@ -118,6 +118,6 @@ def run(
         # and initialises its components exactly as it does inside the full recipe
         seed_everything(ctx.seed)
         summary = stage.run(ctx)
-        pm.hook.vilgkit_stage_finished(stage=stage.name, summary=summary, run_dir=str(run_dir))
+        notify("vilgkit_stage_finished", stage=stage.name, summary=summary, run_dir=str(run_dir))
         stage_barrier(ctx)
     return ctx
