@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     get_plugin_manager()
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"vilgkit.commands.{name.replace('-', '_')}")
-        sp = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        help_action = getattr(module, "HELP_ACTION", None)  # a command may print more than the usage
+        sp = sub.add_parser(name, help=module.HELP, description=module.HELP, add_help=help_action is None)
+        if help_action is not None:
+            sp.add_argument("-h", "--help", action=help_action, help="show this help message and exit")
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         module.add_arguments(sp)
         sp.set_defaults(_module=module)

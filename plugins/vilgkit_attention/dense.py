@@ -27,7 +27,7 @@ def masked_sdpa(
 @ATTENTION_PATTERNS.register_module()
 class DenseAttention(AttentionPattern):
     """Every layer dense: source bidirectional, target causal, image queries see all image keys
-    (subject to causality when the image is the target). DESIGN.md §1, pattern ``dense``."""
+    (subject to causality when the image is the target). docs/architecture.md §2, pattern ``dense``."""
 
     def allowed(self, layer: int, num_layers: int, layout: Layout) -> torch.Tensor:
         """Oracle mask ``Bool[N, N]`` (the same for every layer)."""

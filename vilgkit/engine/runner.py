@@ -90,11 +90,24 @@ def run(
     stages: list[str] | None = None,
     resume: bool = False,
     debug: bool = False,
+    preflight: bool = True,
 ) -> RunContext:
-    """Run a recipe's stages; returns the context (run dir, built components)."""
+    """Run a recipe's stages; returns the context (run dir, built components).
+
+    With ``preflight`` (the default) the training stages about to run are first planned against
+    the hardware this launch sees (:func:`vilgkit.recipe_plan.preflight`), before anything is built;
+    a stage that does not fit stops the run with the plan's numbers.
+    """
     get_plugin_manager()
     recipe = resolve(paths, overrides)
     notify("vilgkit_recipe_loaded", recipe=recipe, path=", ".join(map(str, paths)))
+    if preflight:
+        from vilgkit.interfaces.stage import stage_name
+        from vilgkit.recipe_plan import preflight as check_fits
+
+        names = [stage_name(node) for node in recipe.get("stages") or []]
+        command = " ".join([str(paths[0]), *(f"--config {p}" for p in paths[1:])])
+        check_fits(recipe, [n for n in names if not stages or n in stages], command)
     stage_objs: list[Stage] = instantiate(recipe.get("stages") or [])
     if not stage_objs:
         raise RecipeError(f"{', '.join(map(str, paths))}: the recipe has no stages")

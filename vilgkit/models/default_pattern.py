@@ -1,7 +1,7 @@
 """The dense UniLM mask, built in core for ``UnifiedTransformer(attention=None)``.
 
 Core must not import the attention plugin, yet a generator without an explicit pattern should
-still work: this is the dense case of DESIGN.md §1 expressed through the ``AttentionPattern`` base
+still work: this is the dense case of docs/architecture.md §2 expressed through the ``AttentionPattern`` base
 machinery (its ``decode_keys`` default; ``attend`` is overridden, see below). It is deliberately
 *not* registered: the recipe-facing dense pattern is the plugin's ``DenseAttention``.
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from vilgkit.inference_settings import InferenceSettings, reranker_name, save_inference_settings
 from vilgkit.interfaces import Reranker, RunContext, Stage
 from vilgkit.registry import STAGES
 
@@ -126,13 +127,28 @@ class Evaluate(Stage):
 
         if not is_main_process():  # under torchrun the main rank evaluates; the others wait at the runner's barrier
             return {}
-        return run_evaluation(
+        from vilgkit.metrics.harness import RESULTS_FILE
+
+        metrics = run_evaluation(
             ctx.run_dir, ctx.stage_dir(self.name), metrics=self.metrics, stage=self.generator_from,
             data=self.data, recipe=ctx.recipe, num_samples=self.num_samples, batch_size=self.batch_size,
             sampling=self.sampling, reranker=self.reranker, seed=ctx.seed if self.seed is None else self.seed,
             fid_extractor=self.fid_extractor, fid_weights=self.fid_weights, report_examples=self.report_examples,
             device=self.device,
         )["metrics"]  # fmt: skip
+        # The run now carries the settings its numbers were measured with: Pipeline, the CLI and
+        # `vilgkit serve` default to them (issue: users got worse images than the report showed).
+        save_inference_settings(ctx.run_dir, self.inference_settings(f"{self.name}/{RESULTS_FILE}"))
+        return metrics
+
+    def inference_settings(self, report: str | None = None) -> InferenceSettings:
+        """The settings this stage evaluates with, as the run's inference defaults."""
+        s = self.sampling
+        return InferenceSettings(
+            num_candidates=s.num_candidates, reranker=reranker_name(self.reranker), temperature=s.temperature,
+            top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale, caption_method=s.caption_method,
+            num_beams=s.num_beams, max_text_length=s.max_text_length, evaluated_by=self.name, report=report,
+        )  # fmt: skip
 
 
 def run_evaluation(

@@ -99,6 +99,7 @@ class _GeneratorStage(Stage):
     """Shared machinery of the generator stages (see the module docstring)."""
 
     default_directions: tuple[str, ...] = ("txt2img", "img2txt")
+    trains = "generator"
 
     def __init__(
         self,
