@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from vilgkit.errors import NotYetImplementedError, VilgkitError
+from vilgkit.errors import NotYetImplementedError, VilgkitError, VilgkitWarning
 
 SUBCOMMANDS = [
     "run",
@@ -60,8 +61,19 @@ def _version() -> str:
     return f"vilgkit {vilgkit.__version__}"
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """vilgkit's own warnings as one ``vilgkit: warning:`` line; others as Python prints them."""
+    if issubclass(category, VilgkitWarning):
+        return f"vilgkit: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = _format_warning
     debug = "--debug" in argv
     try:
         parser = build_parser()
