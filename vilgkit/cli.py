@@ -23,6 +23,8 @@ SUBCOMMANDS = [
     "plugins",
     "print-config",
     "ablation",
+    "serve",
+    "humaneval",
 ]
 
 
