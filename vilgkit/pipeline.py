@@ -31,7 +31,7 @@ import torch
 import yaml
 from PIL import Image
 
-from vilgkit.batching import InputError, encode_texts, load_images, to_pil
+from vilgkit.batching import InputError, encode_texts, load_images, to_pil, warn_unknown_words
 from vilgkit.errors import VilgkitError
 from vilgkit.inference_settings import InferenceSettings, load_inference_settings
 from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, RunContext, TextTokenizer
@@ -91,7 +91,13 @@ class Pipeline:
 
         from vilgkit.components import ComponentStore
         from vilgkit.engine.runner import RESOLVED_RECIPE
-        from vilgkit.stages.train_generator import GENERATOR_FILE, MANIFEST_FILE, RECONSTRUCTOR_FILE, load_generator_weights
+        from vilgkit.stages.train_generator import (
+            GENERATOR_FILE,
+            MANIFEST_FILE,
+            RECONSTRUCTOR_FILE,
+            check_special_ids,
+            load_generator_weights,
+        )
 
         run_dir = Path(run_dir)
         recipe_path = run_dir / RESOLVED_RECIPE
@@ -107,6 +113,7 @@ class Pipeline:
 
         text_tok, image_tok = _load_tokenizers(ctx, _abs(manifest["text_tokenizer"], run_dir), _abs(manifest["image_tokenizer"], run_dir))
         generator = ctx.components.build("generator")
+        check_special_ids(generator, text_tok)  # the tokenizer's ids, as in training
         load_generator_weights(generator, stage_dir)
         reconstructor = None
         if recipe.get("reconstructor") is not None:  # the recipe picks how codes become pixels
@@ -223,6 +230,7 @@ class Pipeline:
         """
         num_candidates = self._setting("num_candidates", num_candidates)
         reranker = self._resolve_reranker(self._setting("reranker", reranker))
+        warn_unknown_words(self.text_tokenizer, prompts, "prompt")
         codes, ids, mask = self.sample_codes(
             prompts, num_candidates, seed=seed, temperature=self._setting("temperature", temperature),
             top_k=_off_if(0, self._setting("top_k", top_k)), top_p=_off_if(1.0, self._setting("top_p", top_p)),
@@ -310,6 +318,7 @@ class Pipeline:
         if len(images) != len(questions):
             raise InputError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
         codes = self.encode_images(images)
+        warn_unknown_words(self.text_tokenizer, questions, "question")
         q_ids, q_mask, _ = encode_texts(self.text_tokenizer, questions, self.max_text_len, truncate=truncate, what="question")
         out = self.generator.generate_text(
             codes, max_length=self._max_length(self._setting("max_text_length", max_length)),

@@ -195,7 +195,7 @@ class FSDP(DistributedStrategy):
     # ------------------------------------------------------------------ planning
 
     def layout(self):
-        from vilgkit.planning import StrategyLayout
+        from vilgkit.interfaces import StrategyLayout
 
         return StrategyLayout(
             sharding=self.sharding,
