@@ -269,6 +269,8 @@ def test_bad_uploads_and_questions_are_refused_and_the_server_keeps_serving(clie
         422,
         "method",
     )
+    chunks = iter([b'{"prompt": ', b'"a red circle"}'])
+    refused(client.post("/api/generate", content=chunks, headers={"content-type": "application/json"}), 411)
     refused(client.get("/api/nothing"), 404)
     refused(client.get("/static/../../etc/passwd"), 404)
     refused(client.get("/static/secret.py"), 404, "no static file")
