@@ -343,6 +343,10 @@ def test_cli_create_resume_report_and_errors(served_run, tiny_run, tmp_path, cap
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert (tmp_path / "rep" / "report.md").is_file() and report["ratings_given"] == 1
     assert main(["humaneval", "report", str(tmp_path / "nope.sqlite")]) == 2
+    assert main(["humaneval", "serve", str(path), "--port", "-1"]) == 2
+    assert main(["humaneval", "serve", str(tmp_path / "nope.sqlite")]) == 2
+    assert main(["humaneval"]) == 2
+    assert "create, serve or report" in capsys.readouterr().err
 
 
 @pytest.mark.slow
