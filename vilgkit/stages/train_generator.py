@@ -122,8 +122,10 @@ class _GeneratorStage(Stage):
         num_samples: int = 8,
         direction_fractions: dict[str, float] | None = None,
         direction_weights: dict[str, float] | None = None,
+        shuffle: bool = True,
     ) -> None:
         super().__init__(name)
+        self.shuffle = bool(shuffle)
         self.trainer = coerce_config(trainer) if trainer is not None else TrainerConfig()
         self.text_tokenizer_from = text_tokenizer_from
         self.image_tokenizer_from = image_tokenizer_from
@@ -226,7 +228,7 @@ class _GeneratorStage(Stage):
             self.direction_fractions, self.direction_weights,
         )
         trainer = Trainer.for_stage(
-            ctx, self, module, dataset, self.trainer, collate_fn=collate,
+            ctx, self, module, dataset, self.trainer, collate_fn=collate, shuffle=self.shuffle,
             callbacks=self._sample_callback(ctx, dataset, text_tok, image_tok, grid),
             rebuild=lambda: self._fresh_trainable(ctx, text_tok, image_tok, module.reconstructor is not None),
         )  # fmt: skip
@@ -331,6 +333,8 @@ class TrainGenerator(_GeneratorStage):
             :class:`~vilgkit.gen_training.GeneratorTrainable`).
         direction_weights: weight of a direction's loss in the optimised sum (default 1 each), e.g.
             ``{vqa: 4}`` (see :class:`~vilgkit.gen_training.GeneratorTrainable`).
+        shuffle: permute map-style data every epoch (False: the data set's order, e.g. code shards in
+            the order of the stream they were made from; a stream keeps its own order either way).
     """
 
 
@@ -350,7 +354,7 @@ class FinetuneVQA(_GeneratorStage):
                  directions: list[Direction] | None = None, precompute: bool = True,
                  reconstructor_weight: float = 1.0, sample_every: int = 0, num_samples: int = 8,
                  direction_fractions: dict[str, float] | None = None,
-                 direction_weights: dict[str, float] | None = None) -> None:  # fmt: skip
+                 direction_weights: dict[str, float] | None = None, shuffle: bool = True) -> None:  # fmt: skip
         super().__init__(trainer, name, text_tokenizer_from, image_tokenizer_from, generator_from, data,
                          directions, precompute, reconstructor_weight, sample_every, num_samples,
-                         direction_fractions, direction_weights)  # fmt: skip
+                         direction_fractions, direction_weights, shuffle)  # fmt: skip
