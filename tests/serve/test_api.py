@@ -10,9 +10,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 from PIL import Image
+
+httpx = pytest.importorskip("httpx", reason="httpx is missing: pip install -e '.[dev]'")
 
 pytestmark = pytest.mark.slow
 
@@ -268,6 +269,15 @@ def test_bad_uploads_and_questions_are_refused_and_the_server_keeps_serving(clie
         ),
         422,
         "method",
+    )
+    chunks = iter([b'{"prompt": ', b'"a red circle"}'])
+    refused(
+        client.post(
+            "/api/generate",
+            content=chunks,
+            headers={"content-type": "application/json"},
+        ),
+        411,
     )
     refused(client.get("/api/nothing"), 404)
     refused(client.get("/static/../../etc/passwd"), 404)

@@ -5,13 +5,13 @@ Screenshots go to docs/serve/ (docs/serve.md shows them). Without a browser the 
 
 from __future__ import annotations
 
-import io
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
+
+httpx = pytest.importorskip("httpx", reason="httpx is missing: pip install -e '.[dev]'")
 
 pytestmark = pytest.mark.slow
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "serve"
