@@ -84,6 +84,7 @@ def test_type_a_prompt_and_see_candidate_images(page, server):
         expect(img).to_have_js_property("naturalWidth", 32)
     labels = page.inner_text("#candidates")
     assert "#1" in labels and "#2" in labels  # ranks with their scores
+    expect(page.locator("#used-settings")).to_contain_text("top_k 4")  # the run's saved settings
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "generate.png"), full_page=True)
 

@@ -6,6 +6,7 @@ import json
 import sqlite3
 
 import pytest
+from PIL import Image
 
 from vilgkit.humaneval import PROTOCOLS, Campaign, CampaignError, krippendorff_alpha
 from vilgkit.humaneval.report import campaign_report, to_markdown
@@ -325,6 +326,28 @@ def test_cli_create_resume_report_and_errors(served_run, tiny_run, tmp_path, cap
         "A",
         "human",
     }  # the human answers, blind
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for name, colour in (("red.png", "red"), ("blue.png", "blue")):
+        Image.new("RGB", (48, 40), colour).save(pictures / name)
+    own = tmp_path / "own.jsonl"
+    own.write_text('{"image": "pictures/red.png", "question": "what colour?", "answer": "red"}\n\n'
+                   '{"image": "pictures/blue.png", "question": "what colour?"}\n')  # fmt: skip
+    command = [
+        "humaneval",
+        "create",
+        str(tmp_path / "own.sqlite"),
+        "--run",
+        str(served_run),
+        "--protocol",
+        "vqa",
+    ]
+    assert main([*command, "--items", str(own), "--device", "cpu"]) == 0
+    own_campaign = Campaign(tmp_path / "own.sqlite")
+    assert own_campaign.counts()["items"] == 2 and set(
+        own_campaign.meta["systems"]
+    ) == {"A"}  # not every answer known
+    assert own_campaign.next_item("ann")["question"] == "what colour?"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a red circle"}\n{"prompt": "x", "rm": "-rf"}\n')
     assert (
