@@ -12,7 +12,11 @@ import pytest
 import torch
 
 from vilgkit.cli import main as cli
-from vilgkit.testing.real_data import write_bert_vocab, write_img2dataset_shards, write_taming_checkpoint
+from vilgkit.testing.real_data import (
+    write_bert_vocab,
+    write_img2dataset_shards,
+    write_taming_checkpoint,
+)
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "real" / "wds_tiny.yaml"
 
