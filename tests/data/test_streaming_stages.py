@@ -283,3 +283,22 @@ def test_taming_config_is_found_in_the_published_layout(real, tmp_path):
     assert find_taming_config(logs / "checkpoints" / "last.ckpt").name.endswith("-project.yaml")
     with pytest.raises(FileNotFoundError, match="give `config:`"):
         find_taming_config(tmp_path / "elsewhere" / "last.ckpt")
+
+
+def test_published_tokenizers_need_no_stage(real, tmp_path):
+    """`*_tokenizer_from: recipe`: the vocab_file and the taming checkpoint as the recipe builds them,
+    no fit or tokenizer stage; the run loads for inference from the same recipe."""
+    from vilgkit import Pipeline
+
+    gen = _gen(2, text_tokenizer_from="recipe", image_tokenizer_from="recipe")
+    _run(tmp_path, _recipe(real, tmp_path / "run", [gen]))
+    manifest = json.loads((tmp_path / "run" / "train_generator" / "generator.json").read_text())
+    assert manifest["text_tokenizer"] == manifest["image_tokenizer"] == "recipe"
+    pipe = Pipeline.from_run_dir(tmp_path / "run", device="cpu")
+    assert pipe.generator.bos_id == 101 and pipe.text_tokenizer.vocab_size == 180
+    (image,) = pipe.text_to_image(["a small red circle"], seed=0)
+    assert image.size == (32, 32)
+    doc = _recipe(real, tmp_path / "unfitted", [gen])
+    doc["text_tokenizer"]["init_args"] = {"vocab_size": 512}  # no vocab_file: it would need fitting
+    with pytest.raises(VilgkitError, match="FitTextTokenizer"):
+        _run(tmp_path, doc)
