@@ -3,6 +3,7 @@
 argparse turns an ``ArgumentTypeError`` into ``vilgkit CMD: argument --flag: MESSAGE`` (one line,
 exit 2), so every message here says what is allowed; the flag and the value are added by argparse.
 """
+
 from __future__ import annotations
 
 import argparse
