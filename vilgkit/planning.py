@@ -23,6 +23,8 @@ Models may override the activation term with ``activation_bytes(tokens) -> int``
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,8 +251,8 @@ def parse_bytes(text: str) -> int:
         raise ValueError(
             f"cannot read a memory size from {text!r} (e.g. 80GiB, 40GB)"
         ) from None
-    if value <= 0:
-        raise ValueError(f"memory size must be positive, got {text!r}")
+    if not math.isfinite(value * scale) or value <= 0:  # nan, inf and 1e400GiB are not sizes either
+        raise ValueError(f"memory size must be a positive, finite amount, got {text!r}")
     return int(value * scale)
 
 
