@@ -364,6 +364,10 @@ def _off_if(off: float, value: Any) -> Any:
 
 
 def _abs(path: str, run_dir: Path) -> str:
+    from vilgkit.stages.train_generator import FROM_RECIPE
+
+    if path == FROM_RECIPE:  # the recipe's component as built, not a folder
+        return path
     p = Path(path)
     return str(p if p.is_absolute() else run_dir / p)
 

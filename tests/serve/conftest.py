@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip(
-    "fastapi",
-    reason="the [serve] extra (fastapi, uvicorn, python-multipart) is not installed",
-)
-pytest.importorskip("uvicorn")
-pytest.importorskip("httpx")
+
+def require_serve_extra() -> None:
+    """Skip (saying why) when the [serve] extra or httpx is missing; the pure-Python tests still run."""
+    for module in ("fastapi", "uvicorn", "multipart", "httpx"):
+        pytest.importorskip(
+            module,
+            reason=f"{module} is missing: pip install -e '.[dev]' (the [serve] extra + httpx)",
+        )
 
 
 def evaluate_run(run_dir: Path) -> None:
@@ -56,6 +58,7 @@ class LiveServer:
     """uvicorn serving ``app`` in a thread on a socket bound to a free port of 127.0.0.1."""
 
     def __init__(self, app) -> None:
+        require_serve_extra()
         import uvicorn
 
         self.sock = socket.socket()
@@ -83,6 +86,7 @@ class LiveServer:
 @pytest.fixture(scope="session")
 def server(served_run):
     """The real server over the evaluated tiny run (limits small enough to reach in tests)."""
+    require_serve_extra()
     from vilgkit import Pipeline
     from vilgkit.serve import Limits, create_app
 

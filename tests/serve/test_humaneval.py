@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import httpx
 import pytest
+from PIL import Image
 
 from vilgkit.humaneval import PROTOCOLS, Campaign, CampaignError, krippendorff_alpha
 from vilgkit.humaneval.report import campaign_report, to_markdown
@@ -216,6 +216,29 @@ def test_random_order_per_rater_enough_raters_per_item_and_resuming(tmp_path):
     }  # blind: no system
 
 
+def test_item_ids_do_not_reveal_the_system(tmp_path):
+    campaign = Campaign.create(tmp_path / "c.sqlite", {"protocol": "caption", "raters_per_item": 1, "seed": 0,
+                                                      "systems": {"A": {}, "B": {}}})  # fmt: skip
+    campaign.add_inputs([{"image": b"x"} for _ in range(20)])
+    ids = campaign.input_ids()
+    for start in range(0, 20, 4):  # batches of four inputs, as `create` stores them
+        batch = ids[start : start + 4]
+        campaign.add_items(
+            batch,
+            [
+                {"input_id": i, "system": s, "output_text": "c"}
+                for i in batch
+                for s in "AB"
+            ],
+        )
+    with sqlite3.connect(campaign.path) as conn:
+        parity = {
+            (system, item % 2)
+            for item, system in conn.execute("SELECT id, system FROM items")
+        }
+    assert parity == {("A", 0), ("A", 1), ("B", 0), ("B", 1)}
+
+
 def test_create_refuses_a_different_campaign_in_the_same_file_and_non_campaign_files(
     tmp_path,
 ):
@@ -303,6 +326,28 @@ def test_cli_create_resume_report_and_errors(served_run, tiny_run, tmp_path, cap
         "A",
         "human",
     }  # the human answers, blind
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for name, colour in (("red.png", "red"), ("blue.png", "blue")):
+        Image.new("RGB", (48, 40), colour).save(pictures / name)
+    own = tmp_path / "own.jsonl"
+    own.write_text('{"image": "pictures/red.png", "question": "what colour?", "answer": "red"}\n\n'
+                   '{"image": "pictures/blue.png", "question": "what colour?"}\n')  # fmt: skip
+    command = [
+        "humaneval",
+        "create",
+        str(tmp_path / "own.sqlite"),
+        "--run",
+        str(served_run),
+        "--protocol",
+        "vqa",
+    ]
+    assert main([*command, "--items", str(own), "--device", "cpu"]) == 0
+    own_campaign = Campaign(tmp_path / "own.sqlite")
+    assert own_campaign.counts()["items"] == 2 and set(
+        own_campaign.meta["systems"]
+    ) == {"A"}  # not every answer known
+    assert own_campaign.next_item("ann")["question"] == "what colour?"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a red circle"}\n{"prompt": "x", "rm": "-rf"}\n')
     assert (
@@ -343,11 +388,19 @@ def test_cli_create_resume_report_and_errors(served_run, tiny_run, tmp_path, cap
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert (tmp_path / "rep" / "report.md").is_file() and report["ratings_given"] == 1
     assert main(["humaneval", "report", str(tmp_path / "nope.sqlite")]) == 2
+    assert main(["humaneval", "serve", str(path), "--port", "-1"]) == 2
+    assert main(["humaneval", "serve", str(tmp_path / "nope.sqlite")]) == 2
+    assert main(["humaneval"]) == 2
+    assert "create, serve or report" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_rating_api_serves_items_blind_and_refuses_bad_ratings(tmp_path):
-    from tests.serve.conftest import LiveServer
+    from tests.serve.conftest import LiveServer, require_serve_extra
+
+    require_serve_extra()
+    import httpx
+
     from vilgkit.humaneval.app import create_rating_app
 
     campaign = synthetic_campaign(tmp_path / "c.sqlite", inputs=2, raters_per_item=1)

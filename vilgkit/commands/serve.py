@@ -32,37 +32,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-candidates",
         type=int,
         default=d.max_candidates,
-        help="most candidates per prompt",
+        help="most candidates per prompt (default: %(default)s)",
     )
     parser.add_argument(
         "--max-prompt-chars",
         type=int,
         default=d.max_prompt_chars,
-        help="longest prompt/question",
+        help="longest prompt/question in characters (default: %(default)s)",
     )
     parser.add_argument(
         "--max-upload-bytes",
         type=int,
         default=d.max_upload_bytes,
-        help="largest uploaded image",
+        help="largest uploaded image in bytes (default: %(default)s)",
     )
     parser.add_argument(
         "--max-pending",
         type=int,
         default=d.max_pending,
-        help="requests queued at once (more: 503)",
+        help="requests queued at once, more get 503 (default: %(default)s)",
     )
     parser.add_argument(
         "--batch-window-ms",
         type=float,
         default=10.0,
-        help="how long requests arriving together are collected into one batch",
+        help="how long requests arriving together are collected into one batch (default: %(default)s)",
     )
     parser.add_argument(
         "--max-batch",
         type=int,
         default=16,
-        help="most prompts/images in one model call",
+        help="most prompts/images in one model call (default: %(default)s)",
     )
 
 

@@ -168,6 +168,12 @@ class WebDatasetReader(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        per_rank = len(self.shards_for(self.epoch, 0, 1))
+        if num_workers > per_rank:
+            # a worker without a shard ends at once, and the loader's round-robin over workers (which
+            # exact resume relies on) would change: refuse rather than silently resume elsewhere
+            raise ValueError(f"{len(self.urls)} shard(s) give rank {self.rank} {per_rank} shard(s) for "
+                             f"{num_workers} loader workers: use at most {per_rank} workers or more shards")
         role = (worker + self._batches) % num_workers
         epoch, shard_pos, sample_pos = self._start.get(role, (self.epoch, 0, 0))
         to_skip, pending = self._skip_next, Counter()
@@ -237,6 +243,15 @@ class WebDatasetReader(IterableDataset):
         self.stats.ok()
         return {"image": image, "caption": caption, "question": "", "answer": "",
                 "lang": detect_language(caption), "key": key}  # fmt: skip
+
+    def iter_shard(self, index: int) -> Iterator[dict[str, Any]]:
+        """The decoded samples of shard ``urls[index]`` in tar order, once (bad samples skipped and
+        counted as in :meth:`__iter__`); what ``vilgkit tokenize`` reads, one shard per work unit."""
+        url = self.urls[index]
+        for _, raw in self._raw_samples(url, Counter()):
+            sample = self._decode(raw, url, Counter())
+            if sample is not None:
+                yield sample
 
     def iter_texts(self, limit: int | None = None) -> Iterator[str]:
         """Captions of one pass in shard order (images are not decoded), for tokenizer fitting."""

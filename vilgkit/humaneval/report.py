@@ -157,7 +157,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             for k, label in columns
         ]
     lines = [
-        f"# Human evaluation: {protocol.title} ({report['table']})",
+        f"# Human evaluation: {protocol.title} — {report['table']}",
         "",
         f"Campaign `{Path(report['campaign']).name}`: {report['items']} items, {report['raters']} raters, "
         f"{report['ratings_given']} of {report['ratings_needed']} ratings given. Means with {pct} % bootstrap "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sqlite3
 import time
 from contextlib import closing
@@ -154,13 +155,18 @@ class Campaign:
 
     def add_items(self, input_ids: list[int], items: list[dict[str, Any]]) -> None:
         """The outputs for ``input_ids`` (``input_id``, ``system``, ``output_text``, ``image``), in one
-        transaction that also marks those inputs done."""
+        transaction that also marks those inputs done.
+
+        The rows are stored in a shuffled order: item ids are visible to raters (in image URLs), and
+        ids that alternate A, B, A, B… would tell them which model made an item."""
+        rows = list(items)
+        random.Random(f"{self.meta['seed']}|{min(input_ids, default=0)}").shuffle(rows)
         with closing(self.connect()) as conn, conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO items (input_id, system, output_text, image) VALUES (?, ?, ?, ?)",
                 [
                     (i["input_id"], i["system"], i.get("output_text"), i.get("image"))
-                    for i in items
+                    for i in rows
                 ],
             )
             conn.executemany(

@@ -91,11 +91,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def install_body_limit(app: FastAPI, max_bytes: int) -> None:
-    """Refuse a request whose declared body is over ``max_bytes`` before reading it (413)."""
+    """Refuse a request whose declared body is over ``max_bytes`` before reading it (413), and a
+    body of undeclared length (411: a chunked upload could otherwise grow without bound)."""
 
     @app.middleware("http")
     async def _limit(request: Request, call_next):
         length = request.headers.get("content-length")
+        if length is None and "chunked" in request.headers.get("transfer-encoding", "").lower():
+            return JSONResponse(
+                {"error": "send the request body with a Content-Length"}, status_code=411
+            )
         if length is not None and (not length.isdigit() or int(length) > max_bytes):
             return JSONResponse(
                 {"error": f"request body over {max_bytes} bytes"}, status_code=413

@@ -46,6 +46,8 @@ function showProgress(job) {
 }
 
 function showCandidates(result) {
+  $("used-settings").textContent = "settings used: " + Object.entries(result.settings)
+    .map(([k, v]) => k + " " + (v === null ? "off" : v)).join(", ");
   const grid = $("candidates");
   grid.replaceChildren();
   for (const cand of result.candidates) {
