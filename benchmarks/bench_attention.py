@@ -39,7 +39,8 @@ from torch import nn
 
 import vilgkit_attention  # noqa: F401  (registers the patterns)
 from vilgkit.layout import Layout
-from vilgkit_attention import DenseAttention, SparseAttention
+from vilgkit.models import DenseAttention
+from vilgkit_attention import SparseAttention
 from vilgkit_attention.decode import SparseKVCache
 
 

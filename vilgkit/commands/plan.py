@@ -56,14 +56,14 @@ def _build_on_meta(store: Any, key: str) -> tuple[Any, str | None]:
 
 
 def _strategy_layout(recipe: dict[str, Any], notes: list[str]) -> tuple[str, P.StrategyLayout]:
-    from vilgkit.recipe import instantiate
+    from vilgkit.recipe import build
 
     node = recipe.get("strategy")
     if node is None:
         return "SingleDevice (default)", P.StrategyLayout()
     name = node["class_path"].rsplit(".", 1)[-1]
     try:
-        return name, instantiate(node).layout()
+        return name, build("strategy", node).layout()
     except RuntimeError as err:  # e.g. a CUDA-only strategy planned on a CPU machine
         module, _, attr = node["class_path"].rpartition(".")
         import importlib

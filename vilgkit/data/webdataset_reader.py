@@ -120,13 +120,6 @@ class WebDatasetReader(IterableDataset):
         self._skip_next = 0
         self._position: dict[int, list[int]] = {}
 
-    @classmethod
-    def conformance_args(cls) -> dict[str, Any]:
-        """A one-shard fixture in a temporary folder (see :mod:`vilgkit.data.fixtures`)."""
-        from vilgkit.data.fixtures import fixture_dir
-
-        return {"urls": str(fixture_dir() / "shards"), "image_size": 16}
-
     # ------------------------------------------------------------------ order
 
     def set_epoch(self, epoch: int) -> None:

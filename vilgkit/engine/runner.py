@@ -15,16 +15,14 @@ from vilgkit.engine.rng import seed_everything
 from vilgkit.errors import RecipeError
 from vilgkit.interfaces import RunContext, Stage
 from vilgkit.plugins import get_plugin_manager
-from vilgkit.recipe import instantiate, parse_recipe, to_dict
+from vilgkit.recipe import build, load_components, parse_recipe, to_dict
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 
 
 def resolve(paths: list[str], overrides: list[str] | None = None) -> dict[str, Any]:
     """Parse and validate recipe files into the resolved plain-dict recipe."""
-    get_plugin_manager()
-    import vilgkit.builtins  # noqa: F401  (core components register on import)
-
+    load_components()
     return to_dict(parse_recipe(paths, overrides))
 
 
@@ -95,7 +93,7 @@ def run(
     pm = get_plugin_manager()
     recipe = resolve(paths, overrides)
     pm.hook.vilgkit_recipe_loaded(recipe=recipe, path=", ".join(map(str, paths)))
-    stage_objs: list[Stage] = instantiate(recipe.get("stages") or [])
+    stage_objs: list[Stage] = build("stages", recipe.get("stages") or [], source=", ".join(map(str, paths)))
     if not stage_objs:
         raise RecipeError(f"{', '.join(map(str, paths))}: the recipe has no stages")
     names = [s.name for s in stage_objs]

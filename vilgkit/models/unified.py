@@ -34,7 +34,7 @@ from vilgkit.interfaces.trainable import Trainable
 from vilgkit.layout import Layout
 from vilgkit.models.blocks import Block
 from vilgkit.models.decoding import IMAGE_SRC, IMAGE_TGT, TEXT_SRC, TEXT_TGT, DecodingMixin
-from vilgkit.models.default_pattern import DefaultDensePattern
+from vilgkit.models.dense_attention import DenseAttention
 from vilgkit.registry import GENERATORS
 
 DIRECTIONS = ("txt2img", "img2txt", "vqa")
@@ -108,7 +108,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         self.text_dropout = text_dropout
         self.qk_norm = qk_norm
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.attention = attention if attention is not None else DefaultDensePattern()
+        self.attention = attention if attention is not None else DenseAttention()
 
         C = hidden_size
         self.text_embed = nn.Embedding(text_vocab_size, C)

@@ -27,7 +27,7 @@ SHAPES_FEATURES_DIR = "shapes_features"
 
 def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") -> tuple[Any, dict[str, Any]]:
     """The recipe's data class on its ``split`` split (when it has splits), sized ``num_samples``."""
-    from vilgkit.recipe import instantiate
+    from vilgkit.recipe import build
 
     node = copy.deepcopy(ctx.recipe.get("data"))
     if node is None:
@@ -42,7 +42,7 @@ def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") ->
         init["split"] = split
     if "size" in params:
         init["size"] = num_samples
-    return instantiate(node), node
+    return build("data", node), node
 
 
 def shapes_feature_weights(run_dir: Path, image_size: int, log=print) -> str:
@@ -155,17 +155,17 @@ def run_evaluation(
     log=print,
 ) -> dict[str, Any]:
     """Load the run's pipeline, pick the data and FID weights, and run the harness (stage and CLI)."""
-    import yaml
 
-    from vilgkit import Pipeline
+    from vilgkit.pipeline import Pipeline
     from vilgkit.engine.runner import RESOLVED_RECIPE
     from vilgkit.metrics.harness import evaluate, file_fingerprint
+    from vilgkit.recipe import load_run_recipe
     from vilgkit.stages.train_generator import GENERATOR_FILE, MANIFEST_FILE
 
     run_dir = Path(run_dir)
     pipe = Pipeline.from_run_dir(run_dir, stage=stage, device=device)
     if recipe is None:
-        recipe = {k: v for k, v in yaml.safe_load((run_dir / RESOLVED_RECIPE).read_text()).items() if k != "_versions"}
+        recipe = load_run_recipe(run_dir / RESOLVED_RECIPE)
     ctx = RunContext(run_dir=run_dir, components={}, recipe=recipe)
     data_node: Any = "given by the caller"
     if data is None:

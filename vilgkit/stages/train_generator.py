@@ -1,7 +1,7 @@
 """``TrainGenerator`` and ``FinetuneVQA``: train the unified transformer through the Trainer.
 
 Both stages load the fitted text tokenizer and the trained (frozen) image tokenizer from earlier
-stages, tokenize the data set once (:func:`vilgkit.gen_training.tokenize_dataset`, cached in the
+stages, tokenize the data set once (:func:`vilgkit.stages.generator_training.tokenize_dataset`, cached in the
 stage folder), train the requested directions on every batch, write periodic sample grids, and save
 what :class:`vilgkit.Pipeline` needs into the stage folder:
 
@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from vilgkit.engine.config import TrainerConfig, coerce_config
+from vilgkit.engine.config import TrainerConfig
 from vilgkit.errors import VilgkitError
-from vilgkit.gen_training import (
+from vilgkit.stages.generator_training import (
     GeneratorTrainable,
     SampleGrids,
     TokenizedDataset,
@@ -117,7 +117,7 @@ class _GeneratorStage(Stage):
         direction_weights: dict[str, float] | None = None,
     ) -> None:
         super().__init__(name)
-        self.trainer = coerce_config(trainer) if trainer is not None else TrainerConfig()
+        self.trainer = trainer or TrainerConfig()
         self.text_tokenizer_from = text_tokenizer_from
         self.image_tokenizer_from = image_tokenizer_from
         self.generator_from = generator_from
@@ -139,7 +139,7 @@ class _GeneratorStage(Stage):
         dataset = self.data if self.data is not None else ctx.component("data")
         reconstructor = ctx.components.get("reconstructor") if "reconstructor" in ctx.components else None
         if not self.precompute or getattr(reconstructor, "end_to_end", False):
-            from vilgkit.gen_training import _raw_collate
+            from vilgkit.stages.generator_training import _raw_collate
 
             return dataset, _raw_collate, {"samples": len(dataset), "tokenized": False}
         sources = [ctx.source_dir(self.text_tokenizer_from), ctx.source_dir(self.image_tokenizer_from)]
@@ -311,9 +311,9 @@ class TrainGenerator(_GeneratorStage):
         num_samples: prompts / images per sample grid.
         direction_fractions: share of each batch's rows a direction trains on (default 1 each), e.g.
             ``{img2txt: 0.5, txt2img: 0.5}`` to rehearse on half the rows (see
-            :class:`~vilgkit.gen_training.GeneratorTrainable`).
+            :class:`~vilgkit.stages.generator_training.GeneratorTrainable`).
         direction_weights: weight of a direction's loss in the optimised sum (default 1 each), e.g.
-            ``{vqa: 4}`` (see :class:`~vilgkit.gen_training.GeneratorTrainable`).
+            ``{vqa: 4}`` (see :class:`~vilgkit.stages.generator_training.GeneratorTrainable`).
     """
 
 

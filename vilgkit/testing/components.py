@@ -49,9 +49,14 @@ def registered_components(registry: str | None = None, plugin: str | None = None
 
 
 def conformance_kwargs(cls: type) -> dict[str, Any]:
-    """Tiny constructor kwargs: ``cls.conformance_args()`` when defined, else no arguments."""
+    """Tiny constructor kwargs: ``cls.conformance_args()`` when defined, the fixture folder for the
+    built-in file readers (:mod:`vilgkit.testing.fixtures`), else no arguments."""
     hook = getattr(cls, "conformance_args", None)
-    return dict(hook()) if callable(hook) else {}
+    if callable(hook):
+        return dict(hook())
+    from vilgkit.testing.fixtures import fixture_args
+
+    return fixture_args(cls) or {}
 
 
 def build_component(cls: type) -> Any:

@@ -16,7 +16,6 @@ Shapes (dimension key): B batch, L text length, h/w code grid, N samples in the 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -28,8 +27,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from vilgkit.batching import encode_texts, make_grid, to_pil, trim_padding
 from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, TextTokenizer, Trainable
+from vilgkit.pictures import make_grid, to_pil
+from vilgkit.text_encoding import encode_texts, trim_padding
 
 #: (batch key holding raw strings, prefix of the tokenized id/mask keys)
 TEXT_FIELDS = (("caption", "text"), ("question", "question"), ("answer", "answer"))
@@ -374,15 +374,3 @@ class SampleGrids:
         size = self.text_tokenizer.vocab_size  # ids past the fitted vocabulary are untrained: drop them
         return images, self.text_tokenizer.decode([[i for i in row if i < size] for row in out])
 
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module):
-    """Temporarily put modules in eval mode (restored afterwards)."""
-    states = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, s in zip(modules, states):
-            m.train(s)

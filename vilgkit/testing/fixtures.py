@@ -1,7 +1,8 @@
-"""Tiny on-disk data for the registry conformance tests of the path-based data sets.
+"""Tiny on-disk data for the conformance tests of the path-based data sets.
 
-``ImageTextFolder``, ``WebDatasetReader`` and ``CodeShardDataset`` read files, so their
-``conformance_args`` point at a few Shapes samples written once per process into a temporary folder.
+``ImageTextFolder``, ``WebDatasetReader`` and ``CodeShardDataset`` read files, so the conformance
+tests build them from :func:`fixture_args`: a few Shapes samples written once per process into a
+temporary folder. It lives here, not in the data classes, so the library never imports test code.
 """
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from vilgkit.data.code_shards import FORMAT, MANIFEST, CodeShardDataset, _sha256
+from vilgkit.data.image_text import ImageTextFolder
 from vilgkit.data.shapes import ShapesDataset
+from vilgkit.data.webdataset_reader import WebDatasetReader
 
 NUM = 4
 
@@ -47,8 +52,6 @@ def fixture_dir() -> Path:
 
 
 def _write_codes(out: Path, items: list[dict]) -> None:
-    from vilgkit.data.code_shards import FORMAT, MANIFEST, _sha256
-
     out.mkdir()
     n = len(items)
     tensors = {"codes": torch.arange(n * 16, dtype=torch.int16).view(n, 4, 4) % 16}
@@ -69,3 +72,14 @@ def _write_codes(out: Path, items: list[dict]) -> None:
                     "widths": {"caption": 3, "question": 3, "answer": 3}}],
     }  # fmt: skip
     (out / MANIFEST).write_text(json.dumps(manifest))
+
+
+def fixture_args(cls: type) -> dict[str, Any] | None:
+    """Constructor kwargs reading the fixture folder, for the built-in path-based data sets; else ``None``."""
+    if cls is ImageTextFolder:
+        return {"index": str(fixture_dir() / "index.jsonl"), "image_size": 32}
+    if cls is WebDatasetReader:
+        return {"urls": str(fixture_dir() / "shards"), "image_size": 16}
+    if cls is CodeShardDataset:
+        return {"path": str(fixture_dir() / "codes")}
+    return None
