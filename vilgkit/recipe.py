@@ -229,9 +229,11 @@ def _resolve_one(name: Any, source: str, dotted: str, owner_key: str, registered
     close = registry.closest(name.rpartition(".")[2])
     hint = f" Did you mean {close[0]}?" if close else ""
     what = "registered " if registered_only else ""
+    from vilgkit.plugins import failed_plugins_note
+
     raise RecipeError(
         f"{source}: {dotted}: unknown class_path {name!r}: not a {what}class of registry '{registry.name}'. "
-        f"Available: {', '.join(choices) or '(none registered)'}.{hint}"
+        f"Available: {', '.join(choices) or '(none registered)'}.{hint}{failed_plugins_note()}"
     )
 
 

@@ -1,4 +1,4 @@
-"""The reference masks of DESIGN.md §1, built once per (layout, image pattern) and cached.
+"""The reference masks of docs/architecture.md §2, built once per (layout, image pattern) and cached.
 
 Every pattern in this plugin is "the UniLM-style source/target mask" with one thing varying: which
 image keys an image query may see (``dense``, ``row``, ``column`` or ``conv``). So the mask builder

@@ -92,6 +92,6 @@ class DDP(DistributedStrategy):
         return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
 
     def layout(self):
-        from vilgkit.planning import StrategyLayout
+        from vilgkit.interfaces import StrategyLayout
 
         return StrategyLayout(sharding="none")

@@ -7,7 +7,7 @@ AdamW states live in host memory and the optimizer steps on the CPU), bf16 compu
 recompute, and gradient accumulation that skips the reduce-scatter and the device→host gradient
 copy on every micro-batch but the last.
 
-``wrap`` applies, in this order (DESIGN.md §3):
+``wrap`` applies, in this order (docs/architecture.md §4):
 
 1. the model was built on ``meta`` (or on the CPU: both work),
 2. activation checkpointing per block (``model.blocks()``),
@@ -195,7 +195,7 @@ class FSDP(DistributedStrategy):
     # ------------------------------------------------------------------ planning
 
     def layout(self):
-        from vilgkit.planning import StrategyLayout
+        from vilgkit.interfaces import StrategyLayout
 
         return StrategyLayout(
             sharding=self.sharding,

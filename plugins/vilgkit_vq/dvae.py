@@ -66,7 +66,7 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         usage_weight: weight of the batch-usage term :func:`~vilgkit_vq.quantizers.batch_usage_deficit`
             (``1 − H(q̄)/log K`` of the batch-averaged code distribution); 0 = DALL-E's objective.
             Not DALL-E's method: the per-position KL alone lets the relaxation settle on a few
-            percent of the codes (measured on Shapes, docs/performance.md).
+            percent of the codes (measured on Shapes, docs/history/performance-2026-11.md).
         edge_weight: with ``rec_loss="mse"``, weight each pixel's squared error by
             ``1 + edge_weight * |∇ image|`` (:func:`vilgkit_vq.common.edge_weighted_mse`); 0 = plain MSE.
         noise_end, noise_anneal_start, noise_anneal_steps: scale of the Gumbel noise, 1 until

@@ -120,7 +120,7 @@ def test_trainer_with_muon_learns_and_validates_the_name(tmp_path):
 
 
 def test_refused_under_a_sharding_strategy(tmp_path):
-    from vilgkit.planning import StrategyLayout
+    from vilgkit.interfaces import StrategyLayout
 
     class Sharding(SingleDevice):
         def layout(self):

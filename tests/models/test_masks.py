@@ -1,4 +1,4 @@
-"""The model's attention really follows DESIGN.md §1: causal targets, bidirectional sources."""
+"""The model's attention really follows docs/architecture.md §2: causal targets, bidirectional sources."""
 from __future__ import annotations
 
 import pytest

@@ -17,6 +17,57 @@ def add_common(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
+# The run's saved inference settings are the defaults of these flags (RUN_DIR/inference.json, written
+# by the run's Evaluate stage); a flag given on the command line overrides them.
+SAVED = "default: the run's saved setting"
+
+
+class RunSettingsHelp(argparse.Action):
+    """``-h/--help`` that, after ``RUN_DIR``, also prints the settings that run would use (a command
+    sets ``HELP_ACTION = RunSettingsHelp`` and the CLI installs it)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):  # noqa: A002
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        run_dir = getattr(namespace, "run_dir", None)
+        if run_dir:
+            summary = settings_summary(run_dir, parser.get_default("_fallback"))
+            print(f"\ndefaults in effect for {run_dir}:\n  {summary}")
+        parser.exit()
+
+
+def settings_summary(run_dir: str | Path, fallback: dict[str, Any] | None = None) -> str:
+    """One line: the settings a command uses for ``run_dir`` and where they come from."""
+    from vilgkit.errors import VilgkitError
+    from vilgkit.inference_settings import SETTINGS_FILE, load_inference_settings
+
+    try:
+        settings = load_inference_settings(run_dir)
+    except VilgkitError as err:
+        return str(err)
+    values = settings.to_dict() if settings.saved else {**settings.to_dict(), **(fallback or {})}
+    shown = ", ".join(f"{k}={v}" for k, v in values.items() if k not in ("evaluated_by", "report"))
+    if settings.saved:
+        source = f"saved in {Path(run_dir) / SETTINGS_FILE}"
+    else:
+        source = f"{run_dir} has no {SETTINGS_FILE}: the defaults"
+    return f"{shown} ({source})"
+
+
+def add_setting(parser: argparse.ArgumentParser, flag: str, fallback: Any, help_text: str, **kwargs: Any) -> None:
+    """A flag whose default is the run's saved setting (``fallback`` when the run saved none)."""
+    parser.add_argument(flag, default=None, help=f"{help_text} ({SAVED}; without one: {fallback})", **kwargs)
+
+
+def effective_settings(args: argparse.Namespace, saved: Any, names: list[str]) -> dict[str, Any]:
+    """Flag values where given, else the run's saved settings, else the command's fallbacks."""
+    fallback = getattr(args, "_fallback", {}) if not saved.saved else {}
+    values = saved.to_dict()
+    return {n: getattr(args, n) if getattr(args, n) is not None else fallback.get(n, values[n]) for n in names}
+
+
 def load_pipeline(args: argparse.Namespace):
     from vilgkit.pipeline import Pipeline
 

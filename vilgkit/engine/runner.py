@@ -14,7 +14,7 @@ from vilgkit.components import ComponentStore
 from vilgkit.engine.rng import seed_everything
 from vilgkit.errors import RecipeError
 from vilgkit.interfaces import RunContext, Stage
-from vilgkit.plugins import get_plugin_manager
+from vilgkit.plugins import get_plugin_manager, notify
 from vilgkit.recipe import build, load_components, parse_recipe, to_dict
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
@@ -88,11 +88,24 @@ def run(
     stages: list[str] | None = None,
     resume: bool = False,
     debug: bool = False,
+    preflight: bool = True,
 ) -> RunContext:
-    """Run a recipe's stages; returns the context (run dir, built components)."""
-    pm = get_plugin_manager()
+    """Run a recipe's stages; returns the context (run dir, built components).
+
+    With ``preflight`` (the default) the training stages about to run are first planned against
+    the hardware this launch sees (:func:`vilgkit.recipe_plan.preflight`), before anything is built;
+    a stage that does not fit stops the run with the plan's numbers.
+    """
+    get_plugin_manager()
     recipe = resolve(paths, overrides)
-    pm.hook.vilgkit_recipe_loaded(recipe=recipe, path=", ".join(map(str, paths)))
+    notify("vilgkit_recipe_loaded", recipe=recipe, path=", ".join(map(str, paths)))
+    if preflight:
+        from vilgkit.interfaces.stage import stage_name
+        from vilgkit.recipe_plan import preflight as check_fits
+
+        names = [stage_name(node) for node in recipe.get("stages") or []]
+        command = " ".join([str(paths[0]), *(f"--config {p}" for p in paths[1:])])
+        check_fits(recipe, [n for n in names if not stages or n in stages], command)
     stage_objs: list[Stage] = build("stages", recipe.get("stages") or [], source=", ".join(map(str, paths)))
     if not stage_objs:
         raise RecipeError(f"{', '.join(map(str, paths))}: the recipe has no stages")
@@ -105,7 +118,7 @@ def run(
         write_resolved_recipe(recipe, run_dir)
     ctx = RunContext(
         run_dir=run_dir,
-        components=ComponentStore(recipe, on_built=lambda k, c: pm.hook.vilgkit_component_built(key=k, component=c)),
+        components=ComponentStore(recipe, on_built=lambda k, c: notify("vilgkit_component_built", key=k, component=c)),
         recipe=recipe,
         seed=int(recipe.get("seed", 0)),
         resume=resume,
@@ -116,6 +129,6 @@ def run(
         # and initialises its components exactly as it does inside the full recipe
         seed_everything(ctx.seed)
         summary = stage.run(ctx)
-        pm.hook.vilgkit_stage_finished(stage=stage.name, summary=summary, run_dir=str(run_dir))
+        notify("vilgkit_stage_finished", stage=stage.name, summary=summary, run_dir=str(run_dir))
         stage_barrier(ctx)
     return ctx

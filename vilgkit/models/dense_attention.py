@@ -8,9 +8,12 @@ without any plugin; sparse patterns (``vilgkit_attention``) build on the helpers
 
 Dense masks depend only on (source length, total length, device), so they are memoised.
 
-Training attention on the CPU is :func:`masked_attention` (two matmuls and a masked softmax), not
-SDPA: for the short streams of the demos (N ≈ 100) PyTorch's CPU flash kernel with a boolean mask
-is slow in backward under bf16 autocast. GPUs keep SDPA (fused kernels win there).
+Training attention on the CPU is either :func:`masked_attention` (two matmuls and a masked softmax)
+or SDPA, chosen per machine and dtype by :mod:`vilgkit.dispatch` (``attention_bf16`` /
+``attention_fp32``, default ``explicit``): for the short streams of the demos (N ≈ 100) PyTorch's
+CPU flash kernel with a boolean mask was slow in backward under bf16 autocast on a 2-core EPYC
+without AMX, which need not hold on other CPUs. GPUs keep SDPA (fused kernels win there). The mask
+is the dense pattern of docs/architecture.md §2.
 
 Dimension key: B batch, H heads, N sequence length, D head dim.
 """
@@ -21,6 +24,7 @@ from functools import lru_cache
 
 import torch
 
+from vilgkit import dispatch
 from vilgkit.interfaces.attention import (
     AttentionPattern,
     check_attend_inputs,
@@ -82,12 +86,14 @@ class DenseAttention(AttentionPattern):
         layout: Layout,
         key_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Masked attention ``[B, H, N, D]``: explicit on the CPU, SDPA elsewhere."""
+        """Masked attention ``[B, H, N, D]``: explicit or SDPA on the CPU (per machine), SDPA elsewhere."""
         check_layer(layer, num_layers)
         check_attend_inputs(q, k, v, layout, key_padding_mask)
         allowed = unilm_mask(layout.source_length, layout.length, q.device)
         if q.device.type == "cpu":
-            return masked_attention(q, k, v, with_key_padding(allowed, key_padding_mask))
+            low = q.dtype in (torch.bfloat16, torch.float16)
+            if dispatch.choose("attention_bf16" if low else "attention_fp32") == "explicit":
+                return masked_attention(q, k, v, with_key_padding(allowed, key_padding_mask))
         return masked_sdpa(q, k, v, allowed, key_padding_mask)
 
     def decode_keys(self, layer: int, num_layers: int, layout: Layout, position: int) -> torch.Tensor | None:

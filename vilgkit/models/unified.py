@@ -1,6 +1,6 @@
 """ERNIE-ViLG's unified bidirectional generator: one transformer, encoder and decoder shared (§3.1.2).
 
-Streams (source segments, then the target; DESIGN.md §1 masks from the attention pattern):
+Streams (source segments, then the target; docs/architecture.md §2 masks from the attention pattern):
 
 * text→image ``[text | image]``: the text (BOS … EOS, padded) is the source; the image target is
   *shifted*: slot k holds code k−1 (slot 0 a learned begin-of-image embedding) and predicts code k,

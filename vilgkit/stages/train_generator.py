@@ -22,10 +22,12 @@ from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.errors import VilgkitError
+from vilgkit.interfaces import RunContext, Stage
+from vilgkit.registry import STAGES
 from vilgkit.stages.generator_training import (
     GeneratorTrainable,
     SampleGrids,
@@ -34,10 +36,9 @@ from vilgkit.stages.generator_training import (
     check_direction_weights,
     collate_tokenized,
     dataset_fingerprint,
+    peek_samples,
     tokenize_dataset,
 )
-from vilgkit.interfaces import RunContext, Stage
-from vilgkit.registry import STAGES
 
 GENERATOR_FILE = "generator.safetensors"
 RECONSTRUCTOR_FILE = "reconstructor.safetensors"
@@ -67,17 +68,22 @@ def _load_cached(folders: list[Path], fingerprint: str):
 
 
 def check_special_ids(generator: Any, text_tokenizer: Any) -> None:
-    """The generator frames texts with the tokenizer's special ids; a mismatch is a recipe error."""
-    pairs = {name: (getattr(generator, name, None), getattr(text_tokenizer, name)) for name in ("pad_id", "bos_id", "eos_id")}
-    bad = {k: v for k, v in pairs.items() if v[0] is not None and v[0] != v[1]}
-    if bad:
-        detail = ", ".join(f"{k}: generator {g} vs tokenizer {t}" for k, (g, t) in bad.items())
-        raise VilgkitError(f"the generator's special ids differ from the text tokenizer's ({detail}); set them in the recipe")
-    if text_tokenizer.vocab_size > generator.text_vocab_size:
+    """Frame texts with the tokenizer's special ids and check the text vocabulary fits the generator.
+
+    The ids are the tokenizer's (a BERT ``vocab.txt`` puts ``[PAD] [CLS] [SEP]`` where it likes:
+    bert-base-chinese has 0, 101, 102), so they are set on the generator here rather than by hand
+    in the recipe; they are not weights, and the same tokenizer is loaded with the weights later.
+    """
+    size = int(text_tokenizer.vocab_size)
+    if size > generator.text_vocab_size:
         raise VilgkitError(
-            f"the text tokenizer has {text_tokenizer.vocab_size} ids but the generator only "
-            f"{generator.text_vocab_size}; raise text_tokenizer.init_args.vocab_size"
+            f"the text tokenizer has {size} ids but the generator's text vocabulary only "
+            f"{generator.text_vocab_size}; raise text_tokenizer.init_args.vocab_size to at least {size}"
         )
+    for name in ("pad_id", "bos_id", "eos_id"):
+        wanted = getattr(text_tokenizer, name)
+        if getattr(generator, name, None) is not None and wanted is not None:
+            setattr(generator, name, int(wanted))
 
 
 def load_generator_weights(generator: torch.nn.Module, source_dir: Path) -> dict[str, Any]:
@@ -99,6 +105,7 @@ class _GeneratorStage(Stage):
     """Shared machinery of the generator stages (see the module docstring)."""
 
     default_directions: tuple[str, ...] = ("txt2img", "img2txt")
+    trains = "generator"
 
     def __init__(
         self,
@@ -138,10 +145,18 @@ class _GeneratorStage(Stage):
         """Tokenized (cached) or raw training data, with the matching collate function."""
         dataset = self.data if self.data is not None else ctx.component("data")
         reconstructor = ctx.components.get("reconstructor") if "reconstructor" in ctx.components else None
-        if not self.precompute or getattr(reconstructor, "end_to_end", False):
+        if callable(getattr(dataset, "check_tokenizers", None)):  # code shards: made with these tokenizers?
+            dataset.check_tokenizers(image_tok, text_tok)
+        streamed = isinstance(dataset, IterableDataset)
+        if streamed or not self.precompute or getattr(reconstructor, "end_to_end", False):
             from vilgkit.stages.generator_training import _raw_collate
 
-            return dataset, _raw_collate, {"samples": len(dataset), "tokenized": False}
+            if streamed and self.precompute:
+                # a stream has no length to tokenize ahead: the trainer's steps decide how much is read
+                print(f"{self.name}: the data is a stream ({type(dataset).__name__}): batches are tokenized as they "
+                      "arrive (`vilgkit tokenize` writes code shards once, for data read many times)")
+            samples = None if streamed else len(dataset)
+            return dataset, _raw_collate, {"samples": samples, "tokenized": False, "streamed": streamed}
         sources = [ctx.source_dir(self.text_tokenizer_from), ctx.source_dir(self.image_tokenizer_from)]
         fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{max_len}"
         folders = [out_dir] + ([ctx.source_dir(self.generator_from)] if self.generator_from else [])
@@ -180,8 +195,7 @@ class _GeneratorStage(Stage):
         if self.sample_every <= 0:
             return []
         raw = self.data if self.data is not None else ctx.component("data")
-        n = min(self.num_samples, len(raw))
-        items = [raw[i] for i in range(n)]
+        items = peek_samples(raw, self.num_samples)
         prompts = [it["caption"] for it in items]
         images = torch.stack([it["image"] for it in items])
         return [SampleGrids(self.sample_every, prompts, images, text_tok, image_tok, grid, seed=ctx.seed)]
@@ -224,7 +238,10 @@ class _GeneratorStage(Stage):
 
     @staticmethod
     def _grid(dataset, image_tok) -> tuple[int, int]:
-        item = dataset[0]
+        size = getattr(dataset, "image_size", None)
+        if isinstance(dataset, IterableDataset) and isinstance(size, int):
+            return image_tok.grid_size(size, size)  # known without reading the stream
+        item = peek_samples(dataset, 1)[0]
         if "codes" in item:
             return tuple(int(s) for s in item["codes"].shape[-2:])  # type: ignore[return-value]
         return image_tok.grid_size(*item["image"].shape[-2:])

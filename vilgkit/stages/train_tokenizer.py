@@ -252,6 +252,8 @@ class TrainTokenizer(Stage):
             (0: never fail; the number is reported either way).
     """
 
+    trains = "image_tokenizer"
+
     def __init__(
         self,
         trainer: TrainerConfig | None = None,
