@@ -126,7 +126,6 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         self.norm = nn.LayerNorm(C)
         self.text_head = nn.Linear(C, text_vocab_size, bias=False)
         self.image_head = nn.Linear(C, image_vocab_size, bias=False)
-        self._masks: dict[tuple[int, Layout], torch.Tensor] = {}
         self.init_weights()
 
     @classmethod
