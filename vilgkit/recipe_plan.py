@@ -539,7 +539,7 @@ def preflight(recipe: dict[str, Any], stages: list[str], recipe_paths: str) -> N
         stages: names of the stages about to run.
         recipe_paths: the recipe files, for the message.
     """
-    from vilgkit.engine.runner import is_main_process
+    from vilgkit.engine.ranks import is_main_process
 
     strategy = recipe.get("strategy") or {}
     hardware = detect_hardware((strategy.get("init_args") or {}).get("device"))

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from vilgkit import dispatch
+from vilgkit import dispatch, dispatch_probes
 from vilgkit.interfaces import ImageTokenizer, Trainable
 from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
@@ -136,3 +136,6 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
         if group != "main":
             raise KeyError(f"VQVAETokenizer has one optimizer group 'main', got {group!r}")
         return self.loss(images_from_batch(batch))
+
+
+dispatch.register_probe("encode_layout", dispatch_probes.encode_layout_probe)

@@ -1,7 +1,6 @@
 """``vilgkit run``: parse a recipe, save it resolved, run its stages in order."""
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import yaml
 
 import vilgkit
 from vilgkit.components import ComponentStore
+from vilgkit.engine.ranks import is_main_process, stage_barrier
 from vilgkit.engine.rng import seed_everything
 from vilgkit.errors import RecipeError
 from vilgkit.interfaces import RunContext, Stage
@@ -41,33 +41,6 @@ def write_resolved_recipe(recipe: dict[str, Any], run_dir: Path) -> Path:
     tmp.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     tmp.replace(path)
     return path
-
-
-def is_main_process() -> bool:
-    """True on the rank that writes shared files and evaluates: rank 0 of the process group, or of
-    the launcher's environment (``RANK``) before any group exists; True without a launcher."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0") or 0) == 0
-
-
-def stage_barrier(ctx: RunContext) -> None:
-    """Every rank waits here until all have finished the stage, so none starts the next one before
-    the main rank has written what it reads (weights, manifests); a no-op in a single process.
-
-    The recipe's strategy provides the barrier (it sets the process group up when needed); without
-    one, the default process group is used when it exists.
-    """
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return
-    if "strategy" in ctx.components:
-        ctx.components["strategy"].barrier()
-    elif dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def select_stages(stages: list[Stage], subset: list[str] | None) -> list[Stage]:

@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import torch
 
-from vilgkit import dispatch
+from vilgkit import dispatch, dispatch_probes
 from vilgkit.interfaces.attention import (
     AttentionPattern,
     check_attend_inputs,
@@ -104,3 +104,7 @@ class DenseAttention(AttentionPattern):
 
     def __repr__(self) -> str:
         return "DenseAttention()"
+
+
+for _name, _dtype in (("attention_bf16", torch.bfloat16), ("attention_fp32", torch.float32)):
+    dispatch.register_probe(_name, lambda d=_dtype: dispatch_probes.attention_probe(masked_attention, unilm_mask, d))

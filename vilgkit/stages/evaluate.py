@@ -135,7 +135,7 @@ class Evaluate(Stage):
         self.report_examples, self.seed, self.device = report_examples, seed, device
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from vilgkit.engine.runner import is_main_process
+        from vilgkit.engine.ranks import is_main_process
 
         if not is_main_process():  # under torchrun the main rank evaluates; the others wait at the runner's barrier
             return {}
@@ -236,7 +236,7 @@ class TrainShapesFeatures(Stage):
         self.image_size, self.steps, self.batch_size, self.lr, self.seed = image_size, steps, batch_size, lr, seed
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from vilgkit.engine.runner import is_main_process
+        from vilgkit.engine.ranks import is_main_process
         from vilgkit.metrics.shapes_features import train_shapes_feature_extractor
 
         if not is_main_process():  # one writer; the others wait at the runner's barrier

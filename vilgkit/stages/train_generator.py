@@ -161,7 +161,7 @@ class _GeneratorStage(Stage):
         fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{max_len}"
         folders = [out_dir] + ([ctx.source_dir(self.generator_from)] if self.generator_from else [])
         found = _load_cached(folders, fingerprint)
-        from vilgkit.engine.runner import is_main_process, stage_barrier
+        from vilgkit.engine.ranks import is_main_process, stage_barrier
 
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             # Under torchrun the main rank tokenizes and writes once; the others wait for it and read
