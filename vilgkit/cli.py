@@ -24,6 +24,8 @@ SUBCOMMANDS = [
     "plugins",
     "print-config",
     "ablation",
+    "serve",
+    "humaneval",
 ]
 
 

@@ -36,7 +36,11 @@ from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, RunCont
 from vilgkit.interfaces.reranker import Reranker, RerankInputs
 from vilgkit.pictures import load_images, to_pil
 from vilgkit.text_encoding import encode_texts, warn_unknown_words
+from vilgkit.self_rerank import self_rerank_scores
 
+
+#: Most decoding rows (prompts x candidates) sampled together by :meth:`Pipeline.sample_codes`.
+MAX_SAMPLING_ROWS = 256
 
 class Pipeline:
     """Inference on a trained generator with its tokenizers.
@@ -149,16 +153,22 @@ class Pipeline:
         batch_size: int = 16,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample codes for every prompt: ``codes Long[B*N, h, w]`` (candidate-major per prompt),
-        plus the prompts' ``ids``/``mask`` (``[B, L]``)."""
+        plus the prompts' ``ids``/``mask`` (``[B, L]``).
+
+        Up to ``batch_size`` prompts and all their candidates go through the KV cache as one batch,
+        capped at :data:`MAX_SAMPLING_ROWS` rows (best-of-60 samples 4 prompts at a time), which
+        bounds the cache's memory; one prompt's candidates are never split.
+        """
         if num_candidates < 1:
             raise InputError(f"num_candidates must be at least 1, got {num_candidates}")
         ids, mask, _ = encode_texts(self.text_tokenizer, prompts, self.max_text_len, truncate=truncate)
         rng = torch.Generator(device=self.device)
         rng.manual_seed(0 if seed is None else int(seed))
         chunks = []
-        for start in range(0, len(ids), batch_size):
-            chunk_ids = ids[start : start + batch_size].to(self.device)
-            chunk_mask = mask[start : start + batch_size].to(self.device)
+        per_batch = max(1, min(batch_size, MAX_SAMPLING_ROWS // num_candidates))
+        for start in range(0, len(ids), per_batch):
+            chunk_ids = ids[start : start + per_batch].to(self.device)
+            chunk_mask = mask[start : start + per_batch].to(self.device)
             chunks.append(
                 self.generator.sample_images(
                     chunk_ids, chunk_mask, grid=self.grid, num_candidates=num_candidates, temperature=temperature,
@@ -187,12 +197,7 @@ class Pipeline:
         candidates) or a :class:`~vilgkit.interfaces.Reranker`.
         """
         if reranker == "self":
-            rep_ids = ids.repeat_interleave(num_candidates, dim=0).to(self.device)
-            rep_mask = mask.repeat_interleave(num_candidates, dim=0).to(self.device)
-            scores = torch.cat([
-                self.generator.text_log_likelihood(codes[i : i + 64].to(self.device), rep_ids[i : i + 64], rep_mask[i : i + 64])
-                for i in range(0, len(codes), 64)
-            ]).float().cpu().view(len(ids), num_candidates)  # fmt: skip
+            scores = self_rerank_scores(self.generator, codes.to(self.device), ids, mask, num_candidates).cpu()
             return torch.argsort(scores, dim=1, descending=True, stable=True)
         images = self.decode_codes(codes, ids.repeat_interleave(num_candidates, 0), mask.repeat_interleave(num_candidates, 0)) if reranker.needs_images else None
         inputs = RerankInputs(num_candidates=num_candidates, codes=codes.to(self.device), text_ids=ids.to(self.device),
@@ -360,6 +365,10 @@ def _off_if(off: float, value: Any) -> Any:
 
 
 def _abs(path: str, run_dir: Path) -> str:
+    from vilgkit.stages.train_generator import FROM_RECIPE
+
+    if path == FROM_RECIPE:  # the recipe's component as built, not a folder
+        return path
     p = Path(path)
     return str(p if p.is_absolute() else run_dir / p)
 

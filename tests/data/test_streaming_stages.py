@@ -25,9 +25,7 @@ from vilgkit.testing.real_data import (
 def real(tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
     kept = write_img2dataset_shards(root / "shards", num_shards=2, per_shard=12)
-    held = write_img2dataset_shards(
-        root / "val", num_shards=1, per_shard=6, split="test", bad_samples=False
-    )
+    held = write_img2dataset_shards(root / "val", num_shards=1, per_shard=6, split="test", bad_samples=False)
     # every caption word of the data is in the vocabulary (Shapes never says "cat" or "猫")
     write_bert_vocab(root / "vocab.txt", [r["caption"] for r in kept + held])
     ckpt, _ = write_taming_checkpoint(root / "taming")
@@ -117,24 +115,16 @@ def _gen(steps: int, trainer: dict | None = None, **extra) -> dict:
 
 
 def _losses(stage_dir: Path) -> dict[int, float]:
-    rows = [
-        json.loads(line)
-        for line in (stage_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
 def test_fit_stage_keeps_a_given_vocab_file(real, tmp_path, capsys):
     ctx = _run(tmp_path, _recipe(real, tmp_path / "run", [FIT]))
     tok = ctx.components["text_tokenizer"]
-    assert (
-        tok.vocab()
-        == (real["root"] / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    )  # not re-fitted
+    assert tok.vocab() == (real["root"] / "vocab.txt").read_text(encoding="utf-8").splitlines()  # not re-fitted
     assert "used as it is, not fitted" in capsys.readouterr().out
-    summary = json.loads(
-        (tmp_path / "run" / "fit_text_tokenizer" / "fit_summary.json").read_text()
-    )
+    summary = json.loads((tmp_path / "run" / "fit_text_tokenizer" / "fit_summary.json").read_text())
     assert summary["fitted"] is False and summary["vocab_size"] == len(tok.vocab())
     # BERT's specials found by name in bert-base-chinese's layout; Chinese split per character
     assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.sep_id, tok.mask_id) == (
@@ -162,9 +152,7 @@ def test_text_budget_is_checked_against_the_vocabulary(real):
         num_layers=1,
         num_heads=2,
     )
-    with pytest.raises(
-        VilgkitError, match="at least 180"
-    ):  # the generator's text vocabulary is too small
+    with pytest.raises(VilgkitError, match="at least 180"):  # the generator's text vocabulary is too small
         check_special_ids(small, tok)
 
 
@@ -203,9 +191,7 @@ def test_generator_stages_and_evaluation_read_a_webdataset_stream(real, tmp_path
     val = WebDatasetReader(str(real["root"] / "val"), image_size=32, repeat=True)
     sizes = [len(b) for b in _batches(val, 5, 2)]
     assert sizes == [2, 2, 1]
-    assert [len(b) for b in _batches(val, 50, 4)][-1] <= 4 and sum(
-        len(b) for b in _batches(val, 50, 4)
-    ) == 50
+    assert [len(b) for b in _batches(val, 50, 4)][-1] <= 4 and sum(len(b) for b in _batches(val, 50, 4)) == 50
 
 
 def test_resume_on_a_stream_is_exact(real, tmp_path):
@@ -224,11 +210,7 @@ def test_resume_on_a_stream_is_exact(real, tmp_path):
     shutil.rmtree(stage / "checkpoints" / "step_00000008")
     metrics = stage / "metrics.jsonl"
     metrics.write_text(
-        "".join(
-            line
-            for line in metrics.read_text().splitlines(keepends=True)
-            if json.loads(line).get("step", 0) <= 4
-        )
+        "".join(line for line in metrics.read_text().splitlines(keepends=True) if json.loads(line).get("step", 0) <= 4)
     )
     doc = _recipe(real, tmp_path / "resumed", stages)
     _run(tmp_path, doc, resume=True)
@@ -247,29 +229,19 @@ def test_code_shards_of_caption_only_data_train_the_generator(real, tmp_path):
 
     tok = WordPieceTokenizer(vocab_size=512, vocab_file=str(real["root"] / "vocab.txt"))
     image_tok = TamingVQGAN(str(real["ckpt"]))
-    reader = WebDatasetReader(
-        str(real["root"] / "shards"), image_size=32, max_skip_fraction=0.25
-    )
-    write_code_shards(
-        reader, image_tok, tok, tmp_path / "codes", shard_size=8, progress=False
-    )
+    reader = WebDatasetReader(str(real["root"] / "shards"), image_size=32, max_skip_fraction=0.25)
+    write_code_shards(reader, image_tok, tok, tmp_path / "codes", shard_size=8, progress=False)
     shards = CodeShardDataset(str(tmp_path / "codes"))
     assert len(shards) == len(real["kept"])
     batch = _raw_collate([shards[i] for i in range(5)])
-    framed, _ = tokenize_texts_batch(
-        batch, tok, 12
-    )  # 12: some captions are cut, as on the fly
+    framed, _ = tokenize_texts_batch(batch, tok, 12)  # 12: some captions are cut, as on the fly
     for raw, prefix in (
         ("caption", "text"),
         ("question", "question"),
         ("answer", "answer"),
     ):
-        ids, mask, _ = encode_texts(
-            tok, batch[raw], 12, truncate=True, allow_empty=True
-        )
-        assert torch.equal(framed[f"{prefix}_ids"], ids) and torch.equal(
-            framed[f"{prefix}_mask"], mask
-        )
+        ids, mask, _ = encode_texts(tok, batch[raw], 12, truncate=True, allow_empty=True)
+        assert torch.equal(framed[f"{prefix}_ids"], ids) and torch.equal(framed[f"{prefix}_mask"], mask)
     data = {
         "class_path": "CodeShardDataset",
         "init_args": {"path": str(tmp_path / "codes")},
@@ -297,9 +269,7 @@ def test_mostly_unknown_prompts_warn_naming_the_words(real):
         warn_unknown_words(tok, ["猫猫猫"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_unknown_words(
-            tok, ["a red blorp circle"]
-        )  # one unknown word in four: no warning
+        warn_unknown_words(tok, ["a red blorp circle"])  # one unknown word in four: no warning
 
 
 def test_taming_config_is_found_in_the_published_layout(real, tmp_path):
@@ -310,8 +280,25 @@ def test_taming_config_is_found_in_the_published_layout(real, tmp_path):
     (logs / "checkpoints").mkdir(parents=True)
     (logs / "configs").mkdir()
     (logs / "configs" / "2020-11-09T13-31-51-project.yaml").write_text("model: {}\n")
-    assert find_taming_config(logs / "checkpoints" / "last.ckpt").name.endswith(
-        "-project.yaml"
-    )
+    assert find_taming_config(logs / "checkpoints" / "last.ckpt").name.endswith("-project.yaml")
     with pytest.raises(FileNotFoundError, match="give `config:`"):
         find_taming_config(tmp_path / "elsewhere" / "last.ckpt")
+
+
+def test_published_tokenizers_need_no_stage(real, tmp_path):
+    """`*_tokenizer_from: recipe`: the vocab_file and the taming checkpoint as the recipe builds them,
+    no fit or tokenizer stage; the run loads for inference from the same recipe."""
+    from vilgkit import Pipeline
+
+    gen = _gen(2, text_tokenizer_from="recipe", image_tokenizer_from="recipe")
+    _run(tmp_path, _recipe(real, tmp_path / "run", [gen]))
+    manifest = json.loads((tmp_path / "run" / "train_generator" / "generator.json").read_text())
+    assert manifest["text_tokenizer"] == manifest["image_tokenizer"] == "recipe"
+    pipe = Pipeline.from_run_dir(tmp_path / "run", device="cpu")
+    assert pipe.generator.bos_id == 101 and pipe.text_tokenizer.vocab_size == 180
+    (image,) = pipe.text_to_image(["a small red circle"], seed=0)
+    assert image.size == (32, 32)
+    doc = _recipe(real, tmp_path / "unfitted", [gen])
+    doc["text_tokenizer"]["init_args"] = {"vocab_size": 512}  # no vocab_file: it would need fitting
+    with pytest.raises(VilgkitError, match="FitTextTokenizer"):
+        _run(tmp_path, doc)

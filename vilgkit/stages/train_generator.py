@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset, IterableDataset
 
+from vilgkit.data.code_shards import image_tokenizer_fingerprint, text_tokenizer_fingerprint
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.errors import VilgkitError
 from vilgkit.interfaces import RunContext, Stage
@@ -48,12 +49,30 @@ TOKENIZED_FILE = "tokenized.safetensors"
 Direction = Literal["txt2img", "img2txt", "vqa"]
 
 
+#: a ``*_tokenizer_from`` value meaning "the recipe's component as it is built" (a published
+#: ``vocab_file``, a taming checkpoint): no fit or training stage needed
+FROM_RECIPE = "recipe"
+
+
 def _load_tokenizers(ctx: RunContext, text_from: str, image_from: str):
-    """The fitted text tokenizer and trained image tokenizer from earlier stages (or paths)."""
+    """The text and image tokenizers: from earlier stages or folders, or (``"recipe"``) as the recipe builds them."""
     from vilgkit.stages.fit_text_tokenizer import load_text_tokenizer
     from vilgkit.stages.train_tokenizer import load_image_tokenizer
 
-    return load_text_tokenizer(ctx, text_from), load_image_tokenizer(ctx, image_from)
+    if text_from == FROM_RECIPE:
+        text_tok = ctx.component("text_tokenizer")
+        if not text_tok.is_fitted:
+            raise VilgkitError("text_tokenizer_from: recipe needs a ready text tokenizer (e.g. WordPieceTokenizer "
+                               "with a vocab_file); this one must be fitted: add a FitTextTokenizer stage")
+    else:
+        text_tok = load_text_tokenizer(ctx, text_from)
+    image_tok = ctx.component("image_tokenizer").eval() if image_from == FROM_RECIPE else load_image_tokenizer(ctx, image_from)
+    return text_tok, image_tok
+
+
+def _source_record(ctx: RunContext, source: str) -> str:
+    """What the manifest records for a tokenizer source (``recipe``, or the folder relative to the run)."""
+    return source if source == FROM_RECIPE else str(_relative(ctx.source_dir(source), ctx.run_dir))
 
 
 def _load_cached(folders: list[Path], fingerprint: str):
@@ -122,8 +141,10 @@ class _GeneratorStage(Stage):
         num_samples: int = 8,
         direction_fractions: dict[str, float] | None = None,
         direction_weights: dict[str, float] | None = None,
+        shuffle: bool = True,
     ) -> None:
         super().__init__(name)
+        self.shuffle = bool(shuffle)
         self.trainer = trainer or TrainerConfig()
         self.text_tokenizer_from = text_tokenizer_from
         self.image_tokenizer_from = image_tokenizer_from
@@ -157,8 +178,9 @@ class _GeneratorStage(Stage):
                       "arrive (`vilgkit tokenize` writes code shards once, for data read many times)")
             samples = None if streamed else len(dataset)
             return dataset, _raw_collate, {"samples": samples, "tokenized": False, "streamed": streamed}
-        sources = [ctx.source_dir(self.text_tokenizer_from), ctx.source_dir(self.image_tokenizer_from)]
-        fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{max_len}"
+        sources = [ctx.source_dir(s) for s in (self.text_tokenizer_from, self.image_tokenizer_from) if s != FROM_RECIPE]
+        tokenizers = f"{text_tokenizer_fingerprint(text_tok)}:{image_tokenizer_fingerprint(image_tok)}"
+        fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{tokenizers}:{max_len}"
         folders = [out_dir] + ([ctx.source_dir(self.generator_from)] if self.generator_from else [])
         found = _load_cached(folders, fingerprint)
         from vilgkit.engine.ranks import is_main_process, stage_barrier
@@ -226,7 +248,7 @@ class _GeneratorStage(Stage):
             self.direction_fractions, self.direction_weights,
         )
         trainer = Trainer.for_stage(
-            ctx, self, module, dataset, self.trainer, collate_fn=collate,
+            ctx, self, module, dataset, self.trainer, collate_fn=collate, shuffle=self.shuffle,
             callbacks=self._sample_callback(ctx, dataset, text_tok, image_tok, grid),
             rebuild=lambda: self._fresh_trainable(ctx, text_tok, image_tok, module.reconstructor is not None),
         )  # fmt: skip
@@ -268,8 +290,8 @@ class _GeneratorStage(Stage):
                 save_file(part, str(out_dir / filename))
         manifest = {
             "stage": self.name,
-            "text_tokenizer": str(_relative(ctx.source_dir(self.text_tokenizer_from), ctx.run_dir)),
-            "image_tokenizer": str(_relative(ctx.source_dir(self.image_tokenizer_from), ctx.run_dir)),
+            "text_tokenizer": _source_record(ctx, self.text_tokenizer_from),
+            "image_tokenizer": _source_record(ctx, self.image_tokenizer_from),
             "grid": list(grid),
             "image_size": [grid[0] * image_tok.downsample, grid[1] * image_tok.downsample],
             "max_text_len": int(module.generator.max_text_len),
@@ -314,8 +336,10 @@ class TrainGenerator(_GeneratorStage):
     Args:
         trainer: optimisation settings (steps, batch size, lr, precision...).
         name: stage name and output folder (default ``train_generator``).
-        text_tokenizer_from: stage name or folder holding the fitted text tokenizer.
-        image_tokenizer_from: stage name or folder holding the trained image tokenizer (frozen here).
+        text_tokenizer_from: stage name or folder holding the fitted text tokenizer, or ``recipe``: the
+            recipe's ``text_tokenizer`` as built (a published ``vocab_file``; no fit stage needed).
+        image_tokenizer_from: stage name or folder holding the trained image tokenizer (frozen here), or
+            ``recipe``: the recipe's ``image_tokenizer`` as built (e.g. a ``TamingVQGAN`` checkpoint).
         generator_from: optionally continue from a generator stage's ``generator.safetensors``.
         data: the training data (default: the recipe's ``data``).
         directions: directions trained every batch (default ``[txt2img, img2txt]``; add ``vqa`` to
@@ -331,6 +355,8 @@ class TrainGenerator(_GeneratorStage):
             :class:`~vilgkit.stages.generator_training.GeneratorTrainable`).
         direction_weights: weight of a direction's loss in the optimised sum (default 1 each), e.g.
             ``{vqa: 4}`` (see :class:`~vilgkit.stages.generator_training.GeneratorTrainable`).
+        shuffle: permute map-style data every epoch (False: the data set's order, e.g. code shards in
+            the order of the stream they were made from; a stream keeps its own order either way).
     """
 
 
@@ -350,7 +376,7 @@ class FinetuneVQA(_GeneratorStage):
                  directions: list[Direction] | None = None, precompute: bool = True,
                  reconstructor_weight: float = 1.0, sample_every: int = 0, num_samples: int = 8,
                  direction_fractions: dict[str, float] | None = None,
-                 direction_weights: dict[str, float] | None = None) -> None:  # fmt: skip
+                 direction_weights: dict[str, float] | None = None, shuffle: bool = True) -> None:  # fmt: skip
         super().__init__(trainer, name, text_tokenizer_from, image_tokenizer_from, generator_from, data,
                          directions, precompute, reconstructor_weight, sample_every, num_samples,
-                         direction_fractions, direction_weights)  # fmt: skip
+                         direction_fractions, direction_weights, shuffle)  # fmt: skip

@@ -85,9 +85,7 @@ def write_img2dataset_shards(
                 image = _jpeg(world.render(k), (width, height))
                 bad = BAD_SAMPLES.get(j) if bad_samples and s == 0 else None
                 if bad == "undecodable_image":
-                    image = image[
-                        : len(image) // 3
-                    ]  # a truncated JPEG: PIL fails to load it
+                    image = image[: len(image) // 3]  # a truncated JPEG: PIL fails to load it
                 elif bad == "empty_caption":
                     caption = "   "
                 meta = {
@@ -123,16 +121,12 @@ def write_img2dataset_shards(
     return kept
 
 
-def write_bert_vocab(
-    path: str | Path, texts: list[str], *, leave_out: tuple[str, ...] = ()
-) -> list[str]:
+def write_bert_vocab(path: str | Path, texts: list[str], *, leave_out: tuple[str, ...] = ()) -> list[str]:
     """Write a bert-base-chinese-layout ``vocab.txt`` covering ``texts`` (lower-cased words, CJK
     characters one per line, punctuation) except the words in ``leave_out``; returns the tokens."""
     from tokenizers import normalizers, pre_tokenizers
 
-    normalizer = normalizers.BertNormalizer(
-        lowercase=True, handle_chinese_chars=True, strip_accents=True
-    )
+    normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True, strip_accents=True)
     splitter = pre_tokenizers.BertPreTokenizer()
     words: list[str] = []
     for text in texts:
