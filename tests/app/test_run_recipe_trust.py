@@ -43,7 +43,9 @@ def _popen_generator(recipe: dict, marker: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "vilgkit", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vilgkit", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_generate_refuses_a_popen_generator_in_the_run_recipe(tiny_run, tmp_path):

@@ -57,7 +57,9 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
         ``[B, H, N, D]`` in ``v``'s dtype. The softmax runs in fp32 (fp64 inputs keep fp64).
     """
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, N, N]
-    probs = scores.to(torch.promote_types(scores.dtype, torch.float32)).masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    probs = (
+        scores.to(torch.promote_types(scores.dtype, torch.float32)).masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    )
     return torch.matmul(probs.to(v.dtype), v)
 
 

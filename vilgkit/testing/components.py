@@ -1,4 +1,5 @@
 """Enumerate registered components and build them for tests."""
+
 from __future__ import annotations
 
 import inspect
@@ -42,7 +43,9 @@ def registered_components(registry: str | None = None, plugin: str | None = None
             continue
         for name in reg.names():
             cls = reg.get(name)
-            if module_prefix and not (cls.__module__ == module_prefix or cls.__module__.startswith(module_prefix + ".")):
+            if module_prefix and not (
+                cls.__module__ == module_prefix or cls.__module__.startswith(module_prefix + ".")
+            ):
                 continue
             cases.append(ComponentCase(reg_name, name, cls))
     return cases

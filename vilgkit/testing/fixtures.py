@@ -4,6 +4,7 @@
 tests build them from :func:`fixture_args`: a few Shapes samples written once per process into a
 temporary folder. It lives here, not in the data classes, so the library never imports test code.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -11,7 +12,7 @@ import io
 import json
 import shutil
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from vilgkit.data.webdataset_reader import WebDatasetReader
 NUM = 4
 
 
-@lru_cache(maxsize=None)
+@cache
 def fixture_dir() -> Path:
     """A temporary folder with ``index.jsonl`` + ``images/``, ``shards/00000.tar`` and ``codes/``."""
     import webdataset as wds
@@ -64,13 +65,22 @@ def _write_codes(out: Path, items: list[dict]) -> None:
             f.write(json.dumps({k: item[k] for k in ("caption", "question", "answer", "lang")}) + "\n")
     fake = {"class": "fixture", "fingerprint": "0" * 64}
     manifest = {
-        "format": FORMAT, "num_samples": n, "grid": [4, 4], "code_dtype": "int16",
+        "format": FORMAT,
+        "num_samples": n,
+        "grid": [4, 4],
+        "code_dtype": "int16",
         "image_tokenizer": {**fake, "codebook_size": 16, "downsample": 8},
         "text_tokenizer": {**fake, "vocab_size": 16, "special_ids": {"pad": 0}},
-        "shards": [{"name": "shard-00000", "num_samples": n, "sha256": _sha256(out / "shard-00000.safetensors"),
-                    "jsonl_sha256": _sha256(out / "shard-00000.jsonl"),
-                    "widths": {"caption": 3, "question": 3, "answer": 3}}],
-    }  # fmt: skip
+        "shards": [
+            {
+                "name": "shard-00000",
+                "num_samples": n,
+                "sha256": _sha256(out / "shard-00000.safetensors"),
+                "jsonl_sha256": _sha256(out / "shard-00000.jsonl"),
+                "widths": {"caption": 3, "question": 3, "answer": 3},
+            }
+        ],
+    }
     (out / MANIFEST).write_text(json.dumps(manifest))
 
 
