@@ -30,7 +30,6 @@ import copy
 import difflib
 import importlib
 import inspect
-import re
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from vilgkit.interfaces import (
     Stage,
     TextTokenizer,
 )
+from vilgkit.recipe_errors import blame_override, describe_validation_error
 
 #: top-level component keys: base class and the registry whose short names they accept
 COMPONENTS: dict[str, tuple[type, R.VilgRegistry]] = {
@@ -105,11 +105,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not a YAML text file (byte {err.start} is not UTF-8)") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise RecipeError(f"{path}: malformed YAML at {where}: {err.problem}") from None
+    except yaml.YAMLError as err:  # e.g. control characters: not text
+        raise RecipeError(f"{path}: not a YAML text file ({str(err).splitlines()[0]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -146,11 +150,18 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
             if not items:
                 raise RecipeError(f"override {flag} has no value")
             key, raw = flag[2:], items.pop(0)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise RecipeError(f"override --{key}: {raw!r} is not a YAML value (quote a string)", key=key) from None
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit():
+        for depth, part in enumerate(parts):
+            if isinstance(node, list):
+                _check_index(node, part, key, ".".join(parts[:depth]))
+            if depth == len(parts) - 1:
+                break
+            if isinstance(node, list):
                 node = node[int(part)]
                 continue
             nxt = node.get(part)
@@ -163,6 +174,17 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
         else:
             node[parts[-1]] = value
     return out
+
+
+def _check_index(items: list[Any], part: str, key: str, where: str) -> None:
+    """An override into a list names an existing index (``--stages.9…`` with 4 stages is an error)."""
+    if part.isdigit() and int(part) < len(items):
+        return
+    indices = f"0..{len(items) - 1}" if items else "none, it is empty"
+    raise RecipeError(
+        f"override --{key}: {where} is a list of {len(items)}; {part!r} is not one of its indices ({indices})",
+        key=where,
+    )
 
 
 # --------------------------------------------------------------------------- class paths
@@ -207,7 +229,7 @@ def resolve_class_paths(node: Any, source: str, key: str = "", *, registered_onl
 def _resolve_one(name: Any, source: str, dotted: str, owner_key: str, registered_only: bool) -> str:
     registry = registry_for(owner_key)
     if not isinstance(name, str) or not name:
-        raise RecipeError(f"{source}: {dotted}: a class_path is a class name, got {name!r}")
+        raise RecipeError(f"{source}: {dotted}: a class_path is a class name, got {name!r}", key=dotted)
     if registry is not None:
         registered = registry.module_dict
         if name in registered:
@@ -220,11 +242,11 @@ def _resolve_one(name: Any, source: str, dotted: str, owner_key: str, registered
             module = importlib.import_module(module_name)
             getattr(module, attr)
         except (ImportError, AttributeError) as err:
-            raise RecipeError(f"{source}: {dotted}: cannot import {name!r} ({err})") from None
+            raise RecipeError(f"{source}: {dotted}: cannot import {name!r} ({err})", key=dotted) from None
         return name
     if registry is None:
         why = "only registered components may be named here" if registered_only else "give its dotted import path"
-        raise RecipeError(f"{source}: {dotted}: {name!r} is not a class of a registry for this key; {why}")
+        raise RecipeError(f"{source}: {dotted}: {name!r} is not a class of a registry for this key; {why}", key=dotted)
     choices = registry.names()
     close = registry.closest(name.rpartition(".")[2])
     hint = f" Did you mean {close[0]}?" if close else ""
@@ -233,7 +255,8 @@ def _resolve_one(name: Any, source: str, dotted: str, owner_key: str, registered
 
     raise RecipeError(
         f"{source}: {dotted}: unknown class_path {name!r}: not a {what}class of registry '{registry.name}'. "
-        f"Available: {', '.join(choices) or '(none registered)'}.{hint}{failed_plugins_note()}"
+        f"Available: {', '.join(choices) or '(none registered)'}.{hint}{failed_plugins_note()}",
+        key=dotted,
     )
 
 
@@ -255,7 +278,8 @@ def _check_init_args(node: dict[str, Any], source: str, key: str) -> None:
             prefix = f"{key}.init_args" if key else "init_args"
             raise RecipeError(
                 f"{source}: {prefix}.{arg}: {cls.__name__} does not take '{arg}'. "
-                f"It takes: {', '.join(accepted) or '(nothing)'}.{hint}"
+                f"It takes: {', '.join(accepted) or '(nothing)'}.{hint}",
+                key=f"{prefix}.{arg}",
             )
 
 
@@ -270,7 +294,11 @@ def parse_recipe(paths: list[str | Path], overrides: list[str] | None = None) ->
     for path in paths:
         merged = merge(merged, load_yaml(path))
     merged = apply_overrides(merged, overrides or [])
-    return validate(merged, ", ".join(str(p) for p in paths))
+    source = ", ".join(str(p) for p in paths)
+    try:
+        return validate(merged, source)
+    except RecipeError as err:
+        raise blame_override(err, source, overrides or []) from None
 
 
 def validate(recipe: dict[str, Any], source: str, *, registered_only: bool = False) -> Namespace:
@@ -280,13 +308,16 @@ def validate(recipe: dict[str, Any], source: str, *, registered_only: bool = Fal
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
-            raise RecipeError(f"{source}: unknown top-level key '{key}'. Recipe keys: {', '.join(sorted(known))}.{hint}")
+            raise RecipeError(
+                f"{source}: unknown top-level key '{key}'. Recipe keys: {', '.join(sorted(known))}.{hint}", key=key
+            )
     resolved = resolve_class_paths(recipe, source, registered_only=registered_only)
     parser = build_parser()
     try:
         return parser.parse_object(resolved)
     except Exception as err:  # jsonargparse.ArgumentError and friends
-        raise RecipeError(f"{source}: {_describe_jsonargparse_error(str(err))}") from None
+        key, problem = describe_validation_error(str(err), resolved)
+        raise RecipeError(f"{source}: {key}: {problem}", key=key) from None
 
 
 def load_components() -> None:
@@ -308,16 +339,6 @@ def load_run_recipe(path: str | Path) -> dict[str, Any]:
     recipe = load_yaml(path)
     recipe.pop("_versions", None)  # provenance written next to the recipe, not part of it
     return to_dict(validate(recipe, str(path), registered_only=True))
-
-
-def _describe_jsonargparse_error(message: str) -> str:
-    keys = re.findall(r'Parser key "([^"]+)"', message)
-    options = re.findall(r"Option '([^']+)' is not accepted", message)
-    dotted = ".init_args.".join(keys) if keys else "?"
-    detail = [line.strip() for line in message.splitlines() if "Expected" in line or "not accepted" in line]
-    if options:
-        dotted = f"{dotted}.init_args.{options[0]}"
-    return f"{dotted}: {detail[0] if detail else message.splitlines()[0]}"
 
 
 def to_dict(cfg: Namespace) -> dict[str, Any]:
@@ -347,7 +368,8 @@ def build(key: str, node: Any, *, source: str = "recipe", registered_only: bool 
     try:
         cfg = parser.parse_object(resolved)
     except Exception as err:  # jsonargparse.ArgumentError and friends
-        raise RecipeError(f"{source}: {_describe_jsonargparse_error(str(err))}") from None
+        key_name, problem = describe_validation_error(str(err), resolved)
+        raise RecipeError(f"{source}: {key_name}: {problem}", key=key_name) from None
     try:
         return parser.instantiate(cfg)[key]
     except Exception as err:

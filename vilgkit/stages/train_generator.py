@@ -227,13 +227,20 @@ class _GeneratorStage(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from vilgkit.engine.trainer import Trainer
 
+        reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
+        if getattr(reconstructor, "end_to_end", False) and "txt2img" not in self.directions:
+            # it trains on the generator's txt2img hidden states: without that direction there are none
+            raise VilgkitError(
+                f"stage {self.name!r} ({type(self).__name__}): reconstructor {type(reconstructor).__name__} is trained "
+                f"end to end on the txt2img hidden states, but this stage trains directions {self.directions}; "
+                "add txt2img to its directions or use a two-stage reconstructor (e.g. TwoStageReconstructor)"
+            )
         out_dir = ctx.stage_dir(self.name)
         text_tok, image_tok = _load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
         generator = ctx.component("generator")
         check_special_ids(generator, text_tok)
         if self.generator_from:
             load_generator_weights(generator, ctx.source_dir(self.generator_from))
-        reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
         if reconstructor is not None and callable(getattr(reconstructor, "attach", None)):
             reconstructor.attach(image_tok, int(generator.hidden_size))  # the trained tokenizer, the generator's width
         if reconstructor is not None and getattr(reconstructor, "end_to_end", False) and self.generator_from:
