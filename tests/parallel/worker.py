@@ -86,12 +86,12 @@ def recipe_10b(out: Path) -> dict:
 
     from vilgkit.components import ComponentStore
     from vilgkit.engine.runner import resolve
-    from vilgkit.recipe import instantiate
+    from vilgkit.recipe import build
 
     overrides = ["--generator.init_args.num_layers", "1", "--text_tokenizer.init_args.vocab_size", "1000",
                  "--reconstructor", "null", "--strategy.init_args.device", "cpu"]
     recipe = resolve(["recipes/ernievilg_10b.yaml"], overrides)
-    strategy = instantiate(recipe["strategy"])
+    strategy = build("strategy", recipe["strategy"])
     strategy.setup()
     store = ComponentStore(recipe)
     model = strategy.build_module(lambda: store.build("generator"))
