@@ -298,6 +298,14 @@ def test_published_tokenizers_need_no_stage(real, tmp_path):
     assert pipe.generator.bos_id == 101 and pipe.text_tokenizer.vocab_size == 180
     (image,) = pipe.text_to_image(["a small red circle"], seed=0)
     assert image.size == (32, 32)
+    # the generator's 512 text ids exceed the vocabulary's 180: evaluation decodes as inference does
+    from vilgkit.data import collate
+    from vilgkit.metrics.harness import SamplingSettings, _Examples, _image_to_text
+
+    batch = collate(peek := [s for _, s in zip(range(4), WebDatasetReader(str(real["root"] / "val"), image_size=32))])
+    timing = {"caption_s": 0.0}
+    out = _image_to_text(pipe, batch, SamplingSettings(), 0, timing, _Examples(0))
+    assert len(out["predictions"]) == len(peek) == 4
     doc = _recipe(real, tmp_path / "unfitted", [gen])
     doc["text_tokenizer"]["init_args"] = {"vocab_size": 512}  # no vocab_file: it would need fitting
     with pytest.raises(VilgkitError, match="FitTextTokenizer"):

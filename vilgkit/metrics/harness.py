@@ -269,7 +269,7 @@ def _image_to_text(pipe, batch, sampling: SamplingSettings, seed: int, timing, e
             codes, max_length=pipe._max_length(sampling.max_text_length), method=sampling.caption_method,
             num_beams=sampling.num_beams, generator=torch.Generator(device=pipe.device).manual_seed(seed),
         )  # fmt: skip
-    captions = pipe.text_tokenizer.decode(out)
+    captions = pipe.decode_text(out)  # drops ids past the tokenizer's vocabulary, as inference does
     timing["caption_s"] += time.perf_counter() - t
     references = [list(r) for r in batch["references"]] if "references" in batch else [[c] for c in batch["caption"]]
     for i, caption in enumerate(captions):
@@ -291,7 +291,7 @@ def _answer(pipe, batch, sampling: SamplingSettings, timing, examples) -> dict[s
         codes = pipe.image_tokenizer.encode(images.to(pipe.device))
         out = pipe.generator.generate_text(codes, max_length=pipe._max_length(sampling.max_text_length), method="greedy",
                                            question_ids=q_ids.to(pipe.device), question_mask=q_mask.to(pipe.device))  # fmt: skip
-    answers = pipe.text_tokenizer.decode(out)
+    answers = pipe.decode_text(out)
     timing["vqa_s"] += time.perf_counter() - t
     for i, answer in enumerate(answers):
         if len(examples.vqa) >= examples.limit:
