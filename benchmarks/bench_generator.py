@@ -101,7 +101,7 @@ def nocache_step_time(model, ids, mask, grid, steps_to_time: list[int], repeats:
         n = L + t + 1
         m = allowed[:n, :n][None, None] & ~pad[:, None, None, :n]
 
-        def run():
+        def run(n=n, m=m):
             x = x_full[:, :n]
             for block in model.layers:
                 x, _, _ = block.prefill(x, m)
@@ -173,7 +173,7 @@ def main() -> None:
         ids, mask = batch["text_ids"][:bsz].repeat(max(1, bsz // a.batch + 1), 1)[:bsz], None
         mask = ids != model.pad_id
         g = torch.Generator(device=DEVICE).manual_seed(0)
-        sample = lambda: model.sample_images(ids, mask, (a.grid, a.grid), top_k=64, generator=g)  # noqa: E731
+        sample = lambda ids=ids, mask=mask, g=g: model.sample_images(ids, mask, (a.grid, a.grid), top_k=64, generator=g)  # noqa: E731
         t_cache = best_time(sample, 2)
         with dispatch.forced(gemv_few="linear", gemv_many="linear"):  # plain F.linear: the split layouts' baseline
             t_plain = best_time(sample, 2)
