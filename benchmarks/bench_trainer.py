@@ -67,7 +67,7 @@ def bare_loop(model: MLP, data: Data, steps: int, batch: int, lr: float) -> floa
             it = iter(loader)
             b = next(it)
         opt.zero_grad(set_to_none=True)
-        loss = model.training_losses(b, "main", 0)["loss"]
+        loss = model.training_losses(model(b, "main", 0), b, "main", 0)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

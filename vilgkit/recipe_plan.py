@@ -15,8 +15,8 @@ the image tokenizer, each with its own trainer's batch size. Per rank:
 
 Phases of the run (each rank's peak is the largest): ``build`` (on ``meta`` under a sharding
 strategy, else a full fp32 copy per rank), ``train``, ``export`` (shards streamed into safetensors:
-the largest tensor, twice) and ``evaluate`` (the sharded model's forward: this rank's shard plus
-the unsharded compute copies in flight, no gradients or optimizer states).
+the largest tensor, twice) and ``evaluate`` (what later stages use today: the trained module as a
+plain fp32 copy on every rank's device, :meth:`vilgkit.engine.trainer.Trainer.trained_module`).
 """
 
 from __future__ import annotations
@@ -497,28 +497,14 @@ def _phases(
     cpu = hw.device_type == "cpu"
     full = 4 * P.count_parameters(model)
     sharded = layout.sharding != "none"
-    shard = layout.shard_group(hw.nodes, hw.devices_per_node)
 
     def phase(name: str, host: int, device: int) -> Phase:
         return Phase(name, host + (device if cpu else 0), 0 if cpu else device)
 
     build = phase("build", baseline + (0 if sharded else full), 0)
-    dims = P.model_dims(model)
-    cb = P.DTYPE_BYTES[layout.param_dtype]
-    in_flight = (
-        (dims.other_params + 2 * dims.block_params // max(1, dims.layers)) * cb
-        if dims.layers
-        else full
-    )
-    own = full // shard
-    if sharded:
-        evaluate = phase(
-            "evaluate",
-            baseline + frozen + (own if layout.cpu_offload else 0),
-            in_flight + (0 if layout.cpu_offload else own),
-        )
-    else:
-        evaluate = phase("evaluate", baseline + frozen, full)
+    # after training, later stages get the trained module as a plain fp32 copy on every rank's
+    # device (Trainer.trained_module; the optimizer states are dropped first)
+    evaluate = phase("evaluate", baseline + frozen, full)
     export = phase("export", baseline + 2 * _largest_tensor(model), 0)
     return [
         build,

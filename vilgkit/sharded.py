@@ -12,11 +12,13 @@ DCP's metadata classes only. Shard payloads are raw tensor bytes (read by DCP wi
 
 Core code (``vilgkit export``) reads these directories without any strategy plugin.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 from pathlib import Path
@@ -51,7 +53,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_file_atomic(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     """Write a safetensors file via a temporary name and a rename (a reader never sees half a file)."""
     from safetensors.torch import save_file
 
@@ -68,10 +72,14 @@ def is_complete(directory: str | Path) -> bool:
 def read_marker(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MARKER
     if not path.is_file():
-        raise CheckpointIntegrityError(f"{directory}: no {MARKER}: not a complete vilgkit sharded checkpoint")
+        raise CheckpointIntegrityError(
+            f"{directory}: no {MARKER}: not a complete vilgkit sharded checkpoint"
+        )
     marker = json.loads(path.read_text())
     if marker.get("format") != FORMAT:
-        raise CheckpointIntegrityError(f"{path}: unknown format {marker.get('format')!r} (expected {FORMAT})")
+        raise CheckpointIntegrityError(
+            f"{path}: unknown format {marker.get('format')!r} (expected {FORMAT})"
+        )
     return marker
 
 
@@ -86,11 +94,15 @@ def verify(directory: str | Path, files: list[str] | None = None) -> dict[str, A
     for name in names:
         path = directory / name
         if name not in hashes:
-            raise CheckpointIntegrityError(f"{directory}: {name} is not listed in the marker")
+            raise CheckpointIntegrityError(
+                f"{directory}: {name} is not listed in the marker"
+            )
         if not path.is_file():
             raise CheckpointIntegrityError(f"{directory}: {name} is missing")
         if sha256_file(path) != hashes[name]:
-            raise CheckpointIntegrityError(f"{directory}: {name} does not match its hash in {MARKER}")
+            raise CheckpointIntegrityError(
+                f"{directory}: {name} does not match its hash in {MARKER}"
+            )
     return marker
 
 
@@ -102,13 +114,32 @@ _ALLOWED_GLOBALS = {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch.distributed.checkpoint.planner", "*"),
     ("torch", "Size"),
-    ("torch", "float32"), ("torch", "float16"), ("torch", "bfloat16"), ("torch", "float64"),
-    ("torch", "int64"), ("torch", "int32"), ("torch", "int16"), ("torch", "int8"), ("torch", "uint8"),
-    ("torch", "bool"), ("torch", "strided"), ("torch", "contiguous_format"), ("torch", "preserve_format"),
-    ("torch.serialization", "_get_layout"),  # looks a layout up by name ("torch.strided")
-    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
+    ("torch", "float32"),
+    ("torch", "float16"),
+    ("torch", "bfloat16"),
+    ("torch", "float64"),
+    ("torch", "int64"),
+    ("torch", "int32"),
+    ("torch", "int16"),
+    ("torch", "int8"),
+    ("torch", "uint8"),
+    ("torch", "bool"),
+    ("torch", "strided"),
+    ("torch", "contiguous_format"),
+    ("torch", "preserve_format"),
+    (
+        "torch.serialization",
+        "_get_layout",
+    ),  # looks a layout up by name ("torch.strided")
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "PureWindowsPath"),
     ("collections", "OrderedDict"),
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "tuple"), ("builtins", "slice"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "tuple"),
+    ("builtins", "slice"),
 }
 
 
@@ -118,7 +149,9 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS or (module, "*") in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise CheckpointIntegrityError(f"refusing to unpickle {module}.{name} from checkpoint metadata")
+        raise CheckpointIntegrityError(
+            f"refusing to unpickle {module}.{name} from checkpoint metadata"
+        )
 
 
 def load_metadata(directory: str | Path) -> Any:
@@ -161,9 +194,8 @@ def tensor_only_planner():
 # --------------------------------------------------------------------------- consolidation
 
 
-def consolidate_module(directory: str | Path, key: str) -> dict[str, torch.Tensor]:
-    """Full (unsharded) tensors of the module saved under ``key``, loaded on one process."""
-    import torch.distributed.checkpoint as dcp
+def module_tensors(directory: str | Path, key: str) -> dict[str, Any]:
+    """``name → TensorStorageMetadata`` (global shape and dtype) of the module saved under ``key``."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     directory = Path(directory)
@@ -173,15 +205,108 @@ def consolidate_module(directory: str | Path, key: str) -> dict[str, torch.Tenso
             f"{directory}: no module {key!r}; it holds {', '.join(marker.get('modules', [])) or 'none'}"
         )
     metadata = load_metadata(directory)
-    template: dict[str, dict[str, torch.Tensor]] = {key: {}}
+    found: dict[str, Any] = {}
     for flat, meta in metadata.state_dict_metadata.items():
         path = (metadata.planner_data or {}).get(flat, (flat,))
         if len(path) != 2 or path[0] != key:
             continue
         if not isinstance(meta, TensorStorageMetadata):
             raise CheckpointIntegrityError(f"{directory}: {flat} is not a tensor")
-        template[key][path[1]] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-    if not template[key]:
+        found[path[1]] = meta
+    if not found:
         raise CheckpointIntegrityError(f"{directory}: module {key!r} has no tensors")
-    dcp.load(template, storage_reader=safe_reader(directory), planner=tensor_only_planner(), no_dist=True)
-    return template[key]
+    return found
+
+
+def load_module_tensor(
+    directory: str | Path, key: str, name: str, meta: Any
+) -> torch.Tensor:
+    """One full (unsharded) tensor of a saved module, read on one process from every rank's shards."""
+    import torch.distributed.checkpoint as dcp
+
+    template = {key: {name: torch.empty(tuple(meta.size), dtype=meta.properties.dtype)}}
+    dcp.load(
+        template,
+        storage_reader=safe_reader(directory),
+        planner=tensor_only_planner(),
+        no_dist=True,
+    )
+    return template[key][name]
+
+
+def consolidate_module(directory: str | Path, key: str) -> dict[str, torch.Tensor]:
+    """Full (unsharded) tensors of the module saved under ``key``, loaded on one process (all at
+    once: :func:`stream_module` writes them to a file one at a time)."""
+    return {
+        name: load_module_tensor(directory, key, name, meta)
+        for name, meta in module_tensors(directory, key).items()
+    }
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def stream_module(
+    directory: str | Path,
+    key: str,
+    out: Path,
+    prefix: str = "",
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write the tensors of module ``key`` whose names start with ``prefix`` (the prefix removed) to
+    the safetensors file ``out``, one tensor in memory at a time; returns how many were written.
+
+    The safetensors layout (an 8-byte little-endian header length, a JSON header of dtypes, shapes
+    and byte offsets, then the raw bytes in that order) is known from DCP's metadata before any
+    tensor is read, so the header goes first and each tensor follows as soon as it is consolidated.
+    The file is written under a temporary name and renamed when complete.
+    """
+    import struct
+
+    metas = {
+        name: meta
+        for name, meta in sorted(module_tensors(directory, key).items())
+        if name.startswith(prefix)
+    }
+    if not metas:
+        return 0
+    header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for name, meta in metas.items():
+        dtype = meta.properties.dtype
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise CheckpointIntegrityError(
+                f"{directory}: {name} has dtype {dtype}, which safetensors cannot hold"
+            )
+        size = math.prod(meta.size) * torch.empty((), dtype=dtype).element_size()
+        header[name[len(prefix) :]] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": list(meta.size),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for name, meta in metas.items():
+            tensor = load_module_tensor(directory, key, name, meta).contiguous()
+            fh.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            del tensor
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out)
+    return len(metas)
