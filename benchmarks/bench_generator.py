@@ -26,7 +26,8 @@ import time
 import torch
 
 from vilgkit.layout import Layout
-from vilgkit.models import UnifiedTransformer, gemv
+from vilgkit import dispatch
+from vilgkit.models import UnifiedTransformer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -174,11 +175,8 @@ def main() -> None:
         g = torch.Generator(device=DEVICE).manual_seed(0)
         sample = lambda: model.sample_images(ids, mask, (a.grid, a.grid), top_k=64, generator=g)  # noqa: E731
         t_cache = best_time(sample, 2)
-        gemv.enabled = False  # the same cached sampler with plain F.linear (the split layout's baseline)
-        try:
+        with dispatch.forced(gemv_few="linear", gemv_many="linear"):  # plain F.linear: the split layouts' baseline
             t_plain = best_time(sample, 2)
-        finally:
-            gemv.enabled = True
         spaced = sorted({round(i * (n_img - 1) / 7) for i in range(8)})
         t_nocache = nocache_step_time(model, ids, mask, a.grid, spaced, 1) * n_img
         r = {"cache_tokens_per_s": bsz * n_img / t_cache, "nocache_tokens_per_s": bsz * n_img / t_nocache,

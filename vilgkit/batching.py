@@ -13,6 +13,7 @@ Shapes (dimension key): B batch, L text length, S image side, H/W image height/w
 """
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-from vilgkit.errors import VilgkitError
+from vilgkit.errors import UnknownWordsWarning, VilgkitError
 from vilgkit.interfaces import TextTokenizer
 
 
@@ -86,6 +87,41 @@ def encode_texts(
         out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = True
     return out, mask, truncated
+
+
+#: one CJK ideograph, or a run of anything else that is not a space
+_WORDS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_PUNCTUATION = ".,;:!?()[]{}\"'，。、；：！？（）《》「」"
+
+
+def unknown_words(tokenizer: TextTokenizer, text: str) -> tuple[list[str], int, int]:
+    """``(words that encode to [UNK], [UNK] ids in the text, ids in the text)``.
+
+    Words are split on spaces, each CJK character being its own word (as BERT-Chinese splits them);
+    surrounding punctuation is stripped from the names reported.
+    """
+    unk = getattr(tokenizer, "unk_id", None)
+    ids = tokenizer.encode([text])[0]
+    if unk is None or unk not in ids:
+        return [], 0, len(ids)
+    words = [w for w in _WORDS.findall(text) if w.strip(_PUNCTUATION)]
+    unknown = [w.strip(_PUNCTUATION) for w, row in zip(words, tokenizer.encode(words)) if unk in row]
+    return list(dict.fromkeys(unknown)), ids.count(unk), len(ids)
+
+
+def warn_unknown_words(tokenizer: TextTokenizer, texts: Sequence[str], what: str = "prompt") -> None:
+    """Warn (:class:`~vilgkit.errors.UnknownWordsWarning`) for each text whose ids are mostly ``[UNK]``:
+    the model sees nothing of those words (e.g. Chinese on a model whose vocabulary lacks it)."""
+    for i, text in enumerate(texts):
+        words, n_unk, n = unknown_words(tokenizer, text)
+        if n and 2 * n_unk > n:
+            shown = ", ".join(repr(w) for w in words[:8]) + (" …" if len(words) > 8 else "")
+            warnings.warn(
+                f"{what} {i} ({_preview(text)}): {n_unk} of its {n} tokens are [UNK], words the text tokenizer does "
+                f"not know: {shown}. The model ignores them; use words of its vocabulary.",
+                UnknownWordsWarning,
+                stacklevel=3,
+            )
 
 
 def _preview(text: str, n: int = 40) -> str:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from vilgkit.errors import NotYetImplementedError, VilgkitError
+from vilgkit.errors import NotYetImplementedError, VilgkitError, VilgkitWarning
 
 SUBCOMMANDS = [
     "run",
@@ -23,6 +24,8 @@ SUBCOMMANDS = [
     "plugins",
     "print-config",
     "ablation",
+    "serve",
+    "humaneval",
 ]
 
 
@@ -34,13 +37,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vilgkit.plugins import get_plugin_manager
+    from vilgkit.plugins import get_plugin_manager, notify
 
     parser = _Parser(prog="vilgkit", description="Unified bidirectional image-text generation.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    pm = get_plugin_manager()
+    get_plugin_manager()
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"vilgkit.commands.{name.replace('-', '_')}")
         help_action = getattr(module, "HELP_ACTION", None)  # a command may print more than the usage
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         module.add_arguments(sp)
         sp.set_defaults(_module=module)
-        pm.hook.vilgkit_add_cli_arguments(subcommand=name, parser=sp)
+        notify("vilgkit_add_cli_arguments", subcommand=name, parser=sp)
     return parser
 
 
@@ -60,8 +63,19 @@ def _version() -> str:
     return f"vilgkit {vilgkit.__version__}"
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """vilgkit's own warnings as one ``vilgkit: warning:`` line; others as Python prints them."""
+    if issubclass(category, VilgkitWarning):
+        return f"vilgkit: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = _format_warning
     debug = "--debug" in argv
     try:
         parser = build_parser()

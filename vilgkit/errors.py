@@ -16,3 +16,11 @@ class ComponentArgumentError(RecipeError, ValueError):
 
 class NotYetImplementedError(VilgkitError):
     """A subcommand or feature that has not landed yet (the CLI exits non-zero, never pretends)."""
+
+
+class VilgkitWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints it as one line)."""
+
+
+class UnknownWordsWarning(VilgkitWarning):
+    """A prompt is mostly words the text tokenizer does not know (they become ``[UNK]``)."""

@@ -31,12 +31,16 @@ import torch
 import yaml
 from PIL import Image
 
-from vilgkit.batching import InputError, encode_texts, load_images, to_pil
+from vilgkit.batching import InputError, encode_texts, load_images, to_pil, warn_unknown_words
 from vilgkit.errors import VilgkitError
 from vilgkit.inference_settings import InferenceSettings, load_inference_settings
 from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, RunContext, TextTokenizer
 from vilgkit.interfaces.reranker import Reranker, RerankInputs
+from vilgkit.self_rerank import self_rerank_scores
 
+
+#: Most decoding rows (prompts x candidates) sampled together by :meth:`Pipeline.sample_codes`.
+MAX_SAMPLING_ROWS = 256
 
 class Pipeline:
     """Inference on a trained generator with its tokenizers.
@@ -91,7 +95,13 @@ class Pipeline:
 
         from vilgkit.components import ComponentStore
         from vilgkit.engine.runner import RESOLVED_RECIPE
-        from vilgkit.stages.train_generator import GENERATOR_FILE, MANIFEST_FILE, RECONSTRUCTOR_FILE, load_generator_weights
+        from vilgkit.stages.train_generator import (
+            GENERATOR_FILE,
+            MANIFEST_FILE,
+            RECONSTRUCTOR_FILE,
+            check_special_ids,
+            load_generator_weights,
+        )
 
         run_dir = Path(run_dir)
         recipe_path = run_dir / RESOLVED_RECIPE
@@ -107,6 +117,7 @@ class Pipeline:
 
         text_tok, image_tok = _load_tokenizers(ctx, _abs(manifest["text_tokenizer"], run_dir), _abs(manifest["image_tokenizer"], run_dir))
         generator = ctx.components.build("generator")
+        check_special_ids(generator, text_tok)  # the tokenizer's ids, as in training
         load_generator_weights(generator, stage_dir)
         reconstructor = None
         if recipe.get("reconstructor") is not None:  # the recipe picks how codes become pixels
@@ -141,16 +152,22 @@ class Pipeline:
         batch_size: int = 16,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample codes for every prompt: ``codes Long[B*N, h, w]`` (candidate-major per prompt),
-        plus the prompts' ``ids``/``mask`` (``[B, L]``)."""
+        plus the prompts' ``ids``/``mask`` (``[B, L]``).
+
+        Up to ``batch_size`` prompts and all their candidates go through the KV cache as one batch,
+        capped at :data:`MAX_SAMPLING_ROWS` rows (best-of-60 samples 4 prompts at a time), which
+        bounds the cache's memory; one prompt's candidates are never split.
+        """
         if num_candidates < 1:
             raise InputError(f"num_candidates must be at least 1, got {num_candidates}")
         ids, mask, _ = encode_texts(self.text_tokenizer, prompts, self.max_text_len, truncate=truncate)
         rng = torch.Generator(device=self.device)
         rng.manual_seed(0 if seed is None else int(seed))
         chunks = []
-        for start in range(0, len(ids), batch_size):
-            chunk_ids = ids[start : start + batch_size].to(self.device)
-            chunk_mask = mask[start : start + batch_size].to(self.device)
+        per_batch = max(1, min(batch_size, MAX_SAMPLING_ROWS // num_candidates))
+        for start in range(0, len(ids), per_batch):
+            chunk_ids = ids[start : start + per_batch].to(self.device)
+            chunk_mask = mask[start : start + per_batch].to(self.device)
             chunks.append(
                 self.generator.sample_images(
                     chunk_ids, chunk_mask, grid=self.grid, num_candidates=num_candidates, temperature=temperature,
@@ -179,12 +196,7 @@ class Pipeline:
         candidates) or a :class:`~vilgkit.interfaces.Reranker`.
         """
         if reranker == "self":
-            rep_ids = ids.repeat_interleave(num_candidates, dim=0).to(self.device)
-            rep_mask = mask.repeat_interleave(num_candidates, dim=0).to(self.device)
-            scores = torch.cat([
-                self.generator.text_log_likelihood(codes[i : i + 64].to(self.device), rep_ids[i : i + 64], rep_mask[i : i + 64])
-                for i in range(0, len(codes), 64)
-            ]).float().cpu().view(len(ids), num_candidates)  # fmt: skip
+            scores = self_rerank_scores(self.generator, codes.to(self.device), ids, mask, num_candidates).cpu()
             return torch.argsort(scores, dim=1, descending=True, stable=True)
         images = self.decode_codes(codes, ids.repeat_interleave(num_candidates, 0), mask.repeat_interleave(num_candidates, 0)) if reranker.needs_images else None
         inputs = RerankInputs(num_candidates=num_candidates, codes=codes.to(self.device), text_ids=ids.to(self.device),
@@ -223,6 +235,7 @@ class Pipeline:
         """
         num_candidates = self._setting("num_candidates", num_candidates)
         reranker = self._resolve_reranker(self._setting("reranker", reranker))
+        warn_unknown_words(self.text_tokenizer, prompts, "prompt")
         codes, ids, mask = self.sample_codes(
             prompts, num_candidates, seed=seed, temperature=self._setting("temperature", temperature),
             top_k=_off_if(0, self._setting("top_k", top_k)), top_p=_off_if(1.0, self._setting("top_p", top_p)),
@@ -310,6 +323,7 @@ class Pipeline:
         if len(images) != len(questions):
             raise InputError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
         codes = self.encode_images(images)
+        warn_unknown_words(self.text_tokenizer, questions, "question")
         q_ids, q_mask, _ = encode_texts(self.text_tokenizer, questions, self.max_text_len, truncate=truncate, what="question")
         out = self.generator.generate_text(
             codes, max_length=self._max_length(self._setting("max_text_length", max_length)),
@@ -350,6 +364,10 @@ def _off_if(off: float, value: Any) -> Any:
 
 
 def _abs(path: str, run_dir: Path) -> str:
+    from vilgkit.stages.train_generator import FROM_RECIPE
+
+    if path == FROM_RECIPE:  # the recipe's component as built, not a folder
+        return path
     p = Path(path)
     return str(p if p.is_absolute() else run_dir / p)
 

@@ -205,9 +205,11 @@ def _resolve_one(name: str, source: str, dotted: str, owner_key: str) -> str:
         close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]}?" if close else ""
     where = f" in registry '{registry.name}'" if registry is not None else ""
+    from vilgkit.plugins import failed_plugins_note
+
     raise RecipeError(
         f"{source}: {dotted}: unknown class_path {name!r}{where}. Available: "
-        f"{', '.join(choices) or '(none registered)'}.{hint}"
+        f"{', '.join(choices) or '(none registered)'}.{hint}{failed_plugins_note()}"
     )
 
 

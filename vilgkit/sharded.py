@@ -6,8 +6,9 @@ the marker ``vilgkit_dcp.json`` with the SHA-256 of every other file. A director
 marker is incomplete and is never loaded.
 
 Why the hash: DCP stores ``.metadata`` with ``pickle``, and unpickling runs code. We only open
-``.metadata`` when its hash matches our marker, and even then through an unpickler that allows
-DCP's metadata classes only. Shard payloads are raw tensor bytes (read by DCP with
+``.metadata`` when its hash matches our marker, and — because whoever can rewrite the file can
+rewrite the marker too — always through an unpickler that allows an exact list of DCP's metadata
+classes (:data:`ALLOWED_GLOBALS`; no module wildcards), so a crafted file cannot name a callable. Shard payloads are raw tensor bytes (read by DCP with
 ``torch.load(weights_only=True)``); a load planner here refuses pickled byte items outright.
 
 Core code (``vilgkit export``) reads these directories without any strategy plugin.
@@ -26,13 +27,16 @@ from typing import Any
 
 import torch
 
+from vilgkit.errors import VilgkitError
+
 MARKER = "vilgkit_dcp.json"
 FORMAT = "vilgkit-dcp-1"
 METADATA = ".metadata"
 
 
-class CheckpointIntegrityError(RuntimeError):
-    """A sharded checkpoint is incomplete, modified or not ours."""
+class CheckpointIntegrityError(VilgkitError, RuntimeError):
+    """A sharded checkpoint is incomplete, modified or not ours (a user-facing error: one line, exit 2;
+    also a ``RuntimeError``, what it was before, so callers catching that keep working)."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -53,9 +57,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def save_file_atomic(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
-) -> None:
+def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file via a temporary name and a rename (a reader never sees half a file)."""
     from safetensors.torch import save_file
 
@@ -72,14 +74,10 @@ def is_complete(directory: str | Path) -> bool:
 def read_marker(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MARKER
     if not path.is_file():
-        raise CheckpointIntegrityError(
-            f"{directory}: no {MARKER}: not a complete vilgkit sharded checkpoint"
-        )
+        raise CheckpointIntegrityError(f"{directory}: no {MARKER}: not a complete vilgkit sharded checkpoint")
     marker = json.loads(path.read_text())
     if marker.get("format") != FORMAT:
-        raise CheckpointIntegrityError(
-            f"{path}: unknown format {marker.get('format')!r} (expected {FORMAT})"
-        )
+        raise CheckpointIntegrityError(f"{path}: unknown format {marker.get('format')!r} (expected {FORMAT})")
     return marker
 
 
@@ -94,71 +92,79 @@ def verify(directory: str | Path, files: list[str] | None = None) -> dict[str, A
     for name in names:
         path = directory / name
         if name not in hashes:
-            raise CheckpointIntegrityError(
-                f"{directory}: {name} is not listed in the marker"
-            )
+            raise CheckpointIntegrityError(f"{directory}: {name} is not listed in the marker")
         if not path.is_file():
             raise CheckpointIntegrityError(f"{directory}: {name} is missing")
         if sha256_file(path) != hashes[name]:
-            raise CheckpointIntegrityError(
-                f"{directory}: {name} does not match its hash in {MARKER}"
-            )
+            raise CheckpointIntegrityError(f"{directory}: {name} does not match its hash in {MARKER}")
     return marker
 
 
 # --------------------------------------------------------------------------- safe metadata
 
 
-_ALLOWED_GLOBALS = {
-    ("torch.distributed.checkpoint.metadata", "*"),
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch.distributed.checkpoint.planner", "*"),
-    ("torch", "Size"),
-    ("torch", "float32"),
-    ("torch", "float16"),
-    ("torch", "bfloat16"),
-    ("torch", "float64"),
-    ("torch", "int64"),
-    ("torch", "int32"),
-    ("torch", "int16"),
-    ("torch", "int8"),
-    ("torch", "uint8"),
-    ("torch", "bool"),
-    ("torch", "strided"),
-    ("torch", "contiguous_format"),
-    ("torch", "preserve_format"),
-    (
-        "torch.serialization",
-        "_get_layout",
-    ),  # looks a layout up by name ("torch.strided")
-    ("pathlib", "PosixPath"),
-    ("pathlib", "WindowsPath"),
-    ("pathlib", "PurePosixPath"),
-    ("pathlib", "PureWindowsPath"),
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "tuple"),
-    ("builtins", "slice"),
-}
+_DCP_METADATA_CLASSES = (
+    "Metadata",
+    "MetadataIndex",
+    "StorageMeta",
+    "TensorStorageMetadata",
+    "BytesStorageMetadata",
+    "ChunkStorageMetadata",
+    "TensorProperties",
+    "_MEM_FORMAT_ENCODING",
+)
+_DTYPES = (
+    "float64", "float32", "float16", "bfloat16", "complex64", "complex128",
+    "int64", "int32", "int16", "int8", "uint8", "bool",
+)  # fmt: skip
+
+# Every global DCP's ``.metadata`` names, each by its exact (module, name) — no module wildcards:
+# a module's namespace holds its imports (``torch.distributed.checkpoint.metadata`` holds ``os``),
+# so allowing "everything in module M" allows ``M.os.system`` through a protocol-4 dotted name.
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {("torch.distributed.checkpoint.metadata", n) for n in _DCP_METADATA_CLASSES}
+    | {("torch", n) for n in _DTYPES}
+    | {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),  # looks a layout up by its name ("torch.strided")
+        ("pathlib", "PosixPath"),  # StorageMeta.checkpoint_id: the folder DCP wrote to
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "PureWindowsPath"),
+        ("collections", "OrderedDict"),
+    }
+)
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP ``Metadata`` and nothing else (no arbitrary callables)."""
+    """Unpickles DCP ``Metadata`` and nothing else: only the globals in :data:`ALLOWED_GLOBALS`."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS or (module, "*") in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise CheckpointIntegrityError(
-            f"refusing to unpickle {module}.{name} from checkpoint metadata"
-        )
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise CheckpointIntegrityError(f"refusing to unpickle {module}.{name} from checkpoint metadata")
+        return super().find_class(module, name)
+
+
+def _unpickle_metadata(path: Path) -> Any:
+    try:
+        return _MetadataUnpickler(io.BytesIO(path.read_bytes())).load()
+    except CheckpointIntegrityError as err:
+        raise CheckpointIntegrityError(f"{path}: {err}") from None
+    except Exception as err:  # truncated or garbage pickle: not a checkpoint we wrote
+        raise CheckpointIntegrityError(f"{path}: unreadable DCP metadata ({type(err).__name__}: {err})") from None
 
 
 def load_metadata(directory: str | Path) -> Any:
     """Verified, restricted read of DCP's ``.metadata``."""
     directory = Path(directory)
     verify(directory, files=[METADATA])
-    return _MetadataUnpickler(io.BytesIO((directory / METADATA).read_bytes())).load()
+    metadata = _unpickle_metadata(directory / METADATA)
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    if not isinstance(metadata, Metadata):
+        raise CheckpointIntegrityError(f"{directory / METADATA}: holds a {type(metadata).__name__}, not DCP Metadata")
+    return metadata
 
 
 def safe_reader(directory: str | Path):

@@ -14,8 +14,8 @@ Three execution paths agree with the oracle :meth:`SparseAttention.allowed` (tes
 * ``sdpa``: SDPA with the oracle mask (dense cost; a reference for debugging).
 
 Decoding with a KV cache uses :meth:`SparseAttention.decode_keys`: the context (source) keys and
-the image keys of the query's row / column / window so far (``decode.SparseKVCache`` lays a cache
-out so that row / column keys need no gather).
+the image keys of the query's row / column / window so far. :meth:`SparseAttention.decode_cache`
+gives the generator ``decode.SparseKVCache``, laid out so that row / column keys need no gather.
 
 Dimension key: B batch, H heads, N sequence length, D head dim, K gathered keys.
 """
@@ -30,6 +30,7 @@ from vilgkit.interfaces import AttentionPattern
 from vilgkit.layout import Layout
 from vilgkit.registry import ATTENTION_PATTERNS
 from vilgkit_attention.blockwise import blockwise_attend
+from vilgkit_attention.decode import SparseKVCache
 from vilgkit_attention.dense import _check_layer, masked_sdpa
 from vilgkit_attention.flex import flex_attend, flex_available
 from vilgkit_attention.masks import (
@@ -175,6 +176,17 @@ class SparseAttention(AttentionPattern):
         if kind == "dense" or layout.target.kind != "image":
             return None
         return _decode_table(layout, kind, self.kernel_size)[position - layout.source_length]
+
+    def decode_cache(self, layout: Layout, num_layers: int, batch_size: int, num_heads: int, head_dim: int, *,
+                     device: torch.device, dtype: torch.dtype) -> SparseKVCache | None:
+        """:class:`~vilgkit_attention.decode.SparseKVCache` for an image target with a sparse layer, else ``None``.
+
+        Text targets (image→text, VQA) see every earlier position in every layer: the generator's
+        slicing cache serves them.
+        """
+        if layout.target.kind != "image" or all(self.kind(i, num_layers) == "dense" for i in range(num_layers)):
+            return None
+        return SparseKVCache(self, layout, num_layers, batch_size, num_heads, head_dim, device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=64)

@@ -210,6 +210,11 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
         check_images(images, self.downsample)
         return self.quant_conv(self.encoder(images))
 
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors encoding and decoding depend on (no discriminator, no LPIPS): what identifies
+        this tokenizer's codes (code-shard fingerprints), whatever discriminator was built beside it."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".")[0] in AUTOENCODER_MODULES}
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         h = self._features(images)
         with _full_precision(h):

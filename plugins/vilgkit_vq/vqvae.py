@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from vilgkit import dispatch
 from vilgkit.interfaces import ImageTokenizer, Trainable
 from vilgkit.registry import IMAGE_TOKENIZERS
 from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
@@ -94,11 +95,11 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, self.downsample)
-        if images.device.type == "cpu":
-            # channels-last convolutions encode 1.4–2× faster on the CPU (the demo's tokenizer,
-            # `bench_tokenizers.py --demo-encode`); the codes are the contiguous layout's except
-            # for floating-point ties (> 99.98 % agree). Training (bf16) stays contiguous: there
-            # channels-last was slower.
+        if images.device.type == "cpu" and dispatch.choose("encode_layout") == "channels_last":
+            # channels-last convolutions encoded 1.4–2× faster on a 2-core EPYC (the demo's
+            # tokenizer, `bench_tokenizers.py --demo-encode`), which vilgkit.dispatch checks per
+            # machine; the codes are the contiguous layout's except for floating-point ties
+            # (> 99.98 % agree). Training (bf16) stays contiguous: there channels-last was slower.
             images = images.contiguous(memory_format=torch.channels_last)
         return self.quantizer.quantize(self.encoder(images))
 

@@ -9,7 +9,8 @@ import yaml
 from torch.utils.data import DataLoader
 
 from vilgkit.data import ShapesDataset, collate
-from vilgkit.data.code_shards import CodeShardDataset, TokenizerMismatchError, write_code_shards
+from vilgkit.data import CodeShardDataset, TokenizerMismatchError, write_code_shards
+from vilgkit.data.code_shard_writer import TokenizeError
 from vilgkit.stages.train_tokenizer import save_image_tokenizer
 from vilgkit_text import WordPieceTokenizer
 
@@ -119,8 +120,14 @@ def test_incomplete_or_tampered_shards(tokenized, tmp_path):
     (out / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="interrupted"):
         CodeShardDataset(str(out))
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(TokenizeError, match="add --resume"):  # the folder of an interrupted tokenize
         write_code_shards(ShapesDataset(size=2, image_size=32), image_tok, text_tok, out, progress=False)
+    with pytest.raises(TokenizeError, match="size.*changed|data changed|units"):  # other data: no resume
+        write_code_shards(ShapesDataset(size=2, image_size=32), image_tok, text_tok, out, progress=False, resume=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(TokenizeError, match="not empty"):
+        write_code_shards(ShapesDataset(size=2, image_size=32), image_tok, text_tok, tmp_path / "other", progress=False)
 
 
 def test_fingerprint_covers_zero_dim_buffers():

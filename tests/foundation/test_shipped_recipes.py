@@ -25,5 +25,10 @@ def test_shipped_recipe_resolves_and_its_stages_build(path):
     recipe = resolve([str(path)])
     assert recipe.get("stages"), f"{path} has no stages"
     for node in recipe["stages"]:
-        stage = instantiate(node)  # stage constructors check their arguments (steps, metrics, directions…)
+        try:
+            stage = instantiate(node)  # stage constructors check their arguments (steps, metrics, directions…)
+        except FileNotFoundError as err:
+            # real-data recipes name their files (held-out shards) by placeholder paths the user overrides
+            assert (RECIPES / "real") in path.parents, f"{path}: {err}"
+            continue
         assert stage.name

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_reranker(name: str, clip_weights: str | None = None, clip_model: str = "ViT-B-32"):
     """``self`` / ``none`` / ``clip`` / a registered name → a reranker (or None for ``none``)."""
-    from vilgkit.plugins import get_plugin_manager
+    from vilgkit.plugins import failed_plugins_note, get_plugin_manager
     from vilgkit.registry import RERANKERS
 
     get_plugin_manager()  # rerankers are plugins
@@ -45,7 +45,9 @@ def build_reranker(name: str, clip_weights: str | None = None, clip_model: str =
         return None
     cls_name = aliases.get(name.lower(), name)
     if cls_name not in RERANKERS.names():
-        raise VilgkitError(f"unknown reranker {name!r}; use self, none, clip or one of {RERANKERS.names()}")
+        raise VilgkitError(
+            f"unknown reranker {name!r}; use self, none, clip or one of {RERANKERS.names()}.{failed_plugins_note()}"
+        )
     cls = RERANKERS.get(cls_name)
     if cls_name == "ClipReranker":
         return cls(weights_path=clip_weights, model_name=clip_model)

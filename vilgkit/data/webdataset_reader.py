@@ -238,6 +238,15 @@ class WebDatasetReader(IterableDataset):
         return {"image": image, "caption": caption, "question": "", "answer": "",
                 "lang": detect_language(caption), "key": key}  # fmt: skip
 
+    def iter_shard(self, index: int) -> Iterator[dict[str, Any]]:
+        """The decoded samples of shard ``urls[index]`` in tar order, once (bad samples skipped and
+        counted as in :meth:`__iter__`); what ``vilgkit tokenize`` reads, one shard per work unit."""
+        url = self.urls[index]
+        for _, raw in self._raw_samples(url, Counter()):
+            sample = self._decode(raw, url, Counter())
+            if sample is not None:
+                yield sample
+
     def iter_texts(self, limit: int | None = None) -> Iterator[str]:
         """Captions of one pass in shard order (images are not decoded), for tokenizer fitting."""
         n = 0

@@ -14,7 +14,7 @@ from vilgkit.components import ComponentStore
 from vilgkit.engine.rng import seed_everything
 from vilgkit.errors import RecipeError
 from vilgkit.interfaces import RunContext, Stage
-from vilgkit.plugins import get_plugin_manager
+from vilgkit.plugins import get_plugin_manager, notify
 from vilgkit.recipe import instantiate, parse_recipe, to_dict
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
@@ -98,9 +98,9 @@ def run(
     the hardware this launch sees (:func:`vilgkit.recipe_plan.preflight`), before anything is built;
     a stage that does not fit stops the run with the plan's numbers.
     """
-    pm = get_plugin_manager()
+    get_plugin_manager()
     recipe = resolve(paths, overrides)
-    pm.hook.vilgkit_recipe_loaded(recipe=recipe, path=", ".join(map(str, paths)))
+    notify("vilgkit_recipe_loaded", recipe=recipe, path=", ".join(map(str, paths)))
     if preflight:
         from vilgkit.interfaces.stage import stage_name
         from vilgkit.recipe_plan import preflight as check_fits
@@ -120,7 +120,7 @@ def run(
         write_resolved_recipe(recipe, run_dir)
     ctx = RunContext(
         run_dir=run_dir,
-        components=ComponentStore(recipe, on_built=lambda k, c: pm.hook.vilgkit_component_built(key=k, component=c)),
+        components=ComponentStore(recipe, on_built=lambda k, c: notify("vilgkit_component_built", key=k, component=c)),
         recipe=recipe,
         seed=int(recipe.get("seed", 0)),
         resume=resume,
@@ -131,6 +131,6 @@ def run(
         # and initialises its components exactly as it does inside the full recipe
         seed_everything(ctx.seed)
         summary = stage.run(ctx)
-        pm.hook.vilgkit_stage_finished(stage=stage.name, summary=summary, run_dir=str(run_dir))
+        notify("vilgkit_stage_finished", stage=stage.name, summary=summary, run_dir=str(run_dir))
         stage_barrier(ctx)
     return ctx

@@ -1,5 +1,6 @@
 """The abstract interfaces of docs/architecture.md §3. Core depends only on these; plugins implement them."""
 from vilgkit.interfaces.attention import AttentionPattern
+from vilgkit.interfaces.decode_cache import DecodeCache
 from vilgkit.interfaces.generator import Generator, GeneratorOutput
 from vilgkit.interfaces.image_tokenizer import ImageTokenizer
 from vilgkit.interfaces.parallel import MemoryPlan, ParallelStrategy, StrategyLayout
@@ -11,6 +12,7 @@ from vilgkit.interfaces.trainable import Trainable
 
 __all__ = [
     "AttentionPattern",
+    "DecodeCache",
     "Generator",
     "GeneratorOutput",
     "ImageTokenizer",

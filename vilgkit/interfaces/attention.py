@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
+from vilgkit.interfaces.decode_cache import DecodeCache
 from vilgkit.layout import Layout
 
 
@@ -70,3 +71,22 @@ class AttentionPattern(ABC):
         if bool(row.all()):
             return None
         return row.nonzero().flatten()
+
+    def decode_cache(
+        self,
+        layout: Layout,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> DecodeCache | None:
+        """A decoding cache laid out for this pattern, or ``None`` (the default) for the generator's own.
+
+        The generator's cache slices the prefix where :meth:`decode_keys` is ``None`` and gathers the
+        listed keys otherwise; a pattern whose keys can be kept contiguous returns a cache that
+        avoids the gather. Either must give the oracle's attention.
+        """
+        return None

@@ -7,10 +7,12 @@ machinery (its ``decode_keys`` default; ``attend`` is overridden, see below). It
 
 Dense masks depend only on (source length, total length), so they are memoised.
 
-Training attention on the CPU is :func:`masked_attention` (two matmuls and a masked softmax), not
-SDPA: for the short streams of the demos (N ≈ 100) PyTorch's CPU flash kernel with a boolean mask
-is slow in backward under bf16 autocast (2-core EPYC, CPU time per layer and direction, forward +
-backward, B=64, N=96, D=64: SDPA 0.082 s vs 0.051 s; a whole 4×256 generator step 2.16 → 1.76 s).
+Training attention on the CPU is either :func:`masked_attention` (two matmuls and a masked softmax)
+or SDPA, chosen per machine and dtype by :mod:`vilgkit.dispatch` (``attention_bf16`` /
+``attention_fp32``, default ``explicit``): for the short streams of the demos (N ≈ 100) PyTorch's
+CPU flash kernel with a boolean mask was slow in backward under bf16 autocast on a 2-core EPYC
+without AMX (CPU time per layer and direction, forward + backward, B=64, N=96, D=64: SDPA 0.082 s
+vs 0.051 s; a whole 4×256 generator step 2.16 → 1.76 s), which need not hold on other CPUs.
 GPUs keep SDPA (fused kernels win there).
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from vilgkit import dispatch
 from vilgkit.interfaces.attention import AttentionPattern, with_key_padding
 from vilgkit.layout import Layout
 
@@ -60,10 +63,12 @@ class DefaultDensePattern(AttentionPattern):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: int, num_layers: int,
                layout: Layout, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Masked attention ``[B, H, N, D]``: explicit on the CPU, SDPA elsewhere."""
+        """Masked attention ``[B, H, N, D]``: explicit or SDPA on the CPU (per machine), SDPA elsewhere."""
         mask = with_key_padding(self.allowed(layer, num_layers, layout).to(q.device), key_padding_mask)
         if q.device.type == "cpu":
-            return masked_attention(q, k, v, mask)
+            low = q.dtype in (torch.bfloat16, torch.float16)
+            if dispatch.choose("attention_bf16" if low else "attention_fp32") == "explicit":
+                return masked_attention(q, k, v, mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def decode_keys(self, layer: int, num_layers: int, layout: Layout, position: int) -> torch.Tensor | None:

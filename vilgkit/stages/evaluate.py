@@ -46,6 +46,17 @@ def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") ->
     return instantiate(node), node
 
 
+def recipe_eval_data(recipe: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    """The held-out data the recipe's ``Evaluate`` stage names (its ``data``), or ``None``."""
+    from vilgkit.recipe import instantiate
+
+    for node in recipe.get("stages") or []:
+        data = (node.get("init_args") or {}).get("data") if isinstance(node, dict) else None
+        if str(node.get("class_path", "")).rpartition(".")[2] == "Evaluate" and data is not None:
+            return instantiate(copy.deepcopy(data)), data
+    return None
+
+
 def shapes_feature_weights(run_dir: Path, image_size: int, log=print) -> str:
     """The run's Shapes FID extractor (``run_dir/shapes_features``), trained there on first use."""
     from vilgkit.metrics.shapes_features import WEIGHTS_FILE, train_shapes_feature_extractor
@@ -65,7 +76,8 @@ class Evaluate(Stage):
         name: stage name and output folder (default ``evaluate``).
         metrics: any of ``shapes``, ``caption``, ``vqa``, ``fid``.
         generator_from: the generator stage to evaluate (default: the last one that saved a generator).
-        data: evaluation data (default: the recipe's data class on its ``test`` split).
+        data: evaluation data, map-style or a stream (default: the recipe's data class on its ``test``
+            split; ``vilgkit eval`` of the run uses this stage's ``data`` too).
         num_samples: items evaluated.
         batch_size: prompts / images per generation batch.
         num_candidates: images sampled per prompt; the reranker keeps one.
@@ -184,8 +196,8 @@ def run_evaluation(
         recipe = {k: v for k, v in yaml.safe_load((run_dir / RESOLVED_RECIPE).read_text()).items() if k != "_versions"}
     ctx = RunContext(run_dir=run_dir, components={}, recipe=recipe)
     data_node: Any = "given by the caller"
-    if data is None:
-        data, data_node = default_eval_data(ctx, num_samples)
+    if data is None:  # the Evaluate stage's held-out data, else the recipe's data on its test split
+        data, data_node = recipe_eval_data(recipe) or default_eval_data(ctx, num_samples)
     if "fid" in metrics and fid_extractor == "shapes" and fid_weights is None:
         fid_weights = shapes_feature_weights(run_dir, pipe.image_size, log=log)
     manifest_path = pipe.stage_dir / MANIFEST_FILE

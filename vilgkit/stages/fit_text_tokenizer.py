@@ -44,6 +44,9 @@ def corpus_from_dataset(dataset: Any, fields: Iterable[str] = DEFAULT_FIELDS, li
 class FitTextTokenizer(Stage):
     """Fit the recipe's ``text_tokenizer`` on captions, questions and answers; save it.
 
+    A tokenizer built from a published vocabulary (``WordPieceTokenizer(vocab_file=...)``) is not
+    fitted: the stage says so and saves it unchanged, so later stages find it in the usual place.
+
     Args:
         name: stage name and output folder (default ``fit_text_tokenizer``).
         data: the data set to read texts from (default: the recipe's ``data``).
@@ -88,13 +91,25 @@ class FitTextTokenizer(Stage):
             tokenizer.load(out)  # already fitted by the interrupted run: reuse it unchanged
             return json.loads((out / SUMMARY_FILE).read_text())
         (out / SUMMARY_FILE).unlink(missing_ok=True)  # a stale marker must not vouch for files being rewritten
+        given = getattr(tokenizer, "vocab_file", None)
+        if given is not None and getattr(tokenizer, "is_fitted", False):
+            # a published vocabulary is the model's contract with its data: never replace it by a fitted one
+            print(f"{self.name}: text_tokenizer has vocab_file {given} ({tokenizer.vocab_size} tokens): used as it is, "
+                  "not fitted")
+            tokenizer.save(out)
+            summary = {"fitted": False, "vocab_file": str(given), "vocab_size": tokenizer.vocab_size,
+                       "directory": str(out)}  # fmt: skip
+            if hasattr(tokenizer, "fingerprint"):
+                summary["fingerprint"] = tokenizer.fingerprint()
+            write_json_atomic(out / SUMMARY_FILE, summary)
+            return summary
         dataset = self.data if self.data is not None else ctx.component("data")
         corpus = list(corpus_from_dataset(dataset, self.fields, self.max_samples))
         if not corpus:
             raise ValueError(f"stage {self.name}: the data set yielded no text in fields {self.fields}")
         tokenizer.fit(corpus)
         tokenizer.save(out)
-        summary = {"texts": len(corpus), "vocab_size": tokenizer.vocab_size, "directory": str(out)}
+        summary = {"fitted": True, "texts": len(corpus), "vocab_size": tokenizer.vocab_size, "directory": str(out)}
         if hasattr(tokenizer, "fingerprint"):
             summary["fingerprint"] = tokenizer.fingerprint()
         write_json_atomic(out / SUMMARY_FILE, summary)  # written last and whole: it marks a finished fit
