@@ -16,7 +16,8 @@ the image tokenizer, each with its own trainer's batch size. Per rank:
 Phases of the run (each rank's peak is the largest): ``build`` (on ``meta`` under a sharding
 strategy, else a full fp32 copy per rank), ``train``, ``export`` (shards streamed into safetensors:
 the largest tensor, twice) and ``evaluate`` (what later stages use today: the trained module as a
-plain fp32 copy on every rank's device, :meth:`vilgkit.engine.trainer.Trainer.trained_module`).
+plain fp32 copy on every rank's device, :meth:`vilgkit.engine.trainer.Trainer.trained_module`, and
+on the main rank the evaluation's own load of the saved generator: built, then its file read).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,8 +282,9 @@ def pick_stage(
 
 
 def _build_on_meta(store: Any, key: str) -> tuple[Any, str | None]:
-    try:
-        with torch.device("meta"):
+    try:  # a component that loads weights in its constructor warns that meta tensors ignore them
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return store.build(key), None
     except Exception as err:  # noqa: BLE001 — reported, planning goes on without it
         return None, f"{key}: not built on meta ({type(err).__name__}: {err})"
@@ -503,8 +506,13 @@ def _phases(
 
     build = phase("build", baseline + (0 if sharded else full), 0)
     # after training, later stages get the trained module as a plain fp32 copy on every rank's
-    # device (Trainer.trained_module; the optimizer states are dropped first)
-    evaluate = phase("evaluate", baseline + frozen, full)
+    # device (Trainer.trained_module; the optimizer states are dropped first); the main rank's
+    # evaluation then loads the saved generator once more (built, then its file read)
+    evaluate = phase(
+        "evaluate",
+        baseline + frozen + (2 * full if report.component == "generator" else 0),
+        full,
+    )
     export = phase("export", baseline + 2 * _largest_tensor(model), 0)
     return [
         build,

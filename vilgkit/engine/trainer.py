@@ -268,11 +268,30 @@ class Trainer:
         return None
 
     def _export(self) -> None:
+        if not self._intact() and self._stream_export():
+            return
         weights = self.strategy.state_dict(self.model)
         if self.strategy.is_main:
             tmp = self.final_weights.with_name(f".tmp-{FINAL_WEIGHTS}")
             save_tensors(tmp, weights, {"format": "pt", "step": str(self.step)})
             tmp.replace(self.final_weights)
+
+    def _stream_export(self) -> bool:
+        """A sharded module's final weights, streamed by the main rank from the final sharded
+        checkpoint into ``final_weights`` one tensor at a time (no rank gathers the whole model);
+        the optimizer states and gradients are dropped first. False when the checkpoint is not a
+        sharded (DCP) one."""
+        from vilgkit import sharded
+
+        latest = self.ckpt.latest()
+        if latest is None or latest[0] != self.step or not (latest[1] / sharded.MARKER).is_file():
+            return False
+        self._release()
+        if self.strategy.is_main:
+            tmp = self.final_weights.with_name(f".tmp-{FINAL_WEIGHTS}")
+            sharded.stream_module(latest[1], "model", tmp, metadata={"format": "pt", "step": str(self.step)})
+            tmp.replace(self.final_weights)
+        return True
 
     # ================================================================== the loop
     def fit(self, resume: bool = False) -> dict[str, float]:
@@ -362,12 +381,24 @@ class Trainer:
         inner = unwrap(self.model) if callable(unwrap) else self.model
         return inner is self.module and not any(_is_dtensor(p) for p in self.module.parameters())
 
-    def _fresh(self) -> nn.Module:
+    def _fresh(self, weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """A ``rebuild()`` copy on the strategy's device; with ``weights`` it is built on ``meta`` and
+        takes them over (``assign``), so the host never holds the model twice."""
         if self.rebuild is None:
             raise VilgkitError(f"{type(self.strategy).__name__} shards {type(self.module).__name__} in place: give the "
                                "Trainer rebuild= (a factory of an unwrapped copy) to use the trained module on one rank")
-        with rng.side_quest(self.module):  # building initialises weights: keep every random stream
-            fresh = self.rebuild()
+        fresh = None
+        if weights is not None:
+            with torch.device("meta"):
+                fresh = self.rebuild()
+            fresh.load_state_dict(weights, strict=True, assign=True)
+            if any(t.is_meta for t in (*fresh.parameters(), *fresh.buffers())):  # non-persistent buffers
+                fresh = None
+        if fresh is None:
+            with rng.side_quest(self.module):  # building initialises weights: keep every random stream
+                fresh = self.rebuild()
+            if weights is not None:
+                fresh.load_state_dict(weights, strict=True)
         return fresh.to(self.device).train(self.module.training)
 
     def trained_module(self) -> nn.Module:
@@ -381,9 +412,7 @@ class Trainer:
         if self._intact():
             return self.module
         self._release()  # training is over: free the optimizer states and gradients before the copy
-        fresh = self._fresh()
-        fresh.load_state_dict(load_tensors(self.final_weights, self.device), strict=True)
-        return fresh
+        return self._fresh(load_tensors(self.final_weights))
 
     def _release(self) -> None:
         """Drop what only training needs (optimizer states, schedules, gradients): after this the
