@@ -10,7 +10,7 @@ import importlib
 import sys
 import warnings
 
-from vilgkit.errors import NotYetImplementedError, VilgkitError, VilgkitWarning
+from vilgkit.errors import NotYetImplementedError, VilgkitError, os_error_line, VilgkitWarning
 
 SUBCOMMANDS = [
     "run",
@@ -94,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"vilgkit: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # last resort for the machine's limits (full disk, read-only folder), anywhere
+        line = os_error_line(err)
+        if debug or line is None:
+            raise
+        print(f"vilgkit: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vilgkit: interrupted", file=sys.stderr)

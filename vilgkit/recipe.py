@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from vilgkit import registry as R
 from vilgkit.errors import RecipeError
+from vilgkit.recipe_errors import blame_override, describe_validation_error
 from vilgkit.interfaces import (
     Generator,
     ImageTokenizer,
@@ -97,11 +98,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not a YAML text file (byte {err.start} is not UTF-8)") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise RecipeError(f"{path}: malformed YAML at {where}: {err.problem}") from None
+    except yaml.YAMLError as err:  # e.g. control characters: not text
+        raise RecipeError(f"{path}: not a YAML text file ({str(err).splitlines()[0]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -138,11 +143,18 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
             if not items:
                 raise RecipeError(f"override {flag} has no value")
             key, raw = flag[2:], items.pop(0)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise RecipeError(f"override --{key}: {raw!r} is not a YAML value (quote a string)", key=key) from None
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit():
+        for depth, part in enumerate(parts):
+            if isinstance(node, list):
+                _check_index(node, part, key, ".".join(parts[:depth]))
+            if depth == len(parts) - 1:
+                break
+            if isinstance(node, list):
                 node = node[int(part)]
                 continue
             nxt = node.get(part)
@@ -155,6 +167,17 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
         else:
             node[parts[-1]] = value
     return out
+
+
+def _check_index(items: list[Any], part: str, key: str, where: str) -> None:
+    """An override into a list names an existing index (``--stages.9…`` with 4 stages is an error)."""
+    if part.isdigit() and int(part) < len(items):
+        return
+    indices = f"0..{len(items) - 1}" if items else "none, it is empty"
+    raise RecipeError(
+        f"override --{key}: {where} is a list of {len(items)}; {part!r} is not one of its indices ({indices})",
+        key=where,
+    )
 
 
 # --------------------------------------------------------------------------- class paths
@@ -209,7 +232,8 @@ def _resolve_one(name: str, source: str, dotted: str, owner_key: str) -> str:
 
     raise RecipeError(
         f"{source}: {dotted}: unknown class_path {name!r}{where}. Available: "
-        f"{', '.join(choices) or '(none registered)'}.{hint}{failed_plugins_note()}"
+        f"{', '.join(choices) or '(none registered)'}.{hint}{failed_plugins_note()}",
+        key=dotted,
     )
 
 
@@ -233,7 +257,8 @@ def _check_init_args(node: dict[str, Any], source: str, key: str) -> None:
             prefix = f"{key}.init_args" if key else "init_args"
             raise RecipeError(
                 f"{source}: {prefix}.{arg}: {cls.__name__} does not take '{arg}'. "
-                f"It takes: {', '.join(accepted) or '(nothing)'}.{hint}"
+                f"It takes: {', '.join(accepted) or '(nothing)'}.{hint}",
+                key=f"{prefix}.{arg}",
             )
 
 
@@ -249,6 +274,13 @@ def parse_recipe(paths: list[str | Path], overrides: list[str] | None = None) ->
         merged = merge(merged, load_yaml(path))
     merged = apply_overrides(merged, overrides or [])
     source = ", ".join(str(p) for p in paths)
+    try:
+        return _validate(merged, source)
+    except RecipeError as err:
+        raise blame_override(err, source, overrides or []) from None
+
+
+def _validate(merged: dict[str, Any], source: str) -> Namespace:
     known = set(SCALAR_KEYS) | set(COMPONENTS) | {"stages"}
     for key in merged:
         if key not in known:
@@ -256,23 +288,16 @@ def parse_recipe(paths: list[str | Path], overrides: list[str] | None = None) ->
 
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
-            raise RecipeError(f"{source}: unknown top-level key '{key}'. Recipe keys: {', '.join(sorted(known))}.{hint}")
+            raise RecipeError(
+                f"{source}: unknown top-level key '{key}'. Recipe keys: {', '.join(sorted(known))}.{hint}", key=key
+            )
     merged = resolve_class_paths(merged, source)
     parser = build_parser()
     try:
         return parser.parse_object(merged)
     except Exception as err:  # jsonargparse.ArgumentError and friends
-        raise RecipeError(f"{source}: {_describe_jsonargparse_error(str(err))}") from None
-
-
-def _describe_jsonargparse_error(message: str) -> str:
-    keys = re.findall(r'Parser key "([^"]+)"', message)
-    options = re.findall(r"Option '([^']+)' is not accepted", message)
-    dotted = ".init_args.".join(keys) if keys else "?"
-    detail = [line.strip() for line in message.splitlines() if "Expected" in line or "not accepted" in line]
-    if options:
-        dotted = f"{dotted}.init_args.{options[0]}"
-    return f"{dotted}: {detail[0] if detail else message.splitlines()[0]}"
+        key, problem = describe_validation_error(str(err), merged)
+        raise RecipeError(f"{source}: {key}: {problem}", key=key) from None
 
 
 def to_dict(cfg: Namespace) -> dict[str, Any]:

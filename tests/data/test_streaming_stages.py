@@ -160,7 +160,7 @@ def test_generator_stages_and_evaluation_read_a_webdataset_stream(real, tmp_path
     stages = [
         FIT,
         EVAL_TOK,
-        _gen(7),  # 7 batches of 4 > the 21 good samples: crosses an epoch
+        _gen(7, trainer={"num_workers": 2}),  # 7 batches of 4 > the 21 good samples: crosses an epoch
         {
             "class_path": "FinetuneVQA",
             "init_args": {
@@ -302,3 +302,32 @@ def test_published_tokenizers_need_no_stage(real, tmp_path):
     doc["text_tokenizer"]["init_args"] = {"vocab_size": 512}  # no vocab_file: it would need fitting
     with pytest.raises(VilgkitError, match="FitTextTokenizer"):
         _run(tmp_path, doc)
+
+
+def test_more_loader_workers_than_shards_is_refused(real):
+    from torch.utils.data import DataLoader
+
+    reader = WebDatasetReader(str(real["root"] / "shards"), image_size=32, max_skip_fraction=0.25)
+    with pytest.raises(ValueError, match="use at most 2 workers or more shards"):
+        next(iter(DataLoader(reader, batch_size=2, num_workers=3)))
+
+
+def test_train_tokenizer_reads_a_stream(real, tmp_path):
+    vq = pytest.importorskip("vilgkit_vq")
+    doc = _recipe(
+        real,
+        tmp_path / "run",
+        [
+            {
+                "class_path": "TrainTokenizer",
+                "init_args": {
+                    "trainer": {"steps": 3, "batch_size": 4, "lr": 0.001, "warmup_steps": 0, "log_every": 1},
+                    "eval_images": 4,
+                },
+            }
+        ],
+    )
+    doc["image_tokenizer"] = {"class_path": "VQVAETokenizer", "init_args": vq.VQVAETokenizer.conformance_args()}
+    _run(tmp_path, doc)
+    assert sorted(_losses(tmp_path / "run" / "train_tokenizer")) == [1, 2, 3]
+    assert (tmp_path / "run" / "train_tokenizer" / "image_tokenizer.safetensors").is_file()

@@ -372,3 +372,22 @@ def test_the_cli_serves_a_run_on_localhost_and_refuses_bad_flags(served_run, cap
         proc.terminate()
         proc.wait(30)
     assert f"http://127.0.0.1:{port}/" in proc.stdout.read().decode()
+
+
+def test_a_run_without_saved_settings_serves_the_plain_defaults(tiny_run):
+    from fastapi.testclient import TestClient
+
+    from vilgkit import Pipeline
+    from vilgkit.serve import create_app
+
+    app = create_app(Pipeline.from_run_dir(tiny_run, device="cpu"))
+    with TestClient(app) as c:
+        info = c.get("/api/info").json()
+        assert (
+            not info["settings_saved"]
+            and info["evaluation"] is None
+            and info["settings"]["top_k"] is None
+        )
+        result = c.post("/api/generate", json={"prompt": "a red circle"}).json()
+        assert len(result["candidates"]) == 1 and result["settings"]["cfg_scale"] == 1.0
+        refused(c.get("/report"), 404, "no evaluation report")

@@ -15,19 +15,20 @@ HELP_ACTION = RunSettingsHelp  # -h after RUN_DIR also shows the settings that r
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vilgkit.commands import _argtypes as T
     from vilgkit.commands._infer import add_common, add_setting
 
     add_common(parser, "captions")
     parser.add_argument("images", nargs="+", help="image files (resized to the model's image size)")
     methods = ["greedy", "beam", "sample"]
     add_setting(parser, "--method", "greedy", "caption decoding", choices=methods, dest="caption_method")
-    add_setting(parser, "--num-beams", 4, "beams for --method beam", type=int)
-    add_setting(parser, "--max-length", "the text budget", "token limit", type=int, dest="max_text_length")
+    add_setting(parser, "--num-beams", 4, "beams for --method beam", type=T.positive_int)
+    add_setting(parser, "--max-length", "the text budget", "token limit", type=T.positive_int, dest="max_text_length")
 
 
 def main(args: argparse.Namespace) -> int:
     from vilgkit.batching import load_images, make_grid, to_pil
-    from vilgkit.commands._infer import effective_settings, load_pipeline, out_dir, write_json
+    from vilgkit.commands._infer import effective_settings, load_pipeline, out_dir, save_image, write_json
 
     pipe = load_pipeline(args)
     pixels = load_images(args.images, pipe.image_size)  # fails early, naming an unreadable file
@@ -37,7 +38,7 @@ def main(args: argparse.Namespace) -> int:
     out = out_dir(args)
     for path, caption in zip(args.images, captions):
         print(f"{path}\t{caption}")
-    make_grid(to_pil(pixels), ncol=min(len(captions), 8), captions=captions).save(out / "grid.png")
+    save_image(make_grid(to_pil(pixels), ncol=min(len(captions), 8), captions=captions), out / "grid.png")
     write_json(out / "captions.json", {"run_dir": str(args.run_dir), "stage": str(pipe.stage_dir),
                                        "method": used["caption_method"],
                                        "settings": {**used, "from_run": pipe.settings.saved},

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 from vilgkit.errors import VilgkitError
@@ -11,27 +12,31 @@ ACCEPTS_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vilgkit.commands import _argtypes as T
+
     parser.add_argument("run_dir", help="run directory (holds recipe.resolved.yaml and the stage outputs)")
     parser.add_argument("--metrics", default="shapes,caption,vqa,fid", help="comma-separated: fid, caption, vqa, shapes")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval)")
     parser.add_argument("--stage", default=None, help="generator stage to evaluate (default: the last one)")
-    parser.add_argument("--num-samples", type=int, default=200, help="items of the evaluation data")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-candidates", type=int, default=8, help="images sampled per prompt (best of N)")
+    parser.add_argument("--num-samples", type=T.positive_int, default=200, help="items of the evaluation data")
+    parser.add_argument("--batch-size", type=T.positive_int, default=16)
+    parser.add_argument("--num-candidates", type=T.positive_int, default=8, help="images sampled per prompt (best of N)")
     parser.add_argument("--reranker", default="self", help="self, none, clip, or a RERANKERS name")
     parser.add_argument("--clip-weights", default=None, help="local open_clip checkpoint for --reranker clip")
     parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for --reranker clip")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--cfg-scale", type=float, default=1.0)
+    parser.add_argument("--temperature", type=T.non_negative_float, default=1.0, help="0: greedy")
+    parser.add_argument("--top-k", type=T.non_negative_int, default=None, help="the k likeliest codes (0: off)")
+    parser.add_argument("--top-p", type=T.probability, default=None, help="nucleus mass (1.0: off)")
+    parser.add_argument("--cfg-scale", type=T.non_negative_float, default=1.0)
     parser.add_argument("--caption-method", default="greedy", choices=["greedy", "beam", "sample"])
-    parser.add_argument("--num-beams", type=int, default=4)
-    parser.add_argument("--fid-extractor", default="shapes", choices=["shapes", "inception"])
-    parser.add_argument("--fid-weights", default=None, help="Inception .pth file or Shapes extractor folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--examples", type=int, default=8, help="samples per task shown in the report")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--num-beams", type=T.positive_int, default=4)
+    parser.add_argument("--fid-extractor", default=None, choices=["shapes", "inception"],
+                        help="FID feature space (default: the recipe's Evaluate stage's, else shapes)")
+    parser.add_argument("--fid-weights", default=None,
+                        help="Inception .pth file or Shapes extractor folder (default: the Evaluate stage's)")
+    parser.add_argument("--seed", type=T.seed, default=0)
+    parser.add_argument("--examples", type=T.non_negative_int, default=8, help="samples per task shown in the report")
+    parser.add_argument("--device", default="auto", type=T.device, help="auto, cpu, cuda or cuda:N")
 
 
 def build_reranker(name: str, clip_weights: str | None = None, clip_model: str = "ViT-B-32"):
@@ -50,12 +55,35 @@ def build_reranker(name: str, clip_weights: str | None = None, clip_model: str =
         )
     cls = RERANKERS.get(cls_name)
     if cls_name == "ClipReranker":
+        # ClipReranker builds its model on first use: check what it needs now, not after the work before it
+        if importlib.util.find_spec("open_clip") is None:
+            raise VilgkitError(f"--reranker {name} needs open_clip: pip install 'vilgkit[clip]' (or open_clip_torch)")
+        if not clip_weights or not Path(clip_weights).is_file():
+            raise VilgkitError(f"--reranker {name} needs --clip-weights FILE, a local open_clip checkpoint "
+                               f"(nothing is downloaded); got {clip_weights or 'none'}")  # fmt: skip
         return cls(weights_path=clip_weights, model_name=clip_model)
     return cls()
 
 
+def _fid_settings(run_dir: Path, extractor: str | None, weights: str | None) -> tuple[str, str | None]:
+    """The flags, else the run's Evaluate stage's FID feature space and weights (e.g. a local
+    Inception file for a real-data run), else the Shapes extractor."""
+    import yaml
+
+    from vilgkit.engine.runner import RESOLVED_RECIPE
+    from vilgkit.stages.evaluate import evaluate_stage_args
+
+    if extractor is not None:
+        return extractor, weights
+    path = run_dir / RESOLVED_RECIPE
+    stage = evaluate_stage_args(yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    extractor = stage.get("fid_extractor") or "shapes"
+    return extractor, weights if weights is not None else stage.get("fid_weights")
+
+
 def main(args: argparse.Namespace) -> int:
     import vilgkit.builtins  # noqa: F401
+    from vilgkit.commands._infer import make_out_dir
     from vilgkit.metrics.harness import RESULTS_FILE, REPORT_FILE, SamplingSettings
     from vilgkit.stages.evaluate import run_evaluation
 
@@ -68,18 +96,17 @@ def main(args: argparse.Namespace) -> int:
     unknown = [m for m in metrics if m not in METRIC_KEYS]
     if not metrics or unknown:
         raise VilgkitError(f"unknown metric(s) {unknown or '(none given)'}; choose from {', '.join(sorted(METRIC_KEYS))}")
-    for flag in ("num_samples", "batch_size", "num_candidates"):
-        if getattr(args, flag) <= 0:
-            raise VilgkitError(f"--{flag.replace('_', '-')} must be positive")
-    sampling = SamplingSettings(num_candidates=args.num_candidates, temperature=args.temperature, top_k=args.top_k,
+    reranker = build_reranker(args.reranker, args.clip_weights, args.clip_model)  # before any work: fails early
+    out = make_out_dir(Path(args.out) if args.out else run_dir / "eval", "--out")
+    fid_extractor, fid_weights = _fid_settings(run_dir, args.fid_extractor, args.fid_weights)
+    sampling = SamplingSettings(num_candidates=args.num_candidates, temperature=args.temperature, top_k=args.top_k or None,
                                 top_p=args.top_p, cfg_scale=args.cfg_scale, caption_method=args.caption_method,
                                 num_beams=args.num_beams)  # fmt: skip
-    out = Path(args.out) if args.out else run_dir / "eval"
     try:
         record = run_evaluation(
             run_dir, out, metrics=metrics, stage=args.stage, num_samples=args.num_samples, batch_size=args.batch_size,
-            sampling=sampling, reranker=build_reranker(args.reranker, args.clip_weights, args.clip_model),
-            seed=args.seed, fid_extractor=args.fid_extractor, fid_weights=args.fid_weights,
+            sampling=sampling, reranker=reranker,
+            seed=args.seed, fid_extractor=fid_extractor, fid_weights=fid_weights,
             report_examples=args.examples, device=args.device,
         )  # fmt: skip
     except (ValueError, KeyError) as err:

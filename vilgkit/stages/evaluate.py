@@ -46,15 +46,21 @@ def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") ->
     return instantiate(node), node
 
 
+def evaluate_stage_args(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The ``init_args`` of the recipe's (first) ``Evaluate`` stage, or ``{}``: what ``vilgkit eval``
+    of the run falls back to for its data and FID feature space."""
+    for node in recipe.get("stages") or []:
+        if isinstance(node, dict) and str(node.get("class_path", "")).rpartition(".")[2] == "Evaluate":
+            return node.get("init_args") or {}
+    return {}
+
+
 def recipe_eval_data(recipe: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
     """The held-out data the recipe's ``Evaluate`` stage names (its ``data``), or ``None``."""
     from vilgkit.recipe import instantiate
 
-    for node in recipe.get("stages") or []:
-        data = (node.get("init_args") or {}).get("data") if isinstance(node, dict) else None
-        if str(node.get("class_path", "")).rpartition(".")[2] == "Evaluate" and data is not None:
-            return instantiate(copy.deepcopy(data)), data
-    return None
+    data = evaluate_stage_args(recipe).get("data")
+    return (instantiate(copy.deepcopy(data)), data) if data is not None else None
 
 
 def shapes_feature_weights(run_dir: Path, image_size: int, log=print) -> str:

@@ -227,6 +227,14 @@ class _GeneratorStage(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from vilgkit.engine.trainer import Trainer, run_strategy
 
+        reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
+        if getattr(reconstructor, "end_to_end", False) and "txt2img" not in self.directions:
+            # it trains on the generator's txt2img hidden states: without that direction there are none
+            raise VilgkitError(
+                f"stage {self.name!r} ({type(self).__name__}): reconstructor {type(reconstructor).__name__} is trained "
+                f"end to end on the txt2img hidden states, but this stage trains directions {self.directions}; "
+                "add txt2img to its directions or use a two-stage reconstructor (e.g. TwoStageReconstructor)"
+            )
         out_dir = ctx.stage_dir(self.name)
         text_tok, image_tok = _load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
         if self.generator_from:  # a plain module that loads the weights, then sharded by the strategy
@@ -237,7 +245,6 @@ class _GeneratorStage(Stage):
                 raise KeyError(f"{self.name} needs 'generator' but the recipe does not define it")
             generator = run_strategy(ctx).build_module(lambda: ctx.components.build("generator"))
         check_special_ids(generator, text_tok)
-        reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
         if reconstructor is not None and callable(getattr(reconstructor, "attach", None)):
             reconstructor.attach(image_tok, int(generator.hidden_size))  # the trained tokenizer, the generator's width
         if reconstructor is not None and getattr(reconstructor, "end_to_end", False) and self.generator_from:
