@@ -46,8 +46,7 @@ def build_smoke_data(folder: str | Path, samples: int = 4) -> list[str]:
               "--no-progress"])  # fmt: skip
     if rc != 0:
         raise RuntimeError(f"vilgkit tokenize failed (exit {rc})")
-    overrides = [*tokenizers, "--data.init_args.path", str(folder / "codes"),
-                 "--stages.1.init_args.data.init_args.urls", str(folder / "shards")]  # fmt: skip
+    overrides = [*tokenizers, "--data.init_args.path", str(folder / "codes")]
     (folder / "overrides.txt").write_text(" ".join(overrides) + "\n")
     return overrides
 
