@@ -331,3 +331,21 @@ def test_train_tokenizer_reads_a_stream(real, tmp_path):
     _run(tmp_path, doc)
     assert sorted(_losses(tmp_path / "run" / "train_tokenizer")) == [1, 2, 3]
     assert (tmp_path / "run" / "train_tokenizer" / "image_tokenizer.safetensors").is_file()
+
+
+def test_the_loader_places_a_stream_at_its_rank(real):
+    """A reader built before the process group exists (rank 0 of 1) reads the loader's rank's shards."""
+    from vilgkit.engine.loader import StatefulLoader
+    from vilgkit.gen_training import _raw_collate
+
+    def keys(rank: int) -> set[str]:
+        reader = WebDatasetReader(str(real["root"] / "shards"), image_size=32, max_skip_fraction=0.25, repeat=False)
+        loader = StatefulLoader(reader, 3, _raw_collate, rank=rank, world_size=2, drop_last=False)
+        assert reader.world_size == 2 and reader.rank == rank
+        return {k for _ in range(3) for k in next(loader)["key"]}
+
+    a, b = keys(0), keys(1)
+    assert a and b and not a & b  # disjoint shards
+    fixed = WebDatasetReader(str(real["root"] / "shards"), image_size=32, rank=0, world_size=1)
+    fixed.set_placement(1, 2)  # given at construction: kept
+    assert (fixed.rank, fixed.world_size) == (0, 1)

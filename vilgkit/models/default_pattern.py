@@ -39,15 +39,23 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     """``softmax(q kᵀ / √D, masked) v`` with an explicit score matrix (CPU training path).
 
     Args:
-        q, k, v: ``[B, H, N, D]`` (bf16 under autocast: the two matmuls run in low precision).
+        q, k, v: ``[B, H, N, D]`` (bf16 under autocast: everything runs in low precision, the
+            softmax accumulating in fp32 inside its kernel).
         mask: ``Bool`` broadcastable to ``[B, H, N, N]``, True = may attend; every row needs one
             True (a query always sees itself or BOS).
 
     Returns:
-        ``[B, H, N, D]`` in ``v``'s dtype. The softmax runs in fp32.
+        ``[B, H, N, D]`` in ``v``'s dtype.
     """
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, N, N]
-    probs = scores.float().masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    # one pass over the [B, H, N, N] scores per step: the scale goes on q ([N, D]), the mask is an
+    # additive 0 / -inf bias added in place to the matmul's fresh output (its backward does not
+    # need it), and the softmax stays in the scores' dtype — a bf16 softmax accumulates in fp32 and
+    # rounds its output as the fp32 softmax + cast did, without two [B, H, N, N] fp32 copies per
+    # direction and layer (attention fwd + bwd at B=8, H=8, N=288: 0.046 → 0.025 CPU s on a
+    # 2-core EPYC)
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # [B, H, N, N]
+    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~mask, float("-inf"))
+    probs = scores.add_(bias).softmax(dim=-1)
     return torch.matmul(probs.to(v.dtype), v)
 
 

@@ -35,6 +35,7 @@ from vilgkit.layout import Layout
 from vilgkit.models.blocks import Block
 from vilgkit.models.decoding import IMAGE_SRC, IMAGE_TGT, TEXT_SRC, TEXT_TGT, DecodingMixin
 from vilgkit.models.default_pattern import DefaultDensePattern
+from vilgkit.models.losses import token_cross_entropy
 from vilgkit.registry import GENERATORS
 
 DIRECTIONS = ("txt2img", "img2txt", "vqa")
@@ -333,7 +334,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
             if direction == "txt2img":
                 image_hidden = hidden
             logits[direction], targets[direction] = out, labels
-            losses[direction] = F.cross_entropy(out.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            losses[direction] = token_cross_entropy(out, labels)  # = F.cross_entropy in fp32, without its copies
         losses["loss"] = sum(losses.values())
         return GeneratorOutput(losses=losses, image_hidden=image_hidden, logits=logits, labels=targets)
 
