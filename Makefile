@@ -1,11 +1,12 @@
 # vilgkit: `make demo` runs the tiny demo end to end; `make test` runs the test suite.
-# Both create .venv with pip and install the package (core + built-in plugins + dev extra) first.
+# `make lint` runs ruff (lint rules and formatting, configured in pyproject.toml).
+# All create .venv with pip and install the package (core + built-in plugins + dev extra) first.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv lint test test-fast demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +15,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests

@@ -200,8 +200,10 @@ def _winner(name: str, timings: dict[str, float]) -> str:
 
 def _run_probe(name: str) -> dict[str, float]:
     if name not in _probes:
-        # probes live next to the code they measure; importing it registers them
-        import vilgkit.dispatch_probes  # noqa: F401
+        # probes are registered by the modules that decide (next to the code they measure): load them all
+        from vilgkit.recipe import load_components
+
+        load_components()
     with torch.no_grad():
         return _probes[name]()
 

@@ -294,14 +294,14 @@ def strategy_layout(
     recipe: dict[str, Any], notes: list[str]
 ) -> tuple[str, StrategyLayout]:
     """The recipe strategy's layout (read from its arguments when it cannot be built here)."""
-    from vilgkit.recipe import instantiate
+    from vilgkit.recipe import build
 
     node = recipe.get("strategy")
     if node is None:
         return "SingleDevice (default)", StrategyLayout()
     name = node["class_path"].rsplit(".", 1)[-1]
     try:
-        return name, instantiate(node).layout()
+        return name, build("strategy", node).layout()
     except RuntimeError as err:  # e.g. a CUDA-only strategy planned on a CPU machine
         module, _, attr = node["class_path"].rpartition(".")
         cls = getattr(importlib.import_module(module), attr)
@@ -533,7 +533,7 @@ def preflight(recipe: dict[str, Any], stages: list[str], recipe_paths: str) -> N
         stages: names of the stages about to run.
         recipe_paths: the recipe files, for the message.
     """
-    from vilgkit.engine.runner import is_main_process
+    from vilgkit.engine.ranks import is_main_process
 
     strategy = recipe.get("strategy") or {}
     hardware = detect_hardware((strategy.get("init_args") or {}).get("device"))

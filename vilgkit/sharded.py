@@ -66,11 +66,6 @@ def save_file_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     os.replace(tmp, path)
 
 
-def is_complete(directory: str | Path) -> bool:
-    """True when ``directory`` carries our marker (cheap; :func:`verify` checks the hashes)."""
-    return (Path(directory) / MARKER).is_file()
-
-
 def read_marker(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MARKER
     if not path.is_file():

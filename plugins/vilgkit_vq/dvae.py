@@ -22,8 +22,9 @@ from einops import rearrange
 from torch import nn
 
 from vilgkit.interfaces import ImageTokenizer, Trainable
+from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
 from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
 from vilgkit_vq.quantizers import batch_usage_deficit, codebook_usage, gumbel_softmax, gumbel_temperature, kl_to_uniform
 

@@ -30,10 +30,12 @@ from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
 
 from vilgkit.interfaces import ImageTokenizer, Trainable
+from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
 from vilgkit_vq.perceptual import LPIPS
-from vilgkit_vq.quantizers import codebook_usage, full_precision as _full_precision, gumbel_temperature, nearest_code, update_usage_and_restart
+from vilgkit_vq.quantizers import codebook_usage, gumbel_temperature, nearest_code, update_usage_and_restart
+from vilgkit_vq.quantizers import full_precision as _full_precision
 
 AUTOENCODER_MODULES = ("encoder", "decoder", "quantize", "quant_conv", "post_quant_conv")
 

@@ -17,10 +17,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from vilgkit import dispatch
+from vilgkit import dispatch, dispatch_probes
 from vilgkit.interfaces import ImageTokenizer, Trainable
+from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
 from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
 from vilgkit_vq.quantizers import VectorQuantizer, codebook_usage
 
@@ -137,3 +138,6 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
         if group != "main":
             raise KeyError(f"VQVAETokenizer has one optimizer group 'main', got {group!r}")
         return self.loss(images_from_batch(batch))
+
+
+dispatch.register_probe("encode_layout", dispatch_probes.encode_layout_probe)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vilgkit.gen_training import GeneratorTrainable, TokenizedDataset, collate_tokenized, tokenize_dataset
+from vilgkit.stages.generator_training import GeneratorTrainable, TokenizedDataset, collate_tokenized, tokenize_dataset
 from vilgkit.interfaces import Reconstructor
 
 pytestmark = pytest.mark.slow
@@ -145,7 +145,7 @@ def test_dataset_fingerprint_sees_a_change_to_a_few_samples_only():
     """The tokenized cache must be rebuilt when a recipe change redraws only some samples' texts
     (``train_question_weights`` does), not only when the first, middle or last sample changes."""
     from vilgkit.data import ShapesDataset
-    from vilgkit.gen_training import dataset_fingerprint
+    from vilgkit.stages.generator_training import dataset_fingerprint
 
     rows = [{"caption": f"caption {i}", "question": "what?", "index": i} for i in range(400)]
     edited = [dict(r) for r in rows]

@@ -152,9 +152,9 @@ def test_fingerprint_covers_zero_dim_buffers():
 def test_vqa_shards_train_finetune_vqa(tokenized, tmp_path):
     """Shards of VQA data (Shapes: questions and answers) train the VQA direction; their question and
     answer ids are framed exactly as on-the-fly tokenization frames the texts."""
-    from vilgkit.batching import encode_texts
     from vilgkit.engine.runner import run
-    from vilgkit.gen_training import _raw_collate, tokenize_texts_batch
+    from vilgkit.stages.generator_training import _raw_collate, tokenize_texts_batch
+    from vilgkit.text_encoding import encode_texts
 
     out, _, text_tok = tokenized
     shards = CodeShardDataset(str(out))

@@ -223,8 +223,8 @@ def test_code_shards_of_caption_only_data_train_the_generator(real, tmp_path):
     """Caption-only shards need no VQA fields; their ids are framed as on-the-fly tokenizing frames them."""
     from vilgkit_vq.taming_ckpt import TamingVQGAN
 
-    from vilgkit.batching import encode_texts
-    from vilgkit.gen_training import _raw_collate, tokenize_texts_batch
+    from vilgkit.stages.generator_training import _raw_collate, tokenize_texts_batch
+    from vilgkit.text_encoding import encode_texts
     from vilgkit.stages.train_tokenizer import save_image_tokenizer
 
     tok = WordPieceTokenizer(vocab_size=512, vocab_file=str(real["root"] / "vocab.txt"))
@@ -259,7 +259,7 @@ def test_code_shards_of_caption_only_data_train_the_generator(real, tmp_path):
 
 def test_mostly_unknown_prompts_warn_naming_the_words(real):
     tok = WordPieceTokenizer(vocab_size=512, vocab_file=str(real["root"] / "vocab.txt"))
-    from vilgkit.batching import unknown_words, warn_unknown_words
+    from vilgkit.text_encoding import unknown_words, warn_unknown_words
 
     assert unknown_words(tok, "a red circle") == ([], 0, 3)
     with pytest.warns(UnknownWordsWarning, match=r"'blorp', 'zonk'.*") as record:
@@ -336,7 +336,7 @@ def test_train_tokenizer_reads_a_stream(real, tmp_path):
 def test_the_loader_places_a_stream_at_its_rank(real):
     """A reader built before the process group exists (rank 0 of 1) reads the loader's rank's shards."""
     from vilgkit.engine.loader import StatefulLoader
-    from vilgkit.gen_training import _raw_collate
+    from vilgkit.stages.generator_training import _raw_collate
 
     def keys(rank: int) -> set[str]:
         reader = WebDatasetReader(str(real["root"] / "shards"), image_size=32, max_skip_fraction=0.25, repeat=False)

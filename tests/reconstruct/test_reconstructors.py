@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vilgkit.gen_training import GeneratorTrainable
+from vilgkit.stages.generator_training import GeneratorTrainable
 from vilgkit.pipeline import Pipeline
 from vilgkit_reconstruct import EndToEndReconstructor, TwoStageReconstructor
 

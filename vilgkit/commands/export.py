@@ -21,6 +21,7 @@ import yaml
 
 from vilgkit import sharded
 from vilgkit.errors import VilgkitError
+from vilgkit.recipe import load_run_recipe
 
 HELP = "consolidate a sharded checkpoint into safetensors + the resolved recipe (single-device loadable)"
 ACCEPTS_OVERRIDES = False
@@ -68,7 +69,7 @@ def export(run: Path, out: Path, stage: str | None = None) -> Path:
         raise VilgkitError(f"{run} is not a vilgkit run directory (no {RESOLVED})")
     if out.exists() and any(out.iterdir()):
         raise VilgkitError(f"{out} exists and is not empty")
-    recipe = yaml.safe_load(recipe_path.read_text()) or {}
+    recipe = load_run_recipe(recipe_path)  # validated: only registered components
     if stage is None:
         names = [
             (s.get("init_args") or {}).get("name")

@@ -117,13 +117,6 @@ class WebDatasetReader(IterableDataset):
         self._skip_next = 0
         self._position: dict[int, list[int]] = {}
 
-    @classmethod
-    def conformance_args(cls) -> dict[str, Any]:
-        """A one-shard fixture in a temporary folder (see :mod:`vilgkit.data.fixtures`)."""
-        from vilgkit.data.fixtures import fixture_dir
-
-        return {"urls": str(fixture_dir() / "shards"), "image_size": 16}
-
     def _place(self, rank: int, world_size: int) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")

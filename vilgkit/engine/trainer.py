@@ -33,7 +33,7 @@ from vilgkit.engine import rng
 from vilgkit.engine.checkpoint import CheckpointError, CheckpointManager, load_tensors, read_meta, save_tensors, verify
 from vilgkit.engine.compat import check_resume
 from vilgkit.engine.batch import batch_size, move_to, sample_ids
-from vilgkit.engine.config import TrainerConfig, coerce_config, validate_config
+from vilgkit.engine.config import TrainerConfig, validate_config
 from vilgkit.engine.loader import StatefulLoader
 from vilgkit.engine.muon import muon_factory, muon_param_groups
 from vilgkit.engine.optim import adamw_factory, adamw_param_groups, normalize_groups
@@ -91,7 +91,7 @@ class Trainer:
         dataset: map-style or iterable data set; batches come from a :class:`StatefulLoader`.
         out_dir: the stage folder (checkpoints, ``metrics.jsonl``, TensorBoard, final weights).
         strategy: wraps the module and does checkpoint I/O.
-        config: the training settings (a plain dict is converted).
+        config: the training settings.
         collate_fn: batches samples (``None``: PyTorch's default).
         callbacks: objects with ``every`` and ``__call__(step, module, out_dir)`` (see :class:`Callback`).
         recipe: the resolved recipe, stored in checkpoints and compared on resume.
@@ -134,7 +134,9 @@ class Trainer:
     ) -> None:
         if not isinstance(module, nn.Module) or not callable(getattr(module, "training_losses", None)):
             raise TypeError(f"Trainer needs an nn.Module implementing Trainable, got {type(module).__name__}")
-        config = coerce_config(config)
+        config = config if config is not None else TrainerConfig()
+        if not isinstance(config, TrainerConfig):  # recipes deliver the dataclass (built by jsonargparse)
+            raise TypeError(f"Trainer needs a TrainerConfig, got {type(config).__name__}")
         validate_config(config)
         self.module, self.dataset, self.strategy, self.config = module, dataset, strategy, config
         self.out_dir = Path(out_dir)

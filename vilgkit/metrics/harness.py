@@ -280,7 +280,7 @@ def _image_to_text(pipe, batch, sampling: SamplingSettings, seed: int, timing, e
 
 
 def _answer(pipe, batch, sampling: SamplingSettings, timing, examples) -> dict[str, Any]:
-    from vilgkit.batching import encode_texts
+    from vilgkit.text_encoding import encode_texts
 
     t = time.perf_counter()
     images, questions = batch["image"], list(batch.get("question") or [])

@@ -34,7 +34,7 @@ from vilgkit.interfaces.trainable import Trainable
 from vilgkit.layout import Layout
 from vilgkit.models.blocks import Block
 from vilgkit.models.decoding import IMAGE_SRC, IMAGE_TGT, TEXT_SRC, TEXT_TGT, DecodingMixin
-from vilgkit.models.default_pattern import DefaultDensePattern
+from vilgkit.models.dense_attention import DenseAttention
 from vilgkit.models.losses import token_cross_entropy
 from vilgkit.registry import GENERATORS
 
@@ -109,7 +109,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         self.text_dropout = text_dropout
         self.qk_norm = qk_norm
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.attention = attention if attention is not None else DefaultDensePattern()
+        self.attention = attention if attention is not None else DenseAttention()
 
         C = hidden_size
         self.text_embed = nn.Embedding(text_vocab_size, C)
@@ -127,7 +127,6 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         self.norm = nn.LayerNorm(C)
         self.text_head = nn.Linear(C, text_vocab_size, bias=False)
         self.image_head = nn.Linear(C, image_vocab_size, bias=False)
-        self._masks: dict[tuple[int, Layout], torch.Tensor] = {}
         self.init_weights()
 
     @classmethod

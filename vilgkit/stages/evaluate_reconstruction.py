@@ -21,14 +21,25 @@ from torch.utils.data import Dataset
 
 from vilgkit.errors import VilgkitError
 from vilgkit.interfaces import Reconstructor, RunContext, Stage
-from vilgkit.registry import STAGES
+from vilgkit.registry import RECONSTRUCTORS, STAGES
 
 METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.png"
 
 
 def reconstructor_label(reconstructor: Reconstructor) -> str:
+    """The Table 7 row label of a reconstructor."""
     return "End-to-end R" if reconstructor.end_to_end else "Two-stage R"
+
+
+def two_stage_reconstructor(*args: Any) -> Reconstructor:
+    """The tokenizer's own decoder as a reconstructor (for recipes that name none), from its registry."""
+    cls = RECONSTRUCTORS.get("TwoStageReconstructor")
+    if cls is None:
+        raise VilgkitError(
+            "the recipe names no reconstructor and TwoStageReconstructor (plugin vilgkit_reconstruct) is not loaded"
+        )
+    return cls(*args)
 
 
 @STAGES.register_module()
@@ -98,7 +109,7 @@ class EvaluateReconstruction(Stage):
 
     def _decoder(self, ctx: RunContext):
         """``(pipeline or None, text tokenizer, image tokenizer, reconstructor, generator label)``."""
-        from vilgkit import Pipeline
+        from vilgkit.pipeline import Pipeline
 
         if self.generator_from:
             pipe = Pipeline.from_run_dir(ctx.run_dir, stage=self.generator_from, device=self.device)
@@ -106,9 +117,7 @@ class EvaluateReconstruction(Stage):
                 pipe.reconstructor = self._attach(self.reconstructor, pipe.image_tokenizer, pipe.generator.hidden_size,
                                                   pipe.stage_dir).to(pipe.device).eval()  # fmt: skip
             if pipe.reconstructor is None:  # the recipe names none: the tokenizer decodes (two-stage)
-                from vilgkit_reconstruct.two_stage import TwoStageReconstructor
-
-                pipe.reconstructor = TwoStageReconstructor(pipe.image_tokenizer)
+                pipe.reconstructor = two_stage_reconstructor(pipe.image_tokenizer)
             manifest = json.loads((pipe.stage_dir / "generator.json").read_text())
             g_label = "End-to-end G" if manifest.get("end_to_end") else "Two-stage G"
             return pipe, pipe.text_tokenizer, pipe.image_tokenizer, pipe.reconstructor, g_label
@@ -119,9 +128,7 @@ class EvaluateReconstruction(Stage):
         if rec is None and "reconstructor" in ctx.components:
             rec = ctx.components.build("reconstructor")
         if rec is None:
-            from vilgkit_reconstruct.two_stage import TwoStageReconstructor
-
-            rec = TwoStageReconstructor()
+            rec = two_stage_reconstructor()
         if rec.end_to_end:
             raise VilgkitError(f"{self.name}: an end-to-end reconstructor decodes generator hidden states; set generator_from")
         return None, text_tok, image_tok, self._attach(rec, image_tok, None, None).eval(), "—"
@@ -203,8 +210,8 @@ class EvaluateReconstruction(Stage):
 
     def _decode_all(self, pipe, text_tok, image_tok, rec, device, real, captions, seed):
         """Every evaluation item → an image ``[N, 3, H, W]`` in [-1, 1] (and the mean PSNR on gold codes)."""
-        from vilgkit.batching import encode_texts
-        from vilgkit_reconstruct.common import psnr
+        from vilgkit.text_encoding import encode_texts
+        from vilgkit.metrics.psnr import psnr
 
         outputs, psnr_sum = [], 0.0
         with torch.no_grad():

@@ -16,7 +16,6 @@ Shapes (dimension key): B batch, L text length, h/w code grid, N samples in the 
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import itertools
@@ -30,8 +29,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
-from vilgkit.batching import encode_texts, make_grid, to_pil, trim_padding
 from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, TextTokenizer, Trainable
+from vilgkit.pictures import make_grid, to_pil
+from vilgkit.text_encoding import encode_texts, trim_padding
 
 #: (batch key holding raw strings, prefix of the tokenized id/mask keys)
 TEXT_FIELDS = (("caption", "text"), ("question", "question"), ("answer", "answer"))
@@ -95,7 +95,7 @@ def frame_ids(
     ids: Any, lengths: Any, text_tokenizer: TextTokenizer, max_text_len: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Padded ids without special tokens (``ids [B, W]``, real ``lengths [B]``) → ``[BOS] … [EOS]`` rows,
-    exactly what :func:`~vilgkit.batching.encode_texts` makes of the same texts (same truncation)."""
+    exactly what :func:`~vilgkit.text_encoding.encode_texts` makes of the same texts (same truncation)."""
     ids, lengths = torch.as_tensor(ids).long(), torch.as_tensor(lengths).long()
     budget = max_text_len - 2
     keep = lengths.clamp(max=budget)
@@ -418,15 +418,3 @@ class SampleGrids:
         size = self.text_tokenizer.vocab_size  # ids past the fitted vocabulary are untrained: drop them
         return images, self.text_tokenizer.decode([[i for i in row if i < size] for row in out])
 
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module):
-    """Temporarily put modules in eval mode (restored afterwards)."""
-    states = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, s in zip(modules, states):
-            m.train(s)
