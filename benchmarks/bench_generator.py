@@ -125,7 +125,7 @@ def nocache_time(model, ids, grid: int) -> float:
         n = L + t + 1
         mask = allowed[:n, :n][None, None] & ~pad[:, None, None, :n]
 
-        def run():
+        def run(n=n, mask=mask):
             x = x_full[:, :n]
             for block in model.layers:
                 x, _, _ = block.prefill(x, mask)

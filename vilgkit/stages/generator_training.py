@@ -309,7 +309,9 @@ class GeneratorTrainable(nn.Module, Trainable):
         out["directions"] = list(self.directions)
         return out
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass: the named losses (the end-to-end reconstructor's loss runs its
+        parameters, so the losses are this forward's outputs)."""
         batch = self.prepare(batch)
         losses: dict[str, torch.Tensor] = {}
         # Directions sharing a row count run as one generator call on the first rows of the batch.
