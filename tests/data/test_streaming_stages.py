@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from vilgkit_text.wordpiece import WordPieceTokenizer
 
 from vilgkit.data import CodeShardDataset, WebDatasetReader, write_code_shards
 from vilgkit.errors import UnknownWordsWarning, VilgkitError
@@ -19,6 +18,7 @@ from vilgkit.testing.real_data import (
     write_img2dataset_shards,
     write_taming_checkpoint,
 )
+from vilgkit_text.wordpiece import WordPieceTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -221,11 +221,10 @@ def test_resume_on_a_stream_is_exact(real, tmp_path):
 
 def test_code_shards_of_caption_only_data_train_the_generator(real, tmp_path):
     """Caption-only shards need no VQA fields; their ids are framed as on-the-fly tokenizing frames them."""
-    from vilgkit_vq.taming_ckpt import TamingVQGAN
-
     from vilgkit.stages.generator_training import _raw_collate, tokenize_texts_batch
-    from vilgkit.text_encoding import encode_texts
     from vilgkit.stages.train_tokenizer import save_image_tokenizer
+    from vilgkit.text_encoding import encode_texts
+    from vilgkit_vq.taming_ckpt import TamingVQGAN
 
     tok = WordPieceTokenizer(vocab_size=512, vocab_file=str(real["root"] / "vocab.txt"))
     image_tok = TamingVQGAN(str(real["ckpt"]))
