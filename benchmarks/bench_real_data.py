@@ -54,7 +54,7 @@ def bench_tokenize(root: Path, files: dict[str, Path], workers: int) -> float:
 def bench_loader(files: dict[str, Path], workers: int, batch_size: int, samples: int) -> float:
     from vilgkit.data import WebDatasetReader
     from vilgkit.engine.loader import StatefulLoader
-    from vilgkit.gen_training import _raw_collate
+    from vilgkit.stages.generator_training import _raw_collate
 
     reader = WebDatasetReader(str(files["shards"]), image_size=32, repeat=True, max_skip_fraction=0.25)
     loader = StatefulLoader(reader, batch_size, _raw_collate, num_workers=workers)

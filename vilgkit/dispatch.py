@@ -26,7 +26,9 @@ How a branch is chosen, first match wins:
    ``~/.cache/vilgkit/dispatch.json``; ``VILGKIT_DISPATCH_CACHE`` names another file) keyed by CPU
    model + torch version + thread count;
 4. otherwise a probe times both branches on small, representative operands (tens of milliseconds
-   each, about half a second for all five), stores the winner and returns it.
+   each, about a second for all five on a quiet 2-core machine), stores the result and returns
+   the winner: the default unless another branch is more than 10 % faster (:data:`MARGIN`), so
+   that timing noise on a loaded machine does not flip a decision.
 
 A probe runs on the first use of its decision on a new machine / torch / thread count; code that
 times something calls :func:`prepare` first (the benchmarks do), so no probe runs inside a timed
@@ -57,6 +59,9 @@ DECISIONS: dict[str, tuple[str, ...]] = {
 }
 
 ENV, CACHE_ENV = "VILGKIT_DISPATCH", "VILGKIT_DISPATCH_CACHE"
+
+#: Another branch replaces the default only when it takes less than this share of the default's time.
+MARGIN = 0.9
 
 _decided: dict[
     tuple[str, int], str
@@ -180,16 +185,25 @@ def _measured(name: str, threads: int, reprobe: bool = False) -> str:
     branch = entry.get("branch") if isinstance(entry, dict) else None
     if branch not in DECISIONS[name]:
         timings = _run_probe(name)
-        branch = min(timings, key=timings.get)
+        branch = _winner(name, timings)
         _store(key, name, branch, timings)
     _decided[(name, threads)] = branch
     return branch
 
 
+def _winner(name: str, timings: dict[str, float]) -> str:
+    """The default branch unless another is faster by more than :data:`MARGIN` (noise never flips it)."""
+    default = DECISIONS[name][0]
+    best = min(timings, key=timings.get)
+    return best if timings[best] < MARGIN * timings[default] else default
+
+
 def _run_probe(name: str) -> dict[str, float]:
     if name not in _probes:
-        # probes live next to the code they measure; importing it registers them
-        import vilgkit.dispatch_probes  # noqa: F401
+        # probes are registered by the modules that decide (next to the code they measure): load them all
+        from vilgkit.recipe import load_components
+
+        load_components()
     with torch.no_grad():
         return _probes[name]()
 

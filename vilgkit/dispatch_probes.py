@@ -1,6 +1,9 @@
 """The timing probes of :mod:`vilgkit.dispatch`: each times every branch of one decision on small,
 representative operands and returns ``{branch: seconds}`` (best of a few interleaved runs).
 
+The module that makes a decision registers its probe (``models.gemv``, ``models.dense_attention``,
+``vilgkit_vq.vqvae``) and hands it the code to time, so this module imports none of them.
+
 Sizes are chosen so that a probe takes tens of milliseconds yet measures what matters:
 
 * ``gemv_*``: 16 weights ``[2048, 512]`` fp32 = 64 MiB, more than a last-level cache, read once per
@@ -33,9 +36,8 @@ def _interleaved(branches: dict[str, object]) -> dict[str, float]:
     return best
 
 
-def _gemv(rows: int) -> dict[str, float]:
-    from vilgkit.models.gemv import split_linear
-
+def gemv_probe(split_linear, rows: int) -> dict[str, float]:
+    """``split`` (``split_linear(layer, x)``) vs ``linear`` (``F.linear``) for ``rows`` decoding rows."""
     weights = torch.full(
         (16, 2048, 512), 1e-3
     )  # constant values: no random init to wait for
@@ -58,14 +60,13 @@ def _gemv(rows: int) -> dict[str, float]:
     )
 
 
-def _attention(dtype: torch.dtype) -> dict[str, float]:
-    from vilgkit.models.default_pattern import _unilm_mask, masked_attention
-
+def attention_probe(masked_attention, unilm_mask, dtype: torch.dtype) -> dict[str, float]:
+    """``explicit`` (``masked_attention``) vs ``sdpa``, forward + backward, under ``dtype``."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (
         torch.randn(2, 4, 128, 64, generator=g).requires_grad_() for _ in range(3)
     )
-    mask = _unilm_mask(32, 128)
+    mask = unilm_mask(32, 128)
     grad = torch.randn(2, 4, 128, 64, generator=g)
 
     def run(attend):
@@ -95,7 +96,8 @@ def _attention(dtype: torch.dtype) -> dict[str, float]:
     )
 
 
-def _encode_layout() -> dict[str, float]:
+def encode_layout_probe() -> dict[str, float]:
+    """``channels_last`` vs ``contiguous`` inputs of a VQ-VAE-like encoder stem."""
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1),
@@ -114,9 +116,3 @@ def _encode_layout() -> dict[str, float]:
         {"channels_last": lambda: net(last), "contiguous": lambda: net(images)}
     )
 
-
-dispatch.register_probe("gemv_few", lambda: _gemv(1))
-dispatch.register_probe("gemv_many", lambda: _gemv(8))
-dispatch.register_probe("attention_bf16", lambda: _attention(torch.bfloat16))
-dispatch.register_probe("attention_fp32", lambda: _attention(torch.float32))
-dispatch.register_probe("encode_layout", _encode_layout)

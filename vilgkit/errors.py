@@ -26,6 +26,10 @@ class ComponentArgumentError(RecipeError, ValueError):
     is what the constructor raised, so library code catching that keeps working)."""
 
 
+class InputError(VilgkitError):
+    """Bad user input for inference (empty prompt, over-long prompt, unreadable image...)."""
+
+
 class NotYetImplementedError(VilgkitError):
     """A subcommand or feature that has not landed yet (the CLI exits non-zero, never pretends)."""
 

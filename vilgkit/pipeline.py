@@ -14,7 +14,7 @@ written by its ``Evaluate`` stage; :attr:`Pipeline.settings`). A keyword left at
 run's value; pass a value to override it (``top_k=0`` / ``top_p=1.0`` turn the filter off,
 ``reranker="none"`` keeps the first candidate).
 
-Bad input gets an :class:`~vilgkit.batching.InputError` before the model runs: an empty prompt, a
+Bad input gets an :class:`~vilgkit.errors.InputError` before the model runs: an empty prompt, a
 prompt longer than the text budget (unless ``truncate=True``: then the first ``max_text_len - 2``
 tokens are kept), an unreadable image file. Images of another size are centre-cropped to a square
 and resized to the model's image size.
@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import yaml
 from PIL import Image
 
-from vilgkit.batching import InputError, encode_texts, load_images, to_pil, warn_unknown_words
-from vilgkit.errors import VilgkitError
+from vilgkit.errors import InputError, VilgkitError
 from vilgkit.inference_settings import InferenceSettings, load_inference_settings
 from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, RunContext, TextTokenizer
 from vilgkit.interfaces.reranker import Reranker, RerankInputs
+from vilgkit.pictures import load_images, to_pil
+from vilgkit.text_encoding import encode_texts, warn_unknown_words
 from vilgkit.self_rerank import self_rerank_scores
 
 
@@ -95,6 +95,7 @@ class Pipeline:
 
         from vilgkit.components import ComponentStore
         from vilgkit.engine.runner import RESOLVED_RECIPE
+        from vilgkit.recipe import load_run_recipe
         from vilgkit.stages.train_generator import (
             GENERATOR_FILE,
             MANIFEST_FILE,
@@ -107,12 +108,12 @@ class Pipeline:
         recipe_path = run_dir / RESOLVED_RECIPE
         if not recipe_path.is_file():
             raise VilgkitError(f"{run_dir} is not a vilgkit run directory (no {RESOLVED_RECIPE})")
-        recipe = {k: v for k, v in (yaml.safe_load(recipe_path.read_text()) or {}).items() if k != "_versions"}
+        recipe = load_run_recipe(recipe_path)
         stage_dir = run_dir / stage if stage else _last_generator_stage(run_dir, recipe, GENERATOR_FILE)
         if stage_dir is None or not (stage_dir / GENERATOR_FILE).is_file():
             raise VilgkitError(f"no trained generator in {run_dir}{'/' + stage if stage else ''}: run the train_generator stage first")
         manifest = json.loads((stage_dir / MANIFEST_FILE).read_text())
-        ctx = RunContext(run_dir=run_dir, components=ComponentStore(recipe), recipe=recipe, seed=int(recipe.get("seed", 0)))
+        ctx = RunContext(run_dir=run_dir, components=ComponentStore(recipe, registered_only=True), recipe=recipe, seed=int(recipe.get("seed", 0)))
         from vilgkit.stages.train_generator import _load_tokenizers
 
         text_tok, image_tok = _load_tokenizers(ctx, _abs(manifest["text_tokenizer"], run_dir), _abs(manifest["image_tokenizer"], run_dir))

@@ -149,9 +149,3 @@ def get_plugin_manager(load: bool = True) -> PluginManager:
     if load and os.environ.get("VILGKIT_DISABLE_PLUGIN_AUTOLOAD", "") not in ("1", "true", "yes"):
         _MANAGER.load_entrypoints()
     return _MANAGER
-
-
-def reset_plugin_manager() -> None:
-    """Forget the manager (tests); registries keep what was registered."""
-    global _MANAGER
-    _MANAGER = None

@@ -111,11 +111,3 @@ def rollback(before: dict[str, set[str]]) -> list[str]:
             reg.unregister(name)
             removed.append(f"{reg_name}:{name}")
     return sorted(removed)
-
-
-def find_class(name: str) -> tuple[str, type] | None:
-    """Look a short name up in every registry; returns ``(registry name, class)`` or ``None``."""
-    for reg_name, reg in ALL_REGISTRIES.items():
-        if name in reg.module_dict:
-            return reg_name, reg.module_dict[name]
-    return None

@@ -27,17 +27,15 @@ from typing import Literal
 import torch
 
 from vilgkit.interfaces import AttentionPattern
+from vilgkit.interfaces.attention import check_attend_inputs, check_decode_position, check_layer, masked_sdpa
 from vilgkit.layout import Layout
 from vilgkit.registry import ATTENTION_PATTERNS
 from vilgkit_attention.blockwise import blockwise_attend
 from vilgkit_attention.decode import SparseKVCache
-from vilgkit_attention.dense import _check_layer, masked_sdpa
 from vilgkit_attention.flex import flex_attend, flex_available
 from vilgkit_attention.masks import (
     IMAGE_KINDS,
     build_allowed,
-    check_attend_inputs,
-    check_decode_position,
     check_kind,
     image_segment,
 )
@@ -115,7 +113,7 @@ class SparseAttention(AttentionPattern):
 
     def kind(self, layer: int, num_layers: int) -> str:
         """The image pattern (``dense``/``row``/``column``/``conv``) of ``layer``."""
-        _check_layer(layer, num_layers)
+        check_layer(layer, num_layers)
         if self.schedule == "paper":
             return paper_schedule(layer, num_layers)
         if isinstance(self.schedule, str):

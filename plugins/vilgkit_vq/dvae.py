@@ -22,8 +22,9 @@ from einops import rearrange
 from torch import nn
 
 from vilgkit.interfaces import ImageTokenizer, Trainable
+from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
 from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
 from vilgkit_vq.quantizers import batch_usage_deficit, codebook_usage, gumbel_softmax, gumbel_temperature, kl_to_uniform
 
@@ -222,7 +223,9 @@ class DVAETokenizer(ImageTokenizer, Trainable):
 
     # ----------------------------------------------------------------- Trainable
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass for optimizer ``group`` at ``step``: the named losses (outputs and losses
+        are one here: the losses run parameters of their own)."""
         if group != "main":
             raise KeyError(f"DVAETokenizer has one optimizer group 'main', got {group!r}")
         self.step.fill_(step)

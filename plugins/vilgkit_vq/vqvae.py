@@ -17,10 +17,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from vilgkit import dispatch
+from vilgkit import dispatch, dispatch_probes
 from vilgkit.interfaces import ImageTokenizer, Trainable
+from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
 from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
 from vilgkit_vq.quantizers import VectorQuantizer, codebook_usage
 
@@ -131,7 +132,12 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
 
     # ----------------------------------------------------------------- Trainable
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass for optimizer ``group`` at ``step``: the named losses (outputs and losses
+        are one here: the losses run parameters of their own)."""
         if group != "main":
             raise KeyError(f"VQVAETokenizer has one optimizer group 'main', got {group!r}")
         return self.loss(images_from_batch(batch))
+
+
+dispatch.register_probe("encode_layout", dispatch_probes.encode_layout_probe)

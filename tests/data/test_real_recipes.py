@@ -71,8 +71,10 @@ def test_wds_tiny_recipe_then_every_inference_command(tmp_path, capsys):
     assert cli(["caption", str(run), str(image), "--out", str(tmp_path / "cap")]) == 0
     assert cli(["vqa", str(run), "--image", str(image), "--question", "what colour is the circle?",
                 "--out", str(tmp_path / "vqa")]) == 0  # fmt: skip
-    assert cli(["eval", str(run), "--metrics", "caption,fid", "--fid-extractor", "inception", "--fid-weights",
-                str(fid), "--num-samples", "4", "--num-candidates", "1", "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
+    # the run's Evaluate stage gives the held-out data and the FID feature space (local Inception weights)
+    assert cli(["eval", str(run), "--metrics", "caption,fid", "--num-samples", "4", "--num-candidates", "1",
+                "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
     cli_record = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert cli_record["data"]["init_args"]["urls"] == str(tmp_path / "val")  # the held-out split, not training data
     assert cli_record["num_samples"] == 4 and "fid" in cli_record["metrics"]
+    assert cli_record["metric_settings"]["FID"]["extractor"].startswith("inception")

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from vilgkit_text.wordpiece import WordPieceTokenizer
 
 from vilgkit.data import CodeShardDataset, WebDatasetReader, write_code_shards
 from vilgkit.errors import UnknownWordsWarning, VilgkitError
@@ -19,6 +18,7 @@ from vilgkit.testing.real_data import (
     write_img2dataset_shards,
     write_taming_checkpoint,
 )
+from vilgkit_text.wordpiece import WordPieceTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -221,11 +221,10 @@ def test_resume_on_a_stream_is_exact(real, tmp_path):
 
 def test_code_shards_of_caption_only_data_train_the_generator(real, tmp_path):
     """Caption-only shards need no VQA fields; their ids are framed as on-the-fly tokenizing frames them."""
-    from vilgkit_vq.taming_ckpt import TamingVQGAN
-
-    from vilgkit.batching import encode_texts
-    from vilgkit.gen_training import _raw_collate, tokenize_texts_batch
+    from vilgkit.stages.generator_training import _raw_collate, tokenize_texts_batch
     from vilgkit.stages.train_tokenizer import save_image_tokenizer
+    from vilgkit.text_encoding import encode_texts
+    from vilgkit_vq.taming_ckpt import TamingVQGAN
 
     tok = WordPieceTokenizer(vocab_size=512, vocab_file=str(real["root"] / "vocab.txt"))
     image_tok = TamingVQGAN(str(real["ckpt"]))
@@ -259,7 +258,7 @@ def test_code_shards_of_caption_only_data_train_the_generator(real, tmp_path):
 
 def test_mostly_unknown_prompts_warn_naming_the_words(real):
     tok = WordPieceTokenizer(vocab_size=512, vocab_file=str(real["root"] / "vocab.txt"))
-    from vilgkit.batching import unknown_words, warn_unknown_words
+    from vilgkit.text_encoding import unknown_words, warn_unknown_words
 
     assert unknown_words(tok, "a red circle") == ([], 0, 3)
     with pytest.warns(UnknownWordsWarning, match=r"'blorp', 'zonk'.*") as record:
@@ -298,6 +297,14 @@ def test_published_tokenizers_need_no_stage(real, tmp_path):
     assert pipe.generator.bos_id == 101 and pipe.text_tokenizer.vocab_size == 180
     (image,) = pipe.text_to_image(["a small red circle"], seed=0)
     assert image.size == (32, 32)
+    # the generator's 512 text ids exceed the vocabulary's 180: evaluation decodes as inference does
+    from vilgkit.data import collate
+    from vilgkit.metrics.harness import SamplingSettings, _Examples, _image_to_text
+
+    batch = collate(peek := [s for _, s in zip(range(4), WebDatasetReader(str(real["root"] / "val"), image_size=32))])
+    timing = {"caption_s": 0.0}
+    out = _image_to_text(pipe, batch, SamplingSettings(), 0, timing, _Examples(0))
+    assert len(out["predictions"]) == len(peek) == 4
     doc = _recipe(real, tmp_path / "unfitted", [gen])
     doc["text_tokenizer"]["init_args"] = {"vocab_size": 512}  # no vocab_file: it would need fitting
     with pytest.raises(VilgkitError, match="FitTextTokenizer"):
@@ -331,3 +338,21 @@ def test_train_tokenizer_reads_a_stream(real, tmp_path):
     _run(tmp_path, doc)
     assert sorted(_losses(tmp_path / "run" / "train_tokenizer")) == [1, 2, 3]
     assert (tmp_path / "run" / "train_tokenizer" / "image_tokenizer.safetensors").is_file()
+
+
+def test_the_loader_places_a_stream_at_its_rank(real):
+    """A reader built before the process group exists (rank 0 of 1) reads the loader's rank's shards."""
+    from vilgkit.engine.loader import StatefulLoader
+    from vilgkit.stages.generator_training import _raw_collate
+
+    def keys(rank: int) -> set[str]:
+        reader = WebDatasetReader(str(real["root"] / "shards"), image_size=32, max_skip_fraction=0.25, repeat=False)
+        loader = StatefulLoader(reader, 3, _raw_collate, rank=rank, world_size=2, drop_last=False)
+        assert reader.world_size == 2 and reader.rank == rank
+        return {k for _ in range(3) for k in next(loader)["key"]}
+
+    a, b = keys(0), keys(1)
+    assert a and b and not a & b  # disjoint shards
+    fixed = WebDatasetReader(str(real["root"] / "shards"), image_size=32, rank=0, world_size=1)
+    fixed.set_placement(1, 2)  # given at construction: kept
+    assert (fixed.rank, fixed.world_size) == (0, 1)

@@ -60,10 +60,10 @@ def test_taken_names_stay_with_core_and_built_in_plugins(tmp_path):
     line = _one_line_about(res.stderr, "aaa_data")
     assert "vilgkit.data.shapes.dataset.ShapesDataset (kept)" in line and "vk_aaa_data.ShapesDataset" in line
     line = _one_line_about(res.stderr, "aab_dense")
-    assert "vilgkit_attention.dense.DenseAttention (kept)" in line and "vk_aab_dense.DenseAttention" in line
+    assert "vilgkit.models.dense_attention.DenseAttention (kept)" in line and "vk_aab_dense.DenseAttention" in line
     rows = {r.split()[0]: r for r in res.stdout.splitlines() if r.startswith("  ") and len(r.split()) > 1}
     assert "vilgkit core" in rows["ShapesDataset"]
-    assert "attention (vilgkit" in rows["DenseAttention"] and "attention (vilgkit" in rows["SparseAttention"]
+    assert "vilgkit core" in rows["DenseAttention"] and "attention (vilgkit" in rows["SparseAttention"]
     # what the refused plugin registered before failing is rolled back, not half-usable
     assert "MyOwnAttention" not in rows
 

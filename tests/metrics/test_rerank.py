@@ -24,7 +24,7 @@ class _ScoringGenerator(Generator):
     def forward(self, batch):
         return GeneratorOutput(losses={})
 
-    def sample_images(self, text_ids, grid, **sampling):
+    def sample_images(self, text_ids, text_mask, grid, **sampling):
         raise NotImplementedError
 
     def generate_text(self, codes, max_length, **decoding):

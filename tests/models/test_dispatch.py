@@ -26,7 +26,7 @@ def test_probe_once_then_read_from_the_machine_cache(fresh, monkeypatch):
 
     def probe():
         calls.append(1)
-        return {"split": 2.0, "linear": 1.0}
+        return {"split": 2.0, "linear": 1.0}  # the non-default branch, clearly faster
 
     monkeypatch.setitem(dispatch._probes, "gemv_few", probe)
     assert dispatch.choose("gemv_few") == "linear"  # the faster branch
@@ -48,9 +48,9 @@ def test_probe_once_then_read_from_the_machine_cache(fresh, monkeypatch):
     try:
         torch.set_num_threads(before + 1)
         monkeypatch.setitem(
-            dispatch._probes, "gemv_few", lambda: {"split": 1.0, "linear": 2.0}
+            dispatch._probes, "gemv_few", lambda: {"split": 1.0, "linear": 0.95}
         )
-        assert dispatch.choose("gemv_few") == "split"
+        assert dispatch.choose("gemv_few") == "split"  # within the margin: the default stays
     finally:
         torch.set_num_threads(before)
     assert len(json.loads(fresh.read_text())) == 2

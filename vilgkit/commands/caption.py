@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vilgkit.batching import load_images, make_grid, to_pil
+    from vilgkit.pictures import load_images, make_grid, to_pil
     from vilgkit.commands._infer import effective_settings, load_pipeline, out_dir, save_image, write_json
 
     pipe = load_pipeline(args)

@@ -30,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-scale", type=T.non_negative_float, default=1.0)
     parser.add_argument("--caption-method", default="greedy", choices=["greedy", "beam", "sample"])
     parser.add_argument("--num-beams", type=T.positive_int, default=4)
-    parser.add_argument("--fid-extractor", default="shapes", choices=["shapes", "inception"])
-    parser.add_argument("--fid-weights", default=None, help="Inception .pth file or Shapes extractor folder")
+    parser.add_argument("--fid-extractor", default=None, choices=["shapes", "inception"],
+                        help="FID feature space (default: the recipe's Evaluate stage's, else shapes)")
+    parser.add_argument("--fid-weights", default=None,
+                        help="Inception .pth file or Shapes extractor folder (default: the Evaluate stage's)")
     parser.add_argument("--seed", type=T.seed, default=0)
     parser.add_argument("--examples", type=T.non_negative_int, default=8, help="samples per task shown in the report")
     parser.add_argument("--device", default="auto", type=T.device, help="auto, cpu, cuda or cuda:N")
@@ -63,6 +65,22 @@ def build_reranker(name: str, clip_weights: str | None = None, clip_model: str =
     return cls()
 
 
+def _fid_settings(run_dir: Path, extractor: str | None, weights: str | None) -> tuple[str, str | None]:
+    """The flags, else the run's Evaluate stage's FID feature space and weights (e.g. a local
+    Inception file for a real-data run), else the Shapes extractor."""
+    import yaml
+
+    from vilgkit.engine.runner import RESOLVED_RECIPE
+    from vilgkit.stages.evaluate import evaluate_stage_args
+
+    if extractor is not None:
+        return extractor, weights
+    path = run_dir / RESOLVED_RECIPE
+    stage = evaluate_stage_args(yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    extractor = stage.get("fid_extractor") or "shapes"
+    return extractor, weights if weights is not None else stage.get("fid_weights")
+
+
 def main(args: argparse.Namespace) -> int:
     import vilgkit.builtins  # noqa: F401
     from vilgkit.commands._infer import make_out_dir
@@ -80,6 +98,7 @@ def main(args: argparse.Namespace) -> int:
         raise VilgkitError(f"unknown metric(s) {unknown or '(none given)'}; choose from {', '.join(sorted(METRIC_KEYS))}")
     reranker = build_reranker(args.reranker, args.clip_weights, args.clip_model)  # before any work: fails early
     out = make_out_dir(Path(args.out) if args.out else run_dir / "eval", "--out")
+    fid_extractor, fid_weights = _fid_settings(run_dir, args.fid_extractor, args.fid_weights)
     sampling = SamplingSettings(num_candidates=args.num_candidates, temperature=args.temperature, top_k=args.top_k or None,
                                 top_p=args.top_p, cfg_scale=args.cfg_scale, caption_method=args.caption_method,
                                 num_beams=args.num_beams)  # fmt: skip
@@ -87,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
         record = run_evaluation(
             run_dir, out, metrics=metrics, stage=args.stage, num_samples=args.num_samples, batch_size=args.batch_size,
             sampling=sampling, reranker=reranker,
-            seed=args.seed, fid_extractor=args.fid_extractor, fid_weights=args.fid_weights,
+            seed=args.seed, fid_extractor=fid_extractor, fid_weights=fid_weights,
             report_examples=args.examples, device=args.device,
         )  # fmt: skip
     except (ValueError, KeyError) as err:

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vilgkit.batching import make_grid
+    from vilgkit.pictures import make_grid
     from vilgkit.commands._infer import effective_settings, load_pipeline, out_dir, read_lines, save_image, write_json
     from vilgkit.errors import VilgkitError
 

@@ -1,4 +1,4 @@
-"""Data: the Shapes world, real image–text data, pre-tokenized code shards, and batching.
+"""Data: the Shapes world, real image–text data, pre-tokenized code shards, and collation.
 
 Importing this package registers the data sets in ``DATASETS``: ``ShapesDataset``,
 ``ImageTextFolder`` (JSONL/CSV index + images), ``WebDatasetReader`` (img2dataset tar shards) and

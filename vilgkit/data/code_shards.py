@@ -141,13 +141,6 @@ class CodeShardDataset(Dataset):
         self.cache_shards = max(1, int(cache_shards))
         self._cache: OrderedDict[int, tuple[dict[str, torch.Tensor], list[dict[str, Any]]]] = OrderedDict()
 
-    @classmethod
-    def conformance_args(cls) -> dict[str, Any]:
-        """A one-shard fixture in a temporary folder (see :mod:`vilgkit.data.fixtures`)."""
-        from vilgkit.data.fixtures import fixture_dir
-
-        return {"path": str(fixture_dir() / "codes")}
-
     def check_fingerprints(self, image: str | None = None, text: str | None = None) -> None:
         """Refuse shards made with other tokenizers (fingerprints; ``None`` skips a check)."""
         for kind, expected in (("image_tokenizer", image), ("text_tokenizer", text)):

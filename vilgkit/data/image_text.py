@@ -96,13 +96,6 @@ class ImageTextFolder(Dataset):
         self.stats.min_seen = 50  # from now on (decode failures while training) check as a stream
         self._undecodable: set[int] = set()  # rows whose image failed to decode (per process)
 
-    @classmethod
-    def conformance_args(cls) -> dict[str, Any]:
-        """A four-row index written to a temporary folder (see :mod:`vilgkit.data.fixtures`)."""
-        from vilgkit.data.fixtures import fixture_dir
-
-        return {"index": str(fixture_dir() / "index.jsonl"), "image_size": 32}
-
     def _skip(self, reason: str, where: str) -> None:
         # while reading the index, the fraction is checked once at the end (a bad first row is fine)
         self.stats.reasons[reason] += 1

@@ -106,14 +106,11 @@ class WebDatasetReader(IterableDataset):
         self.seed = int(seed)
         self.shuffle_shards = bool(shuffle_shards)
         self.repeat = bool(repeat)
+        self._placement_given = world_size is not None
         if world_size is None:
             dist = torch.distributed.is_available() and torch.distributed.is_initialized()
             rank, world_size = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
-        self.rank, self.world_size = int(rank or 0), int(world_size)
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
-        if len(self.urls) < self.world_size:
-            raise ValueError(f"{len(self.urls)} shard(s) cannot feed {self.world_size} data-parallel ranks")
+        self._place(int(rank or 0), int(world_size))
         self.max_caption_chars = int(max_caption_chars)
         self.stats = SkipStats(max_skip_fraction, min_seen)
         self.epoch = 0
@@ -122,12 +119,19 @@ class WebDatasetReader(IterableDataset):
         self._skip_next = 0
         self._position: dict[int, list[int]] = {}
 
-    @classmethod
-    def conformance_args(cls) -> dict[str, Any]:
-        """A one-shard fixture in a temporary folder (see :mod:`vilgkit.data.fixtures`)."""
-        from vilgkit.data.fixtures import fixture_dir
+    def _place(self, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if len(self.urls) < world_size:
+            raise ValueError(f"{len(self.urls)} shard(s) cannot feed {world_size} data-parallel ranks")
+        self.rank, self.world_size = rank, world_size
 
-        return {"urls": str(fixture_dir() / "shards"), "image_size": 16}
+    def set_placement(self, rank: int, world_size: int) -> None:
+        """The data-parallel position the loader trains at (its strategy's), unless ``rank``/
+        ``world_size`` were given at construction. A recipe builds its data sets before the process
+        group exists, when ``torch.distributed`` would still say rank 0 of 1 on every rank."""
+        if not self._placement_given:
+            self._place(int(rank), int(world_size))
 
     # ------------------------------------------------------------------ order
 

@@ -23,7 +23,8 @@ are shuffled. Every epoch still visits the same samples once, batches pad less, 
 a pure function of ``(seed, epoch)``, so resume is exact.
 
 ``dataset.set_epoch(epoch)`` is called at each epoch start when present. Iterable data sets shard
-themselves across ranks (the loader does not split their streams).
+themselves across ranks (the loader does not split their streams); one with ``set_placement(rank,
+world_size)`` is told the loader's rank first (data sets are built before the process group exists).
 
 For bit-exact resume with ``num_workers > 0``, a data set's randomness should derive from the
 sample index (the Shapes world does); worker processes restart on resume.
@@ -112,6 +113,8 @@ class StatefulLoader:
         self.position = 0  # batches (map-style) or samples (iterable) consumed in this epoch
         self.batches_yielded = 0
         self._iter: Iterator[Any] | None = None
+        if self.iterable and callable(getattr(dataset, "set_placement", None)):
+            dataset.set_placement(rank, world_size)  # a stream shards itself: tell it this rank's place
         self._tracker = _stream_tracker(dataset, None) if self.iterable else None
         self._resume_stream: dict[str, Any] | None = None
         self._earlier_skips: dict[str, int] = {}  # skips counted by the trackers of finished epochs

@@ -1,7 +1,6 @@
 """``vilgkit run``: parse a recipe, save it resolved, run its stages in order."""
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -11,20 +10,19 @@ import yaml
 
 import vilgkit
 from vilgkit.components import ComponentStore
+from vilgkit.engine.ranks import is_main_process, stage_barrier
 from vilgkit.engine.rng import seed_everything
 from vilgkit.errors import RecipeError
 from vilgkit.interfaces import RunContext, Stage
 from vilgkit.plugins import get_plugin_manager, notify
-from vilgkit.recipe import instantiate, parse_recipe, to_dict
+from vilgkit.recipe import build, load_components, parse_recipe, to_dict
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 
 
 def resolve(paths: list[str], overrides: list[str] | None = None) -> dict[str, Any]:
     """Parse and validate recipe files into the resolved plain-dict recipe."""
-    get_plugin_manager()
-    import vilgkit.builtins  # noqa: F401  (core components register on import)
-
+    load_components()
     return to_dict(parse_recipe(paths, overrides))
 
 
@@ -43,33 +41,6 @@ def write_resolved_recipe(recipe: dict[str, Any], run_dir: Path) -> Path:
     tmp.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     tmp.replace(path)
     return path
-
-
-def is_main_process() -> bool:
-    """True on the rank that writes shared files and evaluates: rank 0 of the process group, or of
-    the launcher's environment (``RANK``) before any group exists; True without a launcher."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0") or 0) == 0
-
-
-def stage_barrier(ctx: RunContext) -> None:
-    """Every rank waits here until all have finished the stage, so none starts the next one before
-    the main rank has written what it reads (weights, manifests); a no-op in a single process.
-
-    The recipe's strategy provides the barrier (it sets the process group up when needed); without
-    one, the default process group is used when it exists.
-    """
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return
-    if "strategy" in ctx.components:
-        ctx.components["strategy"].barrier()
-    elif dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def select_stages(stages: list[Stage], subset: list[str] | None) -> list[Stage]:
@@ -108,7 +79,7 @@ def run(
         names = [stage_name(node) for node in recipe.get("stages") or []]
         command = " ".join([str(paths[0]), *(f"--config {p}" for p in paths[1:])])
         check_fits(recipe, [n for n in names if not stages or n in stages], command)
-    stage_objs: list[Stage] = instantiate(recipe.get("stages") or [])
+    stage_objs: list[Stage] = build("stages", recipe.get("stages") or [], source=", ".join(map(str, paths)))
     if not stage_objs:
         raise RecipeError(f"{', '.join(map(str, paths))}: the recipe has no stages")
     names = [s.name for s in stage_objs]

@@ -95,7 +95,7 @@ def shapes_inputs(run_dir: Path, protocol: str, num_items: int) -> list[dict[str
     """Held-out scenes of the run's data (its ``test`` split): captions as prompts, images, VQA pairs."""
     import yaml
 
-    from vilgkit.batching import to_pil
+    from vilgkit.pictures import to_pil
     from vilgkit.engine.runner import RESOLVED_RECIPE
     from vilgkit.interfaces import RunContext
     from vilgkit.stages.evaluate import default_eval_data

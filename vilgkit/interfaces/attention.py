@@ -25,6 +25,46 @@ def with_key_padding(allowed: torch.Tensor, key_padding_mask: torch.Tensor | Non
     return allowed[None, None] & ~key_padding_mask[:, None, None, :]
 
 
+def masked_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, key_padding_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """SDPA with ``allowed`` ``Bool[N, N]`` and an optional key padding mask ``Bool[B, N]``."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=with_key_padding(allowed, key_padding_mask))
+
+
+def check_layer(layer: int, num_layers: int) -> None:
+    """A clear error for a layer index outside ``[0, num_layers)``."""
+    if num_layers < 1 or not 0 <= layer < num_layers:
+        raise ValueError(f"layer {layer} is out of range for num_layers={num_layers}")
+
+
+def check_attend_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout, key_padding_mask: torch.Tensor | None
+) -> None:
+    """Clear errors for shape mistakes before any kernel runs."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, H, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[:3] != k.shape[:3] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q, k, v shapes disagree: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[2] != layout.length:
+        raise ValueError(f"sequence length {q.shape[2]} does not match the layout's {layout.length}")
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (q.shape[0], q.shape[2]):
+            raise ValueError(
+                f"key_padding_mask must be Bool[B, N] = [{q.shape[0]}, {q.shape[2]}], got "
+                f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+            )
+
+
+def check_decode_position(layout: Layout, position: int) -> None:
+    """Decoding steps are target positions; the source is prefilled with ``attend``."""
+    if not layout.source_length <= position < layout.length:
+        raise ValueError(
+            f"decode position {position} is not a target position "
+            f"[{layout.source_length}, {layout.length}) of this layout"
+        )
+
+
 class AttentionPattern(ABC):
     """Decides, per layer, which keys a query attends to, and computes attention accordingly."""
 

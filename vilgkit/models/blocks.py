@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
 from torch import nn
 
 from vilgkit.interfaces.attention import AttentionPattern
@@ -22,18 +23,16 @@ from vilgkit.layout import Layout
 from vilgkit.models.gemv import decode_linear
 
 
-class MLP(nn.Module):
-    """Position-wise feed-forward network ``C → mlp_ratio·C → C`` with GELU."""
+class MLP(Mlp):
+    """Position-wise feed-forward network ``C → mlp_ratio·C → C`` with GELU: timm's ``Mlp``.
+
+    Dropout only after the output projection (``drop=(0, dropout)``): a zero-probability dropout
+    draws no random numbers, so outputs, initialisation and state-dict keys (``fc1``, ``fc2``) are
+    those of the hand-written block this replaces.
+    """
 
     def __init__(self, hidden_size: int, mlp_ratio: float, dropout: float) -> None:
-        super().__init__()
-        inner = int(round(hidden_size * mlp_ratio))
-        self.fc1 = nn.Linear(hidden_size, inner)
-        self.fc2 = nn.Linear(inner, hidden_size)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+        super().__init__(hidden_size, int(round(hidden_size * mlp_ratio)), act_layer=nn.GELU, drop=(0.0, dropout))
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` for a few decoding rows (weights read through :func:`decode_linear`).

@@ -132,8 +132,8 @@ class DecodingMixin:
     def sample_images(
         self,
         text_ids: torch.Tensor,
-        text_mask: torch.Tensor | tuple[int, int] | None = None,
-        grid: tuple[int, int] | None = None,
+        text_mask: torch.Tensor | None,
+        grid: tuple[int, int],
         *,
         num_candidates: int = 1,
         temperature: float = 1.0,
@@ -146,8 +146,7 @@ class DecodingMixin:
 
         Args:
             text_ids: ``Long[B, L]`` prompts (BOS … EOS, right-padded).
-            text_mask: ``Bool[B, L]`` True at real ids (default ``text_ids != pad_id``).
-                ``sample_images(ids, (h, w))`` (the interface's positional form) is accepted too.
+            text_mask: ``Bool[B, L]`` True at real ids (``None``: ``text_ids != pad_id``).
             grid: ``(h, w)`` codes to generate.
             num_candidates: Nc samples per prompt.
             temperature: softmax temperature; 0 is greedy.
@@ -159,8 +158,6 @@ class DecodingMixin:
         Returns:
             ``Long[B·Nc, h, w]``, candidate-major per prompt (rows ``b·Nc … b·Nc+Nc−1`` are prompt b's).
         """
-        if isinstance(text_mask, tuple) and grid is None:
-            text_mask, grid = None, text_mask
         if grid is None or len(grid) != 2 or min(grid) <= 0:
             raise ValueError(f"grid must be a (height, width) pair of positive ints, got {grid}")
         h, w = int(grid[0]), int(grid[1])

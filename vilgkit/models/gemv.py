@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vilgkit import dispatch
+from vilgkit import dispatch, dispatch_probes
 
 #: Above this many rows a plain ``F.linear`` (a real matrix product) is as fast.
 MAX_ROWS: int = 16
@@ -121,3 +121,7 @@ def split_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     out = torch.bmm(flat.expand(t, rows, i), _transposed(linear, t)).permute(1, 0, 2)  # [R, T, O/T]
     out = out.reshape(*x.shape[:-1], o)
     return out if linear.bias is None else out + linear.bias
+
+
+dispatch.register_probe("gemv_few", lambda: dispatch_probes.gemv_probe(split_linear, 1))
+dispatch.register_probe("gemv_many", lambda: dispatch_probes.gemv_probe(split_linear, 8))

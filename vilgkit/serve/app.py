@@ -181,7 +181,8 @@ def create_app(
         max_batch: most prompts / images in one model call.
         request_timeout_s: a waiting request gives up (504) after this long; the job goes on.
     """
-    from vilgkit.batching import InputError, encode_texts
+    from vilgkit.errors import InputError
+    from vilgkit.text_encoding import encode_texts
     from vilgkit.serve.inference import ModelRunner
 
     limits = limits or Limits()

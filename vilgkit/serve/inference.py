@@ -107,7 +107,7 @@ class ModelRunner:
                 )
             )
             scores, order = result.scores.float().cpu(), result.order.cpu()
-        from vilgkit.batching import to_pil
+        from vilgkit.pictures import to_pil
 
         images = to_pil(pixels.cpu())
         for b, job in enumerate(jobs):

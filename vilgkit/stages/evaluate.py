@@ -28,7 +28,7 @@ SHAPES_FEATURES_DIR = "shapes_features"
 
 def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") -> tuple[Any, dict[str, Any]]:
     """The recipe's data class on its ``split`` split (when it has splits), sized ``num_samples``."""
-    from vilgkit.recipe import instantiate
+    from vilgkit.recipe import build
 
     node = copy.deepcopy(ctx.recipe.get("data"))
     if node is None:
@@ -43,18 +43,24 @@ def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") ->
         init["split"] = split
     if "size" in params:
         init["size"] = num_samples
-    return instantiate(node), node
+    return build("data", node), node
+
+
+def evaluate_stage_args(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The ``init_args`` of the recipe's (first) ``Evaluate`` stage, or ``{}``: what ``vilgkit eval``
+    of the run falls back to for its data and FID feature space."""
+    for node in recipe.get("stages") or []:
+        if isinstance(node, dict) and str(node.get("class_path", "")).rpartition(".")[2] == "Evaluate":
+            return node.get("init_args") or {}
+    return {}
 
 
 def recipe_eval_data(recipe: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
     """The held-out data the recipe's ``Evaluate`` stage names (its ``data``), or ``None``."""
-    from vilgkit.recipe import instantiate
+    from vilgkit.recipe import build
 
-    for node in recipe.get("stages") or []:
-        data = (node.get("init_args") or {}).get("data") if isinstance(node, dict) else None
-        if str(node.get("class_path", "")).rpartition(".")[2] == "Evaluate" and data is not None:
-            return instantiate(copy.deepcopy(data)), data
-    return None
+    data = evaluate_stage_args(recipe).get("data")
+    return (build("data", copy.deepcopy(data)), data) if data is not None else None
 
 
 def shapes_feature_weights(run_dir: Path, image_size: int, log=print) -> str:
@@ -135,7 +141,7 @@ class Evaluate(Stage):
         self.report_examples, self.seed, self.device = report_examples, seed, device
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from vilgkit.engine.runner import is_main_process
+        from vilgkit.engine.ranks import is_main_process
 
         if not is_main_process():  # under torchrun the main rank evaluates; the others wait at the runner's barrier
             return {}
@@ -183,17 +189,17 @@ def run_evaluation(
     log=print,
 ) -> dict[str, Any]:
     """Load the run's pipeline, pick the data and FID weights, and run the harness (stage and CLI)."""
-    import yaml
 
-    from vilgkit import Pipeline
+    from vilgkit.pipeline import Pipeline
     from vilgkit.engine.runner import RESOLVED_RECIPE
     from vilgkit.metrics.harness import evaluate, file_fingerprint
+    from vilgkit.recipe import load_run_recipe
     from vilgkit.stages.train_generator import GENERATOR_FILE, MANIFEST_FILE
 
     run_dir = Path(run_dir)
     pipe = Pipeline.from_run_dir(run_dir, stage=stage, device=device)
     if recipe is None:
-        recipe = {k: v for k, v in yaml.safe_load((run_dir / RESOLVED_RECIPE).read_text()).items() if k != "_versions"}
+        recipe = load_run_recipe(run_dir / RESOLVED_RECIPE)
     ctx = RunContext(run_dir=run_dir, components={}, recipe=recipe)
     data_node: Any = "given by the caller"
     if data is None:  # the Evaluate stage's held-out data, else the recipe's data on its test split
@@ -236,7 +242,7 @@ class TrainShapesFeatures(Stage):
         self.image_size, self.steps, self.batch_size, self.lr, self.seed = image_size, steps, batch_size, lr, seed
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from vilgkit.engine.runner import is_main_process
+        from vilgkit.engine.ranks import is_main_process
         from vilgkit.metrics.shapes_features import train_shapes_feature_extractor
 
         if not is_main_process():  # one writer; the others wait at the runner's barrier

@@ -69,7 +69,7 @@ class FitTextTokenizer(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Fit and save on the main rank; under torchrun the other ranks wait for it at a barrier
         and load what it wrote, so every rank holds the identical tokenizer and one process writes."""
-        from vilgkit.engine.runner import is_main_process, stage_barrier
+        from vilgkit.engine.ranks import is_main_process, stage_barrier
 
         tokenizer: TextTokenizer = ctx.component("text_tokenizer")
         out = ctx.stage_dir(self.name)

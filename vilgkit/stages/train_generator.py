@@ -1,7 +1,7 @@
 """``TrainGenerator`` and ``FinetuneVQA``: train the unified transformer through the Trainer.
 
 Both stages load the fitted text tokenizer and the trained (frozen) image tokenizer from earlier
-stages, tokenize the data set once (:func:`vilgkit.gen_training.tokenize_dataset`, cached in the
+stages, tokenize the data set once (:func:`vilgkit.stages.generator_training.tokenize_dataset`, cached in the
 stage folder), train the requested directions on every batch, write periodic sample grids, and save
 what :class:`vilgkit.Pipeline` needs into the stage folder:
 
@@ -25,9 +25,11 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset, IterableDataset
 
 from vilgkit.data.code_shards import image_tokenizer_fingerprint, text_tokenizer_fingerprint
-from vilgkit.engine.config import TrainerConfig, coerce_config
+from vilgkit.engine.config import TrainerConfig
 from vilgkit.errors import VilgkitError
-from vilgkit.gen_training import (
+from vilgkit.interfaces import RunContext, Stage
+from vilgkit.registry import STAGES
+from vilgkit.stages.generator_training import (
     GeneratorTrainable,
     SampleGrids,
     TokenizedDataset,
@@ -38,8 +40,6 @@ from vilgkit.gen_training import (
     peek_samples,
     tokenize_dataset,
 )
-from vilgkit.interfaces import RunContext, Stage
-from vilgkit.registry import STAGES
 
 GENERATOR_FILE = "generator.safetensors"
 RECONSTRUCTOR_FILE = "reconstructor.safetensors"
@@ -145,7 +145,7 @@ class _GeneratorStage(Stage):
     ) -> None:
         super().__init__(name)
         self.shuffle = bool(shuffle)
-        self.trainer = coerce_config(trainer) if trainer is not None else TrainerConfig()
+        self.trainer = trainer or TrainerConfig()
         self.text_tokenizer_from = text_tokenizer_from
         self.image_tokenizer_from = image_tokenizer_from
         self.generator_from = generator_from
@@ -170,7 +170,7 @@ class _GeneratorStage(Stage):
             dataset.check_tokenizers(image_tok, text_tok)
         streamed = isinstance(dataset, IterableDataset)
         if streamed or not self.precompute or getattr(reconstructor, "end_to_end", False):
-            from vilgkit.gen_training import _raw_collate
+            from vilgkit.stages.generator_training import _raw_collate
 
             if streamed and self.precompute:
                 # a stream has no length to tokenize ahead: the trainer's steps decide how much is read
@@ -183,7 +183,7 @@ class _GeneratorStage(Stage):
         fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{tokenizers}:{max_len}"
         folders = [out_dir] + ([ctx.source_dir(self.generator_from)] if self.generator_from else [])
         found = _load_cached(folders, fingerprint)
-        from vilgkit.engine.runner import is_main_process, stage_barrier
+        from vilgkit.engine.ranks import is_main_process, stage_barrier
 
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             # Under torchrun the main rank tokenizes and writes once; the others wait for it and read
@@ -225,7 +225,7 @@ class _GeneratorStage(Stage):
     # ------------------------------------------------------------------ run
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from vilgkit.engine.trainer import Trainer
+        from vilgkit.engine.trainer import Trainer, run_strategy
 
         reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
         if getattr(reconstructor, "end_to_end", False) and "txt2img" not in self.directions:
@@ -237,10 +237,14 @@ class _GeneratorStage(Stage):
             )
         out_dir = ctx.stage_dir(self.name)
         text_tok, image_tok = _load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
-        generator = ctx.component("generator")
-        check_special_ids(generator, text_tok)
-        if self.generator_from:
+        if self.generator_from:  # a plain module that loads the weights, then sharded by the strategy
+            generator = ctx.component("generator")
             load_generator_weights(generator, ctx.source_dir(self.generator_from))
+        else:  # a fresh generator through the strategy: a sharding one builds it on meta, shard by shard
+            if ctx.recipe.get("generator") is None:
+                raise KeyError(f"{self.name} needs 'generator' but the recipe does not define it")
+            generator = run_strategy(ctx).build_module(lambda: ctx.components.build("generator"))
+        check_special_ids(generator, text_tok)
         if reconstructor is not None and callable(getattr(reconstructor, "attach", None)):
             reconstructor.attach(image_tok, int(generator.hidden_size))  # the trained tokenizer, the generator's width
         if reconstructor is not None and getattr(reconstructor, "end_to_end", False) and self.generator_from:
@@ -359,9 +363,9 @@ class TrainGenerator(_GeneratorStage):
         num_samples: prompts / images per sample grid.
         direction_fractions: share of each batch's rows a direction trains on (default 1 each), e.g.
             ``{img2txt: 0.5, txt2img: 0.5}`` to rehearse on half the rows (see
-            :class:`~vilgkit.gen_training.GeneratorTrainable`).
+            :class:`~vilgkit.stages.generator_training.GeneratorTrainable`).
         direction_weights: weight of a direction's loss in the optimised sum (default 1 each), e.g.
-            ``{vqa: 4}`` (see :class:`~vilgkit.gen_training.GeneratorTrainable`).
+            ``{vqa: 4}`` (see :class:`~vilgkit.stages.generator_training.GeneratorTrainable`).
         shuffle: permute map-style data every epoch (False: the data set's order, e.g. code shards in
             the order of the stream they were made from; a stream keeps its own order either way).
     """

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from vilgkit.engine.config import TrainerConfig, coerce_config
+from vilgkit.engine.config import TrainerConfig
 from vilgkit.errors import VilgkitError
 from vilgkit.interfaces import ImageTokenizer, RunContext, Stage
 from vilgkit.registry import STAGES
@@ -184,9 +184,9 @@ def load_image_tokenizer(ctx: RunContext, source: str) -> ImageTokenizer:
     if "image_tokenizer" in ctx.components:
         tok = ctx.components["image_tokenizer"]
     elif manifest.get("init") is not None:
-        from vilgkit.recipe import instantiate
+        from vilgkit.recipe import build
 
-        tok = instantiate(manifest["init"])
+        tok = build("image_tokenizer", manifest["init"], source=str(manifest_path), registered_only=True)
     else:
         raise VilgkitError(f"the recipe defines no image_tokenizer and {manifest_path} does not say how to build one")
     trained = manifest.get("class_path")
@@ -289,7 +289,7 @@ class TrainTokenizer(Stage):
         preview = _images(_collate(first_samples(held_out, self.num_samples)))
         callbacks = [ReconstructionGrid(self.sample_every, preview)] if self.sample_every else []
         # the trainer combines config.seed with the run's seed itself
-        trainer = Trainer.for_stage(ctx, self, tok, data, coerce_config(self.trainer), collate_fn=_collate,
+        trainer = Trainer.for_stage(ctx, self, tok, data, self.trainer, collate_fn=_collate,
                                     callbacks=callbacks, rebuild=lambda: fresh_component(ctx, "image_tokenizer"))
         train_metrics = trainer.fit(resume=ctx.resume)
         # a sharding strategy changed tok in place: every rank continues with a plain trained copy

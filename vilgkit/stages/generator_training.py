@@ -16,7 +16,6 @@ Shapes (dimension key): B batch, L text length, h/w code grid, N samples in the 
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import itertools
@@ -30,8 +29,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
-from vilgkit.batching import encode_texts, make_grid, to_pil, trim_padding
 from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, TextTokenizer, Trainable
+from vilgkit.pictures import make_grid, to_pil
+from vilgkit.text_encoding import encode_texts, trim_padding
 
 #: (batch key holding raw strings, prefix of the tokenized id/mask keys)
 TEXT_FIELDS = (("caption", "text"), ("question", "question"), ("answer", "answer"))
@@ -95,7 +95,7 @@ def frame_ids(
     ids: Any, lengths: Any, text_tokenizer: TextTokenizer, max_text_len: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Padded ids without special tokens (``ids [B, W]``, real ``lengths [B]``) → ``[BOS] … [EOS]`` rows,
-    exactly what :func:`~vilgkit.batching.encode_texts` makes of the same texts (same truncation)."""
+    exactly what :func:`~vilgkit.text_encoding.encode_texts` makes of the same texts (same truncation)."""
     ids, lengths = torch.as_tensor(ids).long(), torch.as_tensor(lengths).long()
     budget = max_text_len - 2
     keep = lengths.clamp(max=budget)
@@ -153,7 +153,11 @@ def peek_samples(dataset: Dataset, n: int) -> list[dict[str, Any]]:
     stream is read from a copy, so its position and skip counters stay those of the training run."""
     if not isinstance(dataset, IterableDataset):
         return [dataset[i] for i in range(min(n, len(dataset)))]  # type: ignore[arg-type]
-    items = list(itertools.islice(iter(copy.deepcopy(dataset)), n))
+    try:
+        source = copy.deepcopy(dataset)
+    except Exception:  # a stream that cannot be copied (open handles): read the original's start
+        source = dataset
+    items = list(itertools.islice(iter(source), n))
     if not items:
         raise ValueError(f"{type(dataset).__name__} yielded no sample")
     return items
@@ -305,7 +309,9 @@ class GeneratorTrainable(nn.Module, Trainable):
         out["directions"] = list(self.directions)
         return out
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass: the named losses (the end-to-end reconstructor's loss runs its
+        parameters, so the losses are this forward's outputs)."""
         batch = self.prepare(batch)
         losses: dict[str, torch.Tensor] = {}
         # Directions sharing a row count run as one generator call on the first rows of the batch.
@@ -416,15 +422,3 @@ class SampleGrids:
         size = self.text_tokenizer.vocab_size  # ids past the fitted vocabulary are untrained: drop them
         return images, self.text_tokenizer.decode([[i for i in row if i < size] for row in out])
 
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module):
-    """Temporarily put modules in eval mode (restored afterwards)."""
-    states = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, s in zip(modules, states):
-            m.train(s)
