@@ -9,6 +9,7 @@ Shapes (dimension key): B batch, S image side, H/W image height/width.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ def make_grid(
     w, h = w * scale, h * scale
     cell_w = max(w, caption_width or (160 if captions else w))
     font = caption_font() if captions else None
-    lines_per = [_wrap(c, cell_w, font) for c in captions] if captions else [[] for _ in images]
+    lines_per = [_wrap(_printable(c), cell_w, font) for c in captions] if captions else [[] for _ in images]
     text_h = (max(len(lines) for lines in lines_per) * 12 + 4) if captions else 0
     nrow = (len(images) + ncol - 1) // ncol
     pad = 4
@@ -123,6 +124,11 @@ def make_grid(
         for j, line in enumerate(lines_per[i]):
             draw.text((x, y + h + 2 + 12 * j), line, fill="black", font=font)
     return grid
+
+
+def _printable(text: str) -> str:
+    """Control characters (``\\r``, ``\\x00``…) as spaces: the text layout engine fails on some of them."""
+    return "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
 
 
 def _wrap(text: str, width_px: int, font) -> list[str]:
