@@ -237,12 +237,8 @@ def parse_bytes(text: str) -> int:
         "b": 1,
     }
     raw = text.strip().lower().replace(" ", "")
-    for unit, scale in units.items():
-        if raw.endswith(unit):
-            number = raw[: -len(unit)]
-            break
-    else:
-        number, scale = raw, 1
+    unit = next((u for u in units if raw.endswith(u)), None)  # longest suffixes first: "gib" before "b"
+    number, scale = (raw[: -len(unit)], units[unit]) if unit else (raw, 1)
     try:
         value = float(number)
     except ValueError:

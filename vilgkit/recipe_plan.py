@@ -15,8 +15,9 @@ the image tokenizer, each with its own trainer's batch size. Per rank:
 
 Phases of the run (each rank's peak is the largest): ``build`` (on ``meta`` under a sharding
 strategy, else a full fp32 copy per rank), ``train``, ``export`` (shards streamed into safetensors:
-the largest tensor, twice) and ``evaluate`` (the sharded model's forward: this rank's shard plus
-the unsharded compute copies in flight, no gradients or optimizer states).
+the largest tensor, twice) and ``evaluate`` (what later stages use today: the trained module as a
+plain fp32 copy on every rank's device, :meth:`vilgkit.engine.trainer.Trainer.trained_module`, and
+on the main rank the evaluation's own load of the saved generator: built, then its file read).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,8 +282,9 @@ def pick_stage(
 
 
 def _build_on_meta(store: Any, key: str) -> tuple[Any, str | None]:
-    try:
-        with torch.device("meta"):
+    try:  # a component that loads weights in its constructor warns that meta tensors ignore them
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return store.build(key), None
     except Exception as err:  # noqa: BLE001 — reported, planning goes on without it
         return None, f"{key}: not built on meta ({type(err).__name__}: {err})"
@@ -497,28 +500,19 @@ def _phases(
     cpu = hw.device_type == "cpu"
     full = 4 * P.count_parameters(model)
     sharded = layout.sharding != "none"
-    shard = layout.shard_group(hw.nodes, hw.devices_per_node)
 
     def phase(name: str, host: int, device: int) -> Phase:
         return Phase(name, host + (device if cpu else 0), 0 if cpu else device)
 
     build = phase("build", baseline + (0 if sharded else full), 0)
-    dims = P.model_dims(model)
-    cb = P.DTYPE_BYTES[layout.param_dtype]
-    in_flight = (
-        (dims.other_params + 2 * dims.block_params // max(1, dims.layers)) * cb
-        if dims.layers
-        else full
+    # after training, later stages get the trained module as a plain fp32 copy on every rank's
+    # device (Trainer.trained_module; the optimizer states are dropped first); the main rank's
+    # evaluation then loads the saved generator once more (built, then its file read)
+    evaluate = phase(
+        "evaluate",
+        baseline + frozen + (2 * full if report.component == "generator" else 0),
+        full,
     )
-    own = full // shard
-    if sharded:
-        evaluate = phase(
-            "evaluate",
-            baseline + frozen + (own if layout.cpu_offload else 0),
-            in_flight + (0 if layout.cpu_offload else own),
-        )
-    else:
-        evaluate = phase("evaluate", baseline + frozen, full)
     export = phase("export", baseline + 2 * _largest_tensor(model), 0)
     return [
         build,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 from pathlib import Path
@@ -194,9 +195,8 @@ def tensor_only_planner():
 # --------------------------------------------------------------------------- consolidation
 
 
-def consolidate_module(directory: str | Path, key: str) -> dict[str, torch.Tensor]:
-    """Full (unsharded) tensors of the module saved under ``key``, loaded on one process."""
-    import torch.distributed.checkpoint as dcp
+def module_tensors(directory: str | Path, key: str) -> dict[str, Any]:
+    """``name → TensorStorageMetadata`` (global shape and dtype) of the module saved under ``key``."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     directory = Path(directory)
@@ -206,15 +206,108 @@ def consolidate_module(directory: str | Path, key: str) -> dict[str, torch.Tenso
             f"{directory}: no module {key!r}; it holds {', '.join(marker.get('modules', [])) or 'none'}"
         )
     metadata = load_metadata(directory)
-    template: dict[str, dict[str, torch.Tensor]] = {key: {}}
+    found: dict[str, Any] = {}
     for flat, meta in metadata.state_dict_metadata.items():
         path = (metadata.planner_data or {}).get(flat, (flat,))
         if len(path) != 2 or path[0] != key:
             continue
         if not isinstance(meta, TensorStorageMetadata):
             raise CheckpointIntegrityError(f"{directory}: {flat} is not a tensor")
-        template[key][path[1]] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-    if not template[key]:
+        found[path[1]] = meta
+    if not found:
         raise CheckpointIntegrityError(f"{directory}: module {key!r} has no tensors")
-    dcp.load(template, storage_reader=safe_reader(directory), planner=tensor_only_planner(), no_dist=True)
-    return template[key]
+    return found
+
+
+def load_module_tensor(
+    directory: str | Path, key: str, name: str, meta: Any
+) -> torch.Tensor:
+    """One full (unsharded) tensor of a saved module, read on one process from every rank's shards."""
+    import torch.distributed.checkpoint as dcp
+
+    template = {key: {name: torch.empty(tuple(meta.size), dtype=meta.properties.dtype)}}
+    dcp.load(
+        template,
+        storage_reader=safe_reader(directory),
+        planner=tensor_only_planner(),
+        no_dist=True,
+    )
+    return template[key][name]
+
+
+def consolidate_module(directory: str | Path, key: str) -> dict[str, torch.Tensor]:
+    """Full (unsharded) tensors of the module saved under ``key``, loaded on one process (all at
+    once: :func:`stream_module` writes them to a file one at a time)."""
+    return {
+        name: load_module_tensor(directory, key, name, meta)
+        for name, meta in module_tensors(directory, key).items()
+    }
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def stream_module(
+    directory: str | Path,
+    key: str,
+    out: Path,
+    prefix: str = "",
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write the tensors of module ``key`` whose names start with ``prefix`` (the prefix removed) to
+    the safetensors file ``out``, one tensor in memory at a time; returns how many were written.
+
+    The safetensors layout (an 8-byte little-endian header length, a JSON header of dtypes, shapes
+    and byte offsets, then the raw bytes in that order) is known from DCP's metadata before any
+    tensor is read, so the header goes first and each tensor follows as soon as it is consolidated.
+    The file is written under a temporary name and renamed when complete.
+    """
+    import struct
+
+    metas = {
+        name: meta
+        for name, meta in sorted(module_tensors(directory, key).items())
+        if name.startswith(prefix)
+    }
+    if not metas:
+        return 0
+    header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for name, meta in metas.items():
+        dtype = meta.properties.dtype
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise CheckpointIntegrityError(
+                f"{directory}: {name} has dtype {dtype}, which safetensors cannot hold"
+            )
+        size = math.prod(meta.size) * torch.empty((), dtype=dtype).element_size()
+        header[name[len(prefix) :]] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": list(meta.size),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for name, meta in metas.items():
+            tensor = load_module_tensor(directory, key, name, meta).contiguous()
+            fh.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            del tensor
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out)
+    return len(metas)

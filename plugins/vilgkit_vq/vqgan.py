@@ -328,11 +328,19 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
 
     # ----------------------------------------------------------------- Trainable
 
+    def full_precision_modules(self) -> list[nn.Module]:
+        """Submodules whose parameters must stay fp32 under a mixed-precision strategy: the code
+        assignment compares fp32 features with the codebook (bf16 would pick wrong nearest codes,
+        and taming's quantiser multiplies the two, which must share a dtype)."""
+        return [self.quantize]
+
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         autoencoder = [p for name in AUTOENCODER_MODULES for p in getattr(self, name).parameters() if p.requires_grad]
         return {"autoencoder": autoencoder, "discriminator": list(self.discriminator.parameters())}
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "autoencoder", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass for optimizer ``group`` at ``step``: the named losses (outputs and losses
+        are one here: the losses run parameters of their own)."""
         self.step.fill_(step)
         images = images_from_batch(batch)
         if group == "autoencoder":

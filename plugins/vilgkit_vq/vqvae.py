@@ -132,7 +132,9 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
 
     # ----------------------------------------------------------------- Trainable
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass for optimizer ``group`` at ``step``: the named losses (outputs and losses
+        are one here: the losses run parameters of their own)."""
         if group != "main":
             raise KeyError(f"VQVAETokenizer has one optimizer group 'main', got {group!r}")
         return self.loss(images_from_batch(batch))

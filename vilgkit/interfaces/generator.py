@@ -19,11 +19,14 @@ class GeneratorOutput:
             (raster order), when the batch had a text→image part. The end-to-end reconstructor
             consumes them.
         logits: optional per-direction logits, for tests and rerankers.
+        labels: optional per-direction target ids of those logits (``-100`` where nothing is
+            predicted), for accuracies.
     """
 
     losses: dict[str, torch.Tensor]
     image_hidden: torch.Tensor | None = None
     logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Generator(nn.Module, ABC):

@@ -24,7 +24,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -309,18 +308,21 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         return dirs
 
     # ----------------------------------------------------------------- training
-    def forward(self, batch: dict[str, Any]) -> GeneratorOutput:
-        """Teacher-forced pass over every direction in the batch.
+    def forward(self, batch: dict[str, Any], group: str = "main", step: int = 0) -> GeneratorOutput:
+        """Teacher-forced pass over every direction in the batch (also the training pass: ``group``
+        and ``step`` are the engine's, and change nothing here).
 
         Losses are per-token mean cross-entropies per direction; ``"loss"`` is their sum
         (``L = L_txt2img + L_img2txt`` of eq. 3, plus ``L_vqa`` when present).
 
         Returns:
-            :class:`GeneratorOutput` with ``losses``, ``logits`` per direction (``[B, T, V]``) and
-            ``image_hidden [B, h*w, C]`` (final-norm hidden states of the image target slots).
+            :class:`GeneratorOutput` with ``losses``, ``logits`` and ``labels`` per direction
+            (``[B, T, V]``, ``[B, T]``) and ``image_hidden [B, h*w, C]`` (final-norm hidden states of
+            the image target slots).
         """
         losses: dict[str, torch.Tensor] = {}
         logits: dict[str, torch.Tensor] = {}
+        targets: dict[str, torch.Tensor] = {}
         image_hidden = None
         for direction in self._directions(batch):
             x, pad, layout, labels = self._stream(direction, batch, drop_text=direction == "txt2img")
@@ -329,13 +331,14 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
             out = head(hidden)
             if direction == "txt2img":
                 image_hidden = hidden
-            logits[direction] = out
+            logits[direction], targets[direction] = out, labels
             losses[direction] = token_cross_entropy(out, labels)  # = F.cross_entropy in fp32, without its copies
         losses["loss"] = sum(losses.values())
-        return GeneratorOutput(losses=losses, image_hidden=image_hidden, logits=logits)
+        return GeneratorOutput(losses=losses, image_hidden=image_hidden, logits=logits, labels=targets)
 
-    def training_losses(self, batch: dict[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
-        return self(batch).losses
+    def training_losses(self, outputs: GeneratorOutput, batch: dict[str, Any], group: str,
+                        step: int) -> dict[str, torch.Tensor]:
+        return outputs.losses
 
     @torch.no_grad()
     def validation_metrics(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -343,7 +346,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         out = self(batch)
         metrics = {f"val_{k}": float(v) for k, v in out.losses.items()}
         for direction, logit in out.logits.items():
-            _, _, _, labels = self._stream(direction, batch)
+            labels = out.labels[direction]
             real = labels != -100
             metrics[f"val_{direction}_acc"] = float((logit.argmax(-1) == labels)[real].float().mean())
         return metrics

@@ -153,7 +153,11 @@ def peek_samples(dataset: Dataset, n: int) -> list[dict[str, Any]]:
     stream is read from a copy, so its position and skip counters stay those of the training run."""
     if not isinstance(dataset, IterableDataset):
         return [dataset[i] for i in range(min(n, len(dataset)))]  # type: ignore[arg-type]
-    items = list(itertools.islice(iter(copy.deepcopy(dataset)), n))
+    try:
+        source = copy.deepcopy(dataset)
+    except Exception:  # a stream that cannot be copied (open handles): read the original's start
+        source = dataset
+    items = list(itertools.islice(iter(source), n))
     if not items:
         raise ValueError(f"{type(dataset).__name__} yielded no sample")
     return items
@@ -305,7 +309,9 @@ class GeneratorTrainable(nn.Module, Trainable):
         out["directions"] = list(self.directions)
         return out
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass: the named losses (the end-to-end reconstructor's loss runs its
+        parameters, so the losses are this forward's outputs)."""
         batch = self.prepare(batch)
         losses: dict[str, torch.Tensor] = {}
         # Directions sharing a row count run as one generator call on the first rows of the batch.

@@ -225,7 +225,7 @@ class _GeneratorStage(Stage):
     # ------------------------------------------------------------------ run
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from vilgkit.engine.trainer import Trainer
+        from vilgkit.engine.trainer import Trainer, run_strategy
 
         reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
         if getattr(reconstructor, "end_to_end", False) and "txt2img" not in self.directions:
@@ -237,10 +237,14 @@ class _GeneratorStage(Stage):
             )
         out_dir = ctx.stage_dir(self.name)
         text_tok, image_tok = _load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
-        generator = ctx.component("generator")
-        check_special_ids(generator, text_tok)
-        if self.generator_from:
+        if self.generator_from:  # a plain module that loads the weights, then sharded by the strategy
+            generator = ctx.component("generator")
             load_generator_weights(generator, ctx.source_dir(self.generator_from))
+        else:  # a fresh generator through the strategy: a sharding one builds it on meta, shard by shard
+            if ctx.recipe.get("generator") is None:
+                raise KeyError(f"{self.name} needs 'generator' but the recipe does not define it")
+            generator = run_strategy(ctx).build_module(lambda: ctx.components.build("generator"))
+        check_special_ids(generator, text_tok)
         if reconstructor is not None and callable(getattr(reconstructor, "attach", None)):
             reconstructor.attach(image_tok, int(generator.hidden_size))  # the trained tokenizer, the generator's width
         if reconstructor is not None and getattr(reconstructor, "end_to_end", False) and self.generator_from:
