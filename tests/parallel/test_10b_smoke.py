@@ -2,7 +2,7 @@
 11x11 schedule, 8192 codes) with 2 layers (recipes/debug/ernievilg_10b_smoke.yaml), on 2 CPU ranks
 with gloo under the recipe's own strategy (FSDP hybrid + CPU offload + full recompute + bf16): every
 stage (training on code shards written by ``vilgkit tokenize``, a tiny evaluation), then
-``vilgkit export`` and a single-process ``Pipeline``. About 10 minutes on 2 cores and about 6 GiB
+``vilgkit export`` and a single-process ``Pipeline``. About 5 to 10 minutes on 2 cores and about 6 GiB
 per rank (docs/distributed.md): the suite's one full-width run."""
 
 from __future__ import annotations
