@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	@# Chinese captions in grids need a font with CJK glyphs; install Debian's when we may (best effort).
+	@fc-list :lang=zh file 2>/dev/null | grep -q . || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq fonts-wqy-microhei fontconfig) >/dev/null 2>&1; } || \
+	  echo "note: no CJK font found; Chinese captions in grids render as boxes (apt-get install fonts-wqy-microhei)"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -33,6 +33,7 @@ Run (reference config; about 20–30 minutes on a quiet 2-core CPU, most of it t
     python benchmarks/bench_generator.py --quick                 # smoke test, < 30 s
     python benchmarks/bench_generator.py --sections sample32     # one part
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,16 @@ def build(a, grid: int, sparse: bool) -> UnifiedTransformer:
 
     torch.manual_seed(0)
     attention = SparseAttention(kernel_size=a.kernel) if sparse else None
-    return UnifiedTransformer(a.text_vocab, a.image_vocab, hidden_size=a.hidden, num_layers=a.layers,
-                              num_heads=a.heads, max_text_len=a.text_len, max_image_grid=grid, attention=attention)
+    return UnifiedTransformer(
+        a.text_vocab,
+        a.image_vocab,
+        hidden_size=a.hidden,
+        num_layers=a.layers,
+        num_heads=a.heads,
+        max_text_len=a.text_len,
+        max_image_grid=grid,
+        attention=attention,
+    )
 
 
 def forward_flops(model: UnifiedTransformer, batch: int, text_len: int, grid: int) -> float:
@@ -106,8 +115,10 @@ def train_step_time(model, batch, bf16: bool, steps: int) -> float:
 def sample_time(model, ids, grid: int, repeats: int, num_candidates: int = 1) -> float:
     model.eval()
     g = torch.Generator().manual_seed(0)
-    return best_time(lambda: model.sample_images(ids, None, (grid, grid), num_candidates=num_candidates, top_k=64,
-                                                 generator=g), repeats)
+    return best_time(
+        lambda: model.sample_images(ids, None, (grid, grid), num_candidates=num_candidates, top_k=64, generator=g),
+        repeats,
+    )
 
 
 @torch.no_grad()
@@ -125,7 +136,7 @@ def nocache_time(model, ids, grid: int) -> float:
         n = L + t + 1
         mask = allowed[:n, :n][None, None] & ~pad[:, None, None, :n]
 
-        def run():
+        def run(n=n, mask=mask):  # called right away; defaults bind this step
             x = x_full[:, :n]
             for block in model.layers:
                 x, _, _ = block.prefill(x, mask)
@@ -146,11 +157,15 @@ def run_threads(a, threads: int) -> dict:
     res: dict = {"threads": threads, "dispatch": decided}
     g = a.grid
     if "limits" in a.sections or "train" in a.sections or "sample" in a.sections:
-        res["gemm_tflops"] = {n: gemm_flops(a.gemm, dt, 5) / 1e12 for n, dt in (("fp32", torch.float32),
-                                                                             ("bf16", torch.bfloat16))}
+        res["gemm_tflops"] = {
+            n: gemm_flops(a.gemm, dt, 5) / 1e12 for n, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+        }
         res["bandwidth_gbs"] = read_bandwidth(a.bandwidth_mib * 2**20, 5) / 1e9
-        print(f"GEMM peak fp32 {res['gemm_tflops']['fp32']:.3f} / bf16 {res['gemm_tflops']['bf16']:.3f} TFLOP/s; "
-              f"read bandwidth {res['bandwidth_gbs']:.1f} GB/s", flush=True)
+        print(
+            f"GEMM peak fp32 {res['gemm_tflops']['fp32']:.3f} / bf16 {res['gemm_tflops']['bf16']:.3f} TFLOP/s; "
+            f"read bandwidth {res['bandwidth_gbs']:.1f} GB/s",
+            flush=True,
+        )
     if "train" in a.sections:
         for sparse in (False, True):
             model = build(a, g, sparse)
@@ -164,8 +179,10 @@ def run_threads(a, threads: int) -> dict:
                 print(f"{key}: {s:.3f} s/step, {flops / s / 1e12:.3f} TFLOP/s, MFU {100 * mfu:.0f} %", flush=True)
     if "sample" in a.sections:
         dense = build(a, g, False)
-        weight_bytes = sum(p.numel() * p.element_size() for p in
-                           [*dense.layers.parameters(), *dense.norm.parameters(), *dense.image_head.parameters()])
+        weight_bytes = sum(
+            p.numel() * p.element_size()
+            for p in [*dense.layers.parameters(), *dense.norm.parameters(), *dense.image_head.parameters()]
+        )
         limit = res["bandwidth_gbs"] * 1e9 / weight_bytes
         res["bandwidth_limit_tok_s"] = limit
         for sparse in (False, True):
@@ -182,36 +199,50 @@ def run_threads(a, threads: int) -> dict:
                     if bsz == 1:
                         r["fraction_of_bandwidth_limit"] = tok / limit
                 res[key] = r
-                print(f"{key}: {tok:.1f} tok/s {json.dumps({k: round(v, 3) for k, v in r.items() if k != 'tok_s'})}",
-                      flush=True)
+                print(
+                    f"{key}: {tok:.1f} tok/s {json.dumps({k: round(v, 3) for k, v in r.items() if k != 'tok_s'})}",
+                    flush=True,
+                )
     if "sample32" in a.sections:
         g32 = a.grid32
         for bsz in (1, a.batch):
             out = {}
             for sparse in (False, True):
                 model = build(a, g32, sparse)
-                out["sparse" if sparse else "dense"] = bsz * g32 * g32 / sample_time(model, prompts(model, bsz, a.text_len),
-                                                                                    g32, 1)
+                out["sparse" if sparse else "dense"] = (
+                    bsz * g32 * g32 / sample_time(model, prompts(model, bsz, a.text_len), g32, 1)
+                )
             out["speedup"] = out["sparse"] / out["dense"]
             res[f"sample{g32}_b{bsz}"] = out
-            print(f"sample {g32}x{g32} batch {bsz}: dense {out['dense']:.1f}, sparse {out['sparse']:.1f} tok/s "
-                  f"-> {out['speedup']:.2f}x", flush=True)
+            print(
+                f"sample {g32}x{g32} batch {bsz}: dense {out['dense']:.1f}, sparse {out['sparse']:.1f} tok/s "
+                f"-> {out['speedup']:.2f}x",
+                flush=True,
+            )
     if "bestof" in a.sections:
         model = build(a, g, False).eval()
         ids = prompts(model, 1, a.text_len)
         for n in (8, 60):
             t0 = time.perf_counter()
-            codes = model.sample_images(ids, None, (g, g), num_candidates=n, top_k=64,
-                                        generator=torch.Generator().manual_seed(0))
+            codes = model.sample_images(
+                ids, None, (g, g), num_candidates=n, top_k=64, generator=torch.Generator().manual_seed(0)
+            )
             t_sample = time.perf_counter() - t0
             t0 = time.perf_counter()
             scores = self_rerank_scores(model, codes, ids, None, n)
             t_rerank = time.perf_counter() - t0
             assert scores.shape == (1, n)
-            res[f"best_of_{n}"] = {"images_per_s": 1 / (t_sample + t_rerank), "sample_s": t_sample,
-                                   "rerank_s": t_rerank, "rerank_share_of_sampling": t_rerank / t_sample}
-            print(f"best of {n}: {1 / (t_sample + t_rerank):.3f} images/s (sampling {t_sample:.2f} s, reranking "
-                  f"{t_rerank:.2f} s = {100 * t_rerank / t_sample:.0f} % of sampling)", flush=True)
+            res[f"best_of_{n}"] = {
+                "images_per_s": 1 / (t_sample + t_rerank),
+                "sample_s": t_sample,
+                "rerank_s": t_rerank,
+                "rerank_share_of_sampling": t_rerank / t_sample,
+            }
+            print(
+                f"best of {n}: {1 / (t_sample + t_rerank):.3f} images/s (sampling {t_sample:.2f} s, reranking "
+                f"{t_rerank:.2f} s = {100 * t_rerank / t_sample:.0f} % of sampling)",
+                flush=True,
+            )
     return res
 
 
@@ -232,32 +263,48 @@ def markdown(runs: list[dict], a) -> str:
 
     row("GEMM peak fp32 / bf16 (TFLOP/s)", lambda r: f"{r['gemm_tflops']['fp32']:.3f} / {r['gemm_tflops']['bf16']:.3f}")
     row("read bandwidth (GB/s)", lambda r: f"{r['bandwidth_gbs']:.1f}")
-    for key, label in (("train_dense_fp32", "training step fp32, dense"), ("train_dense_bf16", "training step bf16, dense"),
-                       ("train_sparse_fp32", "training step fp32, sparse schedule"),
-                       ("train_sparse_bf16", "training step bf16, sparse schedule")):
+    for key, label in (
+        ("train_dense_fp32", "training step fp32, dense"),
+        ("train_dense_bf16", "training step bf16, dense"),
+        ("train_sparse_fp32", "training step fp32, sparse schedule"),
+        ("train_sparse_bf16", "training step bf16, sparse schedule"),
+    ):
         row(label, lambda r, k=key: f"{r[k]['step_s']:.2f} s ({100 * r[k]['mfu']:.0f} % of GEMM peak)")
     g, b = a.grid, a.batch
-    row(f"cached sampling {g}×{g}, batch 1, fp32, dense (tok/s)",
-        lambda r: f"{r['sample_dense_b1']['tok_s']:.1f} ({100 * r['sample_dense_b1']['fraction_of_bandwidth_limit']:.0f} %"
-                  f" of the read-bandwidth limit; plain F.linear {r['sample_dense_b1']['plain_linear_tok_s']:.1f};"
-                  f" no cache {r['sample_dense_b1']['nocache_tok_s']:.1f})")
-    row(f"cached sampling {g}×{g}, batch {b}, dense / sparse (tok/s)",
-        lambda r: f"{r[f'sample_dense_b{b}']['tok_s']:.0f} / {r[f'sample_sparse_b{b}']['tok_s']:.0f}")
+    row(
+        f"cached sampling {g}×{g}, batch 1, fp32, dense (tok/s)",
+        lambda r: (
+            f"{r['sample_dense_b1']['tok_s']:.1f} ({100 * r['sample_dense_b1']['fraction_of_bandwidth_limit']:.0f} %"
+            f" of the read-bandwidth limit; plain F.linear {r['sample_dense_b1']['plain_linear_tok_s']:.1f};"
+            f" no cache {r['sample_dense_b1']['nocache_tok_s']:.1f})"
+        ),
+    )
+    row(
+        f"cached sampling {g}×{g}, batch {b}, dense / sparse (tok/s)",
+        lambda r: f"{r[f'sample_dense_b{b}']['tok_s']:.0f} / {r[f'sample_sparse_b{b}']['tok_s']:.0f}",
+    )
     row(f"cached sampling {g}×{g}, batch 1, sparse (tok/s)", lambda r: f"{r['sample_sparse_b1']['tok_s']:.1f}")
     g32 = a.grid32
     for bsz in (1, b):
-        row(f"cached sampling {g32}×{g32}, batch {bsz}: dense / sparse (tok/s)",
-            lambda r, k=f"sample{g32}_b{bsz}": f"{r[k]['dense']:.1f} / {r[k]['sparse']:.1f} ({r[k]['speedup']:.2f}×)")
+        row(
+            f"cached sampling {g32}×{g32}, batch {bsz}: dense / sparse (tok/s)",
+            lambda r, k=f"sample{g32}_b{bsz}": f"{r[k]['dense']:.1f} / {r[k]['sparse']:.1f} ({r[k]['speedup']:.2f}×)",
+        )
     for n in (8, 60):
-        row(f"best of {n} (images/s; reranking as a share of sampling)",
-            lambda r, k=f"best_of_{n}": f"{r[k]['images_per_s']:.3f} ({100 * r[k]['rerank_share_of_sampling']:.0f} %)")
+        row(
+            f"best of {n} (images/s; reranking as a share of sampling)",
+            lambda r, k=f"best_of_{n}": f"{r[k]['images_per_s']:.3f} ({100 * r[k]['rerank_share_of_sampling']:.0f} %)",
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threads", default=None, help="comma list of torch thread counts, each measured in turn "
-                   "(default 1,2; with --quick 1)")
+    p.add_argument(
+        "--threads",
+        default=None,
+        help="comma list of torch thread counts, each measured in turn (default 1,2; with --quick 1)",
+    )
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list from {SECTIONS}")
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=512)
@@ -293,8 +340,9 @@ def main() -> None:
     print(f"\n{cpu}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}:\n\n{table}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"cpu": cpu, "torch": torch.__version__, "config": vars(a), "runs": runs, "table": table}, f,
-                      indent=2)
+            json.dump(
+                {"cpu": cpu, "torch": torch.__version__, "config": vars(a), "runs": runs, "table": table}, f, indent=2
+            )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Each subcommand lives in ``vilgkit/commands/<name>.py`` with ``HELP``, ``add_arguments(parser)`` and
 ``main(args) -> int``. User errors print one line and exit 2 (the traceback only with ``--debug``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise VilgkitError(f"{self.prog}: {message}")
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]):  # type: ignore[override]
+        # argparse drops a value of '--' (``--top-p=--``) and hands the flag an empty list,
+        # unconverted: refuse it here instead of letting a list reach the command
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one value, got '--'")
+        return super()._get_values(action, arg_strings)
 
 
 def build_parser() -> argparse.ArgumentParser:

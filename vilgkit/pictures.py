@@ -9,14 +9,16 @@ Shapes (dimension key): B batch, S image side, H/W image height/width.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from vilgkit.caption_font import caption_font
 from vilgkit.errors import InputError
 
 ImageInput = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor
@@ -108,8 +110,8 @@ def make_grid(
     w, h = images[0].size
     w, h = w * scale, h * scale
     cell_w = max(w, caption_width or (160 if captions else w))
-    font = ImageFont.load_default()
-    lines_per = [_wrap(c, cell_w) for c in captions] if captions else [[] for _ in images]
+    font = caption_font() if captions else None
+    lines_per = [_wrap(_printable(c), cell_w, font) for c in captions] if captions else [[] for _ in images]
     text_h = (max(len(lines) for lines in lines_per) * 12 + 4) if captions else 0
     nrow = (len(images) + ncol - 1) // ncol
     pad = 4
@@ -124,15 +126,19 @@ def make_grid(
     return grid
 
 
-def _wrap(text: str, width_px: int, char_px: int = 6) -> list[str]:
-    """Greedy word wrap by an approximate character width (CJK text wraps per character)."""
-    per_line = max(width_px // char_px, 4)
+def _printable(text: str) -> str:
+    """Control characters (``\\r``, ``\\x00``…) as spaces: the text layout engine fails on some of them."""
+    return "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
+
+
+def _wrap(text: str, width_px: int, font) -> list[str]:
+    """Greedy wrap by the font's measured widths: at spaces, or per character for text without spaces (CJK)."""
     words = text.split(" ") if " " in text else list(text)
     joiner = " " if " " in text else ""
     lines, cur = [], ""
     for word in words:
         cand = f"{cur}{joiner}{word}" if cur else word
-        if len(cand) > per_line and cur:
+        if font.getlength(cand) > width_px and cur:
             lines.append(cur)
             cur = word
         else:

@@ -23,6 +23,8 @@ Models may override the activation term with ``activation_bytes(tokens) -> int``
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,20 +239,16 @@ def parse_bytes(text: str) -> int:
         "b": 1,
     }
     raw = text.strip().lower().replace(" ", "")
-    for unit, scale in units.items():
-        if raw.endswith(unit):
-            number = raw[: -len(unit)]
-            break
-    else:
-        number, scale = raw, 1
+    unit = next((u for u in units if raw.endswith(u)), None)  # longest suffixes first: "gib" before "b"
+    number, scale = (raw[: -len(unit)], units[unit]) if unit else (raw, 1)
     try:
         value = float(number)
     except ValueError:
         raise ValueError(
             f"cannot read a memory size from {text!r} (e.g. 80GiB, 40GB)"
         ) from None
-    if value <= 0:
-        raise ValueError(f"memory size must be positive, got {text!r}")
+    if not math.isfinite(value * scale) or value <= 0:  # nan, inf and 1e400GiB are not sizes either
+        raise ValueError(f"memory size must be a positive, finite amount, got {text!r}")
     return int(value * scale)
 
 

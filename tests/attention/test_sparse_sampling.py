@@ -17,9 +17,7 @@ from vilgkit_attention import SparseAttention
 from vilgkit_attention.decode import SparseKVCache
 
 
-def _model(
-    grid: int, kernel: int, layers: int = 4, hidden: int = 16
-) -> UnifiedTransformer:
+def _model(grid: int, kernel: int, layers: int = 4, hidden: int = 16) -> UnifiedTransformer:
     torch.manual_seed(0)
     model = UnifiedTransformer(
         40,
@@ -31,9 +29,7 @@ def _model(
         max_image_grid=grid,
         attention=SparseAttention(kernel_size=kernel),
     ).eval()
-    with (
-        torch.no_grad()
-    ):  # spread the GPT-2 init so every position's logits depend on its keys
+    with torch.no_grad():  # spread the GPT-2 init so every position's logits depend on its keys
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.15)
     return model
@@ -42,9 +38,7 @@ def _model(
 def _oracle(model: UnifiedTransformer) -> UnifiedTransformer:
     """The same weights with SDPA over the oracle masks (dense cost, the definition)."""
     attn = model.attention
-    oracle = SparseAttention(
-        kernel_size=attn.kernel_size, schedule=attn.schedule, backend="sdpa"
-    )
+    oracle = SparseAttention(kernel_size=attn.kernel_size, schedule=attn.schedule, backend="sdpa")
     for block in model.layers:
         block.pattern = oracle
     return model
@@ -65,10 +59,7 @@ def _cached_logits(model: UnifiedTransformer, batch: dict) -> torch.Tensor:
     ]  # the paper's schedule, 4 layers
     model._prefill(x[:, :S], pad[:, :S], cache, torch.arange(B))
     return torch.stack(
-        [
-            model.image_head(model._step(x[:, t], cache))
-            for t in range(S, layout.length)
-        ],
+        [model.image_head(model._step(x[:, t], cache)) for t in range(S, layout.length)],
         1,
     )
 
@@ -76,9 +67,7 @@ def _cached_logits(model: UnifiedTransformer, batch: dict) -> torch.Tensor:
 @pytest.mark.parametrize("grid,kernel", [(4, 3), (32, 11)], ids=["4x4", "32x32"])
 def test_sparse_cached_decoding_equals_oracle_forward(grid, kernel):
     model = _model(grid, kernel)
-    batch = model.dummy_batch(
-        2, 7, (grid, grid), generator=torch.Generator().manual_seed(3)
-    )
+    batch = model.dummy_batch(2, 7, (grid, grid), generator=torch.Generator().manual_seed(3))
     assert not batch["text_mask"].all()  # padded prompts are exercised
     batch["directions"] = ["txt2img"]
     with torch.no_grad():
@@ -90,28 +79,20 @@ def test_sparse_cached_decoding_equals_oracle_forward(grid, kernel):
 def test_sparse_sampling_reads_only_window_keys(monkeypatch):
     """At 32x32 every decoding step attends at most the source plus its row / column / 11x11 window."""
     model = _model(32, 11)
-    ids = model.dummy_batch(1, 7, (1, 1), generator=torch.Generator().manual_seed(0))[
-        "text_ids"
-    ]
+    ids = model.dummy_batch(1, 7, (1, 1), generator=torch.Generator().manual_seed(0))["text_ids"]
     S = ids.shape[1]
     seen: list[int] = []
     real = F.scaled_dot_product_attention
 
     def recording(q, k, v, **kw):
-        if (
-            q.shape[-2] == 1
-        ):  # decoding steps (the prefill attends the whole source at once)
+        if q.shape[-2] == 1:  # decoding steps (the prefill attends the whole source at once)
             seen.append(k.shape[-2])
         return real(q, k, v, **kw)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
-    codes = model.sample_images(
-        ids, None, (32, 32), top_k=4, generator=torch.Generator().manual_seed(0)
-    )
+    codes = model.sample_images(ids, None, (32, 32), top_k=4, generator=torch.Generator().manual_seed(0))
     assert codes.shape == (1, 32, 32)
-    assert (
-        len(seen) == 32 * 32 * model.num_layers
-    )  # every image step of every layer went through the cache
+    assert len(seen) == 32 * 32 * model.num_layers  # every image step of every layer went through the cache
     # row and column: the source + at most 32 line keys; conv (causal 11x11): source + 5 rows x 11 + 6
     assert max(seen) <= S + 5 * 11 + 6
     mean = sum(seen) / len(seen)
@@ -133,9 +114,7 @@ def test_sparse_cache_is_smaller_than_dense_and_greedy_matches_oracle():
         max_text_len=8,
         max_image_grid=4,
     )
-    assert (
-        sparse_cache.nbytes() < dense.new_cache(4, layout).nbytes()
-    )  # row / column layers keep one line
+    assert sparse_cache.nbytes() < dense.new_cache(4, layout).nbytes()  # row / column layers keep one line
     got = model.sample_images(ids, mask, (4, 4), top_k=1, num_candidates=2)
     oracle = _oracle(model)
     codes = torch.zeros(2, 16, dtype=torch.long)
@@ -151,3 +130,25 @@ def test_sparse_cache_is_smaller_than_dense_and_greedy_matches_oracle():
             )
             codes[:, k] = full.logits["txt2img"][:, k].argmax(-1)
     assert torch.equal(got, codes.view(2, 4, 4).repeat_interleave(2, 0))
+
+
+def test_sparse_cache_equals_the_generic_gathering_cache_with_guidance(monkeypatch):
+    """Candidates and classifier-free guidance (rows copied from unique prefills) through both caches."""
+    model = _model(4, 3)
+    batch = model.dummy_batch(2, 6, (4, 4), generator=torch.Generator().manual_seed(6))
+
+    def run():
+        return model.sample_images(
+            batch["text_ids"],
+            batch["text_mask"],
+            (4, 4),
+            num_candidates=3,
+            cfg_scale=2.0,
+            top_k=5,
+            generator=torch.Generator().manual_seed(7),
+        )
+
+    fast = run()
+    monkeypatch.setattr(SparseAttention, "decode_cache", lambda self, *a, **k: None)  # the generic KVCache
+    assert not isinstance(model.new_cache(2, model._stream("txt2img", batch)[2]), SparseKVCache)
+    assert torch.equal(run(), fast)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from vilgkit_text.wordpiece import WordPieceTokenizer
 
 from vilgkit.data import CodeShardDataset, WebDatasetReader, write_code_shards
 from vilgkit.errors import UnknownWordsWarning, VilgkitError
@@ -19,6 +18,7 @@ from vilgkit.testing.real_data import (
     write_img2dataset_shards,
     write_taming_checkpoint,
 )
+from vilgkit_text.wordpiece import WordPieceTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -221,11 +221,10 @@ def test_resume_on_a_stream_is_exact(real, tmp_path):
 
 def test_code_shards_of_caption_only_data_train_the_generator(real, tmp_path):
     """Caption-only shards need no VQA fields; their ids are framed as on-the-fly tokenizing frames them."""
-    from vilgkit_vq.taming_ckpt import TamingVQGAN
-
     from vilgkit.stages.generator_training import _raw_collate, tokenize_texts_batch
-    from vilgkit.text_encoding import encode_texts
     from vilgkit.stages.train_tokenizer import save_image_tokenizer
+    from vilgkit.text_encoding import encode_texts
+    from vilgkit_vq.taming_ckpt import TamingVQGAN
 
     tok = WordPieceTokenizer(vocab_size=512, vocab_file=str(real["root"] / "vocab.txt"))
     image_tok = TamingVQGAN(str(real["ckpt"]))
@@ -298,6 +297,14 @@ def test_published_tokenizers_need_no_stage(real, tmp_path):
     assert pipe.generator.bos_id == 101 and pipe.text_tokenizer.vocab_size == 180
     (image,) = pipe.text_to_image(["a small red circle"], seed=0)
     assert image.size == (32, 32)
+    # the generator's 512 text ids exceed the vocabulary's 180: evaluation decodes as inference does
+    from vilgkit.data import collate
+    from vilgkit.metrics.harness import SamplingSettings, _Examples, _image_to_text
+
+    batch = collate(peek := [s for _, s in zip(range(4), WebDatasetReader(str(real["root"] / "val"), image_size=32))])
+    timing = {"caption_s": 0.0}
+    out = _image_to_text(pipe, batch, SamplingSettings(), 0, timing, _Examples(0))
+    assert len(out["predictions"]) == len(peek) == 4
     doc = _recipe(real, tmp_path / "unfitted", [gen])
     doc["text_tokenizer"]["init_args"] = {"vocab_size": 512}  # no vocab_file: it would need fitting
     with pytest.raises(VilgkitError, match="FitTextTokenizer"):

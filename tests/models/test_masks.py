@@ -11,7 +11,7 @@ from vilgkit.models import DenseAttention
 LAYOUTS = [Layout.text_to_image(5, 3, 4), Layout.image_to_text(3, 4, 6), Layout.vqa(2, 3, 4, 5)]
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: l.direction + str(len(l.source)))
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: lay.direction + str(len(lay.source)))
 def test_default_dense_pattern_is_the_reference(layout):
     expected = reference_allowed(layout, lambda *_: True)
     for layer in range(3):

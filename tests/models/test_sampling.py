@@ -22,7 +22,7 @@ def greedy_images_full(model, ids, mask, grid, cfg_scale=1.0):
     codes = torch.zeros(B, h * w, dtype=torch.long)
     empty_ids, empty_mask = model.empty_prompt(B, ids.shape[1])
     for k in range(h * w):
-        def logits(i, m):
+        def logits(i, m, k=k):
             batch = {"text_ids": i, "text_mask": m, "codes": codes.view(B, h, w), "directions": ["txt2img"]}
             return model(batch).logits["txt2img"][:, k]
         out = logits(ids, mask)

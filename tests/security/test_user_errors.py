@@ -3,7 +3,6 @@ exit code 2, no traceback — and ``--debug`` shows the traceback."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest

@@ -15,6 +15,7 @@ import json
 
 from vilgkit import planning as P
 from vilgkit import recipe_plan as R
+from vilgkit.commands._recipe_args import add_recipe_arguments
 from vilgkit.errors import VilgkitError
 
 HELP = "parameters, FLOPs/token and memory per GPU/host for a recipe's strategy (no allocation)"
@@ -22,13 +23,7 @@ ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe YAML file")
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        help="more recipe files, merged in order",
-    )
+    add_recipe_arguments(parser)
     parser.add_argument(
         "--nodes", type=int, default=1, help="number of hosts (default 1)"
     )

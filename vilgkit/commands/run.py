@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vilgkit.commands._recipe_args import add_recipe_arguments
+
 HELP = (
     "run a recipe's stages (train tokenizer, train generator, fine-tune, evaluate...)"
 )
@@ -11,13 +13,7 @@ ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe YAML file")
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        help="more recipe files, merged in order",
-    )
+    add_recipe_arguments(parser)
     parser.add_argument(
         "--stages", default=None, help="comma-separated subset of the recipe's stages"
     )

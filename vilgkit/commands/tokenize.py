@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vilgkit.commands._recipe_args import add_recipe_arguments
+
 HELP = "encode a data set into pre-tokenized code shards (safetensors + manifest)"
 ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe YAML file (its `data` is encoded)")
-    parser.add_argument("--config", action="append", default=[], help="more recipe files, merged in order")
+    add_recipe_arguments(parser, "recipe YAML file (its `data` is encoded)")
     parser.add_argument("--out", required=True, help="output folder for the shards (new or empty)")
     parser.add_argument("--image-tokenizer-from", default="train_tokenizer",
                         help="stage name or path of the trained image tokenizer, or `recipe` (the recipe's, as built)")
@@ -38,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from vilgkit.components import ComponentStore
     from vilgkit.data.code_shard_writer import write_code_shards
-    from vilgkit.errors import VilgkitError
     from vilgkit.engine.runner import resolve
+    from vilgkit.errors import VilgkitError
     from vilgkit.interfaces import RunContext
     from vilgkit.stages.fit_text_tokenizer import load_text_tokenizer
     from vilgkit.stages.train_tokenizer import load_image_tokenizer

@@ -21,8 +21,10 @@ was next, worker ``w`` plays the *role* ``(w + batches_consumed) % num_workers``
 
 **Quality.** Rejected samples are counted per reason (see :mod:`vilgkit.data.preprocess`); the
 counts of the current process are in :meth:`skip_counts`, and every sample carries the skips its
-worker made since its previous sample (``skipped``) so a loader can sum them across workers.
+worker made since its previous sample (``skipped``; a stream's last sample also carries the skips
+after it) so a loader can sum them across workers.
 """
+
 from __future__ import annotations
 
 import glob
@@ -170,26 +172,42 @@ class WebDatasetReader(IterableDataset):
     # ------------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        # One sample is held back until the next is decoded (or the stream ends), so the skips after
+        # a stream's last sample still reach the loader: they ride on that last sample, whose
+        # position then points past them (a resume does not read them again).
+        held: dict[str, Any] | None = None
+        for sample, pending in self._stream():
+            if sample is None:  # the end; ``pending`` holds the skips after the last sample
+                break
+            if held is not None:
+                yield held
+            held = sample
+        if held is not None:
+            if pending:
+                held["skipped"] = dict(Counter(held["skipped"]) + pending)
+                role, *_ = held["position"]
+                held["position"] = [role, *self._end]
+                self._position[role] = list(self._end)
+            yield held
+
+    def _stream(self) -> Iterator[tuple[dict[str, Any] | None, Counter]]:
+        """``(sample, skips after it so far)`` for every kept sample; a final ``(None, trailing skips)``."""
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        per_rank = len(self.shards_for(self.epoch, 0, 1))
-        if num_workers > per_rank:
-            # a worker without a shard ends at once, and the loader's round-robin over workers (which
-            # exact resume relies on) would change: refuse rather than silently resume elsewhere
-            raise ValueError(f"{len(self.urls)} shard(s) give rank {self.rank} {per_rank} shard(s) for "
-                             f"{num_workers} loader workers: use at most {per_rank} workers or more shards")
         role = (worker + self._batches) % num_workers
         epoch, shard_pos, sample_pos = self._start.get(role, (self.epoch, 0, 0))
+        self._end = (epoch, shard_pos, sample_pos)
         to_skip, pending = self._skip_next, Counter()
         while True:
             shards = self.shards_for(epoch, role, num_workers)
             if not shards:
-                return
+                break
             for k in range(shard_pos, len(shards)):
                 url = self.urls[shards[k]]
                 for idx, raw in self._raw_samples(url, pending):
                     if idx < sample_pos:
                         continue  # resumed inside this shard: already consumed, skip undecoded
+                    self._end = (epoch, k, idx + 1)
                     sample = self._decode(raw, url, pending)
                     if sample is None:
                         continue
@@ -199,11 +217,12 @@ class WebDatasetReader(IterableDataset):
                         continue
                     sample["position"] = [role, epoch, k, idx + 1]
                     sample["skipped"], pending = dict(pending), Counter()
-                    yield sample
+                    yield sample, pending
                 sample_pos = 0
             if not self.repeat:
-                return
+                break
             epoch, shard_pos = epoch + 1, 0
+        yield None, pending
 
     def _raw_samples(self, url: str, pending: Counter) -> Iterator[tuple[int, dict[str, Any]]]:
         stream = tarfile_samples([{"url": url}])

@@ -212,6 +212,7 @@ class StatefulLoader:
                     self.dataset.skip(skip)
                 else:
                     discard = skip // self.batch_size
+            resumed = bool(skip or stream)
             skip, stream = 0, None
             loader = DataLoader(self.dataset, batch_size=self.batch_size, drop_last=self.drop_last, **common)
             got_any = False
@@ -220,7 +221,9 @@ class StatefulLoader:
                 if i < discard:
                     continue
                 yield batch
-            if not got_any and not discard:
+            # resumed at (or within a batch of) an epoch's end: nothing was left of it, which is fine;
+            # a fresh epoch without a batch is not
+            if not got_any and not discard and not resumed:
                 raise ValueError(f"{type(self.dataset).__name__} yielded no batch of {self.batch_size} in an epoch")
             # the epoch ended: the next one starts at sample 0
             yield _EPOCH_END

@@ -242,7 +242,7 @@ class Trainer:
 
     def _resume(self) -> Path | None:
         """Load the newest verified checkpoint (after checking the recipe); ``None`` if there is none."""
-        for step, path in reversed(self.ckpt.complete()):
+        for _step, path in reversed(self.ckpt.complete()):
             try:
                 verify(path)
             except CheckpointError as err:

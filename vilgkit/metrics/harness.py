@@ -220,6 +220,13 @@ def _batches(dataset: Any, num_samples: int, batch_size: int) -> Iterator[list[d
         yield chunk
 
 
+def _decode(pipe: Any, ids: Any) -> list[str]:
+    """Generated ids → texts as inference decodes them (``Pipeline.decode_text`` drops ids past the
+    tokenizer's vocabulary, which a generator with a larger text vocabulary can emit)."""
+    decode = getattr(pipe, "decode_text", None)
+    return decode(ids) if callable(decode) else pipe.text_tokenizer.decode(ids)
+
+
 def _text_to_image(pipe, batch, sampling: SamplingSettings, reranker, seed: int, timing, examples) -> dict[str, Any]:
     prompts = list(batch["caption"])
     n = sampling.num_candidates
@@ -269,7 +276,7 @@ def _image_to_text(pipe, batch, sampling: SamplingSettings, seed: int, timing, e
             codes, max_length=pipe._max_length(sampling.max_text_length), method=sampling.caption_method,
             num_beams=sampling.num_beams, generator=torch.Generator(device=pipe.device).manual_seed(seed),
         )  # fmt: skip
-    captions = pipe.text_tokenizer.decode(out)
+    captions = _decode(pipe, out)
     timing["caption_s"] += time.perf_counter() - t
     references = [list(r) for r in batch["references"]] if "references" in batch else [[c] for c in batch["caption"]]
     for i, caption in enumerate(captions):
@@ -291,7 +298,7 @@ def _answer(pipe, batch, sampling: SamplingSettings, timing, examples) -> dict[s
         codes = pipe.image_tokenizer.encode(images.to(pipe.device))
         out = pipe.generator.generate_text(codes, max_length=pipe._max_length(sampling.max_text_length), method="greedy",
                                            question_ids=q_ids.to(pipe.device), question_mask=q_mask.to(pipe.device))  # fmt: skip
-    answers = pipe.text_tokenizer.decode(out)
+    answers = _decode(pipe, out)
     timing["vqa_s"] += time.perf_counter() - t
     for i, answer in enumerate(answers):
         if len(examples.vqa) >= examples.limit:

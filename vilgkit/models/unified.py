@@ -24,7 +24,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
