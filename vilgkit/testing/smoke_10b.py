@@ -31,12 +31,19 @@ def build_smoke_data(folder: str | Path, samples: int = 4) -> list[str]:
     kept = write_img2dataset_shards(
         folder / "shards", num_shards=1, per_shard=samples, bad_samples=False
     )
-    write_bert_vocab(folder / "vocab.txt", [r["caption"] for r in kept])
+    tokens = write_bert_vocab(folder / "vocab.txt", [r["caption"] for r in kept])
     ckpt, _ = write_taming_checkpoint(
         folder / "taming", downsample=8, codebook_size=8192, resolution=IMAGE_SIZE
     )
-    tokenizers = ["--text_tokenizer.init_args.vocab_file", str(folder / "vocab.txt"),
-                  "--image_tokenizer.init_args.checkpoint", str(ckpt)]  # fmt: skip
+    # the generator's text vocabulary is the file's: ids past it could be sampled but not decoded
+    tokenizers = [
+        "--text_tokenizer.init_args.vocab_file",
+        str(folder / "vocab.txt"),
+        "--text_tokenizer.init_args.vocab_size",
+        str(len(tokens)),
+        "--image_tokenizer.init_args.checkpoint",
+        str(ckpt),
+    ]
     reader = {
         "class_path": "WebDatasetReader",
         "init_args": {"urls": str(folder / "shards"), "image_size": IMAGE_SIZE},
