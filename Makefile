@@ -1,19 +1,28 @@
 # vilgkit: `make demo` runs the tiny demo end to end; `make test` runs the test suite.
-# Both create .venv with pip and install the package (core + built-in plugins + dev extra) first.
+# `make lint` runs ruff (lint rules and formatting, configured in pyproject.toml).
+# All create .venv with pip and install the package (core + built-in plugins + dev extra) first.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv lint test test-fast demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	@# Chinese captions in grids need a font with CJK glyphs; install Debian's when we may (best effort).
+	@fc-list :lang=zh file 2>/dev/null | grep -q . || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq fonts-wqy-microhei fontconfig) >/dev/null 2>&1; } || \
+	  echo "note: no CJK font found; Chinese captions in grids render as boxes (apt-get install fonts-wqy-microhei)"
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q tests

@@ -39,7 +39,8 @@ from torch import nn
 
 import vilgkit_attention  # noqa: F401  (registers the patterns)
 from vilgkit.layout import Layout
-from vilgkit_attention import DenseAttention, SparseAttention
+from vilgkit.models import DenseAttention
+from vilgkit_attention import SparseAttention
 from vilgkit_attention.decode import SparseKVCache
 
 
@@ -335,7 +336,7 @@ def generator_sampling(args, device, patterns) -> dict:
                                  num_layers=args.layers, num_heads=args.heads, max_text_len=args.text,
                                  max_image_grid=args.grid, attention=patterns[name]).to(device).eval()
         fns[name] = lambda gen=gen: gen.sample_images(
-            ids, (args.grid, args.grid), generator=torch.Generator(device).manual_seed(0))
+            ids, None, (args.grid, args.grid), generator=torch.Generator(device).manual_seed(0))
     out = interleaved_times(fns, max(1, args.sample_repeats // 2), device)
     for name in fns:
         print(f"generator sample_images {name:7s}: median {out[name]['median_s']:7.2f} s  min {out[name]['min_s']:7.2f} s")

@@ -29,7 +29,8 @@ def child(cfg: list, device: str) -> dict:
 
     sys.path.insert(0, "plugins")
     from vilgkit.models.unified import UnifiedTransformer
-    from vilgkit.planning import StrategyLayout, estimate_memory
+    from vilgkit.interfaces import StrategyLayout
+    from vilgkit.planning import estimate_memory
     from vilgkit_parallel.activation import apply_activation_checkpointing
 
     hidden, layers, heads, grid, text_len, batch, recompute = cfg

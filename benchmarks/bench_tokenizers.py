@@ -51,7 +51,7 @@ def throughput(batch: int, repeats: int) -> list[dict]:
                 "decode": lambda: tok.decode(codes), "taming decode (baseline)": taming_decode}
         best = {name: float("inf") for name in jobs}
         with autocast:
-            for name, fn in jobs.items():  # warm-up (allocations, oneDNN kernel selection)
+            for fn in jobs.values():  # warm-up (allocations, oneDNN kernel selection)
                 fn()
             for _ in range(repeats):  # interleaved, so load changes hit ours and the baseline alike
                 for name, fn in jobs.items():

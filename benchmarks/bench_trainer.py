@@ -48,11 +48,11 @@ class MLP(nn.Module, Trainable):
             layers += [nn.GELU(), nn.Linear(width, width)]
         self.net = nn.Sequential(*layers, nn.GELU(), nn.Linear(width, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+    def forward(self, batch: dict, group: str = "main", step: int = 0) -> torch.Tensor:
+        return self.net(batch["x"]).squeeze(-1)
 
-    def training_losses(self, batch: dict, group: str, step: int) -> dict:
-        return {"loss": torch.mean((self(batch["x"]) - batch["y"]) ** 2)}
+    def training_losses(self, outputs: torch.Tensor, batch: dict, group: str, step: int) -> dict:
+        return {"loss": torch.mean((outputs - batch["y"]) ** 2)}
 
 
 def bare_loop(model: MLP, data: Data, steps: int, batch: int, lr: float) -> float:
@@ -67,7 +67,7 @@ def bare_loop(model: MLP, data: Data, steps: int, batch: int, lr: float) -> floa
             it = iter(loader)
             b = next(it)
         opt.zero_grad(set_to_none=True)
-        loss = model.training_losses(b, "main", 0)["loss"]
+        loss = model.training_losses(model(b, "main", 0), b, "main", 0)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -45,7 +45,7 @@ def run(strategy, steps: int = 4, accum: int = 2, sync_every_micro_batch: bool =
         inner.spare = torch.nn.Linear(toy.HIDDEN, 3)
         before = inner.spare.weight.detach().clone()
     model, opt = wrapped_toy(strategy, inner)
-    losses = toy.train(model, strategy, opt, range(steps), accum, strategy.rank, strategy.world_size, inner=inner)
+    losses = toy.train(model, strategy, opt, range(steps), accum, strategy.rank, strategy.world_size)
     if spare:
         moved = float((strategy.state_dict(model)["spare.weight"] - before).abs().max())
         losses.append(f"spare moved by {moved}")
@@ -60,10 +60,10 @@ def fairscale_resume(make, steps: int = 4) -> dict:
     inner = toy.make_model()
     model, opt = wrapped_toy(strategy, inner)
     args = (2, strategy.rank, strategy.world_size)
-    first = toy.train(model, strategy, opt, range(half), *args, inner=inner)
+    first = toy.train(model, strategy, opt, range(half), *args)
     directory = Path(tempfile.mkdtemp()) / "step"
     strategy.save_checkpoint(directory, {"model": model, "optimizers": {"main": opt}, "trainer": {"step": half}})
-    rest = toy.train(model, strategy, opt, range(half, steps), *args, inner=inner)
+    rest = toy.train(model, strategy, opt, range(half, steps), *args)
     final = strategy.state_dict(model)
 
     again = make()
@@ -71,7 +71,7 @@ def fairscale_resume(make, steps: int = 4) -> dict:
     model2, opt2 = wrapped_toy(again, inner2)
     trainer: dict = {}
     again.load_checkpoint(directory, {"model": model2, "optimizers": {"main": opt2}, "trainer": trainer})
-    resumed = toy.train(model2, again, opt2, range(half, steps), *args, inner=inner2)
+    resumed = toy.train(model2, again, opt2, range(half, steps), *args)
     final2 = again.state_dict(model2)
     return {"losses": first + rest, "resumed_losses": resumed, "trainer": trainer,
             "max_abs_diff_losses": max(abs(a - b) for a, b in zip(rest, resumed)),

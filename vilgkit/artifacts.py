@@ -76,6 +76,9 @@ TOKENIZED_CACHE = "tokenized.safetensors"
 
 SHAPES_FEATURES_DIR = "shapes_features"
 EXPORT_RECORD = "export.json"
+#: What a generator stage records as its tokenizer source when the recipe's own component is used
+#: (a published vocabulary or a pre-trained checkpoint, no fit or training stage).
+FROM_RECIPE = "recipe"
 
 MANIFEST_FORMAT = "vilgkit-run/1"
 
@@ -634,8 +637,14 @@ class RunDir:
             recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(recipe, dict):
             raise ArtifactError(f"{path} is not a resolved recipe (a YAML mapping)")
-        if not versions:
-            recipe = {k: v for k, v in recipe.items() if k != "_versions"}
+        from vilgkit.recipe import load_components, to_dict, validate
+
+        # a run directory may come from elsewhere: only registered classes, with the declared types
+        provenance = recipe.pop("_versions", None)
+        load_components()
+        recipe = to_dict(validate(recipe, str(path), registered_only=True))
+        if versions and provenance is not None:
+            recipe["_versions"] = provenance
         return self.anchor(recipe) if anchored else recipe
 
     # ---------------------------------------------------------------- external files
@@ -885,11 +894,12 @@ def load_image_tokenizer(components: Any, source: str | Path) -> Any:
     if "image_tokenizer" in components:
         tok = components["image_tokenizer"]
     elif record.get("init") is not None:
-        from vilgkit.recipe import instantiate
+        from vilgkit.recipe import build
 
         owner = RunDir.owning(path)
         init = owner.anchor_node(record["init"], "image_tokenizer") if owner is not None else record["init"]
-        tok = instantiate(init)
+        # the record is data from the run directory: only a registered image tokenizer is built
+        tok = build("image_tokenizer", init, source=str(record_path), registered_only=True)
     else:
         raise ArtifactError(f"the recipe defines no image_tokenizer and {record_path} does not say how to build one")
     trained = record.get("class_path")
@@ -976,7 +986,7 @@ def build_components(recipe: dict[str, Any]) -> Any:
     """The lazily built components of a run directory's recipe (the one place that builds them)."""
     from vilgkit.components import ComponentStore
 
-    return ComponentStore(recipe)
+    return ComponentStore(recipe, registered_only=True)  # a run directory may come from elsewhere
 
 
 def load_run(run_dir: str | Path, stage: str | None = None) -> LoadedRun:
@@ -996,8 +1006,14 @@ def load_run(run_dir: str | Path, stage: str | None = None) -> LoadedRun:
         if key not in record:
             raise ArtifactError(f"{stage_dir / GENERATOR_RECORD} has no {key!r}: not written by a generator stage")
     components = build_components(recipe)
-    text_tok = load_text_tokenizer(components, run.resolve(record["text_tokenizer"]))
-    image_tok = load_image_tokenizer(components, run.resolve(record["image_tokenizer"]))
+    if record["text_tokenizer"] == FROM_RECIPE:  # a published vocabulary, as the recipe builds it
+        text_tok = components["text_tokenizer"]
+    else:
+        text_tok = load_text_tokenizer(components, run.resolve(record["text_tokenizer"]))
+    if record["image_tokenizer"] == FROM_RECIPE:  # a pre-trained tokenizer, as the recipe builds it
+        image_tok = components["image_tokenizer"].eval()
+    else:
+        image_tok = load_image_tokenizer(components, run.resolve(record["image_tokenizer"]))
     generator = components.build("generator")
     load_generator_weights(generator, stage_dir)
     reconstructor = None

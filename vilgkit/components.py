@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from vilgkit.errors import ComponentArgumentError
-from vilgkit.recipe import instantiate
+from vilgkit.recipe import build
 
 
 class ComponentStore(Mapping):
@@ -18,12 +18,15 @@ class ComponentStore(Mapping):
     Args:
         recipe: the resolved recipe (plain dict with full class paths).
         on_built: callback ``(key, component)`` run after each build (the plugin hook).
+        registered_only: the recipe came from a run directory: build registered classes only
+            (see :func:`vilgkit.recipe.load_run_recipe`).
     """
 
     KEYS = ("data", "text_tokenizer", "image_tokenizer", "generator", "reconstructor", "strategy")
 
-    def __init__(self, recipe: dict[str, Any], on_built=None) -> None:
+    def __init__(self, recipe: dict[str, Any], on_built=None, *, registered_only: bool = False) -> None:
         self._recipe = recipe
+        self._registered_only = registered_only
         self._cache: dict[str, Any] = {}
         self._on_built = on_built
 
@@ -51,7 +54,7 @@ class ComponentStore(Mapping):
         if node is None:
             raise KeyError(f"the recipe defines no '{key}'")
         try:
-            component = instantiate(node)
+            component = build(key, node, registered_only=self._registered_only)
         except ValueError as err:  # a constructor's own argument check: the user's recipe, not a bug
             where = node.get("class_path", "?") if isinstance(node, dict) else type(node).__name__
             raise ComponentArgumentError(f"recipe key '{key}' ({where}): {err}") from err

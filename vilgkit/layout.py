@@ -7,7 +7,7 @@ The generator always sees ``[source segments..., target segment]``:
 * VQA:        ``[image, question | answer]``
 
 Attention patterns read a ``Layout`` to build masks (``AttentionPattern.allowed``), so the mask
-definition of DESIGN.md §1 is expressed once, against positions, independent of the batch.
+definition of docs/architecture.md §2 is expressed once, against positions, independent of the batch.
 """
 from __future__ import annotations
 

@@ -9,7 +9,12 @@ Load it from a run directory — the resolved recipe rebuilds the components, th
     captions = pipe.image_to_text(images)
     answers = pipe.answer(images, ["what colour is the circle?"])
 
-Bad input gets an :class:`~vilgkit.batching.InputError` before the model runs: an empty prompt, a
+Defaults: the sampling and decoding settings the run was evaluated with (``RUN_DIR/inference.json``,
+written by its ``Evaluate`` stage; :attr:`Pipeline.settings`). A keyword left at ``None`` takes the
+run's value; pass a value to override it (``top_k=0`` / ``top_p=1.0`` turn the filter off,
+``reranker="none"`` keeps the first candidate).
+
+Bad input gets an :class:`~vilgkit.errors.InputError` before the model runs: an empty prompt, a
 prompt longer than the text budget (unless ``truncate=True``: then the first ``max_text_len - 2``
 tokens are kept), an unreadable image file. Images of another size are centre-cropped to a square
 and resized to the model's image size.
@@ -24,10 +29,17 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from vilgkit.batching import InputError, encode_texts, load_images, to_pil
+from vilgkit.errors import InputError
+from vilgkit.inference_settings import InferenceSettings, load_inference_settings
 from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, TextTokenizer
 from vilgkit.interfaces.reranker import Reranker, RerankInputs
+from vilgkit.pictures import load_images, to_pil
+from vilgkit.text_encoding import encode_texts, warn_unknown_words
+from vilgkit.self_rerank import self_rerank_scores
 
+
+#: Most decoding rows (prompts x candidates) sampled together by :meth:`Pipeline.sample_codes`.
+MAX_SAMPLING_ROWS = 256
 
 class Pipeline:
     """Inference on a trained generator with its tokenizers.
@@ -40,6 +52,7 @@ class Pipeline:
         reconstructor: optional; an end-to-end reconstructor decodes from the generator's hidden
             states, otherwise images are decoded with ``image_tokenizer.decode``.
         device: where to run (``"auto"``: CUDA if available).
+        settings: the inference defaults (:meth:`from_run_dir` reads the run's saved ones).
     """
 
     def __init__(
@@ -50,6 +63,7 @@ class Pipeline:
         grid: tuple[int, int],
         reconstructor: Reconstructor | None = None,
         device: str | torch.device = "auto",
+        settings: InferenceSettings | None = None,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,6 +76,7 @@ class Pipeline:
         self.image_size = self.grid[0] * image_tokenizer.downsample
         self.max_text_len = int(generator.max_text_len)
         self.run_dir: Path | None = None
+        self.settings = settings or InferenceSettings()
 
     # ------------------------------------------------------------------ loading
 
@@ -77,9 +92,13 @@ class Pipeline:
         """
         from vilgkit.artifacts import load_run
 
+        from vilgkit.stages.train_generator import check_special_ids
+
         run = load_run(run_dir, stage)  # every file verified against the run's manifest
+        check_special_ids(run.generator, run.text_tokenizer)  # the tokenizer's ids, as in training
         pipe = cls(run.generator, run.text_tokenizer, run.image_tokenizer, run.grid, run.reconstructor, device)
         pipe.run_dir = run.run_dir
+        pipe.settings = load_inference_settings(run.run_dir)
         pipe.stage_dir = run.stage_dir
         return pipe
 
@@ -100,16 +119,22 @@ class Pipeline:
         batch_size: int = 16,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample codes for every prompt: ``codes Long[B*N, h, w]`` (candidate-major per prompt),
-        plus the prompts' ``ids``/``mask`` (``[B, L]``)."""
+        plus the prompts' ``ids``/``mask`` (``[B, L]``).
+
+        Up to ``batch_size`` prompts and all their candidates go through the KV cache as one batch,
+        capped at :data:`MAX_SAMPLING_ROWS` rows (best-of-60 samples 4 prompts at a time), which
+        bounds the cache's memory; one prompt's candidates are never split.
+        """
         if num_candidates < 1:
             raise InputError(f"num_candidates must be at least 1, got {num_candidates}")
         ids, mask, _ = encode_texts(self.text_tokenizer, prompts, self.max_text_len, truncate=truncate)
         rng = torch.Generator(device=self.device)
         rng.manual_seed(0 if seed is None else int(seed))
         chunks = []
-        for start in range(0, len(ids), batch_size):
-            chunk_ids = ids[start : start + batch_size].to(self.device)
-            chunk_mask = mask[start : start + batch_size].to(self.device)
+        per_batch = max(1, min(batch_size, MAX_SAMPLING_ROWS // num_candidates))
+        for start in range(0, len(ids), per_batch):
+            chunk_ids = ids[start : start + per_batch].to(self.device)
+            chunk_mask = mask[start : start + per_batch].to(self.device)
             chunks.append(
                 self.generator.sample_images(
                     chunk_ids, chunk_mask, grid=self.grid, num_candidates=num_candidates, temperature=temperature,
@@ -138,12 +163,7 @@ class Pipeline:
         candidates) or a :class:`~vilgkit.interfaces.Reranker`.
         """
         if reranker == "self":
-            rep_ids = ids.repeat_interleave(num_candidates, dim=0).to(self.device)
-            rep_mask = mask.repeat_interleave(num_candidates, dim=0).to(self.device)
-            scores = torch.cat([
-                self.generator.text_log_likelihood(codes[i : i + 64].to(self.device), rep_ids[i : i + 64], rep_mask[i : i + 64])
-                for i in range(0, len(codes), 64)
-            ]).float().cpu().view(len(ids), num_candidates)  # fmt: skip
+            scores = self_rerank_scores(self.generator, codes.to(self.device), ids, mask, num_candidates).cpu()
             return torch.argsort(scores, dim=1, descending=True, stable=True)
         images = self.decode_codes(codes, ids.repeat_interleave(num_candidates, 0), mask.repeat_interleave(num_candidates, 0)) if reranker.needs_images else None
         inputs = RerankInputs(num_candidates=num_candidates, codes=codes.to(self.device), text_ids=ids.to(self.device),
@@ -154,33 +174,40 @@ class Pipeline:
     def text_to_image(
         self,
         prompts: Sequence[str],
-        num_candidates: int = 1,
+        num_candidates: int | None = None,
         reranker: Any = None,
         seed: int | None = 0,
         *,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-        cfg_scale: float = 1.0,
+        cfg_scale: float | None = None,
         truncate: bool = False,
         return_all: bool = False,
     ) -> list[Image.Image] | list[list[Image.Image]]:
         """Generate one image per prompt (the best of ``num_candidates``).
 
+        Every setting left at ``None`` is the run's saved one (:attr:`settings`).
+
         Args:
             prompts: the texts.
             num_candidates: candidates sampled per prompt (in one batch through the KV cache).
-            reranker: how to pick the best candidate: ``None`` (the first), ``"self"`` (highest
+            reranker: how to pick the best candidate: ``"none"`` (the first), ``"self"`` (highest
                 ``log P(prompt | image)`` from the same generator), a registered reranker's name
                 (``RERANKERS``) or a :class:`~vilgkit.interfaces.Reranker`.
             seed: sampling seed (the same seed gives the same images).
-            temperature, top_k, top_p, cfg_scale: sampling settings.
+            temperature, top_k, top_p, cfg_scale: sampling settings (``top_k=0``, ``top_p=1.0``: off).
             truncate: cut over-long prompts instead of raising.
             return_all: return every candidate per prompt, best first.
         """
-        reranker = self._resolve_reranker(reranker)
-        codes, ids, mask = self.sample_codes(prompts, num_candidates, seed=seed, temperature=temperature, top_k=top_k,
-                                             top_p=top_p, cfg_scale=cfg_scale, truncate=truncate)  # fmt: skip
+        num_candidates = self._setting("num_candidates", num_candidates)
+        reranker = self._resolve_reranker(self._setting("reranker", reranker))
+        warn_unknown_words(self.text_tokenizer, prompts, "prompt")
+        codes, ids, mask = self.sample_codes(
+            prompts, num_candidates, seed=seed, temperature=self._setting("temperature", temperature),
+            top_k=_off_if(0, self._setting("top_k", top_k)), top_p=_off_if(1.0, self._setting("top_p", top_p)),
+            cfg_scale=self._setting("cfg_scale", cfg_scale), truncate=truncate,
+        )  # fmt: skip
         order = torch.arange(num_candidates).expand(len(ids), num_candidates)
         if reranker is not None and num_candidates > 1:
             order = self.rerank(codes, ids, mask, num_candidates, reranker, prompts)
@@ -193,8 +220,10 @@ class Pipeline:
         return images
 
     def _resolve_reranker(self, reranker: Any) -> Any:
-        if reranker is None or reranker == "self" or isinstance(reranker, Reranker):
-            return reranker
+        if reranker is None or (isinstance(reranker, str) and reranker.lower() == "none"):
+            return None
+        if reranker == "self" or reranker == "SelfReranker" or isinstance(reranker, Reranker):
+            return "self" if reranker == "SelfReranker" else reranker  # the batched fast path
         if isinstance(reranker, str):
             from vilgkit.plugins import get_plugin_manager
             from vilgkit.registry import RERANKERS
@@ -218,18 +247,22 @@ class Pipeline:
         self,
         images: Sequence[Any],
         *,
-        method: str = "greedy",
-        num_beams: int = 4,
+        method: str | None = None,
+        num_beams: int | None = None,
         max_length: int | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
         seed: int | None = 0,
     ) -> list[str]:
-        """Caption each image (greedy, beam search or sampling; at most ``max_length`` tokens)."""
+        """Caption each image (greedy, beam search or sampling; at most ``max_length`` tokens).
+
+        ``method``, ``num_beams`` and ``max_length`` left at ``None`` are the run's saved settings.
+        """
         codes = self.encode_images(images)
         out = self.generator.generate_text(
-            codes, max_length=self._max_length(max_length), method=method, num_beams=num_beams,
+            codes, max_length=self._max_length(self._setting("max_text_length", max_length)),
+            method=self._setting("caption_method", method), num_beams=self._setting("num_beams", num_beams),
             temperature=temperature, top_k=top_k, top_p=top_p, generator=self._rng(seed),
         )  # fmt: skip
         return self.decode_text(out)
@@ -240,12 +273,15 @@ class Pipeline:
         images: Sequence[Any],
         questions: Sequence[str],
         *,
-        method: str = "greedy",
-        num_beams: int = 4,
+        method: str | None = None,
+        num_beams: int | None = None,
         max_length: int | None = None,
         truncate: bool = False,
     ) -> list[str]:
-        """Answer one question per image (a single image is shared by all questions)."""
+        """Answer one question per image (a single image is shared by all questions).
+
+        ``method``, ``num_beams`` and ``max_length`` left at ``None`` are the run's saved settings.
+        """
         if isinstance(questions, str):
             raise InputError("expected a list of questions, got a single string; wrap it in a list")
         images = list(images)
@@ -254,9 +290,11 @@ class Pipeline:
         if len(images) != len(questions):
             raise InputError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
         codes = self.encode_images(images)
+        warn_unknown_words(self.text_tokenizer, questions, "question")
         q_ids, q_mask, _ = encode_texts(self.text_tokenizer, questions, self.max_text_len, truncate=truncate, what="question")
         out = self.generator.generate_text(
-            codes, max_length=self._max_length(max_length), method=method, num_beams=num_beams,
+            codes, max_length=self._max_length(self._setting("max_text_length", max_length)),
+            method=self._setting("answer_method", method), num_beams=self._setting("num_beams", num_beams),
             question_ids=q_ids.to(self.device), question_mask=q_mask.to(self.device),
         )  # fmt: skip
         return self.decode_text(out)
@@ -271,6 +309,10 @@ class Pipeline:
         size = self.text_tokenizer.vocab_size
         return self.text_tokenizer.decode([[i for i in row if i < size] for row in ids])
 
+    def _setting(self, name: str, value: Any) -> Any:
+        """An argument's value, or the run's saved setting when it was left at ``None``."""
+        return getattr(self.settings, name) if value is None else value
+
     def _max_length(self, max_length: int | None) -> int:
         limit = self.max_text_len
         if max_length is None:
@@ -281,3 +323,8 @@ class Pipeline:
 
     def _rng(self, seed: int | None) -> torch.Generator | None:
         return None if seed is None else torch.Generator(device=self.device).manual_seed(int(seed))
+
+
+def _off_if(off: float, value: Any) -> Any:
+    """``top_k=0`` / ``top_p=1.0`` switch the filter off (``None`` already means "the run's value")."""
+    return None if value is None or value == off else value

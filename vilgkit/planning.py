@@ -20,54 +20,20 @@ sharding, the ranks of a node for hybrid sharding), ``T`` tokens per device per 
 
 Models may override the activation term with ``activation_bytes(tokens) -> int``.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import math
 
-import torch
+from dataclasses import dataclass
+from typing import Any
+
 from torch import nn
 
-from vilgkit.interfaces.parallel import MemoryPlan
+from vilgkit.interfaces.parallel import MemoryPlan, StrategyLayout
 
 GiB = 1024**3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-
-
-@dataclass(frozen=True)
-class StrategyLayout:
-    """How a strategy lays out training state (what ``vilgkit plan`` needs to know).
-
-    Attributes:
-        sharding: ``"none"`` (every rank holds everything), ``"full"`` or ``"hybrid"``.
-        shard_size: ranks per shard group for hybrid sharding (``None``: ranks per node).
-        cpu_offload: sharded master weights, gradients and optimizer states on the host.
-        recompute: activation checkpointing per block: ``"none"``, ``"full"``, ``"selective"``.
-        param_dtype: dtype of the compute copy of the parameters.
-        reduce_dtype: dtype of gradient reductions.
-    """
-
-    sharding: Literal["none", "full", "hybrid"] = "none"
-    shard_size: int | None = None
-    cpu_offload: bool = False
-    recompute: Literal["none", "full", "selective"] = "none"
-    param_dtype: str = "fp32"
-    reduce_dtype: str = "fp32"
-
-    def shard_group(self, nodes: int, gpus_per_node: int) -> int:
-        if self.sharding == "none":
-            return 1
-        if self.sharding == "full":
-            return nodes * gpus_per_node
-        return self.shard_size or gpus_per_node
-
-    def describe(self, nodes: int, gpus_per_node: int) -> str:
-        s = self.shard_group(nodes, gpus_per_node)
-        world = nodes * gpus_per_node
-        where = {"none": "replicated", "full": f"sharded over {s}",
-                 "hybrid": f"sharded over {s}, replicated ×{world // max(1, s)}"}[self.sharding]
-        return (f"{where}; offload={'on' if self.cpu_offload else 'off'}; recompute={self.recompute}; "
-                f"params {self.param_dtype}, reduce {self.reduce_dtype}")
 
 
 @dataclass
@@ -85,7 +51,9 @@ class ModelDims:
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+    return sum(
+        p.numel() for p in module.parameters() if p.requires_grad or not trainable_only
+    )
 
 
 def model_dims(model: nn.Module) -> ModelDims:
@@ -95,10 +63,21 @@ def model_dims(model: nn.Module) -> ModelDims:
     hidden = int(getattr(model, "hidden_size", 0) or 0)
     mlp = 4 * hidden
     if blocks:
-        outs = [m.out_features for m in blocks[0].modules() if isinstance(m, nn.Linear) and m.in_features == hidden]
+        outs = [
+            m.out_features
+            for m in blocks[0].modules()
+            if isinstance(m, nn.Linear) and m.in_features == hidden
+        ]
         outs = [o for o in outs if o != 3 * hidden]
         mlp = max(outs, default=mlp)
-    vocabs = [int(v) for v in (getattr(model, "image_vocab_size", 0), getattr(model, "text_vocab_size", 0)) if v]
+    vocabs = [
+        int(v)
+        for v in (
+            getattr(model, "image_vocab_size", 0),
+            getattr(model, "text_vocab_size", 0),
+        )
+        if v
+    ]
     return ModelDims(
         hidden=hidden,
         layers=int(getattr(model, "num_layers", len(blocks)) or len(blocks)),
@@ -111,18 +90,32 @@ def model_dims(model: nn.Module) -> ModelDims:
     )
 
 
-def activation_bytes(dims: ModelDims, tokens: int, recompute: str, compute_bytes: int) -> dict[str, int]:
+def activation_bytes(
+    dims: ModelDims, tokens: int, recompute: str, compute_bytes: int
+) -> dict[str, int]:
     """Saved-for-backward bytes per device for ``tokens`` tokens (see the module docstring)."""
     C, M, L = dims.hidden, dims.mlp, dims.layers
     # QK-norm: SDPA keeps the normalised q and k (2C), the two norms their fp32 mean and rstd per head
     qk = (2 * C * compute_bytes + 4 * 4 * dims.heads) if dims.qk_norm else 0
-    full_layer = (8 * C + 2 * M) * compute_bytes + 4 * dims.heads + qk  # + SDPA's fp32 log-sum-exp per head
-    kept = {"none": full_layer, "full": C * compute_bytes, "selective": (7 * C + M) * compute_bytes + qk}[recompute]
+    full_layer = (
+        (8 * C + 2 * M) * compute_bytes + 4 * dims.heads + qk
+    )  # + SDPA's fp32 log-sum-exp per head
+    kept = {
+        "none": full_layer,
+        "full": C * compute_bytes,
+        "selective": (7 * C + M) * compute_bytes + qk,
+    }[recompute]
     layers = L * kept * tokens
-    working = 0 if recompute == "none" else full_layer * tokens  # one block recomputed at a time
+    working = (
+        0 if recompute == "none" else full_layer * tokens
+    )  # one block recomputed at a time
     logits = 2 * 4 * dims.vocab * tokens  # fp32 logits + their gradient
-    return {"layers": layers, "recompute_working": working, "logits": logits,
-            "total": layers + working + logits}
+    return {
+        "layers": layers,
+        "recompute_working": working,
+        "logits": logits,
+        "total": layers + working + logits,
+    }
 
 
 def estimate_memory(
@@ -137,7 +130,11 @@ def estimate_memory(
 ) -> MemoryPlan:
     """Bytes per device (and per host) for training ``model`` under ``layout``."""
     dims = model_dims(model)
-    P = count_parameters(model, trainable_only=True) if trained_params is None else trained_params
+    P = (
+        count_parameters(model, trainable_only=True)
+        if trained_params is None
+        else trained_params
+    )
     S = layout.shard_group(nodes, gpus_per_node)
     cb = DTYPE_BYTES[layout.param_dtype]
     nblocks = max(1, dims.layers)
@@ -151,95 +148,109 @@ def estimate_memory(
         params_dev = in_flight + (0 if layout.cpu_offload else master)
         if grad_accum > 1:
             grads_dev = P * cb + (0 if layout.cpu_offload else grads_shard)
-            notes.append(f"grad_accum={grad_accum}: unsharded gradients accumulate on the device "
-                         "(no reduce-scatter / offload copy until the last micro-batch)")
-        else:
-            grads_dev = (dims.block_params // nblocks) * cb + (0 if layout.cpu_offload else grads_shard)
+            notes.append(
+                f"grad_accum={grad_accum}: unsharded gradients accumulate on the device "
+                "(no reduce-scatter / offload copy until the last micro-batch)"
+            )
+        else:  # one block's unsharded gradients (the whole root for a model without blocks)
+            per_block = (
+                dims.block_params // nblocks if dims.block_params else dims.other_params
+            )
+            grads_dev = per_block * cb + (0 if layout.cpu_offload else grads_shard)
     else:
         params_dev = 4 * P + (P * cb if cb != 4 else 0)
         grads_dev = 4 * P
     optim_dev = 0 if (layout.cpu_offload and sharded) else optim
     act = getattr(model, "activation_bytes", None)
-    acts = int(act(tokens_per_device)) if callable(act) else activation_bytes(
-        dims, tokens_per_device, layout.recompute, cb)["total"]
-    host = (master + grads_shard + optim) * gpus_per_node if (layout.cpu_offload and sharded) else 0
-    return MemoryPlan(int(params_dev), int(grads_dev), int(optim_dev), int(acts), host_bytes=int(host), notes=notes)
+    if callable(act):
+        acts = int(act(tokens_per_device))
+    elif dims.layers and dims.hidden:
+        acts = activation_bytes(dims, tokens_per_device, layout.recompute, cb)["total"]
+    else:  # not a transformer and no estimate of its own: not counted (the plan says so)
+        acts = 0
+    host = (
+        (master + grads_shard + optim) * gpus_per_node
+        if (layout.cpu_offload and sharded)
+        else 0
+    )
+    return MemoryPlan(
+        int(params_dev),
+        int(grads_dev),
+        int(optim_dev),
+        int(acts),
+        host_bytes=int(host),
+        notes=notes,
+    )
 
 
 # --------------------------------------------------------------------------- compute
 
 
-def mean_keys_per_query(pattern: Any, num_layers: int, layouts: list[Any]) -> list[float]:
+def mean_keys_per_query(
+    pattern: Any, num_layers: int, layouts: list[Any]
+) -> list[float]:
     """Per layer, the mean number of keys a query attends (from the pattern's oracle masks)."""
     out = []
     cache: dict[Any, float] = {}
     for layer in range(num_layers):
-        kind = pattern.kind(layer, num_layers) if callable(getattr(pattern, "kind", None)) else layer
+        kind = (
+            pattern.kind(layer, num_layers)
+            if callable(getattr(pattern, "kind", None))
+            else layer
+        )
         if kind not in cache:
-            total = sum(float(pattern.allowed(layer, num_layers, lay).sum()) for lay in layouts)
+            total = sum(
+                float(pattern.allowed(layer, num_layers, lay).sum()) for lay in layouts
+            )
             cache[kind] = total / sum(lay.length for lay in layouts)
         out.append(cache[kind])
     return out
 
 
-def flops_per_token(dims: ModelDims, keys_per_layer: list[float], head_flops: float) -> dict[str, float]:
+def flops_per_token(
+    dims: ModelDims, keys_per_layer: list[float], head_flops: float
+) -> dict[str, float]:
     """Forward and training FLOPs per token (matmuls, attention scores, output heads)."""
-    matmul = 2 * dims.block_params  # each weight multiplies once per token (biases/norms are noise)
+    matmul = (
+        2 * dims.block_params
+    )  # each weight multiplies once per token (biases/norms are noise)
     attention = sum(4 * dims.hidden * k for k in keys_per_layer)  # QK^T and AV
     fwd_blocks = matmul + attention
     fwd = fwd_blocks + head_flops
-    return {"forward": fwd, "train": 3 * fwd, "train_full_recompute": 3 * fwd + fwd_blocks,
-            "attention_share": attention / fwd if fwd else 0.0}
+    return {
+        "forward": fwd,
+        "train": 3 * fwd,
+        "train_full_recompute": 3 * fwd + fwd_blocks,
+        "attention_share": attention / fwd if fwd else 0.0,
+    }
 
 
 def parse_bytes(text: str) -> int:
     """``"80GiB"``, ``"80GB"``, ``"512MiB"``, ``"1.5TiB"`` or a plain number of bytes."""
-    units = {"tib": 1024**4, "gib": GiB, "mib": 1024**2, "kib": 1024, "tb": 10**12, "gb": 10**9,
-             "mb": 10**6, "kb": 10**3, "b": 1}
+    units = {
+        "tib": 1024**4,
+        "gib": GiB,
+        "mib": 1024**2,
+        "kib": 1024,
+        "tb": 10**12,
+        "gb": 10**9,
+        "mb": 10**6,
+        "kb": 10**3,
+        "b": 1,
+    }
     raw = text.strip().lower().replace(" ", "")
-    for unit, scale in units.items():
-        if raw.endswith(unit):
-            number = raw[: -len(unit)]
-            break
-    else:
-        number, scale = raw, 1
+    unit = next((u for u in units if raw.endswith(u)), None)  # longest suffixes first: "gib" before "b"
+    number, scale = (raw[: -len(unit)], units[unit]) if unit else (raw, 1)
     try:
         value = float(number)
     except ValueError:
-        raise ValueError(f"cannot read a memory size from {text!r} (e.g. 80GiB, 40GB)") from None
-    if value <= 0:
-        raise ValueError(f"memory size must be positive, got {text!r}")
+        raise ValueError(
+            f"cannot read a memory size from {text!r} (e.g. 80GiB, 40GB)"
+        ) from None
+    if not math.isfinite(value * scale) or value <= 0:  # nan, inf and 1e400GiB are not sizes either
+        raise ValueError(f"memory size must be a positive, finite amount, got {text!r}")
     return int(value * scale)
 
 
 def gib(n: float) -> str:
     return f"{n / GiB:,.2f}"
-
-
-@dataclass
-class PlanRow:
-    label: str
-    layout: StrategyLayout
-    plan: MemoryPlan
-
-
-@dataclass
-class PlanReport:
-    """Everything ``vilgkit plan`` prints."""
-
-    title: str
-    components: list[tuple[str, str, int]]
-    trained_params: int
-    tokens_per_sample: int
-    micro_batch: int
-    grad_accum: int
-    flops: dict[str, float]
-    keys_per_layer: list[float]
-    rows: list[PlanRow] = field(default_factory=list)
-    gpu_memory: int = 80 * GiB
-    host_memory: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def fits(self, row: PlanRow) -> bool:
-        ok = row.plan.device_total <= self.gpu_memory
-        return ok and (self.host_memory is None or row.plan.host_bytes <= self.host_memory)

@@ -5,12 +5,19 @@ the registries (``vilgkit.registry``) and its hook implementations with the plug
 
 * ``VILGKIT_DISABLE_PLUGIN_AUTOLOAD=1`` loads no entry points (register plugins by hand).
 * ``VILGKIT_BLOCK_PLUGINS=name1,name2`` (or ``-p no:name`` in the CLI) skips plugins by entry-point name.
-* A plugin that fails to import is recorded with its name, distribution and exception; the others
-  keep working, and ``vilgkit plugins`` reports it.
+* Load order: core components (:mod:`vilgkit.builtins`), then vilgkit's own plugins, then the others
+  by name — so a name a third-party plugin also registers stays with core or the built-in plugin.
+* A plugin that fails to import — any exception, ``SystemExit`` included, or a name another
+  component already holds — is contained: what it registered is rolled back, one line on stderr
+  names it, ``vilgkit plugins`` lists it as failed, and the others keep working.
+* Hooks are called through :func:`notify`: an implementation that raises is reported with its
+  plugin's name and the run goes on.
 """
+
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from dataclasses import dataclass
 from importlib import metadata
@@ -19,6 +26,7 @@ from types import ModuleType
 import pluggy
 
 from vilgkit import hookspecs
+from vilgkit import registry as R
 
 GROUP = "vilgkit"
 
@@ -33,6 +41,10 @@ class PluginInfo:
     version: str
     error: str | None = None
     detail: str | None = None
+
+    def label(self) -> str:
+        """``'name' (distribution version)`` for messages."""
+        return f"{self.name!r} ({self.distribution} {self.version})".replace(" )", ")")
 
 
 class PluginManager(pluggy.PluginManager):
@@ -51,7 +63,9 @@ class PluginManager(pluggy.PluginManager):
             return
         self._loaded_entrypoints = True
         self.blocked |= blocked or set()
-        for ep in metadata.entry_points(group=GROUP):
+        import vilgkit.builtins  # noqa: F401  (core names first: a plugin cannot take them)
+
+        for ep in sorted(metadata.entry_points(group=GROUP), key=_load_order):
             if ep.name in self.blocked or self.is_blocked(ep.name) or ep.name in self.infos:
                 continue
             dist = getattr(ep, "dist", None)
@@ -62,11 +76,15 @@ class PluginManager(pluggy.PluginManager):
                 version=dist.version if dist is not None else "?",
             )
             self.infos[ep.name] = info
+            before = R.snapshot()
             try:
                 plugin = ep.load()
-            except Exception as err:  # a broken plugin must not take the others down
+            except (Exception, SystemExit) as err:  # a broken plugin must not take the others down
                 info.error = f"{type(err).__name__}: {err}"
                 info.detail = traceback.format_exc()
+                R.rollback(before)  # nothing half-registered stays usable
+                print(f"vilgkit: plugin {info.label()} failed to load ({info.error}); "
+                      "it is disabled (details: vilgkit plugins --traceback)", file=sys.stderr)  # fmt: skip
                 continue
             self.register_plugin(plugin, ep.name)
 
@@ -86,6 +104,37 @@ class PluginManager(pluggy.PluginManager):
         return {n: f"{i.distribution} {i.version}".strip() for n, i in self.infos.items() if not i.error}
 
 
+def _load_order(ep: metadata.EntryPoint) -> tuple[int, str]:
+    dist = getattr(ep, "dist", None)
+    ours = dist is not None and dist.metadata["Name"] == "vilgkit"
+    return (0 if ours else 1, ep.name)
+
+
+def notify(hook: str, **kwargs) -> None:
+    """Call every implementation of the notification hook ``hook`` with ``kwargs``.
+
+    Each implementation runs on its own: one that raises (``SystemExit`` included) is reported on
+    stderr with its plugin's name and the others — and the caller — carry on.
+    """
+    pm = get_plugin_manager()
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):  # pluggy's order: last registered first
+        try:
+            impl.function(**{name: kwargs[name] for name in impl.argnames})
+        except (Exception, SystemExit) as err:
+            print(f"vilgkit: plugin {impl.plugin_name!r}: hook {hook} failed ({type(err).__name__}: {err}); "
+                  "ignored", file=sys.stderr)  # fmt: skip
+
+
+def failed_plugins_note() -> str:
+    """`` Plugins that failed to load: …`` (empty when none did), for "unknown class" messages."""
+    manager = _MANAGER
+    broken = manager.broken() if manager is not None else []
+    if not broken:
+        return ""
+    names = "; ".join(f"{i.label()}: {i.error}" for i in broken)
+    return f" Plugins that failed to load (their classes are missing): {names}."
+
+
 _MANAGER: PluginManager | None = None
 
 
@@ -100,9 +149,3 @@ def get_plugin_manager(load: bool = True) -> PluginManager:
     if load and os.environ.get("VILGKIT_DISABLE_PLUGIN_AUTOLOAD", "") not in ("1", "true", "yes"):
         _MANAGER.load_entrypoints()
     return _MANAGER
-
-
-def reset_plugin_manager() -> None:
-    """Forget the manager (tests); registries keep what was registered."""
-    global _MANAGER
-    _MANAGER = None

@@ -13,16 +13,23 @@ A recipe is a mapping with these keys (all optional except ``stages``)::
     stages:
       - {class_path: TrainTokenizer, init_args: {steps: 300}}
 
-``class_path`` is a registry short name or a dotted import path. Several files merge in order
-(later wins; a changed ``class_path`` drops the earlier ``init_args``), then dotted command-line
-overrides apply (``--generator.init_args.num_layers 2``). Derived values are linked (see ``LINKS``).
+``class_path`` is a short name looked up in the registry of its key (``generator:`` accepts only
+generator classes), or a dotted import path. Several files merge in order (later wins; a changed
+``class_path`` drops the earlier ``init_args``), then dotted command-line overrides apply
+(``--generator.init_args.num_layers 2``). Derived values are linked (see ``LINKS``).
+
+One path from recipe to objects: :func:`parse_recipe` validates (jsonargparse, against the
+constructors' type hints), :func:`build` instantiates one key through jsonargparse as well, so a
+dataclass-typed argument (``trainer: TrainerConfig``) is built once, by the same code that checked
+it. A run directory's recipe is loaded by :func:`load_run_recipe`: the same checks, and only
+registered classes.
 """
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib
 import inspect
-import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,7 @@ from vilgkit.interfaces import (
     Stage,
     TextTokenizer,
 )
+from vilgkit.recipe_errors import blame_override, describe_validation_error
 
 #: top-level component keys: base class and the registry whose short names they accept
 COMPONENTS: dict[str, tuple[type, R.VilgRegistry]] = {
@@ -97,11 +105,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not a YAML text file (byte {err.start} is not UTF-8)") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise RecipeError(f"{path}: malformed YAML at {where}: {err.problem}") from None
+    except yaml.YAMLError as err:  # e.g. control characters: not text
+        raise RecipeError(f"{path}: not a YAML text file ({str(err).splitlines()[0]})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -138,11 +150,18 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
             if not items:
                 raise RecipeError(f"override {flag} has no value")
             key, raw = flag[2:], items.pop(0)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise RecipeError(f"override --{key}: {raw!r} is not a YAML value (quote a string)", key=key) from None
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit():
+        for depth, part in enumerate(parts):
+            if isinstance(node, list):
+                _check_index(node, part, key, ".".join(parts[:depth]))
+            if depth == len(parts) - 1:
+                break
+            if isinstance(node, list):
                 node = node[int(part)]
                 continue
             nxt = node.get(part)
@@ -157,57 +176,87 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
     return out
 
 
+def _check_index(items: list[Any], part: str, key: str, where: str) -> None:
+    """An override into a list names an existing index (``--stages.9…`` with 4 stages is an error)."""
+    if part.isdigit() and int(part) < len(items):
+        return
+    indices = f"0..{len(items) - 1}" if items else "none, it is empty"
+    raise RecipeError(
+        f"override --{key}: {where} is a list of {len(items)}; {part!r} is not one of its indices ({indices})",
+        key=where,
+    )
+
+
 # --------------------------------------------------------------------------- class paths
 
 
-def resolve_class_paths(node: Any, source: str, key: str = "") -> Any:
-    """Replace registry short names by dotted paths everywhere in the tree; errors name the key."""
+def registry_for(key: str) -> R.VilgRegistry | None:
+    """The registry whose classes the dotted recipe key accepts (``stages.0.init_args.data`` → datasets)."""
+    parts = [p for p in key.split(".") if not p.isdigit() and p != "init_args"]
+    return NESTED_REGISTRIES.get(parts[-1]) if parts else None
+
+
+def class_path_of(cls: type) -> str:
+    """The dotted import path a resolved recipe records for ``cls``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def resolve_class_paths(node: Any, source: str, key: str = "", *, registered_only: bool = False) -> Any:
+    """Replace registry short names by dotted paths everywhere in the tree; errors name the key.
+
+    A ``class_path`` is looked up in the registry of its key only (a ``generator:`` accepts generator
+    classes, never a data set). ``registered_only`` (a run directory's recipe: data, not code) also
+    refuses dotted paths that are not a class registered there, before anything is imported.
+    """
     if isinstance(node, list):
-        return [resolve_class_paths(v, source, f"{key}.{i}" if key else str(i)) for i, v in enumerate(node)]
+        return [
+            resolve_class_paths(v, source, f"{key}.{i}" if key else str(i), registered_only=registered_only)
+            for i, v in enumerate(node)
+        ]
     if not isinstance(node, dict):
         return node
     out = {}
     for k, v in node.items():
         child_key = f"{key}.{k}" if key else k
-        out[k] = resolve_class_paths(v, source, child_key)
+        out[k] = resolve_class_paths(v, source, child_key, registered_only=registered_only)
     if "class_path" in out:
-        out["class_path"] = _resolve_one(str(out["class_path"]), source, f"{key}.class_path" if key else "class_path", key)
+        dotted = f"{key}.class_path" if key else "class_path"
+        out["class_path"] = _resolve_one(out["class_path"], source, dotted, key, registered_only)
         _check_init_args(out, source, key)
     return out
 
 
-def _registry_for(key: str) -> R.VilgRegistry | None:
-    parts = [p for p in key.split(".") if not p.isdigit() and p != "init_args"]
-    return NESTED_REGISTRIES.get(parts[-1]) if parts else None
-
-
-def _resolve_one(name: str, source: str, dotted: str, owner_key: str) -> str:
-    if "." in name:
+def _resolve_one(name: Any, source: str, dotted: str, owner_key: str, registered_only: bool) -> str:
+    registry = registry_for(owner_key)
+    if not isinstance(name, str) or not name:
+        raise RecipeError(f"{source}: {dotted}: a class_path is a class name, got {name!r}", key=dotted)
+    if registry is not None:
+        registered = registry.module_dict
+        if name in registered:
+            return class_path_of(registered[name])
+        if any(class_path_of(cls) == name for cls in registered.values()):
+            return name
+    if "." in name and not registered_only:
         module_name, _, attr = name.rpartition(".")
         try:
             module = importlib.import_module(module_name)
             getattr(module, attr)
         except (ImportError, AttributeError) as err:
-            raise RecipeError(f"{source}: {dotted}: cannot import {name!r} ({err})") from None
+            raise RecipeError(f"{source}: {dotted}: cannot import {name!r} ({err})", key=dotted) from None
         return name
-    hit = R.find_class(name)
-    if hit is not None:
-        cls = hit[1]
-        return f"{cls.__module__}.{cls.__qualname__}"
-    registry = _registry_for(owner_key)
-    choices = registry.names() if registry is not None else sorted(
-        n for reg in R.ALL_REGISTRIES.values() for n in reg.names()
-    )
-    close = registry.closest(name) if registry is not None else []
-    if not close:
-        import difflib
-
-        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    if registry is None:
+        why = "only registered components may be named here" if registered_only else "give its dotted import path"
+        raise RecipeError(f"{source}: {dotted}: {name!r} is not a class of a registry for this key; {why}", key=dotted)
+    choices = registry.names()
+    close = registry.closest(name.rpartition(".")[2])
     hint = f" Did you mean {close[0]}?" if close else ""
-    where = f" in registry '{registry.name}'" if registry is not None else ""
+    what = "registered " if registered_only else ""
+    from vilgkit.plugins import failed_plugins_note
+
     raise RecipeError(
-        f"{source}: {dotted}: unknown class_path {name!r}{where}. Available: "
-        f"{', '.join(choices) or '(none registered)'}.{hint}"
+        f"{source}: {dotted}: unknown class_path {name!r}: not a {what}class of registry '{registry.name}'. "
+        f"Available: {', '.join(choices) or '(none registered)'}.{hint}{failed_plugins_note()}",
+        key=dotted,
     )
 
 
@@ -224,14 +273,13 @@ def _check_init_args(node: dict[str, Any], source: str, key: str) -> None:
     accepted = [n for n in params if n != "self"]
     for arg in init_args:
         if arg not in accepted:
-            import difflib
-
             close = difflib.get_close_matches(arg, accepted, n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
             prefix = f"{key}.init_args" if key else "init_args"
             raise RecipeError(
                 f"{source}: {prefix}.{arg}: {cls.__name__} does not take '{arg}'. "
-                f"It takes: {', '.join(accepted) or '(nothing)'}.{hint}"
+                f"It takes: {', '.join(accepted) or '(nothing)'}.{hint}",
+                key=f"{prefix}.{arg}",
             )
 
 
@@ -247,30 +295,50 @@ def parse_recipe(paths: list[str | Path], overrides: list[str] | None = None) ->
         merged = merge(merged, load_yaml(path))
     merged = apply_overrides(merged, overrides or [])
     source = ", ".join(str(p) for p in paths)
-    known = set(SCALAR_KEYS) | set(COMPONENTS) | {"stages"}
-    for key in merged:
-        if key not in known:
-            import difflib
+    try:
+        return validate(merged, source)
+    except RecipeError as err:
+        raise blame_override(err, source, overrides or []) from None
 
+
+def validate(recipe: dict[str, Any], source: str, *, registered_only: bool = False) -> Namespace:
+    """Check a merged recipe: known keys, class paths in their keys' registries, jsonargparse types."""
+    known = set(SCALAR_KEYS) | set(COMPONENTS) | {"stages"}
+    for key in recipe:
+        if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean {close[0]}?" if close else ""
-            raise RecipeError(f"{source}: unknown top-level key '{key}'. Recipe keys: {', '.join(sorted(known))}.{hint}")
-    merged = resolve_class_paths(merged, source)
+            raise RecipeError(
+                f"{source}: unknown top-level key '{key}'. Recipe keys: {', '.join(sorted(known))}.{hint}", key=key
+            )
+    resolved = resolve_class_paths(recipe, source, registered_only=registered_only)
     parser = build_parser()
     try:
-        return parser.parse_object(merged)
+        return parser.parse_object(resolved)
     except Exception as err:  # jsonargparse.ArgumentError and friends
-        raise RecipeError(f"{source}: {_describe_jsonargparse_error(str(err))}") from None
+        key, problem = describe_validation_error(str(err), resolved)
+        raise RecipeError(f"{source}: {key}: {problem}", key=key) from None
 
 
-def _describe_jsonargparse_error(message: str) -> str:
-    keys = re.findall(r'Parser key "([^"]+)"', message)
-    options = re.findall(r"Option '([^']+)' is not accepted", message)
-    dotted = ".init_args.".join(keys) if keys else "?"
-    detail = [line.strip() for line in message.splitlines() if "Expected" in line or "not accepted" in line]
-    if options:
-        dotted = f"{dotted}.init_args.{options[0]}"
-    return f"{dotted}: {detail[0] if detail else message.splitlines()[0]}"
+def load_components() -> None:
+    """Fill the registries: the plugins (entry points) and the core components."""
+    from vilgkit.plugins import get_plugin_manager
+
+    get_plugin_manager()
+    import vilgkit.builtins  # noqa: F401  (core components register on import)
+
+
+def load_run_recipe(path: str | Path) -> dict[str, Any]:
+    """A run directory's ``recipe.resolved.yaml``, validated as ``vilgkit run`` validates a recipe.
+
+    A run directory is data that may come from elsewhere, so its recipe may only name classes
+    registered for each key (checked before anything is imported) with the types the components'
+    constructors declare; anything else is a :class:`RecipeError` naming the file and the key.
+    """
+    load_components()
+    recipe = load_yaml(path)
+    recipe.pop("_versions", None)  # provenance written next to the recipe, not part of it
+    return to_dict(validate(recipe, str(path), registered_only=True))
 
 
 def to_dict(cfg: Namespace) -> dict[str, Any]:
@@ -278,50 +346,41 @@ def to_dict(cfg: Namespace) -> dict[str, Any]:
     return cfg.as_dict()
 
 
-# --------------------------------------------------------------------------- instantiation
+# --------------------------------------------------------------------------- building
 
 
-def instantiate(node: Any) -> Any:
-    """Build objects from a resolved ``{class_path, init_args}`` tree (nested ones first)."""
-    if isinstance(node, Namespace):
-        node = node.as_dict()
-    if isinstance(node, list):
-        return [instantiate(v) for v in node]
-    if isinstance(node, dict):
-        if "class_path" in node:
-            module_name, _, attr = node["class_path"].rpartition(".")
-            cls = getattr(importlib.import_module(module_name), attr)
-            kwargs = {k: instantiate(v) for k, v in (node.get("init_args") or {}).items()}
-            return cls(**_dataclass_kwargs(cls, kwargs))
-        return {k: instantiate(v) for k, v in node.items()}
-    return node
+def build(key: str, node: Any, *, source: str = "recipe", registered_only: bool = False) -> Any:
+    """The one way a recipe node becomes an object: ``build("generator", {class_path, init_args})``.
 
-
-def _dataclass_kwargs(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Turn plain dicts into the dataclasses the constructor's type hints ask for.
-
-    jsonargparse validates a dataclass-typed argument but ``as_dict()`` hands it back as a dict;
-    the component should receive the object its signature promises (e.g. ``TrainerConfig``).
+    Class paths are resolved in the registry of ``key`` (see :func:`resolve_class_paths`), then
+    jsonargparse checks every value against the constructors' type hints and instantiates the tree,
+    nested components first; dataclass-typed arguments (``trainer: TrainerConfig``) arrive as
+    dataclasses. ``key`` is a component key or ``"stages"`` (then ``node`` is the list of stages).
     """
-    import dataclasses
-    import typing
-
+    resolved = resolve_class_paths({key: node}, source, registered_only=registered_only)
+    parser = ArgumentParser(exit_on_error=False, default_env=False)
+    if key == "stages":
+        parser.add_argument("--stages", type=list[Stage], default=[])
+    elif key in COMPONENTS:
+        parser.add_argument(f"--{key}", type=COMPONENTS[key][0], required=True)
+    else:
+        raise KeyError(f"no recipe key {key!r}; keys: {', '.join([*COMPONENTS, 'stages'])}")
     try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # unresolvable forward references: leave the values as they are
-        return kwargs
-    out = dict(kwargs)
-    for name, value in kwargs.items():
-        if not isinstance(value, dict):
-            continue
-        hint = hints.get(name)
-        candidates = typing.get_args(hint) if typing.get_args(hint) else (hint,)
-        target = next((c for c in candidates if isinstance(c, type) and dataclasses.is_dataclass(c)), None)
-        if target is not None:
-            fields = {f.name: f for f in dataclasses.fields(target)}
-            unknown = sorted(set(value) - set(fields))
-            if unknown:
-                raise RecipeError(f"{cls.__name__}.{name}: unknown key(s) {unknown}; choices: {sorted(fields)}")
-            out[name] = target(**{k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v
-                                  for k, v in value.items()})
-    return out
+        cfg = parser.parse_object(resolved)
+    except Exception as err:  # jsonargparse.ArgumentError and friends
+        key_name, problem = describe_validation_error(str(err), resolved)
+        raise RecipeError(f"{source}: {key_name}: {problem}", key=key_name) from None
+    try:
+        return parser.instantiate(cfg)[key]
+    except Exception as err:
+        raise _constructor_error(err) from None
+
+
+def _constructor_error(err: BaseException) -> BaseException:
+    """The constructor's own exception, not jsonargparse's wrapper listing the ``X | None`` subtypes it tried."""
+    while str(err).startswith("Does not validate against any of the Union subtypes"):
+        inner = err.__cause__ or err.__context__
+        if inner is None:
+            break
+        err = inner
+    return err

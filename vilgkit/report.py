@@ -29,11 +29,10 @@ img.best{border-color:#2a7}.ok{color:#2a7;font-weight:bold}.bad{color:#c33;font-
 
 def png_data_uri(image: torch.Tensor) -> str:
     """A ``[3, H, W]`` tensor in [-1, 1] → ``data:image/png;base64,…``."""
-    from PIL import Image
+    from vilgkit.pictures import to_pil
 
-    arr = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    to_pil(image[None])[0].save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -346,6 +346,11 @@ class _SparseAttentionFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        with _no_autocast(dout.device):  # a backward called inside an autocast region stays fp32 too
+            return _SparseAttentionFn._backward(ctx, dout)
+
+    @staticmethod
+    def _backward(ctx, dout):
         q, k, v, keep, lse_i, lse_x, *flat = ctx.saved_tensors
         plan = ctx.plan
         x = _Inputs(q, k, v, plan, keep)
@@ -420,8 +425,17 @@ def blockwise_attend(
     if dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if needs_grad:
-        out = _SparseAttentionFn.apply(q, k, v, plan, keep, not recompute)
-    else:
-        out = _run_forward(_Inputs(q, k, v, plan, keep), plan, q, False)[0]
+    # fp32 throughout, also under autocast: autocast would turn the tile matmuls into bf16 and the
+    # exp / log-sum-exp on them would lose precision (and the bf16 tiles could not be assembled into
+    # the fp32 output). The attention is a small share of a step's FLOPs next to the projections.
+    with _no_autocast(q.device):
+        if needs_grad:
+            out = _SparseAttentionFn.apply(q, k, v, plan, keep, not recompute)
+        else:
+            out = _run_forward(_Inputs(q, k, v, plan, keep), plan, q, False)[0]
     return out.to(dtype)
+
+
+def _no_autocast(device: torch.device):
+    """Autocast off on ``device``'s type (the block-wise kernel computes in the dtype it is given)."""
+    return torch.autocast(device_type=device.type, enabled=False)

@@ -1,4 +1,4 @@
-"""The reference masks of DESIGN.md §1, built once per (layout, image pattern) and cached.
+"""The reference masks of docs/architecture.md §2, built once per (layout, image pattern) and cached.
 
 Every pattern in this plugin is "the UniLM-style source/target mask" with one thing varying: which
 image keys an image query may see (``dense``, ``row``, ``column`` or ``conv``). So the mask builder
@@ -113,30 +113,3 @@ def build_allowed(
             _DEVICE_CACHE.clear()
         _DEVICE_CACHE[key] = cpu.to(device)
     return _DEVICE_CACHE[key]
-
-
-def check_attend_inputs(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout, key_padding_mask: torch.Tensor | None
-) -> None:
-    """Clear errors for shape mistakes before any kernel runs."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, H, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[:3] != k.shape[:3] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q, k, v shapes disagree: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[2] != layout.length:
-        raise ValueError(f"sequence length {q.shape[2]} does not match the layout's {layout.length}")
-    if key_padding_mask is not None:
-        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (q.shape[0], q.shape[2]):
-            raise ValueError(
-                f"key_padding_mask must be Bool[B, N] = [{q.shape[0]}, {q.shape[2]}], got "
-                f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
-            )
-
-
-def check_decode_position(layout: Layout, position: int) -> None:
-    """Decoding steps are target positions; the source is prefilled with ``attend``."""
-    if not layout.source_length <= position < layout.length:
-        raise ValueError(
-            f"decode position {position} is not a target position "
-            f"[{layout.source_length}, {layout.length}) of this layout"
-        )

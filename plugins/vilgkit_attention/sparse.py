@@ -14,8 +14,8 @@ Three execution paths agree with the oracle :meth:`SparseAttention.allowed` (tes
 * ``sdpa``: SDPA with the oracle mask (dense cost; a reference for debugging).
 
 Decoding with a KV cache uses :meth:`SparseAttention.decode_keys`: the context (source) keys and
-the image keys of the query's row / column / window so far (``decode.SparseKVCache`` lays a cache
-out so that row / column keys need no gather).
+the image keys of the query's row / column / window so far. :meth:`SparseAttention.decode_cache`
+gives the generator ``decode.SparseKVCache``, laid out so that row / column keys need no gather.
 
 Dimension key: B batch, H heads, N sequence length, D head dim, K gathered keys.
 """
@@ -27,16 +27,15 @@ from typing import Literal
 import torch
 
 from vilgkit.interfaces import AttentionPattern
+from vilgkit.interfaces.attention import check_attend_inputs, check_decode_position, check_layer, masked_sdpa
 from vilgkit.layout import Layout
 from vilgkit.registry import ATTENTION_PATTERNS
 from vilgkit_attention.blockwise import blockwise_attend
-from vilgkit_attention.dense import _check_layer, masked_sdpa
+from vilgkit_attention.decode import SparseKVCache
 from vilgkit_attention.flex import flex_attend, flex_available
 from vilgkit_attention.masks import (
     IMAGE_KINDS,
     build_allowed,
-    check_attend_inputs,
-    check_decode_position,
     check_kind,
     image_segment,
 )
@@ -114,7 +113,7 @@ class SparseAttention(AttentionPattern):
 
     def kind(self, layer: int, num_layers: int) -> str:
         """The image pattern (``dense``/``row``/``column``/``conv``) of ``layer``."""
-        _check_layer(layer, num_layers)
+        check_layer(layer, num_layers)
         if self.schedule == "paper":
             return paper_schedule(layer, num_layers)
         if isinstance(self.schedule, str):
@@ -124,7 +123,7 @@ class SparseAttention(AttentionPattern):
         return self.schedule[layer]
 
     def allowed(self, layer: int, num_layers: int, layout: Layout) -> torch.Tensor:
-        """Oracle mask ``Bool[N, N]`` of DESIGN.md §1 for this layer's image pattern."""
+        """Oracle mask ``Bool[N, N]`` of docs/architecture.md §2 for this layer's image pattern."""
         return build_allowed(layout, self.kind(layer, num_layers), self.kernel_size)
 
     def resolve_backend(self, device: torch.device) -> str:
@@ -175,6 +174,17 @@ class SparseAttention(AttentionPattern):
         if kind == "dense" or layout.target.kind != "image":
             return None
         return _decode_table(layout, kind, self.kernel_size)[position - layout.source_length]
+
+    def decode_cache(self, layout: Layout, num_layers: int, batch_size: int, num_heads: int, head_dim: int, *,
+                     device: torch.device, dtype: torch.dtype) -> SparseKVCache | None:
+        """:class:`~vilgkit_attention.decode.SparseKVCache` for an image target with a sparse layer, else ``None``.
+
+        Text targets (image→text, VQA) see every earlier position in every layer: the generator's
+        slicing cache serves them.
+        """
+        if layout.target.kind != "image" or all(self.kind(i, num_layers) == "dense" for i in range(num_layers)):
+            return None
+        return SparseKVCache(self, layout, num_layers, batch_size, num_heads, head_dim, device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=64)

@@ -74,3 +74,14 @@ def model_blocks(model: nn.Module) -> list[nn.Module]:
     for child in model.children():
         found += model_blocks(child)
     return found
+
+
+def model_root(model: nn.Module) -> nn.Module:
+    """The model a trainable wraps: ``model`` itself, or its one child that defines ``blocks()`` or
+    ``full_precision_modules()`` (e.g. the generator inside the engine's ``GeneratorTrainable``)."""
+    if callable(getattr(model, "full_precision_modules", None)):
+        return model
+    for child in model.children():
+        if callable(getattr(child, "full_precision_modules", None)):
+            return child
+    return model

@@ -131,8 +131,9 @@ def load(directory: Path, state: dict[str, Any], unwrap: Unwrap) -> None:
     marker = sharded.read_marker(directory)
     names = sorted(marker["files"])
     error = None
-    try:  # every rank verifies a share of the files, then all agree
+    try:  # every rank verifies a share of the files and reads the metadata, then all agree
         sharded.verify(directory, files=names[rank::world])
+        sharded.load_metadata(directory)  # a refused pickle is our one-line error, not DCP's wrapped one
     except sharded.CheckpointIntegrityError as err:
         error = str(err)
     errors: list[str | None] = [None] * world

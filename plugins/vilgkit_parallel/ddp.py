@@ -1,50 +1,19 @@
 """Data parallel: every rank holds the whole model; gradients are averaged (torch DDP).
 
-The training engine calls ``module.training_losses(batch, group, step)``, not ``forward``. DDP only
-synchronises gradients for work that goes through its ``forward``, so the wrapper routes the
-Trainable methods through it (:class:`TrainableDDP`).
+The engine's training pass is the wrapped module's call (``wrapped(batch, group, step)``, the
+module's ``forward``), so DDP's own forward arms the gradient synchronisation: no routing needed.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from vilgkit.interfaces import StrategyLayout
 from vilgkit.registry import PARALLEL_STRATEGIES
 from vilgkit_parallel.common import DistributedStrategy
-
-
-class _MethodRouter(nn.Module):
-    """``forward(method, *args)`` calls ``inner.<method>(*args)`` (so DDP sees every call)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.inner, method)(*args, **kwargs)
-
-
-class TrainableDDP(DistributedDataParallel):
-    """DDP whose ``training_losses`` / ``validation_metrics`` / ``forward`` go through DDP's forward."""
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        return super().forward("forward", *args, **kwargs)
-
-    def training_losses(self, batch: Any, group: str, step: int) -> Any:
-        return super().forward("training_losses", batch, group, step)
-
-    def validation_metrics(self, batch: Any) -> Any:
-        return self.module.inner.validation_metrics(batch)
-
-    def optimizer_groups(self) -> Any:
-        return self.module.inner.optimizer_groups()
-
-    def blocks(self) -> list[nn.Module]:
-        fn = getattr(self.module.inner, "blocks", None)
-        return list(fn()) if callable(fn) else []
 
 
 @PARALLEL_STRATEGIES.register_module()
@@ -75,23 +44,27 @@ class DDP(DistributedStrategy):
     def wrap(self, model: nn.Module) -> nn.Module:
         self.setup()
         if any(p.is_meta for p in model.parameters()):
-            raise ValueError("DDP replicates a materialised model: build it on the CPU, not on 'meta'")
+            raise ValueError(
+                "DDP replicates a materialised model: build it on the CPU, not on 'meta'"
+            )
         model = model.to(self.device)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return TrainableDDP(
-            _MethodRouter(model),
+        return DistributedDataParallel(
+            model,
             device_ids=ids,
             find_unused_parameters=self.find_unused_parameters,
             bucket_cap_mb=self.bucket_cap_mb,
         )
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        return model.module.inner if isinstance(model, TrainableDDP) else model
+        return model.module if isinstance(model, DistributedDataParallel) else model
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
-        return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+        return (
+            model.no_sync()
+            if isinstance(model, DistributedDataParallel)
+            else contextlib.nullcontext()
+        )
 
-    def layout(self):
-        from vilgkit.planning import StrategyLayout
-
+    def layout(self) -> StrategyLayout:
         return StrategyLayout(sharding="none")

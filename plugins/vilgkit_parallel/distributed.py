@@ -25,10 +25,6 @@ class LaunchEnv:
     local_rank: int
     local_world_size: int
 
-    @property
-    def num_nodes(self) -> int:
-        return max(1, self.world_size // max(1, self.local_world_size))
-
 
 def launch_env() -> LaunchEnv:
     """Read torchrun's environment (defaults describe one process)."""

@@ -262,7 +262,7 @@ class FairScaleFSDP(DistributedStrategy):
     @staticmethod
     def layout_for(offload: bool = True, compute_dtype: str = "bf16", activation_checkpointing: str = "none", **_: Any):
         """The layout from init args alone (``vilgkit plan`` on a machine without CUDA)."""
-        from vilgkit.planning import StrategyLayout
+        from vilgkit.interfaces import StrategyLayout
 
         return StrategyLayout(sharding="full", cpu_offload=offload, recompute=activation_checkpointing,
                               param_dtype=compute_dtype, reduce_dtype="fp32")

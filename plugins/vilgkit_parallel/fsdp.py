@@ -7,14 +7,15 @@ AdamW states live in host memory and the optimizer steps on the CPU), bf16 compu
 recompute, and gradient accumulation that skips the reduce-scatter and the device→host gradient
 copy on every micro-batch but the last.
 
-``wrap`` applies, in this order (DESIGN.md §3):
+``wrap`` applies, in this order (docs/architecture.md §4):
 
 1. the model was built on ``meta`` (or on the CPU: both work),
 2. activation checkpointing per block (``model.blocks()``),
 3. ``torch.compile`` per block (optional),
 4. ``fully_shard`` per block, then the root,
-5. materialise (``to_empty``) and initialise (``model.init_weights()``, else ``reset_parameters``)
-   when the model was on ``meta``.
+5. materialise (``to_empty``) when the model was on ``meta`` and fill this rank's shards: with the
+   values a CPU build would have given when :meth:`FSDP.build_module` built it (replayed one tensor
+   at a time, :mod:`vilgkit_parallel.meta_init`), else through the model's ``init_weights()``.
 """
 from __future__ import annotations
 
@@ -29,18 +30,27 @@ from torch.distributed.fsdp import (
     MixedPrecisionPolicy,
     OffloadPolicy,
     fully_shard,
-    register_fsdp_forward_method,
 )
 
 from vilgkit.registry import PARALLEL_STRATEGIES
 from vilgkit_parallel import distributed as D
-from vilgkit_parallel.activation import apply_activation_checkpointing, model_blocks
+from vilgkit_parallel.activation import apply_activation_checkpointing, model_blocks, model_root
 from vilgkit_parallel.common import DistributedStrategy
-from vilgkit_parallel.materialize import materialize
+from vilgkit_parallel.materialize import fill_shards, materialize
+from vilgkit_parallel.meta_init import InitRecorder, build_on_meta
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-#: Trainable / Generator methods that run the model outside ``forward`` (they must unshard too)
-FORWARD_METHODS = ("training_losses", "validation_metrics", "text_log_likelihood")
+
+
+def _full_value(name: str, original: torch.Tensor, recorders: list[InitRecorder]) -> torch.Tensor:
+    """The full CPU value of a tensor of the model as it was before sharding: replayed when it was
+    built on meta by :meth:`FSDP.build_module`, its own values when it was built on the CPU."""
+    if not original.is_meta:
+        return original.detach().cpu()
+    for recorder in recorders:
+        if recorder.knows(original):
+            return recorder.value(original)
+    raise ValueError(f"{name} is on meta but was not built by FSDP.build_module: its values are unknown")
 
 
 @PARALLEL_STRATEGIES.register_module()
@@ -100,6 +110,7 @@ class FSDP(DistributedStrategy):
         self.mesh = None
         self._old_param_fqn: dict[int, str] = {}
         self._params_by_fqn: dict[str, nn.Parameter] = {}
+        self._recorders: dict[int, InitRecorder] = {}  # id(module) → how build_module built it
 
     @classmethod
     def conformance_args(cls) -> dict[str, Any]:
@@ -138,28 +149,36 @@ class FSDP(DistributedStrategy):
         if not on_meta:
             model.to(self.device)
         self._old_param_fqn = {id(p): n for n, p in model.named_parameters()}
+        originals = {**dict(model.named_parameters()), **dict(model.named_buffers())}  # before sharding
         blocks = model_blocks(model)
         apply_activation_checkpointing(blocks, self.activation_checkpointing)
         if self.compile:
             for block in blocks:
                 block.compile()
         policies = self._policies()
+        full_precision = getattr(model_root(model), "full_precision_modules", None)
+        for module in full_precision() if callable(full_precision) else []:  # e.g. VQGAN's codebook
+            # fp32 compute copies; kept gathered after forward (small), as the model reads them right after
+            fp32 = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
+            fully_shard(module, reshard_after_forward=False, **{**policies, "mp_policy": fp32})
         for block in blocks:
             fully_shard(block, reshard_after_forward=self.reshard_after_forward, **policies)
         fully_shard(model, reshard_after_forward=self.reshard_after_forward, **policies)
-        for name in FORWARD_METHODS:
-            if callable(getattr(model, name, None)):
-                register_fsdp_forward_method(model, name)
-        if on_meta:
-            materialize(model, param_device=torch.device("cpu") if self.cpu_offload else self.device,
-                        buffer_device=self.device)
+        param_device = torch.device("cpu") if self.cpu_offload else self.device
+        recorders = [self._recorders.pop(id(m)) for m in model.modules() if id(m) in self._recorders]
+        if on_meta and recorders:
+            fill_shards(model, lambda name: _full_value(name, originals[name], recorders), param_device, self.device)
+        elif on_meta:
+            materialize(model, param_device=param_device, buffer_device=self.device)
         self._params_by_fqn = dict(model.named_parameters())
         return model
 
     def build_module(self, factory: Any) -> nn.Module:
-        """Build on ``meta``; :meth:`wrap` materialises and initialises only this rank's shards."""
-        with torch.device("meta"):
-            return factory()
+        """Build on ``meta``; :meth:`wrap` then materialises this rank's shards with the values a CPU
+        build would have given (and the RNG continues as after a CPU build)."""
+        module, recorder = build_on_meta(factory)
+        self._recorders[id(module)] = recorder
+        return module
 
     # ------------------------------------------------------------------ training
 
@@ -195,7 +214,7 @@ class FSDP(DistributedStrategy):
     # ------------------------------------------------------------------ planning
 
     def layout(self):
-        from vilgkit.planning import StrategyLayout
+        from vilgkit.interfaces import StrategyLayout
 
         return StrategyLayout(
             sharding=self.sharding,

@@ -17,8 +17,3 @@ def check_codes_hidden(codes: torch.Tensor, image_hidden: torch.Tensor | None) -
             f"got {tuple(image_hidden.shape)}"
         )
 
-
-def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """Mean PSNR in dB over images in [-1, 1] (peak-to-peak 2), per image then averaged."""
-    mse = (images.float() - reconstructions.float().clamp(-1, 1)).pow(2).flatten(1).mean(1)
-    return (10.0 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()

@@ -30,8 +30,9 @@ from einops import rearrange
 from torch import nn
 
 from vilgkit.interfaces import ImageTokenizer, Reconstructor
+from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import RECONSTRUCTORS
-from vilgkit_reconstruct.common import check_codes_hidden, psnr
+from vilgkit_reconstruct.common import check_codes_hidden
 
 
 def _freeze_unused_by_decoding(tok: ImageTokenizer) -> None:

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from vilgkit.interfaces import ImageTokenizer, Reconstructor
+from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import RECONSTRUCTORS
-from vilgkit_reconstruct.common import check_codes_hidden, psnr
+from vilgkit_reconstruct.common import check_codes_hidden
 
 
 @RECONSTRUCTORS.register_module()

@@ -5,6 +5,7 @@ import torch
 
 from vilgkit.interfaces import Reranker, RerankInputs
 from vilgkit.registry import RERANKERS
+from vilgkit.self_rerank import self_rerank_scores
 
 
 @RERANKERS.register_module()
@@ -14,7 +15,8 @@ class SelfReranker(Reranker):
     This is possible only because one ERNIE-ViLG model does both directions: the text→image sampler
     is also an image→text model, so no separate matching model is needed (CogView trains a separate
     captioning checkpoint for the same purpose). All ``B*N`` candidates are scored in batched
-    teacher-forced passes of ``batch_size`` rows.
+    teacher-forced passes of ``batch_size`` rows (:func:`vilgkit.self_rerank.self_rerank_scores`, the
+    Pipeline's ``reranker="self"`` path too).
 
     Args:
         batch_size: candidates per likelihood pass (bounds memory; results do not depend on it).
@@ -34,22 +36,13 @@ class SelfReranker(Reranker):
     def score(self, inputs: RerankInputs) -> torch.Tensor:
         if inputs.text_ids is None:
             raise ValueError("SelfReranker needs the prompts' text_ids")
-        n = inputs.num_candidates
-        generator = inputs.generator
         device = inputs.codes.device
         text_ids = inputs.text_ids.to(device)
         text_mask = inputs.text_mask.to(device) if inputs.text_mask is not None else torch.ones_like(text_ids, dtype=torch.bool)
-        # Candidate-major: row b*N + j belongs to prompt b, so each prompt is repeated N times in place.
-        ids = text_ids.repeat_interleave(n, dim=0)
-        mask = text_mask.repeat_interleave(n, dim=0)
-        scores = []
-        with torch.no_grad():
-            for start in range(0, inputs.codes.shape[0], self.batch_size):
-                sl = slice(start, start + self.batch_size)
-                scores.append(generator.text_log_likelihood(inputs.codes[sl], ids[sl], mask[sl]).float())
-        out = torch.cat(scores)
+        out = self_rerank_scores(inputs.generator, inputs.codes, text_ids, text_mask, inputs.num_candidates,
+                                 self.batch_size).flatten()
         if self.length_normalize:
-            out = out / mask.sum(dim=1).clamp(min=1).to(out)
+            out = out / text_mask.sum(dim=1).repeat_interleave(inputs.num_candidates).clamp(min=1).to(out)
         return out
 
 

@@ -76,6 +76,8 @@ class WordPieceTokenizer(TextTokenizer):
         self.min_frequency = int(min_frequency)
         self.max_input_chars_per_word = int(max_input_chars_per_word)
         self._tok: Tokenizer | None = None
+        #: the published vocabulary this tokenizer was built from (``FitTextTokenizer`` keeps it as it is)
+        self.vocab_file = str(vocab_file) if vocab_file is not None else None
         if vocab_file is not None and corpus is not None:
             raise ValueError("give either vocab_file or corpus, not both")
         if vocab_file is not None:

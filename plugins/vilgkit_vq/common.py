@@ -38,11 +38,6 @@ def check_codes(codes: torch.Tensor, codebook_size: int) -> None:
         raise ValueError(f"codes must lie in [0, {codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
 
 
-def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """Mean PSNR in dB of images in [-1, 1] (peak-to-peak 2), per image then averaged."""
-    mse = (images.float() - reconstructions.float().clamp(-1, 1)).pow(2).flatten(1).mean(1)
-    return (10.0 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean()
-
 
 def edge_weighted_mse(reconstructions: torch.Tensor, images: torch.Tensor, edge_weight: float) -> torch.Tensor:
     """Mean squared error with each pixel weighted by ``1 + edge_weight * |∇ image|``.

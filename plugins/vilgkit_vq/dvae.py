@@ -22,8 +22,9 @@ from einops import rearrange
 from torch import nn
 
 from vilgkit.interfaces import ImageTokenizer, Trainable
+from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
 from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
 from vilgkit_vq.quantizers import batch_usage_deficit, codebook_usage, gumbel_softmax, gumbel_temperature, kl_to_uniform
 
@@ -65,7 +66,7 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         usage_weight: weight of the batch-usage term :func:`~vilgkit_vq.quantizers.batch_usage_deficit`
             (``1 − H(q̄)/log K`` of the batch-averaged code distribution); 0 = DALL-E's objective.
             Not DALL-E's method: the per-position KL alone lets the relaxation settle on a few
-            percent of the codes (measured on Shapes, docs/performance.md).
+            percent of the codes (measured on Shapes, docs/history/performance-2026-11.md).
         edge_weight: with ``rec_loss="mse"``, weight each pixel's squared error by
             ``1 + edge_weight * |∇ image|`` (:func:`vilgkit_vq.common.edge_weighted_mse`); 0 = plain MSE.
         noise_end, noise_anneal_start, noise_anneal_steps: scale of the Gumbel noise, 1 until
@@ -222,7 +223,9 @@ class DVAETokenizer(ImageTokenizer, Trainable):
 
     # ----------------------------------------------------------------- Trainable
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass for optimizer ``group`` at ``step``: the named losses (outputs and losses
+        are one here: the losses run parameters of their own)."""
         if group != "main":
             raise KeyError(f"DVAETokenizer has one optimizer group 'main', got {group!r}")
         self.step.fill_(step)

@@ -124,6 +124,19 @@ def read_taming_config(path: str | Path) -> tuple[str, dict[str, Any]]:
     return kind, kwargs
 
 
+def find_taming_config(checkpoint: str | Path) -> Path:
+    """The ``model.yaml`` of a checkpoint in taming's layout: next to it, or in the log folder's
+    ``configs/`` (``logs/<run>/checkpoints/last.ckpt`` + ``logs/<run>/configs/*-project.yaml``)."""
+    ckpt = Path(checkpoint).expanduser()
+    candidates = [ckpt.parent / "model.yaml", ckpt.parent.parent / "configs" / "model.yaml"]
+    candidates += sorted((ckpt.parent.parent / "configs").glob("*-project.yaml"))
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no taming config for {ckpt}: looked for {candidates[0]} and {candidates[1]} "
+                            "(or ../configs/*-project.yaml); give `config:` explicitly")
+
+
 @IMAGE_TOKENIZERS.register_module()
 class TamingVQGAN(VQGANTokenizer):
     """A published taming VQGAN: architecture from ``config``, weights from ``checkpoint``.
@@ -133,7 +146,7 @@ class TamingVQGAN(VQGANTokenizer):
 
     Args:
         checkpoint: path to the Lightning ``.ckpt`` (or a ``.safetensors`` state dict).
-        config: path to the ``model.yaml`` next to it.
+        config: path to its ``model.yaml`` (default: found by :func:`find_taming_config`).
         codebook_size: optional; when given it must equal the config's ``n_embed`` (lets recipes
             link the generator's image vocabulary to it).
         perceptual_weight: LPIPS weight for fine-tuning (0: off).
@@ -149,11 +162,12 @@ class TamingVQGAN(VQGANTokenizer):
     def __init__(
         self,
         checkpoint: str,
-        config: str,
+        config: str | None = None,
         codebook_size: int | None = None,
         perceptual_weight: float = 0.0,
         lpips_weights: str | None = None,
     ) -> None:
+        config = str(config) if config is not None else str(find_taming_config(checkpoint))
         kind, kwargs = read_taming_config(config)
         if codebook_size is not None and codebook_size != kwargs["codebook_size"]:
             raise ValueError(f"codebook_size={codebook_size} but {config} says n_embed={kwargs['codebook_size']}")

@@ -30,10 +30,12 @@ from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
 
 from vilgkit.interfaces import ImageTokenizer, Trainable
+from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
 from vilgkit_vq.perceptual import LPIPS
-from vilgkit_vq.quantizers import codebook_usage, full_precision as _full_precision, gumbel_temperature, nearest_code, update_usage_and_restart
+from vilgkit_vq.quantizers import codebook_usage, gumbel_temperature, nearest_code, update_usage_and_restart
+from vilgkit_vq.quantizers import full_precision as _full_precision
 
 AUTOENCODER_MODULES = ("encoder", "decoder", "quantize", "quant_conv", "post_quant_conv")
 
@@ -213,6 +215,11 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
         check_images(images, self.downsample)
         return self.quant_conv(self.encoder(images))
 
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors encoding and decoding depend on (no discriminator, no LPIPS): what identifies
+        this tokenizer's codes (code-shard fingerprints), whatever discriminator was built beside it."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".")[0] in AUTOENCODER_MODULES}
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         h = self._features(images)
         with _full_precision(h):
@@ -324,11 +331,19 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
 
     # ----------------------------------------------------------------- Trainable
 
+    def full_precision_modules(self) -> list[nn.Module]:
+        """Submodules whose parameters must stay fp32 under a mixed-precision strategy: the code
+        assignment compares fp32 features with the codebook (bf16 would pick wrong nearest codes,
+        and taming's quantiser multiplies the two, which must share a dtype)."""
+        return [self.quantize]
+
     def optimizer_groups(self) -> dict[str, list[nn.Parameter]]:
         autoencoder = [p for name in AUTOENCODER_MODULES for p in getattr(self, name).parameters() if p.requires_grad]
         return {"autoencoder": autoencoder, "discriminator": list(self.discriminator.parameters())}
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "autoencoder", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass for optimizer ``group`` at ``step``: the named losses (outputs and losses
+        are one here: the losses run parameters of their own)."""
         self.step.fill_(step)
         images = images_from_batch(batch)
         if group == "autoencoder":

@@ -17,9 +17,11 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from vilgkit import dispatch, dispatch_probes
 from vilgkit.interfaces import ImageTokenizer, Trainable
+from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, psnr
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
 from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
 from vilgkit_vq.quantizers import VectorQuantizer, codebook_usage
 
@@ -94,11 +96,11 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images, self.downsample)
-        if images.device.type == "cpu":
-            # channels-last convolutions encode 1.4–2× faster on the CPU (the demo's tokenizer,
-            # `bench_tokenizers.py --demo-encode`); the codes are the contiguous layout's except
-            # for floating-point ties (> 99.98 % agree). Training (bf16) stays contiguous: there
-            # channels-last was slower.
+        if images.device.type == "cpu" and dispatch.choose("encode_layout") == "channels_last":
+            # channels-last convolutions encoded 1.4–2× faster on a 2-core EPYC (the demo's
+            # tokenizer, `bench_tokenizers.py --demo-encode`), which vilgkit.dispatch checks per
+            # machine; the codes are the contiguous layout's except for floating-point ties
+            # (> 99.98 % agree). Training (bf16) stays contiguous: there channels-last was slower.
             images = images.contiguous(memory_format=torch.channels_last)
         return self.quantizer.quantize(self.encoder(images))
 
@@ -130,7 +132,12 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
 
     # ----------------------------------------------------------------- Trainable
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass for optimizer ``group`` at ``step``: the named losses (outputs and losses
+        are one here: the losses run parameters of their own)."""
         if group != "main":
             raise KeyError(f"VQVAETokenizer has one optimizer group 'main', got {group!r}")
         return self.loss(images_from_batch(batch))
+
+
+dispatch.register_probe("encode_layout", dispatch_probes.encode_layout_probe)

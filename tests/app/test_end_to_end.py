@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from vilgkit.batching import InputError
+from vilgkit.errors import InputError
 
 pytestmark = pytest.mark.slow
 ASSETS = Path(__file__).parent / "assets"

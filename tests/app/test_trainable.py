@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vilgkit.gen_training import GeneratorTrainable, TokenizedDataset, collate_tokenized, tokenize_dataset
+from vilgkit.stages.generator_training import GeneratorTrainable, TokenizedDataset, collate_tokenized, tokenize_dataset
 from vilgkit.interfaces import Reconstructor
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,8 @@ def test_raw_and_pretokenized_batches_give_identical_losses(tiny_run):
     raw = {"image": torch.stack([it["image"] for it in items]),
            **{k: [it[k] for it in items] for k in ("caption", "question", "answer")}}  # fmt: skip
     with torch.no_grad():
-        a = module.training_losses(tokenized, "main", 0)
-        b = module.training_losses(raw, "main", 0)
+        a = module(tokenized, "main", 0)
+        b = module(raw, "main", 0)
     assert set(a) == {"txt2img", "img2txt", "vqa", "loss"}
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
@@ -51,8 +51,8 @@ def test_direction_fractions_train_rehearsal_on_the_first_rows(tiny_run):
     whole = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs)
     module.eval()
     with torch.no_grad():
-        mixed = module.training_losses(batch, "main", 0)
-        full, first_half = whole.training_losses(batch, "main", 0), whole.training_losses(half, "main", 0)
+        mixed = module(batch, "main", 0)
+        full, first_half = whole(batch, "main", 0), whole(half, "main", 0)
     torch.testing.assert_close(mixed["vqa"], full["vqa"])  # VQA on all 8 rows
     for d in ("img2txt", "txt2img"):  # rehearsal on rows 0-3 only
         torch.testing.assert_close(mixed[d], first_half[d])
@@ -76,7 +76,7 @@ def test_direction_weights_scale_only_the_optimised_sum(tiny_run):
                                 direction_fractions={"txt2img": 0.5})
     pipe.generator.eval()
     with torch.no_grad():
-        a, b = halved.training_losses(batch, "main", 0), weighted.training_losses(batch, "main", 0)
+        a, b = halved(batch, "main", 0), weighted(batch, "main", 0)
     for d in dirs:  # the logged losses are the unweighted ones
         torch.testing.assert_close(a[d], b[d])
     torch.testing.assert_close(b["loss"], 4 * b["vqa"] + b["img2txt"] + 0.5 * b["txt2img"])
@@ -86,7 +86,7 @@ def test_direction_weights_scale_only_the_optimised_sum(tiny_run):
     for module, scale in ((GeneratorTrainable(pipe.generator, directions=two, direction_weights={"vqa": 4}), None),
                           (GeneratorTrainable(pipe.generator, directions=two), 4.0)):
         pipe.generator.zero_grad()
-        losses = module.training_losses(batch, "main", 0)
+        losses = module(batch, "main", 0)
         total = losses["loss"] if scale is None else scale * losses["vqa"] + losses["img2txt"]
         total.backward()
         grads.append(pipe.generator.text_embed.weight.grad.clone())
@@ -124,7 +124,7 @@ def test_end_to_end_reconstructor_loss_is_added_and_reaches_the_generator(tiny_r
     assert not any(p is q for p in module.optimizer_groups()["main"] for q in pipe.image_tokenizer.parameters())
     items = [data[i] for i in range(4)]
     batch = {"image": torch.stack([it["image"] for it in items]), "caption": [it["caption"] for it in items]}
-    losses = module.training_losses(batch, "main", 0)
+    losses = module(batch, "main", 0)
     torch.testing.assert_close(losses["loss"], losses["txt2img"] + losses["img2txt"] + 0.5 * losses["reconstruct"])
     losses["loss"].backward()
     assert rec.proj.weight.grad is not None and pipe.generator.layers[-1].mlp.fc2.weight.grad.abs().sum() > 0
@@ -145,7 +145,7 @@ def test_dataset_fingerprint_sees_a_change_to_a_few_samples_only():
     """The tokenized cache must be rebuilt when a recipe change redraws only some samples' texts
     (``train_question_weights`` does), not only when the first, middle or last sample changes."""
     from vilgkit.data import ShapesDataset
-    from vilgkit.gen_training import dataset_fingerprint
+    from vilgkit.stages.generator_training import dataset_fingerprint
 
     rows = [{"caption": f"caption {i}", "question": "what?", "index": i} for i in range(400)]
     edited = [dict(r) for r in rows]

@@ -1,4 +1,4 @@
-"""Shared helpers for the attention tests: an independent, loop-based oracle of DESIGN.md §1."""
+"""Shared helpers for the attention tests: an independent, loop-based oracle of docs/architecture.md §2."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +9,7 @@ from vilgkit.layout import Layout
 
 
 def reference_allowed(layout: Layout, kind: str, kernel_size: int = 3) -> torch.Tensor:
-    """DESIGN.md §1 written out position by position (deliberately slow and literal)."""
+    """docs/architecture.md §2 written out position by position (deliberately slow and literal)."""
     n_total, src = layout.length, layout.source_length
     seg_of: list[tuple[str, int, tuple[int, int] | None, int]] = []  # (kind, index in segment, grid, seg start)
     for off, seg in zip(layout.offsets(), layout.segments):

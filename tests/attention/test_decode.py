@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vilgkit.layout import Layout
-from vilgkit_attention import DenseAttention, SparseAttention
+from vilgkit.models import DenseAttention
+from vilgkit_attention import SparseAttention
 
 from .conftest import LAYOUTS, reference_allowed
 

@@ -1,4 +1,4 @@
-"""SparseAttention oracle: every kind x direction against the literal DESIGN.md §1 reference,
+"""SparseAttention oracle: every kind x direction against the literal docs/architecture.md §2 reference,
 the paper's schedule, the Figure 2 configuration, and argument errors."""
 from __future__ import annotations
 

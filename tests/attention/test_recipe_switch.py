@@ -5,8 +5,9 @@ import torch
 
 from vilgkit.layout import Layout
 from vilgkit.plugins import get_plugin_manager
-from vilgkit.recipe import instantiate, parse_recipe
-from vilgkit_attention import DenseAttention, SparseAttention
+from vilgkit.recipe import build, parse_recipe, to_dict
+from vilgkit.models import DenseAttention
+from vilgkit_attention import SparseAttention
 
 RECIPE = "recipes/debug/gen_tiny.yaml"
 
@@ -16,7 +17,7 @@ def _attention(overrides):
 
     get_plugin_manager()  # built-in plugins
     cfg = parse_recipe([RECIPE], overrides)
-    return instantiate(cfg.generator.init_args.attention)
+    return build("generator", to_dict(cfg)["generator"]).attention
 
 
 def test_recipe_switches_dense_to_sparse_schedule():

@@ -9,7 +9,8 @@ import yaml
 from torch.utils.data import DataLoader
 
 from vilgkit.data import ShapesDataset, collate
-from vilgkit.data.code_shards import CodeShardDataset, TokenizerMismatchError, write_code_shards
+from vilgkit.data import CodeShardDataset, TokenizerMismatchError, write_code_shards
+from vilgkit.data.code_shard_writer import TokenizeError
 from vilgkit.stages.train_tokenizer import save_image_tokenizer
 from vilgkit_text import WordPieceTokenizer
 
@@ -119,8 +120,14 @@ def test_incomplete_or_tampered_shards(tokenized, tmp_path):
     (out / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="interrupted"):
         CodeShardDataset(str(out))
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(TokenizeError, match="add --resume"):  # the folder of an interrupted tokenize
         write_code_shards(ShapesDataset(size=2, image_size=32), image_tok, text_tok, out, progress=False)
+    with pytest.raises(TokenizeError, match="size.*changed|data changed|units"):  # other data: no resume
+        write_code_shards(ShapesDataset(size=2, image_size=32), image_tok, text_tok, out, progress=False, resume=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(TokenizeError, match="not empty"):
+        write_code_shards(ShapesDataset(size=2, image_size=32), image_tok, text_tok, tmp_path / "other", progress=False)
 
 
 def test_fingerprint_covers_zero_dim_buffers():
@@ -140,3 +147,37 @@ def test_fingerprint_covers_zero_dim_buffers():
     assert before == image_tokenizer_fingerprint(tok)
     tok.step.fill_(4)
     assert image_tokenizer_fingerprint(tok) != before
+
+
+def test_vqa_shards_train_finetune_vqa(tokenized, tmp_path):
+    """Shards of VQA data (Shapes: questions and answers) train the VQA direction; their question and
+    answer ids are framed exactly as on-the-fly tokenization frames the texts."""
+    from vilgkit.engine.runner import run
+    from vilgkit.stages.generator_training import _raw_collate, tokenize_texts_batch
+    from vilgkit.text_encoding import encode_texts
+
+    out, _, text_tok = tokenized
+    shards = CodeShardDataset(str(out))
+    batch = _raw_collate([shards[i] for i in range(6)])
+    framed, _ = tokenize_texts_batch(batch, text_tok, 24)
+    for raw, prefix in (("question", "question"), ("answer", "answer")):
+        ids, mask, _ = encode_texts(text_tok, batch[raw], 24, truncate=True)
+        assert torch.equal(framed[f"{prefix}_ids"], ids) and torch.equal(framed[f"{prefix}_mask"], mask)
+    run_dir = tmp_path / "run"
+    recipe = {
+        "run_dir": str(run_dir),
+        "data": {"class_path": "CodeShardDataset", "init_args": {"path": str(out)}},
+        "text_tokenizer": {"class_path": "WordPieceTokenizer", "init_args": {"vocab_size": 300}},
+        "image_tokenizer": {"class_path": "VQVAETokenizer", "init_args": vq.VQVAETokenizer.conformance_args()},
+        "generator": {"class_path": "UnifiedTransformer", "init_args": {
+            "hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_text_len": 40, "max_image_grid": 8,
+            "attention": {"class_path": "DenseAttention"}}},
+        "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
+        "stages": [{"class_path": "FinetuneVQA", "init_args": {
+            "generator_from": None, "trainer": {"steps": 2, "batch_size": 4, "lr": 0.001, "log_every": 1}}}],
+    }  # fmt: skip
+    path = tmp_path / "vqa.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run([str(path)])
+    rows = [json.loads(x) for x in (run_dir / "finetune_vqa" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "vqa" in r] == [1, 2]

@@ -112,7 +112,7 @@ def test_trainer_with_muon_learns_and_validates_the_name(tmp_path):
     trainer.fit()
     assert isinstance(trainer.optimizers["main"], MuonAdamW)
     with torch.no_grad():
-        after = torch.mean((model(data.x) - data.y) ** 2).item()
+        after = torch.mean((model({"x": data.x}) - data.y) ** 2).item()
     assert after < 2 * NOISE**2, after  # near the optimum (the noise variance), as AdamW gets in 150 steps
     with pytest.raises(VilgkitError, match="optimizer must be 'adamw' or 'muon', got 'sgd'"):
         Trainer(ToyRegression(4), data, tmp_path / "bad", SingleDevice("cpu"),
@@ -120,7 +120,7 @@ def test_trainer_with_muon_learns_and_validates_the_name(tmp_path):
 
 
 def test_refused_under_a_sharding_strategy(tmp_path):
-    from vilgkit.planning import StrategyLayout
+    from vilgkit.interfaces import StrategyLayout
 
     class Sharding(SingleDevice):
         def layout(self):

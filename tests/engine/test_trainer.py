@@ -32,7 +32,7 @@ def test_linear_regression_reaches_the_noise_floor(tmp_path):
     module = ToyRegression(4)
     _, metrics = fit(module, tmp_path, data, steps=150, batch_size=32, weight_decay=0.0, lr=0.05)
     with torch.no_grad():
-        mse = torch.mean((module(data.x) - data.y) ** 2).item()
+        mse = torch.mean((module({"x": data.x}) - data.y) ** 2).item()
     assert NOISE**2 * 0.7 < mse < NOISE**2 * 1.3, mse  # the optimum is the noise variance
     assert torch.allclose(module.net.weight[0], data.w, atol=0.03)
     assert metrics["step"] == 150 and metrics["samples"] == 150 * 32
@@ -62,7 +62,7 @@ class TwoGroups(nn.Module, Trainable):
     def optimizer_groups(self):
         return {"gen": list(self.gen.parameters()), "disc": {"params": list(self.disc.parameters()), "lr": 1e-3}}
 
-    def training_losses(self, batch, group, step):
+    def forward(self, batch, group="gen", step=0):
         self.calls.append((group, step))
         # the gradients at entry must be clean: the other group's backward must not leak in
         self.grads_seen.append(all(p.grad is None for p in self.parameters()))
@@ -98,8 +98,8 @@ class Exploding(ToyRegression):
         super().__init__(4)
         self.bad_steps, self.mode, self.snapshot = set(bad_steps), mode, None
 
-    def training_losses(self, batch, group, step):
-        out = super().training_losses(batch, group, step)
+    def training_losses(self, outputs, batch, group, step):
+        out = super().training_losses(outputs, batch, group, step)
         if step in self.bad_steps:
             self.snapshot = weights(self)
             if self.mode == "loss":
@@ -132,9 +132,9 @@ def test_bf16_autocast_and_clipping(tmp_path):
     seen, norms = [], []
 
     class Probe(ToyRegression):
-        def training_losses(self, batch, group, step):
+        def forward(self, batch, group="main", step=0):
             seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
-            return super().training_losses(batch, group, step)
+            return super().forward(batch, group, step)
 
     def hook(opt, args, kwargs):
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
@@ -185,7 +185,7 @@ def test_held_out_evaluation(tmp_path):
     metrics = trainer.fit()
     with torch.no_grad():
         module.eval()
-        expected = sum(torch.mean((module(held_out.x[i:i + 16]) - held_out.y[i:i + 16]) ** 2).item() for i in (0, 16)) / 2
+        expected = sum(torch.mean((module({"x": held_out.x[i:i + 16]}) - held_out.y[i:i + 16]) ** 2).item() for i in (0, 16)) / 2
     assert metrics["val/mse"] == pytest.approx(expected, rel=1e-6)
     assert metrics["val/training"] == 0.0  # evaluated in eval mode
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -27,7 +27,7 @@ def _recipe(tmp_path, attention="BandAttention"):
 def test_out_of_tree_plugin_is_discovered_and_usable(plugin_site, tmp_path):
     res = run_cli(["plugins"], site=plugin_site)
     assert res.returncode == 0, res.stderr
-    line = next(l for l in res.stdout.splitlines() if "BandAttention" in l)
+    line = next(row for row in res.stdout.splitlines() if "BandAttention" in row)
     assert "band (vilgkit-band-attention 0.1.0)" in line
     # the broken plugin is reported with its name, distribution and exception; the rest still works
     assert "broken (vilgkit-broken-demo 0.0.1" in res.stdout

@@ -20,10 +20,15 @@ def test_there_are_shipped_recipes():
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(RECIPES)) for p in SHIPPED])
 def test_shipped_recipe_resolves_and_its_stages_build(path):
     from vilgkit.engine.runner import resolve
-    from vilgkit.recipe import instantiate
+    from vilgkit.recipe import build
 
     recipe = resolve([str(path)])
     assert recipe.get("stages"), f"{path} has no stages"
     for node in recipe["stages"]:
-        stage = instantiate(node)  # stage constructors check their arguments (steps, metrics, directions…)
+        try:
+            [stage] = build("stages", [node], source=str(path))  # stage constructors check their arguments (steps, metrics, directions…)
+        except FileNotFoundError as err:
+            # real-data recipes name their files (held-out shards) by placeholder paths the user overrides
+            assert (RECIPES / "real") in path.parents, f"{path}: {err}"
+            continue
         assert stage.name

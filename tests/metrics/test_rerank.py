@@ -24,7 +24,7 @@ class _ScoringGenerator(Generator):
     def forward(self, batch):
         return GeneratorOutput(losses={})
 
-    def sample_images(self, text_ids, grid, **sampling):
+    def sample_images(self, text_ids, text_mask, grid, **sampling):
         raise NotImplementedError
 
     def generate_text(self, codes, max_length, **decoding):
@@ -145,3 +145,27 @@ def test_clip_reranker_scores_with_local_weights(tmp_path):
     expected = (img * text.repeat_interleave(2, 0)).sum(-1).reshape(2, 2)
     assert torch.allclose(result.scores, expected, atol=1e-5)
     assert reranker._preprocess(images).shape == (4, 3, 32, 32)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 64])
+def test_batched_self_rerank_scores_equal_one_candidate_at_a_time(batch_size):
+    """The Pipeline's and SelfReranker's batched scores = each candidate scored alone with its unpadded prompt."""
+    from vilgkit.models import UnifiedTransformer
+    from vilgkit.self_rerank import self_rerank_scores
+
+    torch.manual_seed(0)
+    model = UnifiedTransformer(**UnifiedTransformer.conformance_args()).eval()
+    text_ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 3, 0, 0], [2, 6, 8, 3, 0]])
+    text_mask = text_ids != 0
+    codes = model.sample_images(text_ids, text_mask, grid=(3, 3), num_candidates=4,
+                                generator=torch.Generator().manual_seed(2))
+    batched = self_rerank_scores(model, codes, text_ids, text_mask, 4, batch_size=batch_size)
+    alone = torch.empty(3, 4)
+    for r in range(12):
+        b = r // 4
+        real = text_ids[b : b + 1, : int(text_mask[b].sum())]  # no padding at all
+        alone[b, r % 4] = model.text_log_likelihood(codes[r : r + 1], real, None)[0]
+    torch.testing.assert_close(batched, alone, atol=1e-4, rtol=0)
+    plugin = SelfReranker(batch_size=batch_size).score(RerankInputs(num_candidates=4, codes=codes, text_ids=text_ids,
+                                                                    text_mask=text_mask, generator=model))
+    assert torch.equal(plugin.view(3, 4), batched)  # one implementation behind both paths

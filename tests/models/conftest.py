@@ -10,7 +10,7 @@ from vilgkit.models import UnifiedTransformer
 
 
 def reference_allowed(layout: Layout, image_rule) -> torch.Tensor:
-    """DESIGN.md §1 written out query by query (slow, obviously correct).
+    """docs/architecture.md §2 written out query by query (slow, obviously correct).
 
     ``image_rule(qr, qc, kr, kc) -> bool`` is the layer's pattern over image keys.
     """

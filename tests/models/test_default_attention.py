@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from vilgkit.layout import Layout
-from vilgkit.models import DefaultDensePattern
-from vilgkit.models.default_pattern import masked_attention
+from vilgkit.models import DenseAttention
+from vilgkit.models.dense_attention import masked_attention
 
 
 def test_masked_attention_matches_sdpa_with_padding() -> None:
@@ -15,7 +15,7 @@ def test_masked_attention_matches_sdpa_with_padding() -> None:
     layout = Layout.text_to_image(5, 2, 2)
     pad = torch.zeros(3, 9, dtype=torch.bool)
     pad[1, 3:5] = True  # a shorter prompt in row 1
-    pattern = DefaultDensePattern()
+    pattern = DenseAttention()
     got = pattern.attend(q, k, v, layer=0, num_layers=1, layout=layout, key_padding_mask=pad)
     mask = pattern.allowed(0, 1, layout)[None, None] & ~pad[:, None, None, :]
     torch.testing.assert_close(got, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from vilgkit import dispatch
 from vilgkit.models import gemv
 from vilgkit.models.gemv import decode_linear
 
@@ -12,6 +13,8 @@ from vilgkit.models.gemv import decode_linear
 @pytest.fixture(autouse=True)
 def tiny_layers_too(monkeypatch):
     monkeypatch.setattr(gemv, "MIN_WEIGHT_NUMEL", 1)  # these tests' layers are far below the real threshold
+    with dispatch.forced(gemv_few="split", gemv_many="split"):  # the split layouts, whatever this machine chose
+        yield
 
 
 @pytest.fixture
@@ -71,7 +74,7 @@ def test_rebuilds_after_in_place_update_and_dtype_change(threads, num_threads, r
 
 
 @pytest.mark.parametrize("num_threads", [1, 2])
-def test_falls_back_to_linear_with_autograd_many_rows_or_disabled(monkeypatch, threads, bmm_calls, num_threads):
+def test_falls_back_to_linear_with_autograd_many_rows_or_dispatch(threads, bmm_calls, num_threads):
     threads(num_threads)
     torch.manual_seed(0)
     layer = nn.Linear(8, 6)
@@ -80,18 +83,20 @@ def test_falls_back_to_linear_with_autograd_many_rows_or_disabled(monkeypatch, t
     assert not bmm_calls and not hasattr(layer, gemv._PACK)
     with torch.no_grad():
         decode_linear(layer, torch.randn(gemv.MAX_ROWS + 1, 8))
-        monkeypatch.setattr(gemv, "enabled", False)
-        decode_linear(layer, torch.randn(1, 8))
+        with dispatch.forced(gemv_few="linear"):
+            decode_linear(layer, torch.randn(1, 8))
         assert not bmm_calls and not hasattr(layer, gemv._PACK)
-        monkeypatch.setattr(gemv, "enabled", True)
         decode_linear(layer, torch.randn(1, 8))
         assert len(bmm_calls) == 1
         assert hasattr(layer, gemv._PACK) == (num_threads == 1)  # two threads read a view: no copy
-        decode_linear(layer, torch.randn(gemv.FEW_ROWS + 1, 8))  # one thread, several rows: F.linear
-        assert len(bmm_calls) == (1 if num_threads == 1 else 2)
+        with dispatch.forced(gemv_many="linear"):
+            decode_linear(layer, torch.randn(gemv.FEW_ROWS + 1, 8))
+        assert len(bmm_calls) == 1
+        decode_linear(layer, torch.randn(gemv.FEW_ROWS + 1, 8))  # several rows: the transposed copy
+        assert len(bmm_calls) == 2 and hasattr(layer, gemv._PACK)
         del bmm_calls[:]
         small = nn.Linear(8, 6)
-        monkeypatch.setattr(gemv, "MIN_WEIGHT_NUMEL", 49)  # 48 weights: below it, plain linear
+        gemv.MIN_WEIGHT_NUMEL = 49  # 48 weights: below it, plain linear (the fixture's monkeypatch restores it)
         decode_linear(small, torch.randn(1, 8))
         assert not bmm_calls
     assert gemv._PACK not in layer.state_dict()  # not state: checkpoints are unchanged
@@ -114,9 +119,9 @@ def test_sampling_is_the_same_with_and_without_the_split_layout(monkeypatch, thr
 
     fast = run()
     assert bmm_calls  # the row-split path was used
-    monkeypatch.setattr(gemv, "enabled", False)
     del bmm_calls[:]
-    slow = run()
+    with dispatch.forced(gemv_few="linear", gemv_many="linear"):
+        slow = run()
     assert not bmm_calls
     assert torch.equal(fast[0], slow[0])
     assert fast[1] == slow[1]

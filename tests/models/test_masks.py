@@ -1,4 +1,4 @@
-"""The model's attention really follows DESIGN.md §1: causal targets, bidirectional sources."""
+"""The model's attention really follows docs/architecture.md §2: causal targets, bidirectional sources."""
 from __future__ import annotations
 
 import pytest
@@ -6,16 +6,16 @@ import torch
 
 from tests.models.conftest import PATTERNS, ReferenceSparsePattern, reference_allowed, tiny_model
 from vilgkit.layout import Layout
-from vilgkit.models import DefaultDensePattern
+from vilgkit.models import DenseAttention
 
 LAYOUTS = [Layout.text_to_image(5, 3, 4), Layout.image_to_text(3, 4, 6), Layout.vqa(2, 3, 4, 5)]
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: l.direction + str(len(l.source)))
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda lay: lay.direction + str(len(lay.source)))
 def test_default_dense_pattern_is_the_reference(layout):
     expected = reference_allowed(layout, lambda *_: True)
     for layer in range(3):
-        assert torch.equal(DefaultDensePattern().allowed(layer, 3, layout), expected)
+        assert torch.equal(DenseAttention().allowed(layer, 3, layout), expected)
 
 
 def _hidden(model, direction, batch):

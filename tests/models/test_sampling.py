@@ -22,7 +22,7 @@ def greedy_images_full(model, ids, mask, grid, cfg_scale=1.0):
     codes = torch.zeros(B, h * w, dtype=torch.long)
     empty_ids, empty_mask = model.empty_prompt(B, ids.shape[1])
     for k in range(h * w):
-        def logits(i, m):
+        def logits(i, m, k=k):
             batch = {"text_ids": i, "text_mask": m, "codes": codes.view(B, h, w), "directions": ["txt2img"]}
             return model(batch).logits["txt2img"][:, k]
         out = logits(ids, mask)
@@ -84,7 +84,7 @@ def test_seeds_reproducible_and_candidates_differ():
     assert torch.equal(a, run(7, top_p=0.9, cfg_scale=2.0))
     assert not torch.equal(a, run(8, top_p=0.9, cfg_scale=2.0))
     assert len({tuple(x.flatten().tolist()) for x in a}) > 1
-    assert model.sample_images(b["text_ids"], (2, 2)).shape == (2, 2, 2)  # interface positional form
+    assert model.sample_images(b["text_ids"], None, (2, 2)).shape == (2, 2, 2)  # no mask: ids != pad
     one = run(7, top_k=3)
     logits = model(dict(b, directions=["txt2img"], codes=one[::4])).logits["txt2img"]
     allowed = logits.topk(3, -1).indices  # [B, T, 3] the only codes top_k=3 may draw
@@ -161,7 +161,7 @@ def test_bad_sampling_arguments():
     b = _prompts(model)
     ids, mask = b["text_ids"], b["text_mask"]
     with pytest.raises(ValueError, match="grid"):
-        model.sample_images(ids, mask)
+        model.sample_images(ids, mask, (0, 2))
     with pytest.raises(ValueError, match="max_image_grid"):
         model.sample_images(ids, mask, (5, 5))
     with pytest.raises(ValueError, match="top_p"):

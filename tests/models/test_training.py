@@ -16,7 +16,7 @@ def _overfit(model, batch, steps, lr=3e-3):
     opt = torch.optim.AdamW(model.optimizer_groups()["main"], lr=lr, weight_decay=0.0)
     history = []
     for step in range(steps):
-        losses = model.training_losses(batch, "main", step)
+        losses = model.training_losses(model(batch), batch, "main", step)
         opt.zero_grad()
         losses["loss"].backward()
         opt.step()

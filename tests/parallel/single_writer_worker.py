@@ -20,7 +20,7 @@ from vilgkit_text.wordpiece import WordPieceTokenizer
 
 import vilgkit.stages.train_generator as train_generator
 import vilgkit.artifacts as artifacts
-from vilgkit.engine.runner import stage_barrier
+from vilgkit.engine.ranks import stage_barrier
 from vilgkit.interfaces import RunContext
 from vilgkit.stages.fit_text_tokenizer import FitTextTokenizer
 

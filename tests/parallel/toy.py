@@ -1,5 +1,6 @@
 """A tiny Trainable transformer-ish model and a training loop that mirrors the engine's Trainer
 (micro-batches with ``no_sync`` on all but the last, clipping, AdamW) for the distributed tests."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vilgkit.engine.trainer import losses_through_wrapper
 from vilgkit.interfaces import Trainable
 
 VOCAB, HIDDEN, LAYERS, SEQ, GLOBAL_BATCH = 32, 16, 3, 8, 8
@@ -49,15 +49,19 @@ class ToyModel(nn.Module, Trainable):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids)
+    def forward(self, batch: Any, group: str = "main", step: int = 0) -> torch.Tensor:
+        """Next-token logits of ``batch["ids"]`` (all but the last position)."""
+        x = self.embed(batch["ids"][:, :-1])
         for block in self.layers:
             x = block(x)
         return self.head(self.norm(x))
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
-        logits = self(batch["ids"][:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), batch["ids"][:, 1:].reshape(-1))
+    def training_losses(
+        self, outputs: torch.Tensor, batch: Any, group: str, step: int
+    ) -> dict[str, torch.Tensor]:
+        loss = F.cross_entropy(
+            outputs.reshape(-1, VOCAB), batch["ids"][:, 1:].reshape(-1)
+        )
         return {"loss": loss}
 
 
@@ -74,13 +78,16 @@ def make_model(seed: int = 0) -> ToyModel:
     return model
 
 
-def train(model, strategy, opt, steps: range, grad_accum: int, rank: int, world: int, inner=None) -> list[float]:
+def train(
+    model, strategy, opt, steps: range, grad_accum: int, rank: int, world: int
+) -> list[float]:
     """Steps of the engine's loop; returns the global mean loss per step.
 
-    ``inner``: the model before wrapping, for a wrapper whose forward hooks must run (FairScale): the
-    losses then go through the wrapper's call as in the trainer. Without it ``training_losses`` is
-    called on ``model`` itself (FSDP2 registers it as a forward method; DDP's wrapper routes it).
+    As in the trainer, the training pass is the wrapped model's call (its hooks run) and the
+    losses come from the unwrapped module's ``training_losses``.
     """
+    unwrap = getattr(strategy, "unwrap", None)
+    trainable = unwrap(model) if callable(unwrap) else model
     losses = []
     for step in steps:
         ids = global_batch(step).chunk(world)[rank].to(strategy.device)
@@ -88,11 +95,16 @@ def train(model, strategy, opt, steps: range, grad_accum: int, rank: int, world:
         total = torch.zeros((), device=strategy.device)
         model.zero_grad(set_to_none=True)
         for i, chunk in enumerate(micro):
-            ctx = strategy.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
+            ctx = (
+                strategy.no_sync(model)
+                if i < len(micro) - 1
+                else contextlib.nullcontext()
+            )
             with ctx:
                 batch = {"ids": chunk}
-                out = (model.training_losses(batch, "main", step) if inner is None
-                       else losses_through_wrapper(model, inner, batch, "main", step))
+                out = trainable.training_losses(
+                    model(batch, "main", step), batch, "main", step
+                )
                 loss = out["loss"] / len(micro)
                 loss.backward()
             total += loss.detach()

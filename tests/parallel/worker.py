@@ -77,45 +77,28 @@ def resume(out: Path) -> dict:
     return {"losses": rest, "trainer": repr(trainer), "final": full_weights(strategy, model)}
 
 
-def recipe_10b(out: Path) -> dict:
-    """The 10B recipe at full width (4096, 64 heads, sparse 11x11 schedule, 8192-code vocabulary)
-    with one layer, one sample and a short stream (16 text ids, 8x8 codes; the 32x32 grid ran at
-    ~140 s/step on the loaded 2-core CPU), through its own strategy (FSDP hybrid + CPU offload +
-    full recompute + bf16 compute)."""
-    import time
+def meta_init(out: Path) -> dict:
+    """A small UnifiedTransformer built by FSDP on meta (hybrid 1x2, offload, bf16 compute) against a
+    CPU build from the same seed: consolidated weights and the RNG afterwards."""
+    from vilgkit.models.unified import UnifiedTransformer
 
-    from vilgkit.components import ComponentStore
-    from vilgkit.engine.runner import resolve
-    from vilgkit.recipe import instantiate
-
-    overrides = ["--generator.init_args.num_layers", "1", "--text_tokenizer.init_args.vocab_size", "1000",
-                 "--reconstructor", "null", "--strategy.init_args.device", "cpu"]
-    recipe = resolve(["recipes/ernievilg_10b.yaml"], overrides)
-    strategy = instantiate(recipe["strategy"])
+    kw = dict(hidden_size=32, num_layers=2, num_heads=4, text_vocab_size=50, image_vocab_size=24, max_text_len=8,
+              max_image_grid=4)
+    torch.manual_seed(7)
+    reference = UnifiedTransformer(**kw).state_dict()
+    rng_reference = torch.get_rng_state()
+    strategy = FSDP(device="cpu", sharding="hybrid", shard_size=2, cpu_offload=True, param_dtype="bf16")
     strategy.setup()
-    store = ComponentStore(recipe)
-    model = strategy.build_module(lambda: store.build("generator"))
-    assert all(p.is_meta for p in model.parameters())
+    torch.manual_seed(7)
+    model = strategy.build_module(lambda: UnifiedTransformer(**kw))
+    on_meta = all(p.is_meta for p in model.parameters())
+    rng_same = bool(torch.equal(torch.get_rng_state(), rng_reference))
     model = strategy.wrap(model)
-    opt = strategy.build_optimizer(list(model.parameters()), lambda p: torch.optim.AdamW(p, lr=1e-4))
-    g = torch.Generator().manual_seed(strategy.rank)
-    ids = torch.randint(5, 1000, (1, 16), generator=g)
-    ids[:, 0], ids[:, -1] = 2, 3
-    batch = {"text_ids": ids, "text_mask": torch.ones_like(ids, dtype=torch.bool),
-             "codes": torch.randint(0, 8192, (1, 8, 8), generator=g)}
-    losses, seconds = [], []
-    for _ in range(2):
-        t0 = time.perf_counter()
-        loss = model(batch).losses["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        seconds.append(time.perf_counter() - t0)
-        losses.append(float(strategy.all_reduce_mean(loss.detach().float())))
-    params = sum(p.numel() for p in model.parameters())
-    return {"losses": losses, "seconds": seconds, "params": params, "mesh": list(strategy.mesh_shape()),
-            "hidden": model.hidden_size, "heads": model.num_heads}
+    local = sum(p.to_local().numel() for p in model.parameters())
+    full = strategy.state_dict(model)
+    diff = max(float((full[k].float() - v.float()).abs().max()) for k, v in reference.items()) if full else None
+    return {"on_meta": on_meta, "rng_same": rng_same, "max_abs_diff": diff, "keys_same": sorted(full) == sorted(reference)
+            if full else None, "local_params": local, "params": sum(v.numel() for v in reference.values())}
 
 
 def main() -> None:
@@ -126,8 +109,8 @@ def main() -> None:
             results[name] = save_resume(out)
         elif name == "resume":
             results[name] = resume(out)
-        elif name == "recipe_10b":
-            results[name] = recipe_10b(out)
+        elif name == "meta_init":
+            results[name] = meta_init(out)
         else:
             results[name] = run(name, out, steps=4)
     if dist.get_rank() == 0:

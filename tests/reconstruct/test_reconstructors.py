@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vilgkit.gen_training import GeneratorTrainable
+from vilgkit.stages.generator_training import GeneratorTrainable
 from vilgkit.pipeline import Pipeline
 from vilgkit_reconstruct import EndToEndReconstructor, TwoStageReconstructor
 
@@ -56,7 +56,7 @@ def test_generator_trainable_adds_the_loss_only_end_to_end(tiny, kind):
         gen.zero_grad(set_to_none=True)
         torch.manual_seed(0)
         module = GeneratorTrainable(gen, None, tok, ["txt2img"], reconstructor, reconstructor_weight=1.0)
-        losses = module.training_losses(batch, "main", 0)
+        losses = module(batch, "main", 0)
         losses["loss"].backward()
         return losses, _generator_grads(gen)
 
@@ -109,7 +109,7 @@ def test_end_to_end_model_save_load_round_trip(tiny, tmp_path):
     rec = EndToEndReconstructor().attach(tok, gen.hidden_size)
     module = GeneratorTrainable(gen, None, tok, ["txt2img"], rec)
     opt = torch.optim.AdamW(module.optimizer_groups()["main"], lr=1e-2)
-    module.training_losses(batch, "main", 0)["loss"].backward()
+    module(batch, "main", 0)["loss"].backward()
     opt.step()
     state = module.state_dict()  # split by prefix as the generator stage saves it
     for prefix in ("generator.", "reconstructor."):

@@ -230,7 +230,7 @@ def test_dvae_noise_schedule_and_argmax_training_codes():
     # at scale 0 the training embedding is the codebook row of the argmax code, as at inference
     tok.train()
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    out = tok.training_losses(x, "main", 40)
+    out = tok(x, "main", 40)
     assert out["noise_scale"].item() == 0.0
     logits = tok.logits(x)
     z = tok.relaxed_embedding(logits, tok.temperature())

@@ -44,7 +44,7 @@ def test_bad_inputs_refused():
     with pytest.raises(ValueError, match="channel_mult"):
         VQVAETokenizer(downsample=8, channel_mult=[1, 2])
     with pytest.raises(TypeError, match="'image'"):
-        tok.training_losses({"caption": ["x"]}, "main", 0)
+        tok({"caption": ["x"]}, "main", 0)
 
 
 def test_straight_through_gradient_reaches_encoder():
@@ -68,7 +68,7 @@ def test_dvae_hard_codes_at_inference_and_annealing():
         assert torch.equal(codes, tok.encode(x))  # deterministic
         assert torch.equal(codes, tok.logits(x).argmax(1))
     tok.train()
-    losses = tok.training_losses({"image": x}, "main", 50)
+    losses = tok({"image": x}, "main", 50)
     assert losses["temperature"].item() == pytest.approx(0.25)
     assert int(tok.step) == 50 and tok.temperature() == pytest.approx(0.25)
     losses["loss"].backward()
@@ -85,10 +85,10 @@ def test_dvae_straight_through_from_a_step():
     tok = DVAETokenizer(downsample=4, straight_through=True, straight_through_start=10, **TINY)
     assert not tok.hard_samples(9) and tok.hard_samples(10)
     x = torch.rand(2, 3, 8, 8) * 2 - 1
-    tok.training_losses(x, "main", 3)
+    tok(x, "main", 3)
     z = tok.relaxed_embedding(torch.randn(2, 16, 2, 2), 1.0)  # soft: a mixture, not a codebook row
     assert not any(torch.allclose(z[0, :, 0, 0], r, atol=1e-6) for r in tok.codebook.weight)
-    tok.training_losses(x, "main", 10)
+    tok(x, "main", 10)
     z = tok.relaxed_embedding(torch.randn(2, 16, 2, 2), 1.0)
     assert any(torch.allclose(z[0, :, 0, 0], r, atol=1e-6) for r in tok.codebook.weight)
     assert not DVAETokenizer(downsample=4, straight_through_start=0, **TINY).hard_samples(100)  # needs straight_through
@@ -102,7 +102,7 @@ def test_vqgan_pixel_loss_choice():
     for kind in ("l1", "mse"):
         tok = VQGANTokenizer(ch_mult=[1, 1, 1], pixel_loss=kind, disc_start=100, **TINY_GAN)
         torch.manual_seed(1)
-        out = tok.training_losses(x, "autoencoder", 0)
+        out = tok(x, "autoencoder", 0)
         tok.eval()
         torch.manual_seed(1)
         with torch.no_grad():
@@ -174,19 +174,19 @@ def test_vqgan_groups_and_delayed_discriminator():
     assert list(groups) == ["autoencoder", "discriminator"]
     assert not {id(p) for p in groups["autoencoder"]} & {id(p) for p in groups["discriminator"]}
     batch = {"image": torch.rand(2, 3, 16, 16) * 2 - 1}
-    before = tok.training_losses(batch, "autoencoder", 4)
+    before = tok(batch, "autoencoder", 4)
     assert "g_loss" not in before  # the GAN term is off before disc_start
-    d = tok.training_losses(batch, "discriminator", 4)
+    d = tok(batch, "discriminator", 4)
     assert d["loss"].item() == 0.0 and d["loss"].grad_fn is None
     tok.zero_grad()
-    after = tok.training_losses(batch, "autoencoder", 5)
+    after = tok(batch, "autoencoder", 5)
     assert "g_loss" in after and after["d_weight"].item() > 0
     after["loss"].backward()
     # the generator-side loss must not train the discriminator
     assert all(p.grad is None for p in tok.discriminator.parameters())
     assert tok.decoder.conv_out.weight.grad.abs().sum() > 0
     tok.zero_grad(set_to_none=True)
-    d = tok.training_losses(batch, "discriminator", 5)
+    d = tok(batch, "discriminator", 5)
     assert not tok._recon_cache  # the autoencoder pass's reconstruction was reused, not recomputed
     d["loss"].backward()
     assert all(p.grad is not None for p in tok.discriminator.parameters())
@@ -198,7 +198,7 @@ def test_vqgan_dead_code_restart_keeps_taming_layout():
     tok = VQGANTokenizer(ch_mult=[1, 1, 1], restart_dead_codes=True, dead_code_threshold=0.5, **TINY_GAN)
     before = tok.quantize.embedding.weight.detach().clone()
     tok.train()
-    tok.training_losses({"image": torch.rand(2, 3, 8, 8) * 2 - 1}, "autoencoder", 0)
+    tok({"image": torch.rand(2, 3, 8, 8) * 2 - 1}, "autoencoder", 0)
     # 8 vectors for 16 codes: at least 8 codes are unused, hence re-seeded at encoder outputs
     changed = (tok.quantize.embedding.weight != before).any(1)
     assert int(changed.sum()) >= 8

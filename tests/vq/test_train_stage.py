@@ -94,10 +94,10 @@ def test_tiny_vqvae_recipe_meets_the_detector_bar(tmp_path):
 def test_tiny_tokenizer_recipes_build(name):
     """Each tiny Shapes recipe parses, its tokenizer builds and round-trips a 64-px batch to its code grid."""
     from vilgkit.engine.runner import resolve
-    from vilgkit.recipe import instantiate
+    from vilgkit.recipe import build
 
     recipe = resolve([str(RECIPES / f"{name}.yaml")])
-    tok = instantiate(recipe["image_tokenizer"]).eval()
+    tok = build("image_tokenizer", recipe["image_tokenizer"]).eval()
     args = recipe["image_tokenizer"]["init_args"]
     if "perceptual_weight" in args:
         assert args["perceptual_weight"] == 0.0  # no local LPIPS weights: off, explicitly

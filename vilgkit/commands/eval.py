@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 from pathlib import Path
 
 from vilgkit.errors import VilgkitError
@@ -12,32 +13,36 @@ ACCEPTS_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vilgkit.commands import _argtypes as T
+
     parser.add_argument("run_dir", help="run directory (holds recipe.resolved.yaml and the stage outputs)")
     parser.add_argument("--metrics", default="shapes,caption,vqa,fid", help="comma-separated: fid, caption, vqa, shapes")
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval)")
     parser.add_argument("--stage", default=None, help="generator stage to evaluate (default: the last one)")
-    parser.add_argument("--num-samples", type=int, default=200, help="items of the evaluation data")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--num-candidates", type=int, default=8, help="images sampled per prompt (best of N)")
+    parser.add_argument("--num-samples", type=T.positive_int, default=200, help="items of the evaluation data")
+    parser.add_argument("--batch-size", type=T.positive_int, default=16)
+    parser.add_argument("--num-candidates", type=T.positive_int, default=8, help="images sampled per prompt (best of N)")
     parser.add_argument("--reranker", default="self", help="self, none, clip, or a RERANKERS name")
     parser.add_argument("--clip-weights", default=None, help="local open_clip checkpoint for --reranker clip")
     parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for --reranker clip")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--cfg-scale", type=float, default=1.0)
+    parser.add_argument("--temperature", type=T.non_negative_float, default=1.0, help="0: greedy")
+    parser.add_argument("--top-k", type=T.non_negative_int, default=None, help="the k likeliest codes (0: off)")
+    parser.add_argument("--top-p", type=T.probability, default=None, help="nucleus mass (1.0: off)")
+    parser.add_argument("--cfg-scale", type=T.non_negative_float, default=1.0)
     parser.add_argument("--caption-method", default="greedy", choices=["greedy", "beam", "sample"])
-    parser.add_argument("--num-beams", type=int, default=4)
-    parser.add_argument("--fid-extractor", default="shapes", choices=["shapes", "inception"])
-    parser.add_argument("--fid-weights", default=None, help="Inception .pth file or Shapes extractor folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--examples", type=int, default=8, help="samples per task shown in the report")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--num-beams", type=T.positive_int, default=4)
+    parser.add_argument("--fid-extractor", default=None, choices=["shapes", "inception"],
+                        help="FID feature space (default: the recipe's Evaluate stage's, else shapes)")
+    parser.add_argument("--fid-weights", default=None,
+                        help="Inception .pth file or Shapes extractor folder (default: the Evaluate stage's)")
+    parser.add_argument("--seed", type=T.seed, default=0)
+    parser.add_argument("--examples", type=T.non_negative_int, default=8, help="samples per task shown in the report")
+    parser.add_argument("--device", default="auto", type=T.device, help="auto, cpu, cuda or cuda:N")
 
 
 def build_reranker(name: str, clip_weights: str | None = None, clip_model: str = "ViT-B-32"):
     """``self`` / ``none`` / ``clip`` / a registered name → a reranker (or None for ``none``)."""
-    from vilgkit.plugins import get_plugin_manager
+    from vilgkit.plugins import failed_plugins_note, get_plugin_manager
     from vilgkit.registry import RERANKERS
 
     get_plugin_manager()  # rerankers are plugins
@@ -46,16 +51,41 @@ def build_reranker(name: str, clip_weights: str | None = None, clip_model: str =
         return None
     cls_name = aliases.get(name.lower(), name)
     if cls_name not in RERANKERS.names():
-        raise VilgkitError(f"unknown reranker {name!r}; use self, none, clip or one of {RERANKERS.names()}")
+        raise VilgkitError(
+            f"unknown reranker {name!r}; use self, none, clip or one of {RERANKERS.names()}.{failed_plugins_note()}"
+        )
     cls = RERANKERS.get(cls_name)
     if cls_name == "ClipReranker":
+        # ClipReranker builds its model on first use: check what it needs now, not after the work before it
+        if importlib.util.find_spec("open_clip") is None:
+            raise VilgkitError(f"--reranker {name} needs open_clip: pip install 'vilgkit[clip]' (or open_clip_torch)")
+        if not clip_weights or not Path(clip_weights).is_file():
+            raise VilgkitError(f"--reranker {name} needs --clip-weights FILE, a local open_clip checkpoint "
+                               f"(nothing is downloaded); got {clip_weights or 'none'}")  # fmt: skip
         return cls(weights_path=clip_weights, model_name=clip_model)
     return cls()
+
+
+def _fid_settings(run_dir: Path, extractor: str | None, weights: str | None) -> tuple[str, str | None]:
+    """The flags, else the run's Evaluate stage's FID feature space and weights (e.g. a local
+    Inception file for a real-data run), else the Shapes extractor."""
+    import yaml
+
+    from vilgkit.artifacts import RESOLVED_RECIPE
+    from vilgkit.stages.evaluate import evaluate_stage_args
+
+    if extractor is not None:
+        return extractor, weights
+    path = run_dir / RESOLVED_RECIPE
+    stage = evaluate_stage_args(yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    extractor = stage.get("fid_extractor") or "shapes"
+    return extractor, weights if weights is not None else stage.get("fid_weights")
 
 
 def main(args: argparse.Namespace) -> int:
     import vilgkit.builtins  # noqa: F401
     from vilgkit.artifacts import RESOLVED_RECIPE, RunDir, record_tree
+    from vilgkit.commands._infer import make_out_dir
     from vilgkit.metrics.harness import RESULTS_FILE, REPORT_FILE
 
     run_dir = Path(args.run_dir)
@@ -67,20 +97,19 @@ def main(args: argparse.Namespace) -> int:
     unknown = [m for m in metrics if m not in METRIC_KEYS]
     if not metrics or unknown:
         raise VilgkitError(f"unknown metric(s) {unknown or '(none given)'}; choose from {', '.join(sorted(METRIC_KEYS))}")
-    for flag in ("num_samples", "batch_size", "num_candidates"):
-        if getattr(args, flag) <= 0:
-            raise VilgkitError(f"--{flag.replace('_', '-')} must be positive")
-    reranker = build_reranker(args.reranker, args.clip_weights, args.clip_model)
+    reranker = build_reranker(args.reranker, args.clip_weights, args.clip_model)  # before any work: fails early
     out = Path(args.out) if args.out else run_dir / "eval"
     if out.exists() and not out.is_dir():
-        raise VilgkitError(f"--out {out} is a file, not a directory")
+        raise VilgkitError(f"--out {out}: is a file; give a folder (it is created if missing)")
     run = RunDir(run_dir)
     if not run.is_run():
         raise VilgkitError(f"{run_dir} is not a vilgkit run directory (no {RESOLVED_RECIPE})")
+    fid_extractor, fid_weights = _fid_settings(run_dir, args.fid_extractor, args.fid_weights)
     # writing into the run (the report, or the Shapes FID extractor trained on first use): take its lock
-    writes_run = _inside(out, run_dir) or ("fid" in metrics and args.fid_extractor == "shapes" and args.fid_weights is None)
+    writes_run = _inside(out, run_dir) or ("fid" in metrics and fid_extractor == "shapes" and fid_weights is None)
     with run.locked("vilgkit eval") if writes_run else contextlib.nullcontext():
-        record = _evaluate(args, run_dir, out, metrics, reranker)
+        out = make_out_dir(out, "--out")
+        record = _evaluate(args, run_dir, out, metrics, reranker, fid_extractor, fid_weights)
         if _inside(out, run_dir):
             record_tree(out)
     width = max(len(k) for k in record["metrics"])
@@ -98,18 +127,19 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
-def _evaluate(args: argparse.Namespace, run_dir: Path, out: Path, metrics: list[str], reranker):
+def _evaluate(args: argparse.Namespace, run_dir: Path, out: Path, metrics: list[str], reranker,
+              fid_extractor: str, fid_weights: str | None):  # fmt: skip
     from vilgkit.metrics.harness import SamplingSettings
     from vilgkit.stages.evaluate import run_evaluation
 
-    sampling = SamplingSettings(num_candidates=args.num_candidates, temperature=args.temperature, top_k=args.top_k,
+    sampling = SamplingSettings(num_candidates=args.num_candidates, temperature=args.temperature, top_k=args.top_k or None,
                                 top_p=args.top_p, cfg_scale=args.cfg_scale, caption_method=args.caption_method,
                                 num_beams=args.num_beams)  # fmt: skip
     try:
         return run_evaluation(
             run_dir, out, metrics=metrics, stage=args.stage, num_samples=args.num_samples, batch_size=args.batch_size,
             sampling=sampling, reranker=reranker,
-            seed=args.seed, fid_extractor=args.fid_extractor, fid_weights=args.fid_weights,
+            seed=args.seed, fid_extractor=fid_extractor, fid_weights=fid_weights,
             report_examples=args.examples, device=args.device,
         )  # fmt: skip
     except (ValueError, KeyError) as err:

@@ -1,7 +1,8 @@
 """``vilgkit export RUN [--stage S] --out DIR``: a sharded checkpoint → a single-device run directory.
 
 The newest complete sharded (DCP) checkpoint of the stage is verified (hashes in our marker),
-consolidated on one process without building the model, and written as ``safetensors``:
+consolidated on one process without building the model — streamed, one tensor in memory at a time —
+and written as ``safetensors``:
 ``DIR/<stage>/generator.safetensors`` (and ``reconstructor.safetensors``) for a generator stage —
 the files :class:`vilgkit.Pipeline` loads — plus ``DIR/<stage>/<module>.safetensors`` with the
 trainer's full keys. The other stage folders are copied without their checkpoints (each file
@@ -81,15 +82,16 @@ def export(run: Path, out: Path, stage: str | None = None) -> Path:
         stage_out = target.stage(stage)
         stage_out.mkdir(exist_ok=True)
         written = []
-        for key in marker["modules"]:
-            tensors = sharded.consolidate_module(checkpoint, key)
-            target.save_weights(stage_out / f"{key}.safetensors", {k: v.contiguous() for k, v in tensors.items()})
-            written.append(f"{key}.safetensors")
+        for key in marker["modules"]:  # one tensor in memory at a time, whatever the model's size
+            path = stage_out / f"{key}.safetensors"
+            sharded.stream_module(checkpoint, key, path)
+            target.record(path)
+            written.append(path.name)
             for prefix in SPLIT:
-                part = {k[len(prefix) + 1:]: v.contiguous() for k, v in tensors.items() if k.startswith(prefix + ".")}
-                if part:
-                    target.save_weights(stage_out / f"{prefix}.safetensors", part)
-                    written.append(f"{prefix}.safetensors")
+                part = stage_out / f"{prefix}.safetensors"
+                if sharded.stream_module(checkpoint, key, part, prefix=prefix + "."):
+                    target.record(part)
+                    written.append(part.name)
         versions = recipe.pop("_versions", None)
         recipe["strategy"] = {"class_path": "vilgkit_parallel.single.SingleDevice", "init_args": {"device": "auto"}}
         target.write_recipe(recipe, versions)

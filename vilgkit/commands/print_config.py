@@ -5,13 +5,14 @@ import argparse
 
 import yaml
 
+from vilgkit.commands._recipe_args import add_recipe_arguments
+
 HELP = "print the fully resolved recipe (full class paths, defaults, linked values)"
 ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe YAML file")
-    parser.add_argument("--config", action="append", default=[], help="more recipe files, merged in order")
+    add_recipe_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:

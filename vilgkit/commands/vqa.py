@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import argparse
 
+from vilgkit.commands._infer import RunSettingsHelp
+
 HELP = "answer questions about images with a trained run (prints answers, writes answers.json and a grid)"
 ACCEPTS_OVERRIDES = False
+HELP_ACTION = RunSettingsHelp  # -h after RUN_DIR also shows the settings that run uses
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vilgkit.commands._infer import add_common
+    from vilgkit.commands import _argtypes as T
+    from vilgkit.commands._infer import add_common, add_setting
 
     add_common(parser, "answers")
     parser.add_argument("--image", action="append", required=True, help="an image file (repeatable)")
-    parser.add_argument("--question", action="append", required=True, help="a question (repeatable)")
-    parser.add_argument("--method", choices=["greedy", "beam"], default="greedy")
+    parser.add_argument("--question", action="append", required=True, type=T.text, help="a question (repeatable)")
+    add_setting(parser, "--method", "greedy", "answer decoding", choices=["greedy", "beam"], dest="answer_method")
+    add_setting(parser, "--num-beams", 4, "beams for --method beam", type=T.positive_int)
     parser.add_argument("--truncate", action="store_true", help="cut over-long questions instead of failing")
 
 
 def main(args: argparse.Namespace) -> int:
-    from vilgkit.batching import load_images, make_grid, to_pil
-    from vilgkit.commands._infer import load_pipeline, out_dir, write_json
+    from vilgkit.pictures import load_images, make_grid, to_pil
+    from vilgkit.commands._infer import effective_settings, load_pipeline, out_dir, save_image, write_json
     from vilgkit.errors import VilgkitError
 
     images, questions = list(args.image), list(args.question)
@@ -34,12 +39,15 @@ def main(args: argparse.Namespace) -> int:
         raise VilgkitError(f"vilgkit vqa: {len(images)} --image but {len(questions)} --question; pair them up")
     pipe = load_pipeline(args)
     pixels = load_images(images, pipe.image_size)
-    answers = pipe.answer(list(pixels), questions, method=args.method, truncate=args.truncate)
+    used = effective_settings(args, pipe.settings, ["answer_method", "num_beams"])
+    answers = pipe.answer(list(pixels), questions, method=used["answer_method"], num_beams=used["num_beams"],
+                          truncate=args.truncate)  # fmt: skip
     out = out_dir(args)
     for q, a in zip(questions, answers):
         print(f"{q}\t{a}")
     labels = [f"Q: {q} A: {a}" for q, a in zip(questions, answers)]
-    make_grid(to_pil(pixels), ncol=min(len(labels), 6), captions=labels, caption_width=200).save(out / "grid.png")
+    save_image(make_grid(to_pil(pixels), ncol=min(len(labels), 6), captions=labels, caption_width=200), out / "grid.png")
     write_json(out / "answers.json", {"run_dir": str(args.run_dir), "stage": str(pipe.stage_dir),
+                                      "settings": {**used, "from_run": pipe.settings.saved},
                                       "answers": [{"image": i, "question": q, "answer": a} for i, q, a in zip(images, questions, answers)]})  # fmt: skip
     return 0

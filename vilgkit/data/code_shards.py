@@ -1,5 +1,7 @@
 """Pre-tokenized code shards: encode a data set once, train from the codes without the image tokenizer.
 
+(Writing them — one finite, parallel, resumable pass — is :mod:`vilgkit.data.code_shard_writer`.)
+
 A shard folder holds ``shard-NNNNN.safetensors`` (``codes`` ``[N, h, w]`` int16/int32;
 ``caption_ids`` ``[N, L]`` int32 padded with the tokenizer's pad id and ``caption_len`` ``[N]``),
 ``shard-NNNNN.jsonl`` (the sample's texts and ground truth, one line per sample) and
@@ -16,18 +18,15 @@ import bisect
 import hashlib
 import json
 import tempfile
-import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset, IterableDataset
-from tqdm import tqdm
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
 
-from vilgkit.data.collate import collate
 from vilgkit.errors import VilgkitError
 from vilgkit.registry import DATASETS
 
@@ -45,10 +44,13 @@ class TokenizerMismatchError(VilgkitError):
 
 
 def image_tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
-    """SHA-256 over the class, the code geometry and every tensor of the state dict."""
+    """SHA-256 over the class, the code geometry and every tensor of the state dict — of
+    ``tokenizer.inference_state_dict()`` when it has one (a VQGAN's discriminator, freshly built
+    beside a published checkpoint, does not change its codes)."""
     h = hashlib.sha256(f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}".encode())
     h.update(f"{tokenizer.codebook_size}/{tokenizer.downsample}".encode())
-    for name, tensor in sorted(tokenizer.state_dict().items()):
+    state = tokenizer.inference_state_dict() if callable(getattr(tokenizer, "inference_state_dict", None)) else None
+    for name, tensor in sorted((state if state is not None else tokenizer.state_dict()).items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         t = t.reshape(-1)  # a 0-d tensor (a step counter) cannot be viewed as bytes
@@ -87,125 +89,6 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r, dtype=torch.int32)
     return out, torch.tensor([len(r) for r in rows], dtype=torch.int32)
-
-
-@torch.no_grad()
-def write_code_shards(
-    dataset: Dataset,
-    image_tokenizer: Any,
-    text_tokenizer: Any,
-    out_dir: str | Path,
-    *,
-    shard_size: int = 1024,
-    batch_size: int = 32,
-    limit: int | None = None,
-    max_text_len: int | None = None,
-    progress: bool = True,
-    description: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Encode ``dataset`` into code shards in ``out_dir`` (must be empty or absent).
-
-    Args:
-        dataset: samples with ``image`` and ``caption`` (and optionally question/answer).
-        image_tokenizer: an :class:`~vilgkit.interfaces.ImageTokenizer` (put in eval mode here).
-        text_tokenizer: a fitted :class:`~vilgkit.interfaces.TextTokenizer`.
-        shard_size: samples per shard.
-        limit: encode at most this many samples.
-        max_text_len: truncate id lists to this length (counted in ``truncated`` in the manifest).
-        description: recorded in the manifest (e.g. the data set's recipe entry).
-
-    Returns:
-        The manifest.
-    """
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty; choose a new folder for the code shards")
-    out.mkdir(parents=True, exist_ok=True)
-    image_tokenizer.eval()
-    pad = int(text_tokenizer.pad_id)
-    code_dtype = torch.int16 if image_tokenizer.codebook_size <= 2**15 else torch.int32
-    total = len(dataset) if not isinstance(dataset, IterableDataset) else None
-    if limit is not None:
-        total = min(total, limit) if total is not None else limit
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, shuffle=False)
-    device = next(iter(image_tokenizer.parameters()), torch.empty(0)).device
-    buffer: dict[str, list] = {"codes": [], "caption": [], "question": [], "answer": [], "extra": []}
-    shards: list[dict[str, Any]] = []
-    grid = None
-    truncated = 0
-    count = 0
-
-    def flush() -> None:
-        nonlocal truncated
-        if not buffer["codes"]:
-            return
-        name = f"shard-{len(shards):05d}"
-        tensors = {"codes": torch.cat(buffer["codes"]).to(code_dtype)}
-        for field in ("caption", "question", "answer"):
-            rows = text_tokenizer.encode(buffer[field])
-            if max_text_len is not None:
-                truncated += sum(len(r) > max_text_len for r in rows)
-                rows = [r[:max_text_len] for r in rows]
-            tensors[f"{field}_ids"], tensors[f"{field}_len"] = _pad(rows, pad)
-        save_file(tensors, str(out / f"{name}.safetensors"))
-        with (out / f"{name}.jsonl").open("w", encoding="utf-8") as f:
-            for extra in buffer["extra"]:
-                f.write(json.dumps(extra, ensure_ascii=False) + "\n")
-        n = tensors["codes"].shape[0]
-        shards.append({"name": name, "num_samples": n, "sha256": _sha256(out / f"{name}.safetensors"),
-                       "jsonl_sha256": _sha256(out / f"{name}.jsonl"),
-                       "widths": {f: int(tensors[f"{f}_ids"].shape[1]) for f in ("caption", "question", "answer")}})  # fmt: skip
-        for values in buffer.values():
-            values.clear()
-
-    bar = tqdm(total=total, desc="tokenize", unit="sample", disable=not progress)
-    for batch in loader:
-        take = batch["image"].shape[0] if total is None else min(batch["image"].shape[0], total - count)
-        if take <= 0:
-            break
-        codes = image_tokenizer.encode(batch["image"][:take].to(device)).cpu()
-        grid = tuple(codes.shape[1:])
-        buffer["codes"].append(codes)
-        for field in ("caption", "question", "answer"):
-            values = batch.get(field) or [""] * take
-            buffer[field] += [v or "" for v in values[:take]]
-        for i in range(take):
-            buffer["extra"].append({k: batch[k][i] for k in TEXT_FIELDS if k in batch})
-        count += take
-        bar.update(take)
-        if len(buffer["caption"]) >= shard_size:
-            flush()
-    flush()
-    bar.close()
-    if count == 0:
-        raise ValueError("the data set yielded no samples to tokenize")
-    manifest = {
-        "format": FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "num_samples": count,
-        "grid": list(grid),
-        "code_dtype": str(code_dtype).removeprefix("torch."),
-        "image_tokenizer": {
-            "class": f"{type(image_tokenizer).__module__}.{type(image_tokenizer).__qualname__}",
-            "fingerprint": image_tokenizer_fingerprint(image_tokenizer),
-            "codebook_size": int(image_tokenizer.codebook_size),
-            "downsample": int(image_tokenizer.downsample),
-        },
-        "text_tokenizer": {
-            "class": f"{type(text_tokenizer).__module__}.{type(text_tokenizer).__qualname__}",
-            "fingerprint": text_tokenizer_fingerprint(text_tokenizer),
-            "vocab_size": int(text_tokenizer.vocab_size),
-            "special_ids": {k: getattr(text_tokenizer, f"{k}_id", None) for k in ("pad", "bos", "eos", "sep", "unk")},
-        },
-        "max_text_len": max_text_len,
-        "truncated": truncated,
-        "data": description or {},
-        "shards": shards,
-    }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-    tmp.replace(out / MANIFEST)  # the manifest appears only once every shard is complete
-    return manifest
 
 
 # ----------------------------------------------------------------------------- reading
@@ -257,13 +140,6 @@ class CodeShardDataset(Dataset):
         self.pad_id = int(self.manifest["text_tokenizer"]["special_ids"]["pad"] or 0)
         self.cache_shards = max(1, int(cache_shards))
         self._cache: OrderedDict[int, tuple[dict[str, torch.Tensor], list[dict[str, Any]]]] = OrderedDict()
-
-    @classmethod
-    def conformance_args(cls) -> dict[str, Any]:
-        """A one-shard fixture in a temporary folder (see :mod:`vilgkit.data.fixtures`)."""
-        from vilgkit.data.fixtures import fixture_dir
-
-        return {"path": str(fixture_dir() / "codes")}
 
     def check_fingerprints(self, image: str | None = None, text: str | None = None) -> None:
         """Refuse shards made with other tokenizers (fingerprints; ``None`` skips a check)."""

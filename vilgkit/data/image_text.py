@@ -1,8 +1,11 @@
 """``ImageTextFolder``: image–caption pairs from a JSONL or CSV index plus an image folder."""
+
 from __future__ import annotations
 
 import csv
+import io
 import json
+import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,14 @@ class ImageTextFolder(Dataset):
     names an image (relative to ``image_root``, default: the index's folder) and its caption. Rows
     with a missing/empty/over-long caption or a missing image file are dropped when the index is
     read; an image that fails to decode when it is loaded is replaced by the next usable row
-    (deterministically) — both counted per reason in :meth:`skip_counts`. Beyond
-    ``max_skip_fraction`` a :class:`~vilgkit.data.preprocess.DataQualityError` names the file.
+    (deterministically; a row found undecodable is counted once and not tried again) — both counted
+    per reason in :meth:`skip_counts`. Beyond ``max_skip_fraction`` a
+    :class:`~vilgkit.data.preprocess.DataQualityError` names the file.
+
+    The index is data, not trusted: an image path that is absolute or leaves ``image_root`` through
+    ``..`` is skipped (``outside_image_root``), never read; a ``.jsonl`` line that is not UTF-8 is a
+    bad row naming its line (in a ``.csv``, where a row may span lines, it stops the data set with an
+    error naming the line).
 
     Args:
         index: path of the ``.jsonl`` or ``.csv`` index.
@@ -66,6 +75,9 @@ class ImageTextFolder(Dataset):
                 self._skip(reason, where)
                 continue
             name = row.get(image_key)
+            if name and not _inside_root(str(name)):
+                self._skip("outside_image_root", f"{where} ({name})")
+                continue
             path = self.image_root / str(name) if name else None
             if path is None or not path.is_file():
                 self._skip("missing_image", f"{where} ({path})")
@@ -82,13 +94,7 @@ class ImageTextFolder(Dataset):
         if not self.rows:
             raise ValueError(f"{self.index_path}: no usable rows ({self.stats.counts()})")
         self.stats.min_seen = 50  # from now on (decode failures while training) check as a stream
-
-    @classmethod
-    def conformance_args(cls) -> dict[str, Any]:
-        """A four-row index written to a temporary folder (see :mod:`vilgkit.data.fixtures`)."""
-        from vilgkit.data.fixtures import fixture_dir
-
-        return {"index": str(fixture_dir() / "index.jsonl"), "image_size": 32}
+        self._undecodable: set[int] = set()  # rows whose image failed to decode (per process)
 
     def _skip(self, reason: str, where: str) -> None:
         # while reading the index, the fraction is checked once at the end (a bad first row is fine)
@@ -98,21 +104,26 @@ class ImageTextFolder(Dataset):
 
     def _read_rows(self) -> Iterator[tuple[int, dict[str, Any] | None]]:
         suffix = self.index_path.suffix.lower()
-        with self.index_path.open(encoding="utf-8", newline="") as f:
-            if suffix == ".jsonl":
-                for i, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        row = None
-                    yield i, row if isinstance(row, dict) else None
-            elif suffix == ".csv":
-                for i, row in enumerate(csv.DictReader(f), start=2):
-                    yield i, row
-            else:
-                raise ValueError(f"{self.index_path}: the index must be .jsonl or .csv, got {suffix or 'no suffix'}")
+        data = self.index_path.read_bytes()
+        if suffix == ".jsonl":
+            for i, raw in enumerate(data.split(b"\n"), start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    row = None
+                yield i, row if isinstance(row, dict) else None
+        elif suffix == ".csv":
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                line = data.count(b"\n", 0, err.start) + 1
+                raise DataQualityError(f"{self.index_path}:{line}: not UTF-8 text (byte {err.start})") from None
+            for i, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+                yield i, row
+        else:
+            raise ValueError(f"{self.index_path}: the index must be .jsonl or .csv, got {suffix or 'no suffix'}")
 
     def check_quality(self) -> None:
         """Raise :class:`DataQualityError` if the skipped fraction is above the limit."""
@@ -136,10 +147,14 @@ class ImageTextFolder(Dataset):
             raise IndexError(f"index {index} out of range for {n} rows")
         index = int(index) % n
         for attempt in range(n):
-            path, caption = self.rows[(index + attempt) % n]
+            row = (index + attempt) % n
+            if row in self._undecodable:
+                continue  # counted when it first failed
+            path, caption = self.rows[row]
             try:
                 image = load_image(path, self.image_size)
             except Exception:
+                self._undecodable.add(row)
                 self.stats.skip("undecodable_image", str(path))
                 continue
             return {
@@ -158,3 +173,14 @@ class ImageTextFolder(Dataset):
         for _, caption in self.rows[:limit]:
             yield caption
 
+
+def _inside_root(name: str) -> bool:
+    """``name`` is a relative path that stays inside the image root (no absolute path, no ``..`` out).
+
+    Lexical on purpose: a data set may be a tree of symlinks; what the index may not do is name a
+    file by an absolute path or climb out of the root.
+    """
+    name = name.replace("\\", "/")
+    if posixpath.isabs(name) or (len(name) > 1 and name[1] == ":"):  # /etc/passwd, C:/...
+        return False
+    return posixpath.normpath(name).split("/")[0] != ".."

@@ -21,8 +21,10 @@ was next, worker ``w`` plays the *role* ``(w + batches_consumed) % num_workers``
 
 **Quality.** Rejected samples are counted per reason (see :mod:`vilgkit.data.preprocess`); the
 counts of the current process are in :meth:`skip_counts`, and every sample carries the skips its
-worker made since its previous sample (``skipped``) so a loader can sum them across workers.
+worker made since its previous sample (``skipped``; a stream's last sample also carries the skips
+after it) so a loader can sum them across workers.
 """
+
 from __future__ import annotations
 
 import glob
@@ -104,14 +106,11 @@ class WebDatasetReader(IterableDataset):
         self.seed = int(seed)
         self.shuffle_shards = bool(shuffle_shards)
         self.repeat = bool(repeat)
+        self._placement_given = world_size is not None
         if world_size is None:
             dist = torch.distributed.is_available() and torch.distributed.is_initialized()
             rank, world_size = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
-        self.rank, self.world_size = int(rank or 0), int(world_size)
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
-        if len(self.urls) < self.world_size:
-            raise ValueError(f"{len(self.urls)} shard(s) cannot feed {self.world_size} data-parallel ranks")
+        self._place(int(rank or 0), int(world_size))
         self.max_caption_chars = int(max_caption_chars)
         self.stats = SkipStats(max_skip_fraction, min_seen)
         self.epoch = 0
@@ -120,12 +119,19 @@ class WebDatasetReader(IterableDataset):
         self._skip_next = 0
         self._position: dict[int, list[int]] = {}
 
-    @classmethod
-    def conformance_args(cls) -> dict[str, Any]:
-        """A one-shard fixture in a temporary folder (see :mod:`vilgkit.data.fixtures`)."""
-        from vilgkit.data.fixtures import fixture_dir
+    def _place(self, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if len(self.urls) < world_size:
+            raise ValueError(f"{len(self.urls)} shard(s) cannot feed {world_size} data-parallel ranks")
+        self.rank, self.world_size = rank, world_size
 
-        return {"urls": str(fixture_dir() / "shards"), "image_size": 16}
+    def set_placement(self, rank: int, world_size: int) -> None:
+        """The data-parallel position the loader trains at (its strategy's), unless ``rank``/
+        ``world_size`` were given at construction. A recipe builds its data sets before the process
+        group exists, when ``torch.distributed`` would still say rank 0 of 1 on every rank."""
+        if not self._placement_given:
+            self._place(int(rank), int(world_size))
 
     # ------------------------------------------------------------------ order
 
@@ -166,20 +172,42 @@ class WebDatasetReader(IterableDataset):
     # ------------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        # One sample is held back until the next is decoded (or the stream ends), so the skips after
+        # a stream's last sample still reach the loader: they ride on that last sample, whose
+        # position then points past them (a resume does not read them again).
+        held: dict[str, Any] | None = None
+        for sample, pending in self._stream():
+            if sample is None:  # the end; ``pending`` holds the skips after the last sample
+                break
+            if held is not None:
+                yield held
+            held = sample
+        if held is not None:
+            if pending:
+                held["skipped"] = dict(Counter(held["skipped"]) + pending)
+                role, *_ = held["position"]
+                held["position"] = [role, *self._end]
+                self._position[role] = list(self._end)
+            yield held
+
+    def _stream(self) -> Iterator[tuple[dict[str, Any] | None, Counter]]:
+        """``(sample, skips after it so far)`` for every kept sample; a final ``(None, trailing skips)``."""
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         role = (worker + self._batches) % num_workers
         epoch, shard_pos, sample_pos = self._start.get(role, (self.epoch, 0, 0))
+        self._end = (epoch, shard_pos, sample_pos)
         to_skip, pending = self._skip_next, Counter()
         while True:
             shards = self.shards_for(epoch, role, num_workers)
             if not shards:
-                return
+                break
             for k in range(shard_pos, len(shards)):
                 url = self.urls[shards[k]]
                 for idx, raw in self._raw_samples(url, pending):
                     if idx < sample_pos:
                         continue  # resumed inside this shard: already consumed, skip undecoded
+                    self._end = (epoch, k, idx + 1)
                     sample = self._decode(raw, url, pending)
                     if sample is None:
                         continue
@@ -189,11 +217,12 @@ class WebDatasetReader(IterableDataset):
                         continue
                     sample["position"] = [role, epoch, k, idx + 1]
                     sample["skipped"], pending = dict(pending), Counter()
-                    yield sample
+                    yield sample, pending
                 sample_pos = 0
             if not self.repeat:
-                return
+                break
             epoch, shard_pos = epoch + 1, 0
+        yield None, pending
 
     def _raw_samples(self, url: str, pending: Counter) -> Iterator[tuple[int, dict[str, Any]]]:
         stream = tarfile_samples([{"url": url}])
@@ -237,6 +266,15 @@ class WebDatasetReader(IterableDataset):
         self.stats.ok()
         return {"image": image, "caption": caption, "question": "", "answer": "",
                 "lang": detect_language(caption), "key": key}  # fmt: skip
+
+    def iter_shard(self, index: int) -> Iterator[dict[str, Any]]:
+        """The decoded samples of shard ``urls[index]`` in tar order, once (bad samples skipped and
+        counted as in :meth:`__iter__`); what ``vilgkit tokenize`` reads, one shard per work unit."""
+        url = self.urls[index]
+        for _, raw in self._raw_samples(url, Counter()):
+            sample = self._decode(raw, url, Counter())
+            if sample is not None:
+                yield sample
 
     def iter_texts(self, limit: int | None = None) -> Iterator[str]:
         """Captions of one pass in shard order (images are not decoded), for tokenizer fitting."""

@@ -12,6 +12,7 @@ The helpers at the bottom (model/optimizer/JSON files) are what strategies use t
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -333,7 +334,14 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
 def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     """Optimizer state via ``torch.save`` (tensors and plain containers only: loadable with
     ``weights_only=True``)."""
-    torch.save(optimizer.state_dict(), path)
+    # serialised in memory first: torch.save's zip writer reports a full disk as "unexpected pos";
+    # a plain write raises OSError(ENOSPC), which the CLI prints as "no space left … FILE"
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    try:
+        Path(path).write_bytes(buffer.getvalue())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:

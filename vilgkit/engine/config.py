@@ -56,26 +56,6 @@ class TrainerConfig:
     seed: int = 0
 
 
-def coerce_config(value: TrainerConfig | dict | None) -> TrainerConfig:
-    """A ``TrainerConfig`` from itself, a plain dict (as a recipe's ``init_args`` may deliver it) or ``None``."""
-    if value is None:
-        return TrainerConfig()
-    if isinstance(value, TrainerConfig):
-        return value
-    if isinstance(value, dict):
-        import dataclasses
-
-        known = {f.name for f in dataclasses.fields(TrainerConfig)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise TypeError(f"unknown trainer setting(s) {unknown}; known: {sorted(known)}")
-        kwargs = dict(value)
-        if "betas" in kwargs:
-            kwargs["betas"] = tuple(kwargs["betas"])
-        return TrainerConfig(**kwargs)
-    raise TypeError(f"expected a TrainerConfig or a dict, got {type(value).__name__}")
-
-
 def validate_config(cfg: TrainerConfig) -> None:
     """Raise ``VilgkitError`` listing every out-of-range setting."""
     from vilgkit.errors import VilgkitError

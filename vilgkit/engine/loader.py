@@ -23,7 +23,8 @@ are shuffled. Every epoch still visits the same samples once, batches pad less, 
 a pure function of ``(seed, epoch)``, so resume is exact.
 
 ``dataset.set_epoch(epoch)`` is called at each epoch start when present. Iterable data sets shard
-themselves across ranks (the loader does not split their streams).
+themselves across ranks (the loader does not split their streams); one with ``set_placement(rank,
+world_size)`` is told the loader's rank first (data sets are built before the process group exists).
 
 For bit-exact resume with ``num_workers > 0``, a data set's randomness should derive from the
 sample index (the Shapes world does); worker processes restart on resume.
@@ -112,6 +113,8 @@ class StatefulLoader:
         self.position = 0  # batches (map-style) or samples (iterable) consumed in this epoch
         self.batches_yielded = 0
         self._iter: Iterator[Any] | None = None
+        if self.iterable and callable(getattr(dataset, "set_placement", None)):
+            dataset.set_placement(rank, world_size)  # a stream shards itself: tell it this rank's place
         self._tracker = _stream_tracker(dataset, None) if self.iterable else None
         self._resume_stream: dict[str, Any] | None = None
         self._earlier_skips: dict[str, int] = {}  # skips counted by the trackers of finished epochs
@@ -209,6 +212,7 @@ class StatefulLoader:
                     self.dataset.skip(skip)
                 else:
                     discard = skip // self.batch_size
+            resumed = bool(skip or stream)
             skip, stream = 0, None
             loader = DataLoader(self.dataset, batch_size=self.batch_size, drop_last=self.drop_last, **common)
             got_any = False
@@ -217,7 +221,9 @@ class StatefulLoader:
                 if i < discard:
                     continue
                 yield batch
-            if not got_any and not discard:
+            # resumed at (or within a batch of) an epoch's end: nothing was left of it, which is fine;
+            # a fresh epoch without a batch is not
+            if not got_any and not discard and not resumed:
                 raise ValueError(f"{type(self.dataset).__name__} yielded no batch of {self.batch_size} in an epoch")
             # the epoch ended: the next one starts at sample 0
             yield _EPOCH_END

@@ -1,7 +1,6 @@
 """``vilgkit run``: parse a recipe, save it resolved, run its stages in order."""
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -11,18 +10,17 @@ import torch
 import vilgkit
 from vilgkit.artifacts import CHECKPOINTS_DIR, RESOLVED_RECIPE, RunDir  # noqa: F401  (RESOLVED_RECIPE: re-exported)
 from vilgkit.components import ComponentStore
+from vilgkit.engine.ranks import is_main_process, stage_barrier
 from vilgkit.engine.rng import seed_everything
 from vilgkit.errors import RecipeError, VilgkitError
 from vilgkit.interfaces import RunContext, Stage
-from vilgkit.plugins import get_plugin_manager
-from vilgkit.recipe import instantiate, parse_recipe, to_dict
+from vilgkit.plugins import get_plugin_manager, notify
+from vilgkit.recipe import build, load_components, parse_recipe, to_dict
 
 
 def resolve(paths: list[str], overrides: list[str] | None = None) -> dict[str, Any]:
     """Parse and validate recipe files into the resolved plain-dict recipe."""
-    get_plugin_manager()
-    import vilgkit.builtins  # noqa: F401  (core components register on import)
-
+    load_components()
     return to_dict(parse_recipe(paths, overrides))
 
 
@@ -70,33 +68,6 @@ def check_run_dir(run_dir: Path, stages: list[Stage], recipe: dict[str, Any], re
                      safe=tuple(getattr(stage, "safe_resume_keys", ()) or ()))
 
 
-def is_main_process() -> bool:
-    """True on the rank that writes shared files and evaluates: rank 0 of the process group, or of
-    the launcher's environment (``RANK``) before any group exists; True without a launcher."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0") or 0) == 0
-
-
-def stage_barrier(ctx: RunContext) -> None:
-    """Every rank waits here until all have finished the stage, so none starts the next one before
-    the main rank has written what it reads (weights, manifests); a no-op in a single process.
-
-    The recipe's strategy provides the barrier (it sets the process group up when needed); without
-    one, the default process group is used when it exists.
-    """
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return
-    if "strategy" in ctx.components:
-        ctx.components["strategy"].barrier()
-    elif dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def select_stages(stages: list[Stage], subset: list[str] | None) -> list[Stage]:
     """Stages to run, in recipe order; unknown names are an error listing the recipe's stages."""
     if not subset:
@@ -115,12 +86,25 @@ def run(
     stages: list[str] | None = None,
     resume: bool = False,
     debug: bool = False,
+    preflight: bool = True,
 ) -> RunContext:
-    """Run a recipe's stages; returns the context (run dir, built components)."""
-    pm = get_plugin_manager()
+    """Run a recipe's stages; returns the context (run dir, built components).
+
+    With ``preflight`` (the default) the training stages about to run are first planned against
+    the hardware this launch sees (:func:`vilgkit.recipe_plan.preflight`), before anything is built;
+    a stage that does not fit stops the run with the plan's numbers.
+    """
+    get_plugin_manager()
     recipe = resolve(paths, overrides)
-    pm.hook.vilgkit_recipe_loaded(recipe=recipe, path=", ".join(map(str, paths)))
-    stage_objs: list[Stage] = instantiate(recipe.get("stages") or [])
+    notify("vilgkit_recipe_loaded", recipe=recipe, path=", ".join(map(str, paths)))
+    if preflight:
+        from vilgkit.interfaces.stage import stage_name
+        from vilgkit.recipe_plan import preflight as check_fits
+
+        names = [stage_name(node) for node in recipe.get("stages") or []]
+        command = " ".join([str(paths[0]), *(f"--config {p}" for p in paths[1:])])
+        check_fits(recipe, [n for n in names if not stages or n in stages], command)
+    stage_objs: list[Stage] = build("stages", recipe.get("stages") or [], source=", ".join(map(str, paths)))
     if not stage_objs:
         raise RecipeError(f"{', '.join(map(str, paths))}: the recipe has no stages")
     names = [s.name for s in stage_objs]
@@ -141,7 +125,7 @@ def run(
         build_recipe = artifacts.adopt_external_files(recipe, write=main)
         ctx = RunContext(
             run_dir=run_dir,
-            components=ComponentStore(build_recipe, on_built=lambda k, c: pm.hook.vilgkit_component_built(key=k, component=c)),
+            components=ComponentStore(build_recipe, on_built=lambda k, c: notify("vilgkit_component_built", key=k, component=c)),
             recipe=recipe,
             seed=int(recipe.get("seed", 0)),
             resume=resume,
@@ -155,7 +139,7 @@ def run(
             summary = stage.run(ctx)
             if main:  # everything the stage wrote (logs, samples, outputs) is hashed into the manifest
                 artifacts.record_tree(artifacts.stage(stage.name))
-            pm.hook.vilgkit_stage_finished(stage=stage.name, summary=summary, run_dir=str(run_dir))
+            notify("vilgkit_stage_finished", stage=stage.name, summary=summary, run_dir=str(run_dir))
             stage_barrier(ctx)
     finally:
         if took_lock:

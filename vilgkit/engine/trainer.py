@@ -8,9 +8,9 @@ AdamW and schedule. A non-finite value never reaches an optimizer: policy ``stop
 :class:`NonFiniteLossError` naming the step, group and samples; ``skip`` drops that group's update,
 counts it, and stops after ``max_skipped``.
 
-Losses are computed *through the wrapped module's call*, so DDP's and FSDP's forward hooks run:
-``wrapped.training_losses(...)`` when the wrapper offers it, else ``wrapped(batch, step)`` with the
-module's ``forward`` routed to ``training_losses`` for that one call.
+The training pass is the wrapped module's call, ``wrapped(batch, group, step)`` (the module's
+``forward``), so DDP's and FSDP's hooks run; the module's ``training_losses(outputs, batch, group,
+step)`` then turns the outputs into named losses (:class:`~vilgkit.interfaces.Trainable`).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from vilgkit.engine.checkpoint import (
 )
 from vilgkit.engine.compat import check_resume
 from vilgkit.engine.batch import batch_size, move_to, sample_ids
-from vilgkit.engine.config import TrainerConfig, coerce_config, validate_config
+from vilgkit.engine.config import TrainerConfig, validate_config
 from vilgkit.engine.loader import StatefulLoader
 from vilgkit.engine.muon import muon_factory, muon_param_groups
 from vilgkit.engine.optim import adamw_factory, adamw_param_groups, normalize_groups
@@ -85,15 +85,22 @@ def default_strategy() -> ParallelStrategy:
     return cls()
 
 
+def run_strategy(ctx: RunContext) -> ParallelStrategy:
+    """The recipe's strategy (``SingleDevice`` when the recipe has none): what trains and builds the
+    run's large modules (:meth:`~vilgkit.interfaces.ParallelStrategy.build_module`)."""
+    return ctx.components["strategy"] if "strategy" in ctx.components else default_strategy()
+
+
 class Trainer:
     """Trains a :class:`~vilgkit.interfaces.Trainable` module under a :class:`ParallelStrategy`.
 
     Args:
-        module: an ``nn.Module`` implementing ``optimizer_groups()`` and ``training_losses()``.
+        module: an ``nn.Module`` implementing :class:`~vilgkit.interfaces.Trainable` (``forward(batch,
+            group, step)``, ``training_losses(outputs, batch, group, step)``, ``optimizer_groups()``).
         dataset: map-style or iterable data set; batches come from a :class:`StatefulLoader`.
         out_dir: the stage folder (checkpoints, ``metrics.jsonl``, TensorBoard, final weights).
         strategy: wraps the module and does checkpoint I/O.
-        config: the training settings (a plain dict is converted).
+        config: the training settings.
         collate_fn: batches samples (``None``: PyTorch's default).
         callbacks: objects with ``every`` and ``__call__(step, module, out_dir)`` (see :class:`Callback`).
         recipe: the resolved recipe, stored in checkpoints and compared on resume.
@@ -136,7 +143,9 @@ class Trainer:
     ) -> None:
         if not isinstance(module, nn.Module) or not callable(getattr(module, "training_losses", None)):
             raise TypeError(f"Trainer needs an nn.Module implementing Trainable, got {type(module).__name__}")
-        config = coerce_config(config)
+        config = config if config is not None else TrainerConfig()
+        if not isinstance(config, TrainerConfig):  # recipes deliver the dataclass (built by jsonargparse)
+            raise TypeError(f"Trainer needs a TrainerConfig, got {type(config).__name__}")
         validate_config(config)
         self.module, self.dataset, self.strategy, self.config = module, dataset, strategy, config
         self.out_dir = Path(out_dir)
@@ -167,7 +176,7 @@ class Trainer:
     ) -> "Trainer":
         """A trainer writing into ``ctx.stage_dir(stage.name)`` with the recipe's strategy
         (``SingleDevice`` when the recipe has none), recipe and seed. Call ``.fit(ctx.resume)``."""
-        strategy = ctx.components["strategy"] if "strategy" in ctx.components else default_strategy()
+        strategy = run_strategy(ctx)
         kwargs.setdefault("recipe", ctx.recipe)
         kwargs.setdefault("stage_name", stage.name)
         kwargs.setdefault("run_seed", ctx.seed)
@@ -251,7 +260,7 @@ class Trainer:
         if self.strategy.is_main:
             self.ckpt.set_aside_incomplete()
         self.strategy.barrier()
-        for step, path in reversed(self.ckpt.complete()):
+        for _step, path in reversed(self.ckpt.complete()):
             try:
                 verify(path)
                 meta = read_meta(path)
@@ -290,9 +299,28 @@ class Trainer:
         return None
 
     def _export(self) -> None:
+        if not self._intact() and self._stream_export():
+            return
         weights = self.strategy.state_dict(self.model)
         if self.strategy.is_main:
             artifacts.save_weights(self.final_weights, weights, {"format": "pt", "step": str(self.step)})
+
+    def _stream_export(self) -> bool:
+        """A sharded module's final weights, streamed by the main rank from the final sharded
+        checkpoint into ``final_weights`` one tensor at a time (no rank gathers the whole model);
+        the optimizer states and gradients are dropped first. False when the checkpoint is not a
+        sharded (DCP) one."""
+        from vilgkit import sharded
+
+        latest = self.ckpt.latest()
+        if latest is None or latest[0] != self.step or not (latest[1] / sharded.MARKER).is_file():
+            return False
+        self._release()
+        if self.strategy.is_main:
+            tmp = self.final_weights.with_name(f".tmp-{FINAL_WEIGHTS}")
+            sharded.stream_module(latest[1], "model", tmp, metadata={"format": "pt", "step": str(self.step)})
+            tmp.replace(self.final_weights)
+        return True
 
     # ================================================================== the loop
     def fit(self, resume: bool = False) -> dict[str, float]:
@@ -382,12 +410,24 @@ class Trainer:
         inner = unwrap(self.model) if callable(unwrap) else self.model
         return inner is self.module and not any(_is_dtensor(p) for p in self.module.parameters())
 
-    def _fresh(self) -> nn.Module:
+    def _fresh(self, weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """A ``rebuild()`` copy on the strategy's device; with ``weights`` it is built on ``meta`` and
+        takes them over (``assign``), so the host never holds the model twice."""
         if self.rebuild is None:
             raise VilgkitError(f"{type(self.strategy).__name__} shards {type(self.module).__name__} in place: give the "
                                "Trainer rebuild= (a factory of an unwrapped copy) to use the trained module on one rank")
-        with rng.side_quest(self.module):  # building initialises weights: keep every random stream
-            fresh = self.rebuild()
+        fresh = None
+        if weights is not None:
+            with torch.device("meta"):
+                fresh = self.rebuild()
+            fresh.load_state_dict(weights, strict=True, assign=True)
+            if any(t.is_meta for t in (*fresh.parameters(), *fresh.buffers())):  # non-persistent buffers
+                fresh = None
+        if fresh is None:
+            with rng.side_quest(self.module):  # building initialises weights: keep every random stream
+                fresh = self.rebuild()
+            if weights is not None:
+                fresh.load_state_dict(weights, strict=True)
         return fresh.to(self.device).train(self.module.training)
 
     def trained_module(self) -> nn.Module:
@@ -400,9 +440,15 @@ class Trainer:
         """
         if self._intact():
             return self.module
-        fresh = self._fresh()
-        fresh.load_state_dict(load_tensors(self.final_weights, self.device), strict=True)
-        return fresh
+        self._release()  # training is over: free the optimizer states and gradients before the copy
+        return self._fresh(load_tensors(self.final_weights))
+
+    def _release(self) -> None:
+        """Drop what only training needs (optimizer states, schedules, gradients): after this the
+        trainer cannot step again."""
+        self.model.zero_grad(set_to_none=True)
+        self.optimizers.clear()
+        self.schedulers.clear()
 
     def _callback_module(self) -> nn.Module | None:
         """Collective: a plain copy with the current weights on the main rank (``None`` elsewhere)."""
@@ -468,7 +514,8 @@ class Trainer:
                     with strategy.autocast(dtype):
                         losses = self._call(name, move_to(batch, self.device))
                     if "loss" not in losses:
-                        raise KeyError(f"{type(self.module).__name__}.training_losses(group={name!r}) returned no 'loss' "
+                        raise KeyError(f"{type(self.module).__name__}.training_losses(..., group={name!r}) returned no "
+                                       "'loss' "
                                        f"(keys: {sorted(losses)})")
                     (losses["loss"] / len(batches)).backward()
                 for key, value in losses.items():
@@ -504,8 +551,9 @@ class Trainer:
         return out
 
     def _call(self, group: str, batch: Any) -> dict[str, torch.Tensor]:
-        """``training_losses`` entered through the wrapped model's ``__call__`` (DDP/FSDP hooks run)."""
-        return losses_through_wrapper(self.model, self.module, batch, group, self.step)
+        """The training pass through the wrapped model's call (DDP/FSDP hooks run), then the losses."""
+        outputs = self.model(batch, group, self.step)
+        return self.module.training_losses(outputs, batch, group, self.step)
 
     def _non_finite(self, group: str, batches: list[Any], losses: torch.Tensor, norm: torch.Tensor) -> None:
         bad = [i for i, ok in enumerate(torch.isfinite(losses).tolist()) if not ok]
@@ -528,32 +576,3 @@ class Trainer:
         if self.counters["skipped_steps"] > self.config.max_skipped:
             raise NonFiniteLossError(f"{where}; more than max_skipped={self.config.max_skipped} skipped updates")
 
-
-def losses_through_wrapper(wrapped: nn.Module, module: nn.Module, batch: Any, group: str, step: int) -> Any:
-    """``module.training_losses(batch, group, step)`` entered through ``wrapped``'s ``__call__``.
-
-    A strategy's wrapper gathers parameters (FSDP, FairScale) or arms gradient sync (DDP) in its
-    forward hooks, which a direct call of ``training_losses`` would bypass. A wrapper that exposes
-    ``training_losses`` itself (e.g. the DDP plugin's) is called directly. Otherwise ``module``'s
-    ``forward`` is replaced, for this call only, by a one-shot function that removes itself before
-    calling ``training_losses``: calls of ``self(...)`` inside it reach the real ``forward``.
-
-    Args:
-        wrapped: what the strategy's ``wrap`` returned.
-        module: the model before wrapping (the object whose ``training_losses`` runs).
-    """
-    # the wrapper's own class must define it: FairScale's FSDP forwards unknown attributes to the
-    # inner module, whose training_losses would then run without the wrapper gathering parameters
-    if wrapped is not module and callable(getattr(type(wrapped), "training_losses", None)):
-        return wrapped.training_losses(batch, group, step)  # the wrapper routes it itself
-    losses_fn = module.training_losses
-
-    def enter(batch: Any, step: int) -> dict[str, torch.Tensor]:
-        module.__dict__.pop("forward", None)
-        return losses_fn(batch, group, step)
-
-    module.forward = enter
-    try:
-        return wrapped(batch, step)
-    finally:
-        module.__dict__.pop("forward", None)

@@ -1,8 +1,9 @@
-"""The abstract interfaces of DESIGN.md §2. Core depends only on these; plugins implement them."""
+"""The abstract interfaces of docs/architecture.md §3. Core depends only on these; plugins implement them."""
 from vilgkit.interfaces.attention import AttentionPattern
+from vilgkit.interfaces.decode_cache import DecodeCache
 from vilgkit.interfaces.generator import Generator, GeneratorOutput
 from vilgkit.interfaces.image_tokenizer import ImageTokenizer
-from vilgkit.interfaces.parallel import MemoryPlan, ParallelStrategy
+from vilgkit.interfaces.parallel import MemoryPlan, ParallelStrategy, StrategyLayout
 from vilgkit.interfaces.reconstructor import Reconstructor
 from vilgkit.interfaces.reranker import Reranker, RerankInputs, RerankResult
 from vilgkit.interfaces.stage import RunContext, Stage
@@ -11,6 +12,7 @@ from vilgkit.interfaces.trainable import Trainable
 
 __all__ = [
     "AttentionPattern",
+    "DecodeCache",
     "Generator",
     "GeneratorOutput",
     "ImageTokenizer",
@@ -22,6 +24,7 @@ __all__ = [
     "Reranker",
     "RunContext",
     "Stage",
+    "StrategyLayout",
     "TextTokenizer",
     "Trainable",
 ]

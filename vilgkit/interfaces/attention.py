@@ -1,6 +1,6 @@
 """The attention-pattern interface: which keys each query may see, and fast ways to compute it.
 
-The reference definition (DESIGN.md §1) is expressed by :meth:`AttentionPattern.allowed`; every fast
+The reference definition (docs/architecture.md §2) is expressed by :meth:`AttentionPattern.allowed`; every fast
 path must agree with it. Layers are identified by ``(layer, num_layers)`` so that schedules such as
 "convolutional attention in the last layer" need no hidden state.
 
@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
+from vilgkit.interfaces.decode_cache import DecodeCache
 from vilgkit.layout import Layout
 
 
@@ -22,6 +23,46 @@ def with_key_padding(allowed: torch.Tensor, key_padding_mask: torch.Tensor | Non
     if key_padding_mask is None:
         return allowed
     return allowed[None, None] & ~key_padding_mask[:, None, None, :]
+
+
+def masked_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, key_padding_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """SDPA with ``allowed`` ``Bool[N, N]`` and an optional key padding mask ``Bool[B, N]``."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=with_key_padding(allowed, key_padding_mask))
+
+
+def check_layer(layer: int, num_layers: int) -> None:
+    """A clear error for a layer index outside ``[0, num_layers)``."""
+    if num_layers < 1 or not 0 <= layer < num_layers:
+        raise ValueError(f"layer {layer} is out of range for num_layers={num_layers}")
+
+
+def check_attend_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout, key_padding_mask: torch.Tensor | None
+) -> None:
+    """Clear errors for shape mistakes before any kernel runs."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, H, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[:3] != k.shape[:3] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q, k, v shapes disagree: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[2] != layout.length:
+        raise ValueError(f"sequence length {q.shape[2]} does not match the layout's {layout.length}")
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (q.shape[0], q.shape[2]):
+            raise ValueError(
+                f"key_padding_mask must be Bool[B, N] = [{q.shape[0]}, {q.shape[2]}], got "
+                f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+            )
+
+
+def check_decode_position(layout: Layout, position: int) -> None:
+    """Decoding steps are target positions; the source is prefilled with ``attend``."""
+    if not layout.source_length <= position < layout.length:
+        raise ValueError(
+            f"decode position {position} is not a target position "
+            f"[{layout.source_length}, {layout.length}) of this layout"
+        )
 
 
 class AttentionPattern(ABC):
@@ -70,3 +111,22 @@ class AttentionPattern(ABC):
         if bool(row.all()):
             return None
         return row.nonzero().flatten()
+
+    def decode_cache(
+        self,
+        layout: Layout,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> DecodeCache | None:
+        """A decoding cache laid out for this pattern, or ``None`` (the default) for the generator's own.
+
+        The generator's cache slices the prefix where :meth:`decode_keys` is ``None`` and gathers the
+        listed keys otherwise; a pattern whose keys can be kept contiguous returns a cache that
+        avoids the gather. Either must give the oracle's attention.
+        """
+        return None

@@ -19,11 +19,14 @@ class GeneratorOutput:
             (raster order), when the batch had a text→image part. The end-to-end reconstructor
             consumes them.
         logits: optional per-direction logits, for tests and rerankers.
+        labels: optional per-direction target ids of those logits (``-100`` where nothing is
+            predicted), for accuracies.
     """
 
     losses: dict[str, torch.Tensor]
     image_hidden: torch.Tensor | None = None
     logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Generator(nn.Module, ABC):
@@ -44,15 +47,20 @@ class Generator(nn.Module, ABC):
         """Teacher-forced pass over every direction present in ``batch``."""
 
     @abstractmethod
-    def sample_images(self, text_ids: torch.Tensor, grid: tuple[int, int], **sampling) -> torch.Tensor:
-        """Text ids ``[B, L]`` → sampled codes ``[B, h, w]`` (autoregressive, KV-cached)."""
+    def sample_images(
+        self, text_ids: torch.Tensor, text_mask: torch.Tensor | None, grid: tuple[int, int], **sampling
+    ) -> torch.Tensor:
+        """Text ids ``[B, L]`` (``text_mask`` ``Bool[B, L]`` True at real ids; ``None``: ids != pad) →
+        sampled codes ``[B·Nc, h, w]`` (autoregressive, KV-cached; ``num_candidates`` Nc per prompt)."""
 
     @abstractmethod
     def generate_text(self, codes: torch.Tensor, max_length: int, **decoding) -> list[list[int]]:
         """Codes ``[B, h, w]`` (and optionally a question) → generated id lists."""
 
     @abstractmethod
-    def text_log_likelihood(self, codes: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+    def text_log_likelihood(
+        self, codes: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``log P(text | image codes)`` per sample, ``[B]`` (used by self-reranking)."""
 
     def blocks(self) -> list[nn.Module]:

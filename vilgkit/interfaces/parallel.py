@@ -1,20 +1,62 @@
 """The parallel-strategy interface: how modules are wrapped, optimised and checkpointed.
 
-Model code stays single-device; a strategy applies, in this order (DESIGN.md §3): build on
+Model code stays single-device; a strategy applies, in this order (docs/architecture.md §4): build on
 ``meta`` → activation checkpointing → compile (optional) → shard per block then the root →
 materialise and initialise. The training loop only talks to this interface, so the same loop runs
 single-device, DDP or FSDP.
 """
+
 from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class StrategyLayout:
+    """How a strategy lays out training state (what ``vilgkit plan`` needs to know).
+
+    Attributes:
+        sharding: ``"none"`` (every rank holds everything), ``"full"`` or ``"hybrid"``.
+        shard_size: ranks per shard group for hybrid sharding (``None``: ranks per node).
+        cpu_offload: sharded master weights, gradients and optimizer states on the host.
+        recompute: activation checkpointing per block: ``"none"``, ``"full"``, ``"selective"``.
+        param_dtype: dtype of the compute copy of the parameters.
+        reduce_dtype: dtype of gradient reductions.
+    """
+
+    sharding: Literal["none", "full", "hybrid"] = "none"
+    shard_size: int | None = None
+    cpu_offload: bool = False
+    recompute: Literal["none", "full", "selective"] = "none"
+    param_dtype: str = "fp32"
+    reduce_dtype: str = "fp32"
+
+    def shard_group(self, nodes: int, gpus_per_node: int) -> int:
+        if self.sharding == "none":
+            return 1
+        if self.sharding == "full":
+            return nodes * gpus_per_node
+        return self.shard_size or gpus_per_node
+
+    def describe(self, nodes: int, gpus_per_node: int) -> str:
+        s = self.shard_group(nodes, gpus_per_node)
+        world = nodes * gpus_per_node
+        where = {
+            "none": "replicated",
+            "full": f"sharded over {s}",
+            "hybrid": f"sharded over {s}, replicated ×{world // max(1, s)}",
+        }[self.sharding]
+        return (
+            f"{where}; offload={'on' if self.cpu_offload else 'off'}; recompute={self.recompute}; "
+            f"params {self.param_dtype}, reduce {self.reduce_dtype}"
+        )
 
 
 @dataclass
@@ -30,7 +72,9 @@ class MemoryPlan:
 
     @property
     def device_total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer_states + self.activations
+        return (
+            self.parameters + self.gradients + self.optimizer_states + self.activations
+        )
 
 
 class ParallelStrategy(ABC):
@@ -76,7 +120,9 @@ class ParallelStrategy(ABC):
     def barrier(self) -> None:
         """Wait for every rank (no-op on one device)."""
 
-    def clip_grad_norm_(self, model: nn.Module, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    def clip_grad_norm_(
+        self, model: nn.Module, params: list[nn.Parameter], max_norm: float
+    ) -> torch.Tensor:
         """Clip the gradients to a total norm of ``max_norm`` (``inf``: measure only); returns the
         total norm before clipping, the same on every rank. Called on every rank after backward.
 
@@ -113,11 +159,9 @@ class ParallelStrategy(ABC):
     def load_checkpoint(self, directory: Path, state: dict[str, Any]) -> None:
         """Load into the objects of ``state`` in place (the inverse of :meth:`save_checkpoint`)."""
 
-    def layout(self) -> Any:
-        """How this strategy lays out training state, a :class:`vilgkit.planning.StrategyLayout`
-        (``vilgkit plan`` reads it); the default is an unsharded replica on every rank."""
-        from vilgkit.planning import StrategyLayout
-
+    def layout(self) -> StrategyLayout:
+        """How this strategy lays out training state (``vilgkit plan`` reads it); the default is an
+        unsharded replica on every rank."""
         return StrategyLayout()
 
     def build_module(self, factory: Any) -> nn.Module:
@@ -127,7 +171,9 @@ class ParallelStrategy(ABC):
 
     def memory_plan(self, model: nn.Module, tokens_per_device: int) -> MemoryPlan:
         """Estimated memory per device for training ``model`` under this strategy."""
-        raise NotImplementedError(f"{type(self).__name__} does not report a memory plan")
+        raise NotImplementedError(
+            f"{type(self).__name__} does not report a memory plan"
+        )
 
     @contextlib.contextmanager
     def autocast(self, dtype: torch.dtype | None) -> Iterator[None]:

@@ -4,6 +4,7 @@
 writes into ``run_dir/<stage name>/``; a later stage (or a later invocation with ``--stages``) finds
 an earlier stage's output there, or at a path the recipe gives.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -55,7 +56,9 @@ class RunContext:
     def component(self, key: str) -> Any:
         """A recipe component, with a clear error when the recipe lacks it."""
         if key not in self.components or self.components[key] is None:
-            raise KeyError(f"this stage needs '{key}' but the recipe does not define it")
+            raise KeyError(
+                f"this stage needs '{key}' but the recipe does not define it"
+            )
         return self.components[key]
 
 
@@ -67,12 +70,23 @@ class Stage(ABC):
             version of the class name).
     """
 
+    #: the recipe component this stage trains (``"generator"``, ``"image_tokenizer"``), or ``None``;
+    #: ``vilgkit plan`` and ``vilgkit run``'s pre-flight plan that component for the stage
+    trains: str | None = None
+
     def __init__(self, name: str | None = None) -> None:
         self.name = name or _snake(type(self).__name__)
 
     @abstractmethod
     def run(self, ctx: RunContext) -> dict[str, Any] | None:
         """Do the work; may return a small summary dict (logged by the runner)."""
+
+
+def stage_name(node: dict[str, Any]) -> str:
+    """The name a recipe's stage entry ``{class_path, init_args}`` runs under (without building it)."""
+    return (node.get("init_args") or {}).get("name") or _snake(
+        node["class_path"].rsplit(".", 1)[-1]
+    )
 
 
 def _snake(name: str) -> str:

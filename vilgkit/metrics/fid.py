@@ -1,7 +1,6 @@
 """The FID metric (paper §4.2): streaming feature statistics of real and generated images."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -108,12 +107,6 @@ class FID(Metric):
         if self.fake_stats is None or self.real_stats is None:
             raise ValueError("FID needs both generated and real images (or reference_stats)")
         return {"fid": fid_from_stats(self.real_stats, self.fake_stats), "fid_num_generated": float(self.fake_stats.count)}
-
-    def save_real_stats(self, path: str | Path) -> None:
-        """Cache the real statistics (``mu``, ``sigma``, ``count``) for later runs."""
-        if self.real_stats is None:
-            raise ValueError("no real statistics accumulated")
-        self.real_stats.save(path)
 
     def settings(self) -> dict[str, Any]:
         name = self._extractor.name if self._extractor is not None else self.extractor_kind

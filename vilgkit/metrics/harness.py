@@ -15,7 +15,9 @@ picture grids next to the numbers.
 from __future__ import annotations
 
 import platform
+import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,18 +139,19 @@ def evaluate(
     sampling = sampling or SamplingSettings()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    num_samples = min(num_samples, len(dataset))
     if num_samples <= 0:
-        raise ValueError("nothing to evaluate: the data set is empty or num_samples is 0")
+        raise ValueError("nothing to evaluate: num_samples is 0")
     metric_objs = build_metrics(metrics, fid_extractor=fid_extractor, fid_weights=fid_weights)
     tasks = {m.task for m in metric_objs} | ({"image2text"} if "caption" in metrics else set())
     captioners: dict[str, CaptionMetrics] = {}
     examples = _Examples(report_examples)
     timing = {"generation_s": 0.0, "rerank_s": 0.0, "decode_s": 0.0, "caption_s": 0.0, "vqa_s": 0.0, "scoring_s": 0.0}
     start_all = time.perf_counter()
-    num_batches = (num_samples + batch_size - 1) // batch_size
-    for b, start in enumerate(range(0, num_samples, batch_size)):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, num_samples))])
+    num_batches = -(-num_samples // batch_size)  # at most; a shorter data set ends sooner
+    seen = 0
+    for b, samples in enumerate(_batches(dataset, num_samples, batch_size)):  # streamed: constant memory
+        seen += len(samples)
+        batch = collate(samples)
         fields: dict[str, dict[str, Any]] = {}
         if "text2image" in tasks:
             fields["text2image"] = _text_to_image(pipe, batch, sampling, reranker, seed + b, timing, examples)
@@ -166,6 +169,9 @@ def evaluate(
             metric.update(**{k: fields[metric.task][k] for k in metric.inputs})
         timing["scoring_s"] += time.perf_counter() - t
         log(f"evaluate: batch {b + 1}/{num_batches}")
+    if seen == 0:
+        raise ValueError("nothing to evaluate: the data set is empty")
+    num_samples = seen
     results: dict[str, float] = {}
     metric_settings: dict[str, Any] = {}
     for metric in metric_objs:
@@ -198,6 +204,26 @@ def evaluate(
     write_report(out_dir / REPORT_FILE, record, examples)
     log(f"evaluate: wrote {out_dir / RESULTS_FILE} and {out_dir / REPORT_FILE}")
     return record
+
+
+def _batches(dataset: Any, num_samples: int, batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    """The first ``num_samples`` samples in lists of ``batch_size``: indexed for a map-style data set,
+    read once from the start for a stream (a repeating stream is cut at ``num_samples``)."""
+    from torch.utils.data import IterableDataset
+
+    if isinstance(dataset, IterableDataset):
+        items = itertools.islice(iter(dataset), num_samples)
+    else:
+        items = (dataset[i] for i in range(min(num_samples, len(dataset))))
+    while chunk := list(itertools.islice(items, batch_size)):
+        yield chunk
+
+
+def _decode(pipe: Any, ids: Any) -> list[str]:
+    """Generated ids → texts as inference decodes them (``Pipeline.decode_text`` drops ids past the
+    tokenizer's vocabulary, which a generator with a larger text vocabulary can emit)."""
+    decode = getattr(pipe, "decode_text", None)
+    return decode(ids) if callable(decode) else pipe.text_tokenizer.decode(ids)
 
 
 def _text_to_image(pipe, batch, sampling: SamplingSettings, reranker, seed: int, timing, examples) -> dict[str, Any]:
@@ -249,7 +275,7 @@ def _image_to_text(pipe, batch, sampling: SamplingSettings, seed: int, timing, e
             codes, max_length=pipe._max_length(sampling.max_text_length), method=sampling.caption_method,
             num_beams=sampling.num_beams, generator=torch.Generator(device=pipe.device).manual_seed(seed),
         )  # fmt: skip
-    captions = pipe.text_tokenizer.decode(out)
+    captions = _decode(pipe, out)
     timing["caption_s"] += time.perf_counter() - t
     references = [list(r) for r in batch["references"]] if "references" in batch else [[c] for c in batch["caption"]]
     for i, caption in enumerate(captions):
@@ -260,16 +286,18 @@ def _image_to_text(pipe, batch, sampling: SamplingSettings, seed: int, timing, e
 
 
 def _answer(pipe, batch, sampling: SamplingSettings, timing, examples) -> dict[str, Any]:
-    from vilgkit.batching import encode_texts
+    from vilgkit.text_encoding import encode_texts
 
     t = time.perf_counter()
-    images, questions = batch["image"], list(batch["question"])
+    images, questions = batch["image"], list(batch.get("question") or [])
+    if not any(q.strip() for q in questions):
+        raise ValueError("the evaluation data has no questions (caption-only data): leave `vqa` out of the metrics")
     q_ids, q_mask, _ = encode_texts(pipe.text_tokenizer, questions, pipe.max_text_len, truncate=True, what="question")
     with torch.no_grad():
         codes = pipe.image_tokenizer.encode(images.to(pipe.device))
         out = pipe.generator.generate_text(codes, max_length=pipe._max_length(sampling.max_text_length), method="greedy",
                                            question_ids=q_ids.to(pipe.device), question_mask=q_mask.to(pipe.device))  # fmt: skip
-    answers = pipe.text_tokenizer.decode(out)
+    answers = _decode(pipe, out)
     timing["vqa_s"] += time.perf_counter() - t
     for i, answer in enumerate(answers):
         if len(examples.vqa) >= examples.limit:

@@ -171,7 +171,10 @@ def train_shapes_feature_extractor(
     rng = np.random.default_rng(seed)
     model = ShapesFeatureExtractor(input_size=image_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # OneCycleLR divides by (pct_start * steps - 1): 10% warm-up is exactly 1 step at steps=10 (a
+    # ZeroDivisionError); short runs warm up for 30% instead, which is never a whole step below 20
+    pct_start = 0.1 if steps >= 20 else 0.3
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
     model.train()
     for step in range(steps):
         images, scenes = render_batch(rng, batch_size, image_size)

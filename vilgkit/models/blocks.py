@@ -5,35 +5,34 @@ One block serves three call paths with the same weights:
 * :meth:`Block.forward` — teacher forcing over a whole stream; the attention pattern computes
   masked attention (``AttentionPattern.attend``), so sparse patterns can use block-wise kernels;
 * :meth:`Block.prefill` — the source segments of a stream at once, keys/values returned for the cache;
-* :meth:`Block.decode` — one new position per row against a pre-allocated KV cache.
+* :meth:`Block.decode` — one new position per row against a decoding cache (which attends).
 
 Dimension key:
     B batch (rows), N sequence length, C hidden size, H heads, D head dim (C // H),
-    K keys a decoding step attends to, P filled cache positions.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
 from torch import nn
 
 from vilgkit.interfaces.attention import AttentionPattern
+from vilgkit.interfaces.decode_cache import DecodeCache
 from vilgkit.layout import Layout
 from vilgkit.models.gemv import decode_linear
 
 
-class MLP(nn.Module):
-    """Position-wise feed-forward network ``C → mlp_ratio·C → C`` with GELU."""
+class MLP(Mlp):
+    """Position-wise feed-forward network ``C → mlp_ratio·C → C`` with GELU: timm's ``Mlp``.
+
+    Dropout only after the output projection (``drop=(0, dropout)``): a zero-probability dropout
+    draws no random numbers, so outputs, initialisation and state-dict keys (``fc1``, ``fc2``) are
+    those of the hand-written block this replaces.
+    """
 
     def __init__(self, hidden_size: int, mlp_ratio: float, dropout: float) -> None:
-        super().__init__()
-        inner = int(round(hidden_size * mlp_ratio))
-        self.fc1 = nn.Linear(hidden_size, inner)
-        self.fc2 = nn.Linear(inner, hidden_size)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+        super().__init__(hidden_size, int(round(hidden_size * mlp_ratio)), act_layer=nn.GELU, drop=(0.0, dropout))
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` for a few decoding rows (weights read through :func:`decode_linear`).
@@ -131,7 +130,7 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The source part of a stream, with an explicit mask.
 
-        The source never attends to the target (DESIGN.md §1), so the source rows of the oracle
+        The source never attends to the target (docs/architecture.md §2), so the source rows of the oracle
         mask restricted to source keys are all a prefill needs.
 
         Args:
@@ -145,36 +144,16 @@ class Block(nn.Module):
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self._finish(x, attn), k, v
 
-    def decode(
-        self,
-        x: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        position: int,
-        key_index: torch.Tensor | None,
-        valid: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """One new position per row against the cache (writes this position's key/value first).
+    def decode(self, x: torch.Tensor, cache: DecodeCache, position: int) -> torch.Tensor:
+        """One new position per row against the cache (which writes its key/value, then attends).
 
         Args:
             x: ``[B, 1, C]`` the new position's input.
-            k_cache, v_cache: ``[B, H, Nmax, D]`` pre-allocated; positions ``< position`` are filled.
+            cache: the run's :class:`DecodeCache`; positions ``< position`` are filled.
             position: absolute stream position of the new token.
-            key_index: ``Long[K]`` cache positions to attend (a sparse pattern's ``decode_keys``),
-                or ``None`` for every position ``0..position`` (sliced, no copy).
-            valid: ``Bool[B, 1, 1, Nmax]`` False at padding keys, or ``None`` when nothing is padded.
 
         Returns:
             ``[B, 1, C]``.
         """
         q, k, v = self._qkv(x, decoding=True)
-        k_cache[:, :, position : position + 1].copy_(k)
-        v_cache[:, :, position : position + 1].copy_(v)
-        if key_index is None:
-            keys, values = k_cache[:, :, : position + 1], v_cache[:, :, : position + 1]
-            mask = None if valid is None else valid[..., : position + 1]
-        else:  # sparse: gather only the keys the pattern allows (K ≪ P for row/column/conv layers)
-            keys, values = k_cache.index_select(2, key_index), v_cache.index_select(2, key_index)
-            mask = None if valid is None else valid.index_select(3, key_index)
-        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        return self._finish(x, attn, decoding=True)
+        return self._finish(x, cache.attend(self.layer, position, q, k, v), decoding=True)

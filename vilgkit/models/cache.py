@@ -1,19 +1,27 @@
-"""A pre-allocated key/value cache for incremental decoding (both directions, whole candidate batch).
+"""The generic pre-allocated key/value cache for incremental decoding (both directions, whole candidate batch).
+
+Used whenever the attention pattern supplies no cache of its own
+(:meth:`~vilgkit.interfaces.AttentionPattern.decode_cache`): each step writes one position and attends
+the cached prefix by slicing (layers whose ``decode_keys`` are ``None``) or by gathering the
+pattern's ``decode_keys`` (sparse layers read only their K keys).
 
 Dimension key: R rows (prompts × candidates [× 2 with guidance]), H heads, N stream length
-(``layout.length``), D head dim, K keys of one sparse decoding step.
+(``layout.length``), D head dim, K keys of one sparse decoding step, S source length.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
+from vilgkit.interfaces.decode_cache import DecodeCache
 from vilgkit.layout import Layout
 
 
 @dataclass
-class KVCache:
+class KVCache(DecodeCache):
     """Keys and values of every layer for a fixed layout, allocated once before decoding.
 
     Attributes:
@@ -37,6 +45,16 @@ class KVCache:
     def batch_size(self) -> int:
         return self.key_padding.shape[0]
 
+    def write_source(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        S = k.shape[2]
+        self.keys[layer][:, :, :S].copy_(k)
+        self.values[layer][:, :, :S].copy_(v)
+
+    def set_source_padding(self, padding: torch.Tensor) -> None:
+        self.key_padding.zero_()
+        self.key_padding[:, : padding.shape[1]] = padding
+        self._valid = None  # padding changed: rebuild the step mask once
+
     def valid_mask(self) -> torch.Tensor | None:
         """``Bool[R, 1, 1, N]`` True at attendable keys, or ``None`` when nothing is padded.
 
@@ -44,7 +62,11 @@ class KVCache:
         """
         if self._valid is None:
             padded = bool(self.key_padding.any())  # one check per prefill, not per step
-            self._valid = ~self.key_padding[:, None, None, :] if padded else self.key_padding.new_ones(0)
+            self._valid = (
+                ~self.key_padding[:, None, None, :]
+                if padded
+                else self.key_padding.new_ones(0)
+            )
         return self._valid if self._valid.numel() else None
 
     def key_index(self, layer: int, position: int) -> torch.Tensor | None:
@@ -54,8 +76,30 @@ class KVCache:
             return None
         return plan[position - self.layout.source_length]
 
+    def attend(
+        self,
+        layer: int,
+        position: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+    ) -> torch.Tensor:
+        k_cache, v_cache = self.keys[layer], self.values[layer]
+        k_cache[:, :, position : position + 1].copy_(k)
+        v_cache[:, :, position : position + 1].copy_(v)
+        valid, key_index = self.valid_mask(), self.key_index(layer, position)
+        if key_index is None:
+            keys, values = k_cache[:, :, : position + 1], v_cache[:, :, : position + 1]
+            mask = None if valid is None else valid[..., : position + 1]
+        else:  # sparse: gather only the keys the pattern allows (K ≪ P for row/column/conv layers)
+            keys, values = (
+                k_cache.index_select(2, key_index),
+                v_cache.index_select(2, key_index),
+            )
+            mask = None if valid is None else valid.index_select(3, key_index)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` (in that order) of the filled positions, e.g. surviving beams."""
         n = self.length
         for cache in (*self.keys, *self.values):
             cache[:, :, :n].copy_(cache[:, :, :n].index_select(0, rows))
@@ -63,5 +107,4 @@ class KVCache:
         self._valid = None
 
     def nbytes(self) -> int:
-        """Bytes held by keys and values."""
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))

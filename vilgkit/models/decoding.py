@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from vilgkit.interfaces.attention import AttentionPattern
+from vilgkit.interfaces.decode_cache import DecodeCache
 from vilgkit.layout import Layout
 from vilgkit.models.cache import KVCache
 from vilgkit.models.gemv import decode_linear
@@ -79,8 +80,12 @@ class DecodingMixin:
         return self._memo(("plan", layout, str(device)), build)
 
     def new_cache(self, batch_size: int, layout: Layout, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> KVCache:
-        """A zeroed KV cache for ``batch_size`` rows of ``layout`` (one ``[R, H, N, D]`` pair per layer).
+                  dtype: torch.dtype | None = None) -> DecodeCache:
+        """An empty decoding cache for ``batch_size`` rows of ``layout``.
+
+        The attention pattern's own cache when it has one (:meth:`AttentionPattern.decode_cache`:
+        the sparse plugin's keeps row / column keys contiguous), else the generic :class:`KVCache`
+        (one ``[R, H, N, D]`` key and value tensor per layer; slices or gathers ``decode_keys``).
 
         Args:
             batch_size: R, every row decoded together (prompts × candidates, × 2 with guidance).
@@ -90,7 +95,12 @@ class DecodingMixin:
         ref = self.text_head.weight
         device = torch.device(device) if device is not None else ref.device
         dtype = dtype or ref.dtype
-        shape = (batch_size, self.num_heads, layout.length, self.hidden_size // self.num_heads)
+        heads, head_dim = self.num_heads, self.hidden_size // self.num_heads
+        own = self.attention.decode_cache(layout, self.num_layers, batch_size, heads, head_dim,
+                                          device=device, dtype=dtype)
+        if own is not None:
+            return own
+        shape = (batch_size, heads, layout.length, head_dim)
         zeros = lambda: torch.zeros(shape, device=device, dtype=dtype)  # noqa: E731
         return KVCache(
             layout=layout,
@@ -100,23 +110,21 @@ class DecodingMixin:
             key_plan=self._key_plan(layout, device),
         )
 
-    def _prefill(self, x: torch.Tensor, pad: torch.Tensor, cache: KVCache, rows: torch.Tensor) -> None:
+    def _prefill(self, x: torch.Tensor, pad: torch.Tensor, cache: DecodeCache, rows: torch.Tensor) -> None:
         """Run the source ``x [U, S, C]`` (U unique rows) and copy keys/values to cache rows ``rows [R]``."""
         layout, S = cache.layout, cache.layout.source_length
         for layer, block in enumerate(self.layers):
             mask = self._source_mask(layer, layout, x.device)[None, None] & ~pad[:, None, None, :]  # [U,1,S,S]
             x, k, v = block.prefill(x, mask)
-            cache.keys[layer][:, :, :S].copy_(k.index_select(0, rows))
-            cache.values[layer][:, :, :S].copy_(v.index_select(0, rows))
-        cache.key_padding[:, :S] = pad.index_select(0, rows)
-        cache._valid = None  # padding changed: rebuild the step mask once
+            cache.write_source(layer, k.index_select(0, rows), v.index_select(0, rows))
+        cache.set_source_padding(pad.index_select(0, rows))
         cache.length = S
 
-    def _step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
         """Feed ``x [R, C]`` at the next cache position; returns its final-norm hidden state ``[R, C]``."""
-        pos, valid, x = cache.length, cache.valid_mask(), x[:, None]
-        for layer, block in enumerate(self.layers):
-            x = block.decode(x, cache.keys[layer], cache.values[layer], pos, cache.key_index(layer, pos), valid)
+        pos, x = cache.length, x[:, None]
+        for block in self.layers:
+            x = block.decode(x, cache, pos)
         cache.length = pos + 1
         return self.norm(x[:, 0])
 
@@ -124,8 +132,8 @@ class DecodingMixin:
     def sample_images(
         self,
         text_ids: torch.Tensor,
-        text_mask: torch.Tensor | tuple[int, int] | None = None,
-        grid: tuple[int, int] | None = None,
+        text_mask: torch.Tensor | None,
+        grid: tuple[int, int],
         *,
         num_candidates: int = 1,
         temperature: float = 1.0,
@@ -138,8 +146,7 @@ class DecodingMixin:
 
         Args:
             text_ids: ``Long[B, L]`` prompts (BOS … EOS, right-padded).
-            text_mask: ``Bool[B, L]`` True at real ids (default ``text_ids != pad_id``).
-                ``sample_images(ids, (h, w))`` (the interface's positional form) is accepted too.
+            text_mask: ``Bool[B, L]`` True at real ids (``None``: ``text_ids != pad_id``).
             grid: ``(h, w)`` codes to generate.
             num_candidates: Nc samples per prompt.
             temperature: softmax temperature; 0 is greedy.
@@ -151,8 +158,6 @@ class DecodingMixin:
         Returns:
             ``Long[B·Nc, h, w]``, candidate-major per prompt (rows ``b·Nc … b·Nc+Nc−1`` are prompt b's).
         """
-        if isinstance(text_mask, tuple) and grid is None:
-            text_mask, grid = None, text_mask
         if grid is None or len(grid) != 2 or min(grid) <= 0:
             raise ValueError(f"grid must be a (height, width) pair of positive ints, got {grid}")
         h, w = int(grid[0]), int(grid[1])
@@ -207,7 +212,7 @@ class DecodingMixin:
         x = torch.cat([x, self._text_tokens(question_ids, TEXT_SRC)], dim=1)
         return Layout.vqa(h, w, question_ids.shape[1], max_length), x, torch.cat([pad, ~q_mask], dim=1)
 
-    def _text_logits(self, prev: torch.Tensor, cache: KVCache, slots: torch.Tensor) -> torch.Tensor:
+    def _text_logits(self, prev: torch.Tensor, cache: DecodeCache, slots: torch.Tensor) -> torch.Tensor:
         """Next-id logits ``[R, V]`` after feeding ``prev [R]``; BOS and padding are never generated."""
         t = cache.length - cache.layout.source_length
         logits = decode_linear(self.text_head, self._step(self.text_embed(prev) + slots[t], cache)).float()
@@ -277,7 +282,7 @@ class DecodingMixin:
     def _strip(self, seq: list[int]) -> list[int]:
         return seq[: seq.index(self.eos_id)] if self.eos_id in seq else seq
 
-    def _beam_search(self, cache: KVCache, slots: torch.Tensor, B: int, K: int, max_length: int,
+    def _beam_search(self, cache: DecodeCache, slots: torch.Tensor, B: int, K: int, max_length: int,
                      length_penalty: float) -> list[list[int]]:
         """Beam search; finished beams stay in the beam with their score frozen (extended by EOS at 0)."""
         device = slots.device

@@ -11,12 +11,15 @@ the weight is read. On the CPU, ``F.linear`` with one row runs on a single threa
   transposed copy below: ≈ 21 GB/s).
 * **More rows, or one thread and one or two rows — transposed copy.** ``Wᵀ`` stored as
   ``[T, I, O/T]`` (one column slice per thread) and multiplied with ``bmm``: at 8 rows ≈ 1.3× the
-  row split's tokens/s; on one thread ≈ 15–16 GB/s against ≈ 11.6 for ``F.linear`` (from 4 rows
-  on, one thread uses ``F.linear``, which is faster there). The copy is cached next to the module and
+  row split's tokens/s; on one thread ≈ 15–16 GB/s against ≈ 11.6 for ``F.linear`` (on that EPYC,
+  from 4 rows on one thread ``F.linear`` was faster: the dispatch probe finds that). The copy is cached next to the module and
   rebuilt whenever the weight changes (new storage, dtype, device, or an in-place update such as an
   optimizer step or ``load_state_dict``); it doubles the memory of the layers it serves.
 
-Set :data:`enabled` to ``False`` to always use ``F.linear``.
+Whether the split layouts beat ``F.linear`` depends on the CPU (on a 2-core Intel Xeon with AMX
+the row split *lost* 2× at two threads), so :mod:`vilgkit.dispatch` decides per machine:
+``gemv_few`` (1–2 rows) and ``gemv_many`` (3–16 rows), ``split`` or ``linear``, measured once
+per CPU model / torch version / thread count (``VILGKIT_DISPATCH=gemv_few=linear`` forces one).
 
 Dimension key: R rows, I input features, O output features, T slices (≤ threads).
 """
@@ -25,8 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Use the split layout for CPU decoding (``False``: always ``F.linear``, no weight copies).
-enabled: bool = True
+from vilgkit import dispatch, dispatch_probes
 
 #: Above this many rows a plain ``F.linear`` (a real matrix product) is as fast.
 MAX_ROWS: int = 16
@@ -37,7 +39,7 @@ MIN_WEIGHT_NUMEL: int = 1 << 17
 
 #: Up to this many rows (and with ≥ 2 threads) the weight is read in place, split by output rows;
 #: more rows use the transposed copy, which measured faster there (batch 8: 434–483 vs 351–355
-#: tok/s) — or, on one thread, plain ``F.linear``.
+#: tok/s).
 FEW_ROWS: int = 2
 
 _PACK = "_vilgkit_split_gemv"
@@ -84,21 +86,29 @@ def _row_blocks(linear: nn.Linear, t: int) -> tuple[torch.Tensor, torch.Tensor |
 
 
 def decode_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``linear(x)`` for ``x [..., I]``, through a split layout when that is faster (module docstring).
+    """``linear(x)`` for ``x [..., I]``, through a split layout where this machine measured it faster.
 
     The split layouts serve CPU tensors with at most :data:`MAX_ROWS` rows outside autograd, for
-    weights of at least :data:`MIN_WEIGHT_NUMEL` elements; every other call is a plain ``linear(x)``.
-    Results equal ``linear(x)`` up to float summation order.
+    weights of at least :data:`MIN_WEIGHT_NUMEL` elements, when :mod:`vilgkit.dispatch` chose
+    ``split`` for that row count; every other call is a plain ``linear(x)``. Results equal
+    ``linear(x)`` up to float summation order.
     """
     w = linear.weight
     rows = x.numel() // x.shape[-1]
-    if (not enabled or x.device.type != "cpu" or rows > MAX_ROWS or w.numel() < MIN_WEIGHT_NUMEL
+    if (x.device.type != "cpu" or rows > MAX_ROWS or w.numel() < MIN_WEIGHT_NUMEL
             or (torch.is_grad_enabled() and w.requires_grad)):
         return linear(x)
+    if dispatch.choose("gemv_few" if rows <= FEW_ROWS else "gemv_many") == "linear":
+        return linear(x)
+    return split_linear(linear, x)
+
+
+def split_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The split layouts of the module docstring (no dispatch): what ``decode_linear`` runs on ``split``."""
+    w = linear.weight
+    rows = x.numel() // x.shape[-1]
     o, i = w.shape
     t = _slices(o)
-    if t == 1 and rows > FEW_ROWS:
-        return linear(x)  # one thread, several rows: F.linear is the fastest (8 rows: 308 vs 259 tok/s)
     flat = x.reshape(rows, i)
     flat = flat if flat.dtype == w.dtype else flat.to(w.dtype)
     if t > 1 and rows <= FEW_ROWS and w.is_contiguous():
@@ -111,3 +121,7 @@ def decode_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     out = torch.bmm(flat.expand(t, rows, i), _transposed(linear, t)).permute(1, 0, 2)  # [R, T, O/T]
     out = out.reshape(*x.shape[:-1], o)
     return out if linear.bias is None else out + linear.bias
+
+
+dispatch.register_probe("gemv_few", lambda: dispatch_probes.gemv_probe(split_linear, 1))
+dispatch.register_probe("gemv_many", lambda: dispatch_probes.gemv_probe(split_linear, 8))

@@ -1,6 +1,6 @@
 """ERNIE-ViLG's unified bidirectional generator: one transformer, encoder and decoder shared (§3.1.2).
 
-Streams (source segments, then the target; DESIGN.md §1 masks from the attention pattern):
+Streams (source segments, then the target; docs/architecture.md §2 masks from the attention pattern):
 
 * text→image ``[text | image]``: the text (BOS … EOS, padded) is the source; the image target is
   *shifted*: slot k holds code k−1 (slot 0 a learned begin-of-image embedding) and predicts code k,
@@ -24,7 +24,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -34,7 +33,8 @@ from vilgkit.interfaces.trainable import Trainable
 from vilgkit.layout import Layout
 from vilgkit.models.blocks import Block
 from vilgkit.models.decoding import IMAGE_SRC, IMAGE_TGT, TEXT_SRC, TEXT_TGT, DecodingMixin
-from vilgkit.models.default_pattern import DefaultDensePattern
+from vilgkit.models.dense_attention import DenseAttention
+from vilgkit.models.losses import token_cross_entropy
 from vilgkit.registry import GENERATORS
 
 DIRECTIONS = ("txt2img", "img2txt", "vqa")
@@ -108,7 +108,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         self.text_dropout = text_dropout
         self.qk_norm = qk_norm
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.attention = attention if attention is not None else DefaultDensePattern()
+        self.attention = attention if attention is not None else DenseAttention()
 
         C = hidden_size
         self.text_embed = nn.Embedding(text_vocab_size, C)
@@ -126,7 +126,6 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         self.norm = nn.LayerNorm(C)
         self.text_head = nn.Linear(C, text_vocab_size, bias=False)
         self.image_head = nn.Linear(C, image_vocab_size, bias=False)
-        self._masks: dict[tuple[int, Layout], torch.Tensor] = {}
         self.init_weights()
 
     @classmethod
@@ -309,18 +308,21 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         return dirs
 
     # ----------------------------------------------------------------- training
-    def forward(self, batch: dict[str, Any]) -> GeneratorOutput:
-        """Teacher-forced pass over every direction in the batch.
+    def forward(self, batch: dict[str, Any], group: str = "main", step: int = 0) -> GeneratorOutput:
+        """Teacher-forced pass over every direction in the batch (also the training pass: ``group``
+        and ``step`` are the engine's, and change nothing here).
 
         Losses are per-token mean cross-entropies per direction; ``"loss"`` is their sum
         (``L = L_txt2img + L_img2txt`` of eq. 3, plus ``L_vqa`` when present).
 
         Returns:
-            :class:`GeneratorOutput` with ``losses``, ``logits`` per direction (``[B, T, V]``) and
-            ``image_hidden [B, h*w, C]`` (final-norm hidden states of the image target slots).
+            :class:`GeneratorOutput` with ``losses``, ``logits`` and ``labels`` per direction
+            (``[B, T, V]``, ``[B, T]``) and ``image_hidden [B, h*w, C]`` (final-norm hidden states of
+            the image target slots).
         """
         losses: dict[str, torch.Tensor] = {}
         logits: dict[str, torch.Tensor] = {}
+        targets: dict[str, torch.Tensor] = {}
         image_hidden = None
         for direction in self._directions(batch):
             x, pad, layout, labels = self._stream(direction, batch, drop_text=direction == "txt2img")
@@ -329,13 +331,14 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
             out = head(hidden)
             if direction == "txt2img":
                 image_hidden = hidden
-            logits[direction] = out
-            losses[direction] = F.cross_entropy(out.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            logits[direction], targets[direction] = out, labels
+            losses[direction] = token_cross_entropy(out, labels)  # = F.cross_entropy in fp32, without its copies
         losses["loss"] = sum(losses.values())
-        return GeneratorOutput(losses=losses, image_hidden=image_hidden, logits=logits)
+        return GeneratorOutput(losses=losses, image_hidden=image_hidden, logits=logits, labels=targets)
 
-    def training_losses(self, batch: dict[str, Any], group: str, step: int) -> dict[str, torch.Tensor]:
-        return self(batch).losses
+    def training_losses(self, outputs: GeneratorOutput, batch: dict[str, Any], group: str,
+                        step: int) -> dict[str, torch.Tensor]:
+        return outputs.losses
 
     @torch.no_grad()
     def validation_metrics(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -343,7 +346,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         out = self(batch)
         metrics = {f"val_{k}": float(v) for k, v in out.losses.items()}
         for direction, logit in out.logits.items():
-            _, _, _, labels = self._stream(direction, batch)
+            labels = out.labels[direction]
             real = labels != -100
             metrics[f"val_{direction}_acc"] = float((logit.argmax(-1) == labels)[real].float().mean())
         return metrics

@@ -19,13 +19,14 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from vilgkit.artifacts import SHAPES_FEATURES_DIR  # noqa: F401  (re-exported)
+from vilgkit.inference_settings import InferenceSettings, reranker_name, save_inference_settings
 from vilgkit.interfaces import Reranker, RunContext, Stage
 from vilgkit.registry import STAGES
 
 
 def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") -> tuple[Any, dict[str, Any]]:
     """The recipe's data class on its ``split`` split (when it has splits), sized ``num_samples``."""
-    from vilgkit.recipe import instantiate
+    from vilgkit.recipe import build
 
     node = copy.deepcopy(ctx.recipe.get("data"))
     if node is None:
@@ -40,7 +41,24 @@ def default_eval_data(ctx: RunContext, num_samples: int, split: str = "test") ->
         init["split"] = split
     if "size" in params:
         init["size"] = num_samples
-    return instantiate(node), node
+    return build("data", node), node
+
+
+def evaluate_stage_args(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The ``init_args`` of the recipe's (first) ``Evaluate`` stage, or ``{}``: what ``vilgkit eval``
+    of the run falls back to for its data and FID feature space."""
+    for node in recipe.get("stages") or []:
+        if isinstance(node, dict) and str(node.get("class_path", "")).rpartition(".")[2] == "Evaluate":
+            return node.get("init_args") or {}
+    return {}
+
+
+def recipe_eval_data(recipe: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    """The held-out data the recipe's ``Evaluate`` stage names (its ``data``), or ``None``."""
+    from vilgkit.recipe import build
+
+    data = evaluate_stage_args(recipe).get("data")
+    return (build("data", copy.deepcopy(data)), data) if data is not None else None
 
 
 def shapes_feature_weights(run_dir: Path, image_size: int, log=print) -> str:
@@ -64,7 +82,8 @@ class Evaluate(Stage):
         name: stage name and output folder (default ``evaluate``).
         metrics: any of ``shapes``, ``caption``, ``vqa``, ``fid``.
         generator_from: the generator stage to evaluate (default: the last one that saved a generator).
-        data: evaluation data (default: the recipe's data class on its ``test`` split).
+        data: evaluation data, map-style or a stream (default: the recipe's data class on its ``test``
+            split; ``vilgkit eval`` of the run uses this stage's ``data`` too).
         num_samples: items evaluated.
         batch_size: prompts / images per generation batch.
         num_candidates: images sampled per prompt; the reranker keeps one.
@@ -122,17 +141,32 @@ class Evaluate(Stage):
         self.report_examples, self.seed, self.device = report_examples, seed, device
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from vilgkit.engine.runner import is_main_process
+        from vilgkit.engine.ranks import is_main_process
 
         if not is_main_process():  # under torchrun the main rank evaluates; the others wait at the runner's barrier
             return {}
-        return run_evaluation(
+        from vilgkit.metrics.harness import RESULTS_FILE
+
+        metrics = run_evaluation(
             ctx.run_dir, ctx.stage_dir(self.name), metrics=self.metrics, stage=self.generator_from,
             data=self.data, recipe=ctx.recipe, num_samples=self.num_samples, batch_size=self.batch_size,
             sampling=self.sampling, reranker=self.reranker, seed=ctx.seed if self.seed is None else self.seed,
             fid_extractor=self.fid_extractor, fid_weights=self.fid_weights, report_examples=self.report_examples,
             device=self.device,
         )["metrics"]  # fmt: skip
+        # The run now carries the settings its numbers were measured with: Pipeline, the CLI and
+        # `vilgkit serve` default to them (issue: users got worse images than the report showed).
+        save_inference_settings(ctx.run_dir, self.inference_settings(f"{self.name}/{RESULTS_FILE}"))
+        return metrics
+
+    def inference_settings(self, report: str | None = None) -> InferenceSettings:
+        """The settings this stage evaluates with, as the run's inference defaults."""
+        s = self.sampling
+        return InferenceSettings(
+            num_candidates=s.num_candidates, reranker=reranker_name(self.reranker), temperature=s.temperature,
+            top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale, caption_method=s.caption_method,
+            num_beams=s.num_beams, max_text_length=s.max_text_length, evaluated_by=self.name, report=report,
+        )  # fmt: skip
 
 
 def run_evaluation(
@@ -155,18 +189,18 @@ def run_evaluation(
     log=print,
 ) -> dict[str, Any]:
     """Load the run's pipeline, pick the data and FID weights, and run the harness (stage and CLI)."""
-    from vilgkit import Pipeline
     from vilgkit.artifacts import GENERATOR_RECORD, GENERATOR_WEIGHTS, RunDir, read_json
     from vilgkit.metrics.harness import evaluate, file_fingerprint
+    from vilgkit.pipeline import Pipeline
 
     run_dir = Path(run_dir)
     pipe = Pipeline.from_run_dir(run_dir, stage=stage, device=device)
     if recipe is None:
-        recipe = RunDir(run_dir).read_recipe()
+        recipe = RunDir(run_dir).read_recipe()  # verified, and validated as `vilgkit run` validates
     ctx = RunContext(run_dir=run_dir, components={}, recipe=recipe)
     data_node: Any = "given by the caller"
-    if data is None:
-        data, data_node = default_eval_data(ctx, num_samples)
+    if data is None:  # the Evaluate stage's held-out data, else the recipe's data on its test split
+        data, data_node = recipe_eval_data(recipe) or default_eval_data(ctx, num_samples)
     if "fid" in metrics and fid_extractor == "shapes" and fid_weights is None:
         fid_weights = shapes_feature_weights(run_dir, pipe.image_size, log=log)
     manifest_path = pipe.stage_dir / GENERATOR_RECORD
@@ -205,7 +239,7 @@ class TrainShapesFeatures(Stage):
         self.image_size, self.steps, self.batch_size, self.lr, self.seed = image_size, steps, batch_size, lr, seed
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from vilgkit.engine.runner import is_main_process
+        from vilgkit.engine.ranks import is_main_process
         from vilgkit.metrics.shapes_features import train_shapes_feature_extractor
 
         if not is_main_process():  # one writer; the others wait at the runner's barrier

@@ -44,6 +44,9 @@ def corpus_from_dataset(dataset: Any, fields: Iterable[str] = DEFAULT_FIELDS, li
 class FitTextTokenizer(Stage):
     """Fit the recipe's ``text_tokenizer`` on captions, questions and answers; save it.
 
+    A tokenizer built from a published vocabulary (``WordPieceTokenizer(vocab_file=...)``) is not
+    fitted: the stage says so and saves it unchanged, so later stages find it in the usual place.
+
     Args:
         name: stage name and output folder (default ``fit_text_tokenizer``).
         data: the data set to read texts from (default: the recipe's ``data``).
@@ -66,7 +69,7 @@ class FitTextTokenizer(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Fit and save on the main rank; under torchrun the other ranks wait for it at a barrier
         and load what it wrote, so every rank holds the identical tokenizer and one process writes."""
-        from vilgkit.engine.runner import is_main_process, stage_barrier
+        from vilgkit.engine.ranks import is_main_process, stage_barrier
 
         tokenizer: TextTokenizer = ctx.component("text_tokenizer")
         out = ctx.stage_dir(self.name)
@@ -86,6 +89,19 @@ class FitTextTokenizer(Stage):
             _load_into(tokenizer, out)  # already fitted by the interrupted run: reuse it unchanged
             return artifacts.read_json(out / SUMMARY_FILE)
         (out / SUMMARY_FILE).unlink(missing_ok=True)  # a stale marker must not vouch for files being rewritten
+        given = getattr(tokenizer, "vocab_file", None)
+        if given is not None and getattr(tokenizer, "is_fitted", False):
+            # a published vocabulary is the model's contract with its data: never replace it by a fitted one
+            print(f"{self.name}: text_tokenizer has vocab_file {given} ({tokenizer.vocab_size} tokens): used as it is, "
+                  "not fitted")
+            tokenizer.save(out)
+            artifacts.record_tree(out)
+            summary = {"fitted": False, "vocab_file": str(given), "vocab_size": tokenizer.vocab_size,
+                       "directory": str(out)}  # fmt: skip
+            if hasattr(tokenizer, "fingerprint"):
+                summary["fingerprint"] = tokenizer.fingerprint()
+            artifacts.write_json(out / SUMMARY_FILE, summary, indent=1, sort_keys=True)
+            return summary
         dataset = self.data if self.data is not None else ctx.component("data")
         corpus = list(corpus_from_dataset(dataset, self.fields, self.max_samples))
         if not corpus:
@@ -93,7 +109,7 @@ class FitTextTokenizer(Stage):
         tokenizer.fit(corpus)
         tokenizer.save(out)
         artifacts.record_tree(out)  # the tokenizer wrote its own files: hash them into the run's manifest
-        summary = {"texts": len(corpus), "vocab_size": tokenizer.vocab_size, "directory": str(out)}
+        summary = {"fitted": True, "texts": len(corpus), "vocab_size": tokenizer.vocab_size, "directory": str(out)}
         if hasattr(tokenizer, "fingerprint"):
             summary["fingerprint"] = tokenizer.fingerprint()
         # written last and whole: it marks a finished fit

@@ -1,7 +1,7 @@
 """``TrainGenerator`` and ``FinetuneVQA``: train the unified transformer through the Trainer.
 
 Both stages load the fitted text tokenizer and the trained (frozen) image tokenizer from earlier
-stages, tokenize the data set once (:func:`vilgkit.gen_training.tokenize_dataset`, cached in the
+stages, tokenize the data set once (:func:`vilgkit.stages.generator_training.tokenize_dataset`, cached in the
 stage folder), train the requested directions on every batch, write periodic sample grids, and save
 what :class:`vilgkit.Pipeline` needs into the stage folder:
 
@@ -20,12 +20,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from vilgkit import artifacts
-from vilgkit.engine.config import TrainerConfig, coerce_config
+from vilgkit.data.code_shards import image_tokenizer_fingerprint, text_tokenizer_fingerprint
+from vilgkit.engine.config import TrainerConfig
 from vilgkit.errors import VilgkitError
-from vilgkit.gen_training import (
+from vilgkit.interfaces import RunContext, Stage
+from vilgkit.registry import STAGES
+from vilgkit.stages.generator_training import (
     GeneratorTrainable,
     SampleGrids,
     TokenizedDataset,
@@ -33,10 +36,9 @@ from vilgkit.gen_training import (
     check_direction_weights,
     collate_tokenized,
     dataset_fingerprint,
+    peek_samples,
     tokenize_dataset,
 )
-from vilgkit.interfaces import RunContext, Stage
-from vilgkit.registry import STAGES
 
 GENERATOR_FILE = artifacts.GENERATOR_WEIGHTS
 RECONSTRUCTOR_FILE = artifacts.RECONSTRUCTOR_WEIGHTS
@@ -46,15 +48,36 @@ TOKENIZED_FILE = artifacts.TOKENIZED_CACHE
 Direction = Literal["txt2img", "img2txt", "vqa"]
 
 
+#: a ``*_tokenizer_from`` value meaning "the recipe's component as it is built" (a published
+#: ``vocab_file``, a taming checkpoint): no fit or training stage needed
+FROM_RECIPE = artifacts.FROM_RECIPE
+
+
 def load_tokenizers(ctx: RunContext, text_from: str, image_from: str):
-    """The fitted text tokenizer and trained image tokenizer from earlier stages (or paths)."""
-    return (artifacts.load_text_tokenizer(ctx.components, ctx.source_dir(text_from)),
-            artifacts.load_image_tokenizer(ctx.components, _image_tokenizer_path(ctx, image_from)))  # fmt: skip
+    """The text and image tokenizers: from earlier stages or folders (files verified against the
+    run's manifest), or (``"recipe"``) as the recipe builds them."""
+    if text_from == FROM_RECIPE:
+        text_tok = ctx.component("text_tokenizer")
+        if not text_tok.is_fitted:
+            raise VilgkitError("text_tokenizer_from: recipe needs a ready text tokenizer (e.g. WordPieceTokenizer "
+                               "with a vocab_file); this one must be fitted: add a FitTextTokenizer stage")
+    else:
+        text_tok = artifacts.load_text_tokenizer(ctx.components, ctx.source_dir(text_from))
+    if image_from == FROM_RECIPE:
+        image_tok = ctx.component("image_tokenizer").eval()
+    else:
+        image_tok = artifacts.load_image_tokenizer(ctx.components, _image_tokenizer_path(ctx, image_from))
+    return text_tok, image_tok
 
 
 def _image_tokenizer_path(ctx: RunContext, source: str) -> Path:
     path = Path(source).expanduser()
     return path if path.is_file() and path.suffix == ".safetensors" else ctx.source_dir(source) / artifacts.IMAGE_TOKENIZER_WEIGHTS
+
+
+def _source_record(ctx: RunContext, source: str) -> str:
+    """What the manifest records for a tokenizer source (``recipe``, or the folder relative to the run)."""
+    return source if source == FROM_RECIPE else str(_relative(ctx.source_dir(source), ctx.run_dir))
 
 
 def _load_cached(folders: list[Path], fingerprint: str):
@@ -77,17 +100,22 @@ def _load_cached(folders: list[Path], fingerprint: str):
 
 
 def check_special_ids(generator: Any, text_tokenizer: Any) -> None:
-    """The generator frames texts with the tokenizer's special ids; a mismatch is a recipe error."""
-    pairs = {name: (getattr(generator, name, None), getattr(text_tokenizer, name)) for name in ("pad_id", "bos_id", "eos_id")}
-    bad = {k: v for k, v in pairs.items() if v[0] is not None and v[0] != v[1]}
-    if bad:
-        detail = ", ".join(f"{k}: generator {g} vs tokenizer {t}" for k, (g, t) in bad.items())
-        raise VilgkitError(f"the generator's special ids differ from the text tokenizer's ({detail}); set them in the recipe")
-    if text_tokenizer.vocab_size > generator.text_vocab_size:
+    """Frame texts with the tokenizer's special ids and check the text vocabulary fits the generator.
+
+    The ids are the tokenizer's (a BERT ``vocab.txt`` puts ``[PAD] [CLS] [SEP]`` where it likes:
+    bert-base-chinese has 0, 101, 102), so they are set on the generator here rather than by hand
+    in the recipe; they are not weights, and the same tokenizer is loaded with the weights later.
+    """
+    size = int(text_tokenizer.vocab_size)
+    if size > generator.text_vocab_size:
         raise VilgkitError(
-            f"the text tokenizer has {text_tokenizer.vocab_size} ids but the generator only "
-            f"{generator.text_vocab_size}; raise text_tokenizer.init_args.vocab_size"
+            f"the text tokenizer has {size} ids but the generator's text vocabulary only "
+            f"{generator.text_vocab_size}; raise text_tokenizer.init_args.vocab_size to at least {size}"
         )
+    for name in ("pad_id", "bos_id", "eos_id"):
+        wanted = getattr(text_tokenizer, name)
+        if getattr(generator, name, None) is not None and wanted is not None:
+            setattr(generator, name, int(wanted))
 
 
 def load_generator_weights(generator: torch.nn.Module, source_dir: Path) -> dict[str, Any]:
@@ -99,6 +127,7 @@ class _GeneratorStage(Stage):
     """Shared machinery of the generator stages (see the module docstring)."""
 
     default_directions: tuple[str, ...] = ("txt2img", "img2txt")
+    trains = "generator"
 
     def __init__(
         self,
@@ -115,9 +144,11 @@ class _GeneratorStage(Stage):
         num_samples: int = 8,
         direction_fractions: dict[str, float] | None = None,
         direction_weights: dict[str, float] | None = None,
+        shuffle: bool = True,
     ) -> None:
         super().__init__(name)
-        self.trainer = coerce_config(trainer) if trainer is not None else TrainerConfig()
+        self.shuffle = bool(shuffle)
+        self.trainer = trainer or TrainerConfig()
         self.text_tokenizer_from = text_tokenizer_from
         self.image_tokenizer_from = image_tokenizer_from
         self.generator_from = generator_from
@@ -138,15 +169,24 @@ class _GeneratorStage(Stage):
         """Tokenized (cached) or raw training data, with the matching collate function."""
         dataset = self.data if self.data is not None else ctx.component("data")
         reconstructor = ctx.components.get("reconstructor") if "reconstructor" in ctx.components else None
-        if not self.precompute or getattr(reconstructor, "end_to_end", False):
-            from vilgkit.gen_training import _raw_collate
+        if callable(getattr(dataset, "check_tokenizers", None)):  # code shards: made with these tokenizers?
+            dataset.check_tokenizers(image_tok, text_tok)
+        streamed = isinstance(dataset, IterableDataset)
+        if streamed or not self.precompute or getattr(reconstructor, "end_to_end", False):
+            from vilgkit.stages.generator_training import _raw_collate
 
-            return dataset, _raw_collate, {"samples": len(dataset), "tokenized": False}
-        sources = [ctx.source_dir(self.text_tokenizer_from), ctx.source_dir(self.image_tokenizer_from)]
-        fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{max_len}"
+            if streamed and self.precompute:
+                # a stream has no length to tokenize ahead: the trainer's steps decide how much is read
+                print(f"{self.name}: the data is a stream ({type(dataset).__name__}): batches are tokenized as they "
+                      "arrive (`vilgkit tokenize` writes code shards once, for data read many times)")
+            samples = None if streamed else len(dataset)
+            return dataset, _raw_collate, {"samples": samples, "tokenized": False, "streamed": streamed}
+        sources = [ctx.source_dir(s) for s in (self.text_tokenizer_from, self.image_tokenizer_from) if s != FROM_RECIPE]
+        tokenizers = f"{text_tokenizer_fingerprint(text_tok)}:{image_tokenizer_fingerprint(image_tok)}"
+        fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{tokenizers}:{max_len}"
         folders = [out_dir] + ([ctx.source_dir(self.generator_from)] if self.generator_from else [])
         found = _load_cached(folders, fingerprint)
-        from vilgkit.engine.runner import is_main_process, stage_barrier
+        from vilgkit.engine.ranks import is_main_process, stage_barrier
 
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             # Under torchrun the main rank tokenizes and writes once; the others wait for it and read
@@ -178,8 +218,7 @@ class _GeneratorStage(Stage):
         if self.sample_every <= 0:
             return []
         raw = self.data if self.data is not None else ctx.component("data")
-        n = min(self.num_samples, len(raw))
-        items = [raw[i] for i in range(n)]
+        items = peek_samples(raw, self.num_samples)
         prompts = [it["caption"] for it in items]
         images = torch.stack([it["image"] for it in items])
         return [SampleGrids(self.sample_every, prompts, images, text_tok, image_tok, grid, seed=ctx.seed)]
@@ -187,15 +226,26 @@ class _GeneratorStage(Stage):
     # ------------------------------------------------------------------ run
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from vilgkit.engine.trainer import Trainer
+        from vilgkit.engine.trainer import Trainer, run_strategy
 
+        reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
+        if getattr(reconstructor, "end_to_end", False) and "txt2img" not in self.directions:
+            # it trains on the generator's txt2img hidden states: without that direction there are none
+            raise VilgkitError(
+                f"stage {self.name!r} ({type(self).__name__}): reconstructor {type(reconstructor).__name__} is trained "
+                f"end to end on the txt2img hidden states, but this stage trains directions {self.directions}; "
+                "add txt2img to its directions or use a two-stage reconstructor (e.g. TwoStageReconstructor)"
+            )
         out_dir = ctx.stage_dir(self.name)
         text_tok, image_tok = load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
-        generator = ctx.component("generator")
-        check_special_ids(generator, text_tok)
-        if self.generator_from:
+        if self.generator_from:  # a plain module that loads the weights, then sharded by the strategy
+            generator = ctx.component("generator")
             load_generator_weights(generator, ctx.source_dir(self.generator_from))
-        reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
+        else:  # a fresh generator through the strategy: a sharding one builds it on meta, shard by shard
+            if ctx.recipe.get("generator") is None:
+                raise KeyError(f"{self.name} needs 'generator' but the recipe does not define it")
+            generator = run_strategy(ctx).build_module(lambda: ctx.components.build("generator"))
+        check_special_ids(generator, text_tok)
         # the trained tokenizer, the generator's width; an end-to-end one continues from generator_from
         artifacts.attach_reconstructor(reconstructor, image_tok, int(generator.hidden_size),
                                        ctx.source_dir(self.generator_from) if self.generator_from else None,
@@ -208,7 +258,7 @@ class _GeneratorStage(Stage):
             self.direction_fractions, self.direction_weights,
         )
         trainer = Trainer.for_stage(
-            ctx, self, module, dataset, self.trainer, collate_fn=collate,
+            ctx, self, module, dataset, self.trainer, collate_fn=collate, shuffle=self.shuffle,
             callbacks=self._sample_callback(ctx, dataset, text_tok, image_tok, grid),
             rebuild=lambda: self._fresh_trainable(ctx, text_tok, image_tok, module.reconstructor is not None),
         )  # fmt: skip
@@ -220,7 +270,10 @@ class _GeneratorStage(Stage):
 
     @staticmethod
     def _grid(dataset, image_tok) -> tuple[int, int]:
-        item = dataset[0]
+        size = getattr(dataset, "image_size", None)
+        if isinstance(dataset, IterableDataset) and isinstance(size, int):
+            return image_tok.grid_size(size, size)  # known without reading the stream
+        item = peek_samples(dataset, 1)[0]
         if "codes" in item:
             return tuple(int(s) for s in item["codes"].shape[-2:])  # type: ignore[return-value]
         return image_tok.grid_size(*item["image"].shape[-2:])
@@ -246,8 +299,8 @@ class _GeneratorStage(Stage):
                 artifacts.save_weights(out_dir / filename, part)
         manifest = {
             "stage": self.name,
-            "text_tokenizer": str(_relative(ctx.source_dir(self.text_tokenizer_from), ctx.run_dir)),
-            "image_tokenizer": str(_relative(ctx.source_dir(self.image_tokenizer_from), ctx.run_dir)),
+            "text_tokenizer": _source_record(ctx, self.text_tokenizer_from),
+            "image_tokenizer": _source_record(ctx, self.image_tokenizer_from),
             "grid": list(grid),
             "image_size": [grid[0] * image_tok.downsample, grid[1] * image_tok.downsample],
             "max_text_len": int(module.generator.max_text_len),
@@ -285,8 +338,10 @@ class TrainGenerator(_GeneratorStage):
     Args:
         trainer: optimisation settings (steps, batch size, lr, precision...).
         name: stage name and output folder (default ``train_generator``).
-        text_tokenizer_from: stage name or folder holding the fitted text tokenizer.
-        image_tokenizer_from: stage name or folder holding the trained image tokenizer (frozen here).
+        text_tokenizer_from: stage name or folder holding the fitted text tokenizer, or ``recipe``: the
+            recipe's ``text_tokenizer`` as built (a published ``vocab_file``; no fit stage needed).
+        image_tokenizer_from: stage name or folder holding the trained image tokenizer (frozen here), or
+            ``recipe``: the recipe's ``image_tokenizer`` as built (e.g. a ``TamingVQGAN`` checkpoint).
         generator_from: optionally continue from a generator stage's ``generator.safetensors``.
         data: the training data (default: the recipe's ``data``).
         directions: directions trained every batch (default ``[txt2img, img2txt]``; add ``vqa`` to
@@ -299,9 +354,11 @@ class TrainGenerator(_GeneratorStage):
         num_samples: prompts / images per sample grid.
         direction_fractions: share of each batch's rows a direction trains on (default 1 each), e.g.
             ``{img2txt: 0.5, txt2img: 0.5}`` to rehearse on half the rows (see
-            :class:`~vilgkit.gen_training.GeneratorTrainable`).
+            :class:`~vilgkit.stages.generator_training.GeneratorTrainable`).
         direction_weights: weight of a direction's loss in the optimised sum (default 1 each), e.g.
-            ``{vqa: 4}`` (see :class:`~vilgkit.gen_training.GeneratorTrainable`).
+            ``{vqa: 4}`` (see :class:`~vilgkit.stages.generator_training.GeneratorTrainable`).
+        shuffle: permute map-style data every epoch (False: the data set's order, e.g. code shards in
+            the order of the stream they were made from; a stream keeps its own order either way).
     """
 
 
@@ -321,7 +378,7 @@ class FinetuneVQA(_GeneratorStage):
                  directions: list[Direction] | None = None, precompute: bool = True,
                  reconstructor_weight: float = 1.0, sample_every: int = 0, num_samples: int = 8,
                  direction_fractions: dict[str, float] | None = None,
-                 direction_weights: dict[str, float] | None = None) -> None:  # fmt: skip
+                 direction_weights: dict[str, float] | None = None, shuffle: bool = True) -> None:  # fmt: skip
         super().__init__(trainer, name, text_tokenizer_from, image_tokenizer_from, generator_from, data,
                          directions, precompute, reconstructor_weight, sample_every, num_samples,
-                         direction_fractions, direction_weights)  # fmt: skip
+                         direction_fractions, direction_weights, shuffle)  # fmt: skip

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vilgkit import artifacts
-from vilgkit.engine.config import TrainerConfig, coerce_config
+from vilgkit.engine.config import TrainerConfig
 from vilgkit.errors import VilgkitError
 from vilgkit.interfaces import ImageTokenizer, RunContext, Stage
 from vilgkit.registry import STAGES
@@ -214,6 +214,8 @@ class TrainTokenizer(Stage):
             (0: never fail; the number is reported either way).
     """
 
+    trains = "image_tokenizer"
+
     def __init__(
         self,
         trainer: TrainerConfig | None = None,
@@ -249,7 +251,7 @@ class TrainTokenizer(Stage):
         preview = _images(_collate(first_samples(held_out, self.num_samples)))
         callbacks = [ReconstructionGrid(self.sample_every, preview)] if self.sample_every else []
         # the trainer combines config.seed with the run's seed itself
-        trainer = Trainer.for_stage(ctx, self, tok, data, coerce_config(self.trainer), collate_fn=_collate,
+        trainer = Trainer.for_stage(ctx, self, tok, data, self.trainer, collate_fn=_collate,
                                     callbacks=callbacks, rebuild=lambda: fresh_component(ctx, "image_tokenizer"))
         train_metrics = trainer.fit(resume=ctx.resume)
         # a sharding strategy changed tok in place: every rank continues with a plain trained copy

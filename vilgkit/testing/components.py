@@ -1,4 +1,5 @@
 """Enumerate registered components and build them for tests."""
+
 from __future__ import annotations
 
 import inspect
@@ -42,16 +43,23 @@ def registered_components(registry: str | None = None, plugin: str | None = None
             continue
         for name in reg.names():
             cls = reg.get(name)
-            if module_prefix and not (cls.__module__ == module_prefix or cls.__module__.startswith(module_prefix + ".")):
+            if module_prefix and not (
+                cls.__module__ == module_prefix or cls.__module__.startswith(module_prefix + ".")
+            ):
                 continue
             cases.append(ComponentCase(reg_name, name, cls))
     return cases
 
 
 def conformance_kwargs(cls: type) -> dict[str, Any]:
-    """Tiny constructor kwargs: ``cls.conformance_args()`` when defined, else no arguments."""
+    """Tiny constructor kwargs: ``cls.conformance_args()`` when defined, the fixture folder for the
+    built-in file readers (:mod:`vilgkit.testing.fixtures`), else no arguments."""
     hook = getattr(cls, "conformance_args", None)
-    return dict(hook()) if callable(hook) else {}
+    if callable(hook):
+        return dict(hook())
+    from vilgkit.testing.fixtures import fixture_args
+
+    return fixture_args(cls) or {}
 
 
 def build_component(cls: type) -> Any:

@@ -48,19 +48,19 @@ class ToyRegression(nn.Module, Trainable):
         self.delay = delay
         self.calls: list[tuple[str, int]] = []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+    def forward(self, batch: dict, group: str = "main", step: int = 0) -> torch.Tensor:
+        """The predictions for ``batch["x"]``."""
+        return self.net(batch["x"]).squeeze(-1)
 
-    def training_losses(self, batch: dict, group: str, step: int) -> dict[str, torch.Tensor]:
+    def training_losses(self, outputs: torch.Tensor, batch: dict, group: str, step: int) -> dict[str, torch.Tensor]:
         self.calls.append((group, step))
         if self.delay:
             time.sleep(self.delay)
-        pred = self(batch["x"])
-        loss = torch.mean((pred - batch["y"]) ** 2)
-        return {"loss": loss, "mae": (pred - batch["y"]).abs().mean()}
+        loss = torch.mean((outputs - batch["y"]) ** 2)
+        return {"loss": loss, "mae": (outputs - batch["y"]).abs().mean()}
 
     def validation_metrics(self, batch: dict) -> dict[str, float]:
-        return {"mse": torch.mean((self(batch["x"]) - batch["y"]) ** 2).item(), "training": float(self.training)}
+        return {"mse": torch.mean((self(batch) - batch["y"]) ** 2).item(), "training": float(self.training)}
 
 
 class TrainToy(Stage):
@@ -101,7 +101,7 @@ class TrainToy(Stage):
         metrics = Trainer.for_stage(ctx, self, module, data, self.trainer, progress=False).fit(ctx.resume)
         module.eval()
         with torch.no_grad():
-            mse = torch.mean((module(data.x) - data.y) ** 2).item()
+            mse = torch.mean((module({"x": data.x}) - data.y) ** 2).item()
         summary = {"final_mse": mse, **start, **metrics}
         (ctx.stage_dir(self.name) / "summary.json").write_text(json.dumps(summary))
         return summary

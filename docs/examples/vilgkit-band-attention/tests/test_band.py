@@ -1,5 +1,4 @@
 """The example plugin's own tests: vilgkit's conformance suite plus one behaviour check."""
-import torch
 
 from vilgkit.layout import Layout
 from vilgkit.testing.conformance import *  # noqa: F401,F403  (run with --vilgkit-plugin=band)

@@ -1,8 +1,10 @@
-"""Tiny on-disk data for the registry conformance tests of the path-based data sets.
+"""Tiny on-disk data for the conformance tests of the path-based data sets.
 
-``ImageTextFolder``, ``WebDatasetReader`` and ``CodeShardDataset`` read files, so their
-``conformance_args`` point at a few Shapes samples written once per process into a temporary folder.
+``ImageTextFolder``, ``WebDatasetReader`` and ``CodeShardDataset`` read files, so the conformance
+tests build them from :func:`fixture_args`: a few Shapes samples written once per process into a
+temporary folder. It lives here, not in the data classes, so the library never imports test code.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -10,19 +12,23 @@ import io
 import json
 import shutil
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from vilgkit.data.code_shards import FORMAT, MANIFEST, CodeShardDataset, _sha256
+from vilgkit.data.image_text import ImageTextFolder
 from vilgkit.data.shapes import ShapesDataset
+from vilgkit.data.webdataset_reader import WebDatasetReader
 
 NUM = 4
 
 
-@lru_cache(maxsize=None)
+@cache
 def fixture_dir() -> Path:
     """A temporary folder with ``index.jsonl`` + ``images/``, ``shards/00000.tar`` and ``codes/``."""
     import webdataset as wds
@@ -47,8 +53,6 @@ def fixture_dir() -> Path:
 
 
 def _write_codes(out: Path, items: list[dict]) -> None:
-    from vilgkit.data.code_shards import FORMAT, MANIFEST, _sha256
-
     out.mkdir()
     n = len(items)
     tensors = {"codes": torch.arange(n * 16, dtype=torch.int16).view(n, 4, 4) % 16}
@@ -61,11 +65,31 @@ def _write_codes(out: Path, items: list[dict]) -> None:
             f.write(json.dumps({k: item[k] for k in ("caption", "question", "answer", "lang")}) + "\n")
     fake = {"class": "fixture", "fingerprint": "0" * 64}
     manifest = {
-        "format": FORMAT, "num_samples": n, "grid": [4, 4], "code_dtype": "int16",
+        "format": FORMAT,
+        "num_samples": n,
+        "grid": [4, 4],
+        "code_dtype": "int16",
         "image_tokenizer": {**fake, "codebook_size": 16, "downsample": 8},
         "text_tokenizer": {**fake, "vocab_size": 16, "special_ids": {"pad": 0}},
-        "shards": [{"name": "shard-00000", "num_samples": n, "sha256": _sha256(out / "shard-00000.safetensors"),
-                    "jsonl_sha256": _sha256(out / "shard-00000.jsonl"),
-                    "widths": {"caption": 3, "question": 3, "answer": 3}}],
-    }  # fmt: skip
+        "shards": [
+            {
+                "name": "shard-00000",
+                "num_samples": n,
+                "sha256": _sha256(out / "shard-00000.safetensors"),
+                "jsonl_sha256": _sha256(out / "shard-00000.jsonl"),
+                "widths": {"caption": 3, "question": 3, "answer": 3},
+            }
+        ],
+    }
     (out / MANIFEST).write_text(json.dumps(manifest))
+
+
+def fixture_args(cls: type) -> dict[str, Any] | None:
+    """Constructor kwargs reading the fixture folder, for the built-in path-based data sets; else ``None``."""
+    if cls is ImageTextFolder:
+        return {"index": str(fixture_dir() / "index.jsonl"), "image_size": 32}
+    if cls is WebDatasetReader:
+        return {"urls": str(fixture_dir() / "shards"), "image_size": 16}
+    if cls is CodeShardDataset:
+        return {"path": str(fixture_dir() / "codes")}
+    return None

@@ -16,8 +16,9 @@ Shapes (dimension key): B batch, L text length, h/w code grid, N samples in the 
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,11 +26,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
-from vilgkit.batching import encode_texts, make_grid, to_pil, trim_padding
 from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, TextTokenizer, Trainable
+from vilgkit.pictures import make_grid, to_pil
+from vilgkit.text_encoding import encode_texts, trim_padding
 
 #: (batch key holding raw strings, prefix of the tokenized id/mask keys)
 TEXT_FIELDS = (("caption", "text"), ("question", "question"), ("answer", "answer"))
@@ -64,16 +66,45 @@ def encode_codes(image_tokenizer: ImageTokenizer, images: torch.Tensor) -> torch
 def tokenize_texts_batch(
     batch: dict[str, Any], text_tokenizer: TextTokenizer, max_text_len: int
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """Raw string fields of a batch → ``<prefix>_ids`` / ``<prefix>_mask`` (truncating, counted)."""
+    """Text fields of a batch → ``<prefix>_ids`` / ``<prefix>_mask`` (truncating, counted).
+
+    A field comes as a raw string, or — from code shards — as ids without BOS/EOS with their
+    lengths (``<field>_ids`` + ``<field>_len``), which are framed without tokenizing again.
+    """
     out, truncated = {}, 0
     for raw, prefix in TEXT_FIELDS:
-        if raw in batch and f"{prefix}_ids" not in batch:
+        if f"{raw}_len" in batch:
+            ids, mask, cut = frame_ids(batch[f"{raw}_ids"], batch[f"{raw}_len"], text_tokenizer, max_text_len)
+        elif raw in batch and f"{prefix}_ids" not in batch:
             ids, mask, cut = encode_texts(
                 text_tokenizer, list(batch[raw]), max_text_len, truncate=True, what=raw, allow_empty=True
             )
-            out[f"{prefix}_ids"], out[f"{prefix}_mask"] = ids, mask
-            truncated += cut
+        else:
+            continue
+        out[f"{prefix}_ids"], out[f"{prefix}_mask"] = ids, mask
+        truncated += cut
     return out, truncated
+
+
+def needs_text_tokenizing(batch: dict[str, Any]) -> bool:
+    """Whether :func:`tokenize_texts_batch` has anything to do for ``batch``."""
+    return any(f"{raw}_len" in batch or (raw in batch and f"{p}_ids" not in batch) for raw, p in TEXT_FIELDS)
+
+
+def frame_ids(
+    ids: Any, lengths: Any, text_tokenizer: TextTokenizer, max_text_len: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Padded ids without special tokens (``ids [B, W]``, real ``lengths [B]``) → ``[BOS] … [EOS]`` rows,
+    exactly what :func:`~vilgkit.text_encoding.encode_texts` makes of the same texts (same truncation)."""
+    ids, lengths = torch.as_tensor(ids).long(), torch.as_tensor(lengths).long()
+    budget = max_text_len - 2
+    keep = lengths.clamp(max=budget)
+    width = int(keep.max()) + 2 if len(keep) else 2
+    out = torch.full((len(ids), width), text_tokenizer.pad_id, dtype=torch.long)
+    mask = torch.arange(width)[None] < (keep + 2)[:, None]
+    for i, n in enumerate(keep.tolist()):
+        out[i, 0], out[i, 1 : n + 1], out[i, n + 1] = text_tokenizer.bos_id, ids[i, :n], text_tokenizer.eos_id
+    return out, mask, int((lengths > budget).sum())
 
 
 def tokenize_dataset(
@@ -115,6 +146,21 @@ def tokenize_dataset(
                 parts.setdefault(key, []).append(value)
     tensors = {k: torch.cat(v) for k, v in parts.items()}
     return tensors, {"samples": len(tensors["codes"]), "truncated": truncated}
+
+
+def peek_samples(dataset: Dataset, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` samples of a map-style or iterable data set, read without disturbing it: a
+    stream is read from a copy, so its position and skip counters stay those of the training run."""
+    if not isinstance(dataset, IterableDataset):
+        return [dataset[i] for i in range(min(n, len(dataset)))]  # type: ignore[arg-type]
+    try:
+        source = copy.deepcopy(dataset)
+    except Exception:  # a stream that cannot be copied (open handles): read the original's start
+        source = dataset
+    items = list(itertools.islice(iter(source), n))
+    if not items:
+        raise ValueError(f"{type(dataset).__name__} yielded no sample")
+    return items
 
 
 def dataset_fingerprint(dataset: Dataset, *sources: Path) -> str:
@@ -241,7 +287,7 @@ class GeneratorTrainable(nn.Module, Trainable):
             if next(tok.parameters()).device != device:
                 tok.to(device)
             out["codes"] = encode_codes(tok, out["image"])
-        if any(raw in batch and f"{p}_ids" not in batch for raw, p in TEXT_FIELDS):
+        if needs_text_tokenizing(batch):
             if self._text_tokenizer is None:
                 raise ValueError("a raw batch with strings needs a text tokenizer")
             texts, cut = tokenize_texts_batch(batch, self._text_tokenizer, self.generator.max_text_len)
@@ -263,7 +309,9 @@ class GeneratorTrainable(nn.Module, Trainable):
         out["directions"] = list(self.directions)
         return out
 
-    def training_losses(self, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        """The training pass: the named losses (the end-to-end reconstructor's loss runs its
+        parameters, so the losses are this forward's outputs)."""
         batch = self.prepare(batch)
         losses: dict[str, torch.Tensor] = {}
         # Directions sharing a row count run as one generator call on the first rows of the batch.
@@ -374,15 +422,3 @@ class SampleGrids:
         size = self.text_tokenizer.vocab_size  # ids past the fitted vocabulary are untrained: drop them
         return images, self.text_tokenizer.decode([[i for i in row if i < size] for row in out])
 
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module):
-    """Temporarily put modules in eval mode (restored afterwards)."""
-    states = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, s in zip(modules, states):
-            m.train(s)

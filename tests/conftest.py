@@ -1,17 +1,21 @@
-"""One tiny debug run (``recipes/debug/gen_tiny.yaml``) shared by the app tests of this folder."""
+"""Fixtures shared across test folders: one tiny debug run (``recipes/debug/gen_tiny.yaml``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEBUG_RECIPE = ROOT / "recipes" / "debug" / "gen_tiny.yaml"
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """Run every stage of the debug recipe once (≈20 s on 2 cores); returns the run directory."""
+    """Run every stage of the debug recipe once (≈20 s on 2 cores); returns the run directory.
+
+    Shared by tests/app and tests/serve (one build per session).
+    """
     import torch
 
     from vilgkit.engine.runner import run

@@ -1,105 +1,25 @@
-"""Turning user input into generator batches and generator output back into pictures.
+"""Pictures in and out: user images → model tensors, model output → PIL images and captioned grids.
 
-Shared by the training stages (``vilgkit.stages.train_generator``) and the inference API
-(``vilgkit.pipeline``) so that a caption is tokenized the same way when a model learns it and when a
-user types it:
-
-* texts become ``[BOS] ids… [EOS]`` rows padded with ``pad_id`` plus a boolean mask (True = real);
 * images (paths, PIL images, ``uint8`` arrays or ``[3, H, W]`` tensors in [-1, 1]) become one float
   tensor ``[B, 3, S, S]`` in [-1, 1], centre-cropped to a square and resized to the model's size;
 * sampled images become PIL images and picture grids with optional captions.
 
-Shapes (dimension key): B batch, L text length, S image side, H/W image height/width.
+Shapes (dimension key): B batch, S image side, H/W image height/width.
 """
+
 from __future__ import annotations
 
-import warnings
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from vilgkit.errors import VilgkitError
-from vilgkit.interfaces import TextTokenizer
-
-
-class InputError(VilgkitError):
-    """Bad user input for inference (empty prompt, over-long prompt, unreadable image...)."""
-
-
-# --------------------------------------------------------------------------- text
-
-
-def encode_texts(
-    tokenizer: TextTokenizer,
-    texts: Sequence[str],
-    max_len: int,
-    *,
-    truncate: bool = False,
-    what: str = "prompt",
-    allow_empty: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Tokenize ``texts`` into padded ``[BOS] … [EOS]`` rows.
-
-    Args:
-        tokenizer: a fitted text tokenizer (its ``bos_id``/``eos_id``/``pad_id`` frame the rows).
-        texts: one string per row.
-        max_len: the text budget of the generator, *including* BOS and EOS.
-        truncate: False raises :class:`InputError` for a text longer than the budget; True keeps
-            the first ``max_len - 2`` tokens (and still ends the row with EOS).
-        what: the noun used in error messages (``"prompt"``, ``"question"``...).
-        allow_empty: accept empty strings (training data may legitimately hold them).
-
-    Returns:
-        ``ids Long[B, L]``, ``mask Bool[B, L]`` (L = longest row) and the number of truncated texts.
-    """
-    if isinstance(texts, str):
-        raise InputError(f"expected a list of {what}s, got a single string; wrap it in a list")
-    if len(texts) == 0:
-        raise InputError(f"no {what}s given")
-    if max_len < 3:
-        raise ValueError(f"max_len must leave room for BOS, EOS and one token, got {max_len}")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InputError(f"{what} {i} is a {type(text).__name__}, not a string")
-        if not allow_empty and not text.strip():
-            raise InputError(f"{what} {i} is empty; give some text (an empty prompt is not a valid input)")
-    budget = max_len - 2
-    rows, truncated = [], 0
-    for i, ids in enumerate(tokenizer.encode(list(texts))):
-        if len(ids) > budget:
-            if not truncate:
-                raise InputError(
-                    f"{what} {i} ({_preview(texts[i])}) is {len(ids)} tokens long; the text budget is "
-                    f"{budget} tokens. Shorten it or pass truncate=True (keeps the first {budget} tokens)."
-                )
-            ids = ids[:budget]
-            truncated += 1
-        rows.append([tokenizer.bos_id, *ids, tokenizer.eos_id])
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = True
-    return out, mask, truncated
-
-
-def _preview(text: str, n: int = 40) -> str:
-    return repr(text if len(text) <= n else text[:n] + "…")
-
-
-def trim_padding(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop trailing columns that are padding in every row (saves compute on short batches)."""
-    width = int(mask.sum(dim=1).max().item()) if mask.numel() else 0
-    return ids[:, : max(width, 1)], mask[:, : max(width, 1)]
-
-
-# --------------------------------------------------------------------------- images
-
+from vilgkit.caption_font import caption_font
+from vilgkit.errors import InputError
 
 ImageInput = Any  # str | Path | PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -148,7 +68,9 @@ def _one_image(img: ImageInput, size: int, index: int) -> torch.Tensor:
     elif isinstance(img, Image.Image):
         img = img.convert("RGB")
     else:
-        raise InputError(f"image {index}: unsupported type {type(img).__name__} (use a path, PIL image, array or tensor)")
+        raise InputError(
+            f"image {index}: unsupported type {type(img).__name__} (use a path, PIL image, array or tensor)"
+        )
     w, h = img.size
     side = min(w, h)
     if (w, h) != (side, side):
@@ -188,8 +110,8 @@ def make_grid(
     w, h = images[0].size
     w, h = w * scale, h * scale
     cell_w = max(w, caption_width or (160 if captions else w))
-    font = ImageFont.load_default()
-    lines_per = [_wrap(c, cell_w) for c in captions] if captions else [[] for _ in images]
+    font = caption_font() if captions else None
+    lines_per = [_wrap(_printable(c), cell_w, font) for c in captions] if captions else [[] for _ in images]
     text_h = (max(len(lines) for lines in lines_per) * 12 + 4) if captions else 0
     nrow = (len(images) + ncol - 1) // ncol
     pad = 4
@@ -204,15 +126,19 @@ def make_grid(
     return grid
 
 
-def _wrap(text: str, width_px: int, char_px: int = 6) -> list[str]:
-    """Greedy word wrap by an approximate character width (CJK text wraps per character)."""
-    per_line = max(width_px // char_px, 4)
+def _printable(text: str) -> str:
+    """Control characters (``\\r``, ``\\x00``…) as spaces: the text layout engine fails on some of them."""
+    return "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
+
+
+def _wrap(text: str, width_px: int, font) -> list[str]:
+    """Greedy wrap by the font's measured widths: at spaces, or per character for text without spaces (CJK)."""
     words = text.split(" ") if " " in text else list(text)
     joiner = " " if " " in text else ""
     lines, cur = [], ""
     for word in words:
         cand = f"{cur}{joiner}{word}" if cur else word
-        if len(cand) > per_line and cur:
+        if font.getlength(cand) > width_px and cur:
             lines.append(cur)
             cur = word
         else:
@@ -220,9 +146,3 @@ def _wrap(text: str, width_px: int, char_px: int = 6) -> list[str]:
     if cur:
         lines.append(cur)
     return lines
-
-
-def warn_truncated(count: int, what: str, budget: int) -> None:
-    """Say (once per call) that some texts were cut to the budget."""
-    if count:
-        warnings.warn(f"{count} {what}(s) were longer than {budget} tokens and were truncated", stacklevel=3)

@@ -6,8 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vilgkit.batching import InputError, encode_texts, load_images, make_grid, to_pil, trim_padding
+from vilgkit.errors import InputError
 from vilgkit.interfaces import TextTokenizer
+from vilgkit.pictures import load_images, make_grid, to_pil
+from vilgkit.text_encoding import encode_texts, trim_padding
 
 
 class WordTokenizer(TextTokenizer):

@@ -9,6 +9,7 @@ states of one teacher-forced pass over the sampled codes (``Pipeline.decode_code
 Written to the stage folder: ``metrics.json`` (numbers, labels, settings, timings) and
 ``samples.png`` (real images above their generated / reconstructed counterparts).
 """
+
 from __future__ import annotations
 
 import time
@@ -20,14 +21,25 @@ from torch.utils.data import Dataset
 
 from vilgkit.errors import VilgkitError
 from vilgkit.interfaces import Reconstructor, RunContext, Stage
-from vilgkit.registry import STAGES
+from vilgkit.registry import RECONSTRUCTORS, STAGES
 
 METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.png"
 
 
 def reconstructor_label(reconstructor: Reconstructor) -> str:
+    """The Table 7 row label of a reconstructor."""
     return "End-to-end R" if reconstructor.end_to_end else "Two-stage R"
+
+
+def two_stage_reconstructor(*args: Any) -> Reconstructor:
+    """The tokenizer's own decoder as a reconstructor (for recipes that name none), from its registry."""
+    cls = RECONSTRUCTORS.get("TwoStageReconstructor")
+    if cls is None:
+        raise VilgkitError(
+            "the recipe names no reconstructor and TwoStageReconstructor (plugin vilgkit_reconstruct) is not loaded"
+        )
+    return cls(*args)
 
 
 @STAGES.register_module()
@@ -97,18 +109,19 @@ class EvaluateReconstruction(Stage):
 
     def _decoder(self, ctx: RunContext):
         """``(pipeline or None, text tokenizer, image tokenizer, reconstructor, generator label)``."""
-        from vilgkit import Pipeline
         from vilgkit.artifacts import GENERATOR_RECORD, read_json
+        from vilgkit.pipeline import Pipeline
 
         if self.generator_from:
             pipe = Pipeline.from_run_dir(ctx.run_dir, stage=self.generator_from, device=self.device)
             if self.reconstructor is not None:
-                pipe.reconstructor = self._attach(self.reconstructor, pipe.image_tokenizer, pipe.generator.hidden_size,
-                                                  pipe.stage_dir).to(pipe.device).eval()  # fmt: skip
+                pipe.reconstructor = (
+                    self._attach(self.reconstructor, pipe.image_tokenizer, pipe.generator.hidden_size, pipe.stage_dir)
+                    .to(pipe.device)
+                    .eval()
+                )
             if pipe.reconstructor is None:  # the recipe names none: the tokenizer decodes (two-stage)
-                from vilgkit_reconstruct.two_stage import TwoStageReconstructor
-
-                pipe.reconstructor = TwoStageReconstructor(pipe.image_tokenizer)
+                pipe.reconstructor = two_stage_reconstructor(pipe.image_tokenizer)
             manifest = read_json(pipe.stage_dir / GENERATOR_RECORD)
             g_label = "End-to-end G" if manifest.get("end_to_end") else "Two-stage G"
             return pipe, pipe.text_tokenizer, pipe.image_tokenizer, pipe.reconstructor, g_label
@@ -119,11 +132,11 @@ class EvaluateReconstruction(Stage):
         if rec is None and "reconstructor" in ctx.components:
             rec = ctx.components.build("reconstructor")
         if rec is None:
-            from vilgkit_reconstruct.two_stage import TwoStageReconstructor
-
-            rec = TwoStageReconstructor()
+            rec = two_stage_reconstructor()
         if rec.end_to_end:
-            raise VilgkitError(f"{self.name}: an end-to-end reconstructor decodes generator hidden states; set generator_from")
+            raise VilgkitError(
+                f"{self.name}: an end-to-end reconstructor decodes generator hidden states; set generator_from"
+            )
         return None, text_tok, image_tok, self._attach(rec, image_tok, None, None).eval(), "—"
 
     @staticmethod
@@ -163,13 +176,17 @@ class EvaluateReconstruction(Stage):
         runs, decode_s = [], 0.0
         for repeat in range(self.repeats):
             t_decode = time.perf_counter()
-            generated, mean_psnr = self._decode_all(pipe, text_tok, image_tok, rec, device, real, captions, seed + 1000 * repeat)
+            generated, mean_psnr = self._decode_all(
+                pipe, text_tok, image_tok, rec, device, real, captions, seed + 1000 * repeat
+            )
             decode_s += time.perf_counter() - t_decode
             fid = FID.with_extractor(extractor)
             fid.update(generated=generated, real=real)
             accuracy = ShapesPromptAccuracy()
             accuracy.update(generated, scenes)
-            runs.append({**fid.compute(), **accuracy.compute(), **({"psnr": mean_psnr} if mean_psnr is not None else {})})
+            runs.append(
+                {**fid.compute(), **accuracy.compute(), **({"psnr": mean_psnr} if mean_psnr is not None else {})}
+            )
             if repeat == 0 and self.grid_images:
                 n = min(self.grid_images, len(items))
                 write_grid(real[:n], generated[:n], out_dir / SAMPLES_FILE, per_row=min(n, 8))
@@ -186,8 +203,16 @@ class EvaluateReconstruction(Stage):
             "source": self.source,
             "generator_from": self.generator_from,
             "metrics": metrics,
-            "settings": {"num_samples": len(items), "seed": seed, "repeats": self.repeats, "num_candidates": 1, "reranker": None,
-                         **self.sampling, "fid_extractor": extractor.name, "data": data_node},  # fmt: skip
+            "settings": {
+                "num_samples": len(items),
+                "seed": seed,
+                "repeats": self.repeats,
+                "num_candidates": 1,
+                "reranker": None,
+                **self.sampling,
+                "fid_extractor": extractor.name,
+                "data": data_node,
+            },
             "seconds": {"decode": decode_s, "total": time.perf_counter() - start},
         }
         from vilgkit import artifacts
@@ -197,8 +222,8 @@ class EvaluateReconstruction(Stage):
 
     def _decode_all(self, pipe, text_tok, image_tok, rec, device, real, captions, seed):
         """Every evaluation item → an image ``[N, 3, H, W]`` in [-1, 1] (and the mean PSNR on gold codes)."""
-        from vilgkit.batching import encode_texts
-        from vilgkit_reconstruct.common import psnr
+        from vilgkit.metrics.psnr import psnr
+        from vilgkit.text_encoding import encode_texts
 
         outputs, psnr_sum = [], 0.0
         with torch.no_grad():
@@ -206,11 +231,14 @@ class EvaluateReconstruction(Stage):
                 chunk = captions[b0 : b0 + self.batch_size]
                 images = real[b0 : b0 + self.batch_size]
                 if self.source == "generated":
-                    codes, ids, mask = pipe.sample_codes(chunk, 1, seed=seed + b0, truncate=True, batch_size=self.batch_size,
-                                                         **self.sampling)  # fmt: skip
+                    codes, ids, mask = pipe.sample_codes(
+                        chunk, 1, seed=seed + b0, truncate=True, batch_size=self.batch_size, **self.sampling
+                    )
                 else:  # gold: the real images' code sequences
                     codes = image_tok.encode(images.to(device))
-                    ids, mask, _ = encode_texts(text_tok, chunk, pipe.max_text_len if pipe is not None else 64, truncate=True)
+                    ids, mask, _ = encode_texts(
+                        text_tok, chunk, pipe.max_text_len if pipe is not None else 64, truncate=True
+                    )
                 out = pipe.decode_codes(codes, ids, mask) if pipe is not None else rec.reconstruct(codes.to(device))
                 out = out.float().clamp(-1, 1).cpu()
                 outputs.append(out)

@@ -1,0 +1,158 @@
+"""The model work behind ``vilgkit serve``: one batched call per group of compatible requests.
+
+Runs on the batching queue's worker thread (:mod:`vilgkit.serve.batching`), through the
+:class:`vilgkit.Pipeline` public methods:
+
+* ``generate``: the prompts of a group share their sampling settings and seed, so they are sampled
+  together (``Pipeline.sample_codes``: one KV-cached batch of ``B × N`` candidates), decoded, and
+  reranked; every candidate comes back best first with its score, as a PNG data URL;
+* ``caption`` / ``vqa``: the images (and questions) of a group are decoded in one batch.
+
+A prompt's images depend on its seed *and* on the prompts batched with it (they share one random
+stream), so the same request repeated alone gives the same images.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import torch
+
+from vilgkit.interfaces.reranker import RerankInputs
+from vilgkit.serve.batching import Job
+from vilgkit.serve.limits import RequestError
+
+
+def png_data_url(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def build_reranker(name: str) -> Any:
+    """``none`` → None; ``self`` / a registered reranker's name → an instance; else 422."""
+    from vilgkit.plugins import get_plugin_manager
+    from vilgkit.registry import RERANKERS
+
+    if name.lower() == "none":
+        return None
+    get_plugin_manager()  # rerankers are plugins
+    cls_name = "SelfReranker" if name.lower() == "self" else name
+    if cls_name not in RERANKERS.names():
+        raise RequestError(
+            422,
+            f"reranker: {name!r}; allowed: none, self or one of {', '.join(RERANKERS.names())}",
+        )
+    if cls_name == "ClipReranker":  # its weights are a file the server was not given
+        raise RequestError(
+            422,
+            "reranker: 'ClipReranker' needs CLIP weights, which this server does not load",
+        )
+    return RERANKERS.get(cls_name)()
+
+
+class ModelRunner:
+    """``runner(kind, jobs)`` for :class:`~vilgkit.serve.batching.BatchQueue` over a loaded pipeline."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self._rerankers: dict[str, Any] = {}
+
+    def __call__(self, kind: str, jobs: list[Job]) -> None:
+        with torch.inference_mode():
+            {"generate": self.generate, "caption": self.caption, "vqa": self.vqa}[kind](
+                jobs
+            )
+
+    def reranker(self, name: str) -> Any:
+        if name not in self._rerankers:
+            self._rerankers[name] = build_reranker(name)
+        return self._rerankers[name]
+
+    def generate(self, jobs: list[Job]) -> None:
+        pipe, settings = self.pipe, jobs[0].payload["settings"]
+        prompts = [job.payload["prompt"] for job in jobs]
+        n = settings["num_candidates"]
+        for job in jobs:
+            job.advance("sampling", 0.1)
+        codes, ids, mask = pipe.sample_codes(
+            prompts,
+            n,
+            seed=settings["seed"],
+            temperature=settings["temperature"],
+            top_k=settings["top_k"],
+            top_p=settings["top_p"],
+            cfg_scale=settings["cfg_scale"],
+        )
+        for job in jobs:
+            job.advance("decoding", 0.7)
+        rep_ids, rep_mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        pixels = pipe.decode_codes(codes, rep_ids, rep_mask)
+        scores = order = None
+        reranker = self.reranker(settings["reranker"])
+        if reranker is not None and n > 1:
+            for job in jobs:
+                job.advance("reranking", 0.85)
+            result = reranker.rerank(
+                RerankInputs(
+                    num_candidates=n,
+                    codes=codes,
+                    text_ids=ids.to(codes.device),
+                    text_mask=mask.to(codes.device),
+                    prompts=prompts,
+                    images=pixels,
+                    generator=pipe.generator,
+                )
+            )
+            scores, order = result.scores.float().cpu(), result.order.cpu()
+        from vilgkit.pictures import to_pil
+
+        images = to_pil(pixels.cpu())
+        for b, job in enumerate(jobs):
+            ranking = order[b].tolist() if order is not None else list(range(n))
+            candidates = [
+                {
+                    "rank": rank,
+                    "index": j,
+                    "score": None if scores is None else float(scores[b, j]),
+                    "image": png_data_url(images[b * n + j]),
+                }
+                for rank, j in enumerate(ranking)
+            ]
+            job.finish(
+                {"prompt": prompts[b], "settings": settings, "candidates": candidates}
+            )
+
+    def caption(self, jobs: list[Job]) -> None:
+        settings = jobs[0].payload["settings"]
+        for job in jobs:
+            job.advance("captioning", 0.2)
+        captions = self.pipe.image_to_text(
+            [job.payload["image"] for job in jobs],
+            method=settings["method"],
+            num_beams=settings["num_beams"],
+            seed=0,
+        )
+        for job, caption in zip(jobs, captions):
+            job.finish({"caption": caption, "settings": settings})
+
+    def vqa(self, jobs: list[Job]) -> None:
+        settings = jobs[0].payload["settings"]
+        for job in jobs:
+            job.advance("answering", 0.2)
+        answers = self.pipe.answer(
+            [job.payload["image"] for job in jobs],
+            [job.payload["question"] for job in jobs],
+            method=settings["method"],
+            num_beams=settings["num_beams"],
+        )
+        for job, answer in zip(jobs, answers):
+            job.finish(
+                {
+                    "question": job.payload["question"],
+                    "answer": answer,
+                    "settings": settings,
+                }
+            )
