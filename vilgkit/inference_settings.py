@@ -13,8 +13,6 @@ defaults (plain sampling, greedy captions, one candidate). The file is plain JSO
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -105,16 +103,7 @@ def load_inference_settings(run_dir: str | Path) -> InferenceSettings:
 
 
 def save_inference_settings(run_dir: str | Path, settings: InferenceSettings) -> Path:
-    """Write ``RUN_DIR/inference.json`` atomically (a reader never sees half a file)."""
-    run_dir = Path(run_dir)
-    path = run_dir / SETTINGS_FILE
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{SETTINGS_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(settings.to_dict(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``RUN_DIR/inference.json`` atomically and hash it into the run's manifest."""
+    from vilgkit import artifacts
+
+    return artifacts.RunDir(run_dir).write_json(SETTINGS_FILE, settings.to_dict(), indent=2)

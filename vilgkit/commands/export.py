@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from vilgkit import sharded
-from vilgkit.artifacts import CHECKPOINTS_DIR, EXPORT_RECORD, LOCK, RunDir, stage_names
+from vilgkit.artifacts import CHECKPOINTS_DIR, EXPORT_RECORD, LOCK, MANIFEST, RESOLVED_RECIPE, RunDir, stage_names
 from vilgkit.errors import VilgkitError
 
 HELP = "consolidate a sharded checkpoint into safetensors + the resolved recipe (single-device loadable)"
@@ -70,9 +70,15 @@ def export(run: Path, out: Path, stage: str | None = None) -> Path:
     folders = [child for child in sorted(source.path.iterdir()) if child.is_dir() and not child.name.startswith(".")]
     for child in folders:
         source.verify_tree(child)
+    # top-level files the run wrote besides its recipe and manifest (e.g. the evaluated inference settings)
+    top_files = [f for f in sorted(source.path.iterdir())
+                 if f.is_file() and not f.name.startswith(".") and f.name not in (RESOLVED_RECIPE, MANIFEST)]  # fmt: skip
+    source.verify(*top_files)
     with target.locked("vilgkit export"):
         for child in folders:
             shutil.copytree(child, target.path / child.name, ignore=shutil.ignore_patterns(CHECKPOINTS_DIR, ".*"))
+        for file in top_files:
+            shutil.copy2(file, target.path / file.name)
         target.record_tree()
         external = source.manifest().get("external", {}) if source.manifest_path.is_file() else {}
         if external:
