@@ -707,8 +707,8 @@ class RunDir:
         out = copy.deepcopy(recipe)
         for key, entry in sorted(external.items()):
             parent, leaf = _dotted_parent(out, key)
-            if parent is None or not isinstance(parent.get(leaf), str):
-                continue
+            if parent is None or not (parent.get(leaf) is None or isinstance(parent.get(leaf), str)):
+                continue  # (None: an implied file, e.g. the config found next to a checkpoint)
             copy_path = self.path / str(entry.get("file", ""))
             if copy_path.is_file():
                 self.verify(copy_path)
@@ -812,6 +812,10 @@ def _external_args(recipe: Any, prefix: str = "") -> Iterator[tuple[str, dict[st
         return
     if isinstance(recipe.get("class_path"), str) and isinstance(recipe.get("init_args"), dict):
         names = _declared_external_files(recipe["class_path"])
+        implied = _implied_external_files(recipe["class_path"], recipe["init_args"])
+        for arg, value in implied.items():  # files the component finds by itself (a config next to a checkpoint)
+            if recipe["init_args"].get(arg) is None:
+                recipe["init_args"][arg] = value
         for arg in names:
             if isinstance(recipe["init_args"].get(arg), str) and recipe["init_args"][arg]:
                 yield f"{prefix}init_args.{arg}", recipe, arg
@@ -825,6 +829,14 @@ def _declared_external_files(class_path: str) -> tuple[str, ...]:
     module, _, name = class_path.rpartition(".")
     cls = getattr(sys.modules.get(module), name, None)
     return tuple(getattr(cls, EXTERNAL_FILES_ATTR, ()) or ())
+
+
+def _implied_external_files(class_path: str, init_args: dict[str, Any]) -> dict[str, str]:
+    """Files a component would find by itself when an argument is left out (its classmethod
+    ``implied_files(init_args)``), so they are copied into the run with the ones named."""
+    module, _, name = class_path.rpartition(".")
+    implied = getattr(getattr(sys.modules.get(module), name, None), "implied_files", None)
+    return dict(implied(dict(init_args))) if callable(implied) else {}
 
 
 def _dotted_parent(tree: Any, key: str) -> tuple[dict[str, Any] | None, str]:

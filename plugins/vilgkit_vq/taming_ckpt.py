@@ -181,6 +181,17 @@ class TamingVQGAN(VQGANTokenizer):
             state = read_lightning_checkpoint(checkpoint)
         self.load_autoencoder_state(state, source=str(checkpoint))
 
+    @classmethod
+    def implied_files(cls, init_args: dict[str, Any]) -> dict[str, str]:
+        """The config this tokenizer finds next to its checkpoint when ``config`` is not given (so a
+        run copies it in with the checkpoint)."""
+        if init_args.get("config") is not None or not init_args.get("checkpoint"):
+            return {}
+        try:
+            return {"config": str(find_taming_config(init_args["checkpoint"]))}
+        except FileNotFoundError:
+            return {}  # the constructor reports it
+
     def load_autoencoder_state(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         """Load taming-layout autoencoder weights strictly; ``loss.*`` (discriminator, LPIPS) is ignored."""
         own = {k: v for k, v in self.state_dict().items() if k.split(".")[0] in AUTOENCODER_MODULES}

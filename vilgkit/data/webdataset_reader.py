@@ -196,6 +196,12 @@ class WebDatasetReader(IterableDataset):
         """``(sample, skips after it so far)`` for every kept sample; a final ``(None, trailing skips)``."""
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        per_rank = len(self.shards_for(self.epoch, 0, 1))
+        if num_workers > per_rank:
+            # a worker without a shard ends at once, and the loader's round-robin over workers (which
+            # exact resume relies on) would change: refuse rather than silently resume elsewhere
+            raise ValueError(f"{len(self.urls)} shard(s) give rank {self.rank} {per_rank} shard(s) for "
+                             f"{num_workers} loader workers: use at most {per_rank} workers or more shards")
         role = (worker + self._batches) % num_workers
         epoch, shard_pos, sample_pos = self._start.get(role, (self.epoch, 0, 0))
         self._end = (epoch, shard_pos, sample_pos)
