@@ -265,7 +265,13 @@ class Pipeline:
             get_plugin_manager()  # rerankers live in plugins
             if reranker not in RERANKERS.names():
                 raise InputError(f"unknown reranker {reranker!r}; use 'self' or one of {RERANKERS.names()}")
-            return RERANKERS.get(reranker)()
+            try:
+                return RERANKERS.get(reranker)()
+            except (TypeError, ValueError, ImportError) as err:  # one that needs settings (ClipReranker's weights)
+                raise InputError(
+                    f"reranker {reranker!r} cannot be built from its name alone ({err}); use 'self' or 'none' here, "
+                    "or pass a configured Reranker object from Python"
+                ) from None
         raise InputError(f"reranker must be None, 'self', a reranker name or a Reranker, got {type(reranker).__name__}")
 
     # ------------------------------------------------------------------ image → text

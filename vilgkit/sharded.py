@@ -8,8 +8,9 @@ marker is incomplete and is never loaded.
 Why the hash: DCP stores ``.metadata`` with ``pickle``, and unpickling runs code. We only open
 ``.metadata`` when its hash matches our marker, and — because whoever can rewrite the file can
 rewrite the marker too — always through an unpickler that allows an exact list of DCP's metadata
-classes (:data:`ALLOWED_GLOBALS`; no module wildcards), so a crafted file cannot name a callable. Shard payloads are raw tensor bytes (read by DCP with
-``torch.load(weights_only=True)``); a load planner here refuses pickled byte items outright.
+classes (:data:`ALLOWED_GLOBALS`; no module wildcards), so a crafted file cannot name a callable.
+Shard payloads are raw tensor bytes (read by DCP with ``torch.load(weights_only=True)``); a load
+planner here refuses pickled byte items outright.
 
 Core code (``vilgkit export``) reads these directories without any strategy plugin.
 """
@@ -219,9 +220,7 @@ def module_tensors(directory: str | Path, key: str) -> dict[str, Any]:
     return found
 
 
-def load_module_tensor(
-    directory: str | Path, key: str, name: str, meta: Any
-) -> torch.Tensor:
+def load_module_tensor(directory: str | Path, key: str, name: str, meta: Any) -> torch.Tensor:
     """One full (unsharded) tensor of a saved module, read on one process from every rank's shards."""
     import torch.distributed.checkpoint as dcp
 
@@ -239,8 +238,7 @@ def consolidate_module(directory: str | Path, key: str) -> dict[str, torch.Tenso
     """Full (unsharded) tensors of the module saved under ``key``, loaded on one process (all at
     once: :func:`stream_module` writes them to a file one at a time)."""
     return {
-        name: load_module_tensor(directory, key, name, meta)
-        for name, meta in module_tensors(directory, key).items()
+        name: load_module_tensor(directory, key, name, meta) for name, meta in module_tensors(directory, key).items()
     }
 
 
@@ -275,11 +273,7 @@ def stream_module(
     """
     import struct
 
-    metas = {
-        name: meta
-        for name, meta in sorted(module_tensors(directory, key).items())
-        if name.startswith(prefix)
-    }
+    metas = {name: meta for name, meta in sorted(module_tensors(directory, key).items()) if name.startswith(prefix)}
     if not metas:
         return 0
     header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
@@ -287,9 +281,7 @@ def stream_module(
     for name, meta in metas.items():
         dtype = meta.properties.dtype
         if dtype not in _SAFETENSORS_DTYPES:
-            raise CheckpointIntegrityError(
-                f"{directory}: {name} has dtype {dtype}, which safetensors cannot hold"
-            )
+            raise CheckpointIntegrityError(f"{directory}: {name} has dtype {dtype}, which safetensors cannot hold")
         size = math.prod(meta.size) * torch.empty((), dtype=dtype).element_size()
         header[name[len(prefix) :]] = {
             "dtype": _SAFETENSORS_DTYPES[dtype],

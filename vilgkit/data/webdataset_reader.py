@@ -176,15 +176,17 @@ class WebDatasetReader(IterableDataset):
         # a stream's last sample still reach the loader: they ride on that last sample, whose
         # position then points past them (a resume does not read them again).
         held: dict[str, Any] | None = None
+        trailing: Counter = Counter()
         for sample, pending in self._stream():
-            if sample is None:  # the end; ``pending`` holds the skips after the last sample
+            if sample is None:  # the end: ``pending`` holds the skips after the last sample
+                trailing = pending
                 break
             if held is not None:
                 yield held
             held = sample
         if held is not None:
-            if pending:
-                held["skipped"] = dict(Counter(held["skipped"]) + pending)
+            if trailing:
+                held["skipped"] = dict(Counter(held["skipped"]) + trailing)
                 role, *_ = held["position"]
                 held["position"] = [role, *self._end]
                 self._position[role] = list(self._end)

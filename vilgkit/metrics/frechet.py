@@ -93,7 +93,7 @@ class FeatureStats:
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":
         """Read stats written by :meth:`save` (or a pytorch-fid ``.npz`` with ``mu``/``sigma``)."""
-        with np.load(Path(path)) as data:
+        with np.load(Path(path), allow_pickle=False) as data:  # statistics only: never unpickle
             mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
             count = int(data["count"]) if "count" in data else 2
         stats = cls(mu.shape[0])
