@@ -101,7 +101,7 @@ def test_export_consolidates_for_single_device(runs, tmp_path):
     import shutil
 
     shutil.copytree(out / "ckpt" / "step_3", run / "train_generator" / "checkpoints" / "step_00000003")
-    (run / "recipe.resolved.yaml").write_text(yaml.safe_dump({"stages": [{"class_path": "x.TrainGenerator"}]}))
+    (run / "recipe.resolved.yaml").write_text(yaml.safe_dump({"stages": [{"class_path": "vilgkit.stages.train_generator.TrainGenerator"}]}))
     stage = export(run, tmp_path / "out")
     weights = load_file(str(stage / "model.safetensors"))
     model = toy.ToyModel()
