@@ -26,6 +26,7 @@ Run::
     nice -n 10 .venv/bin/python benchmarks/bench_attention.py --threads 1 [--repeats 5] [--generator] [--quick]
     .venv/bin/python benchmarks/bench_attention.py --device cuda --generator
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,12 +63,16 @@ class AttnStack(nn.Module):
         for i in range(self.layers):
             q, k, v = self.split(i, x)
             if count_saved:
+
                 def pack(t):
                     st = t.untyped_storage()
                     self.saved[st.data_ptr()] = st.nbytes()
                     return t
+
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    a = self.pattern.attend(q, k, v, layer=i, num_layers=self.layers, layout=layout, key_padding_mask=pad)
+                    a = self.pattern.attend(
+                        q, k, v, layer=i, num_layers=self.layers, layout=layout, key_padding_mask=pad
+                    )
             else:
                 a = self.pattern.attend(q, k, v, layer=i, num_layers=self.layers, layout=layout, key_padding_mask=pad)
             x = x + self.out[i](a.transpose(1, 2).flatten(2))
@@ -90,7 +95,9 @@ class AttnStack(nn.Module):
         b, n, src = x.shape[0], layout.length, layout.source_length
         d = x.shape[-1] // self.heads
         cache = [(x.new_zeros(b, self.heads, n, d), x.new_zeros(b, self.heads, n, d)) for _ in range(self.layers)]
-        plan = [[self.pattern.decode_keys(i, self.layers, layout, p) for p in range(src, n)] for i in range(self.layers)]
+        plan = [
+            [self.pattern.decode_keys(i, self.layers, layout, p) for p in range(src, n)] for i in range(self.layers)
+        ]
         plan = [[None if t is None else t.to(x.device) for t in row] for row in plan]
         valid = ~pad[:, None, None, :]
 
@@ -115,7 +122,6 @@ class AttnStack(nn.Module):
                 h = h + self.out[i](a.transpose(1, 2).flatten(2))
         return h
 
-
     @torch.no_grad()
     def sample_lines(self, x, layout, pad):
         """As :meth:`sample`, with the plugin's :class:`SparseKVCache` (line buffers for row / column
@@ -138,11 +144,13 @@ class AttnStack(nn.Module):
 
 def timed_sampler(fn, model: AttnStack, log: list[float], *args):
     """``fn(*args)``, appending to ``log`` the seconds it spent in cached attention."""
+
     def run():
         model.attn_s = 0.0
         out = fn(*args)
         log.append(model.attn_s)
         return out
+
     return run
 
 
@@ -179,8 +187,10 @@ def interleaved_times(fns: dict, repeats: int, device: torch.device) -> dict[str
 
 
 def ratio_line(label: str, t: dict, a: str = "dense", b: str = "sparse") -> str:
-    return (f"{label} speed-up {a}/{b}: median {t[a]['median_s'] / t[b]['median_s']:.2f}x, "
-            f"min {t[a]['min_s'] / t[b]['min_s']:.2f}x")
+    return (
+        f"{label} speed-up {a}/{b}: median {t[a]['median_s'] / t[b]['median_s']:.2f}x, "
+        f"min {t[a]['min_s'] / t[b]['min_s']:.2f}x"
+    )
 
 
 def step_peak_bytes(fn, device: torch.device) -> int | None:
@@ -196,7 +206,9 @@ def step_peak_bytes(fn, device: torch.device) -> int | None:
         from torch.profiler import ProfilerActivity, profile
         from torch.profiler._memory_profiler import MemoryProfileTimeline
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof:
             fn()
         _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
         return int(max(sum(s) for s in sizes))
@@ -221,8 +233,11 @@ def main() -> None:
     ap.add_argument("--generator", action="store_true", help="also time UnifiedTransformer.sample_images")
     ap.add_argument("--skip-sampling", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
-    ap.add_argument("--per-layer", action="store_true",
-                    help="also time one attention call (fwd+bwd) per kind: dense, row, column, conv")
+    ap.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="also time one attention call (fwd+bwd) per kind: dense, row, column, conv",
+    )
     ap.add_argument("--quick", action="store_true", help="8x8 image, 2 layers: a smoke run")
     args = ap.parse_args()
     if args.quick:
@@ -241,12 +256,18 @@ def main() -> None:
     }
     if device.type == "cpu" and args.no_recompute_row:
         patterns["sparse_no_recompute"] = SparseAttention(kernel_size=args.kernel, recompute=False)
-    results: dict = {"config": {k: v for k, v in vars(args).items()}, "threads": torch.get_num_threads(),
-                     "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                     "load_before": load_average(), "train": {}}
-    print(f"layout: {args.text} text + {args.grid}x{args.grid} image, batch {args.batch}, hidden {args.hidden}, "
-          f"{args.heads} heads, {args.layers} layers, kernel {args.kernel}, device {results['device']}, "
-          f"threads {results['threads']}, load average before {results['load_before']}")
+    results: dict = {
+        "config": {k: v for k, v in vars(args).items()},
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "load_before": load_average(),
+        "train": {},
+    }
+    print(
+        f"layout: {args.text} text + {args.grid}x{args.grid} image, batch {args.batch}, hidden {args.hidden}, "
+        f"{args.heads} heads, {args.layers} layers, kernel {args.kernel}, device {results['device']}, "
+        f"threads {results['threads']}, load average before {results['load_before']}"
+    )
     models, steps = {}, {}
     for name, pattern in patterns.items():
         torch.manual_seed(0)
@@ -264,23 +285,35 @@ def main() -> None:
         saved = sum(model.saved.values())
         peak = step_peak_bytes(steps[name], device)
         t = timing[name]
-        results["train"][name] = {**t, "attn_saved_MB": saved / 1e6, "step_peak_MB": None if peak is None else peak / 1e6}
-        print(f"train {name:20s} step median {t['median_s'] * 1e3:8.1f} ms  min {t['min_s'] * 1e3:8.1f} ms   "
-              f"attention saved {saved / 1e6:7.1f} MB   step peak {'n/a' if peak is None else f'{peak / 1e6:.1f} MB'}")
+        results["train"][name] = {
+            **t,
+            "attn_saved_MB": saved / 1e6,
+            "step_peak_MB": None if peak is None else peak / 1e6,
+        }
+        print(
+            f"train {name:20s} step median {t['median_s'] * 1e3:8.1f} ms  min {t['min_s'] * 1e3:8.1f} ms   "
+            f"attention saved {saved / 1e6:7.1f} MB   step peak {'n/a' if peak is None else f'{peak / 1e6:.1f} MB'}"
+        )
     t = results["train"]
     if t:
-        print(ratio_line("train", t) + f"   attention memory sparse/dense: "
-              f"{t['sparse']['attn_saved_MB'] / t['dense']['attn_saved_MB']:.2f}")
+        print(
+            ratio_line("train", t) + f"   attention memory sparse/dense: "
+            f"{t['sparse']['attn_saved_MB'] / t['dense']['attn_saved_MB']:.2f}"
+        )
     if args.per_layer:
         results["per_layer"] = per_layer_times(args, layout, pad, device)
     if not args.skip_sampling:
         samplers, attn_times = {}, {}
-        for name, pattern_name, method in (("dense", "dense", "sample"), ("sparse", "sparse", "sample"),
-                                           ("sparse_lines", "sparse", "sample_lines")):
+        for name, pattern_name, method in (
+            ("dense", "dense", "sample"),
+            ("sparse", "sparse", "sample"),
+            ("sparse_lines", "sparse", "sample_lines"),
+        ):
             torch.manual_seed(0)
             model = AttnStack(patterns[pattern_name], args.hidden, args.heads, args.layers).to(device)
-            samplers[name] = timed_sampler(getattr(model, method), model, attn_times.setdefault(name, []),
-                                           x, layout, pad)
+            samplers[name] = timed_sampler(
+                getattr(model, method), model, attn_times.setdefault(name, []), x, layout, pad
+            )
         with torch.no_grad():  # the two sparse samplers agree (same weights, same inputs)
             torch.testing.assert_close(samplers["sparse"](), samplers["sparse_lines"](), atol=1e-4, rtol=1e-4)
         for log in attn_times.values():
@@ -289,12 +322,17 @@ def main() -> None:
         for name in samplers:
             a = attn_times[name][1:]  # without the warm-up
             s[name].update({"attn_median_s": statistics.median(a), "attn_min_s": min(a), "attn_all_s": a})
-            print(f"sample {name:12s} {layout.target.length} tokens: median {s[name]['median_s']:7.2f} s  "
-                  f"min {s[name]['min_s']:7.2f} s   of which cached attention: median {s[name]['attn_median_s']:6.2f} s  "
-                  f"min {s[name]['attn_min_s']:6.2f} s")
+            print(
+                f"sample {name:12s} {layout.target.length} tokens: median {s[name]['median_s']:7.2f} s  "
+                f"min {s[name]['min_s']:7.2f} s   of which cached attention: median {s[name]['attn_median_s']:6.2f} s  "
+                f"min {s[name]['attn_min_s']:6.2f} s"
+            )
         for b in ("sparse", "sparse_lines"):
-            print(f"sampling, cached attention only, dense/{b}: median "
-                  f"{s['dense']['attn_median_s'] / s[b]['attn_median_s']:.2f}x, min {s['dense']['attn_min_s'] / s[b]['attn_min_s']:.2f}x")
+            print(
+                f"sampling, cached attention only, dense/{b}: median "
+                f"{s['dense']['attn_median_s'] / s[b]['attn_median_s']:.2f}x, "
+                f"min {s['dense']['attn_min_s'] / s[b]['attn_min_s']:.2f}x"
+            )
         print(ratio_line("sampling (gather)", s))
         print(ratio_line("sampling (SparseKVCache)", s, b="sparse_lines"))
     if args.generator:
@@ -319,8 +357,11 @@ def per_layer_times(args, layout, pad, device) -> dict:
 
     out = interleaved_times({k: (lambda p=p: call(p)) for k, p in calls.items()}, args.repeats, device)
     for name, t in out.items():
-        print(f"one attention call {name:6s} fwd+bwd: median {t['median_s'] * 1e3:7.1f} ms  min {t['min_s'] * 1e3:7.1f} ms"
-              f"   dense/this (median): {out['dense']['median_s'] / t['median_s']:.2f}x")
+        print(
+            f"one attention call {name:6s} fwd+bwd: median {t['median_s'] * 1e3:7.1f} ms  "
+            f"min {t['min_s'] * 1e3:7.1f} ms"
+            f"   dense/this (median): {out['dense']['median_s'] / t['median_s']:.2f}x"
+        )
     return out
 
 
@@ -332,14 +373,28 @@ def generator_sampling(args, device, patterns) -> dict:
     fns = {}
     for name in ("dense", "sparse"):
         torch.manual_seed(0)
-        gen = UnifiedTransformer(text_vocab_size=1000, image_vocab_size=1024, hidden_size=args.hidden,
-                                 num_layers=args.layers, num_heads=args.heads, max_text_len=args.text,
-                                 max_image_grid=args.grid, attention=patterns[name]).to(device).eval()
+        gen = (
+            UnifiedTransformer(
+                text_vocab_size=1000,
+                image_vocab_size=1024,
+                hidden_size=args.hidden,
+                num_layers=args.layers,
+                num_heads=args.heads,
+                max_text_len=args.text,
+                max_image_grid=args.grid,
+                attention=patterns[name],
+            )
+            .to(device)
+            .eval()
+        )
         fns[name] = lambda gen=gen: gen.sample_images(
-            ids, None, (args.grid, args.grid), generator=torch.Generator(device).manual_seed(0))
+            ids, None, (args.grid, args.grid), generator=torch.Generator(device).manual_seed(0)
+        )
     out = interleaved_times(fns, max(1, args.sample_repeats // 2), device)
     for name in fns:
-        print(f"generator sample_images {name:7s}: median {out[name]['median_s']:7.2f} s  min {out[name]['min_s']:7.2f} s")
+        print(
+            f"generator sample_images {name:7s}: median {out[name]['median_s']:7.2f} s  min {out[name]['min_s']:7.2f} s"
+        )
     print(ratio_line("generator sampling", out))
     return out
 

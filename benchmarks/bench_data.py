@@ -10,6 +10,7 @@ Prints one line per measurement:
 * ``raw+encode``: Shapes images encoded by an image tokenizer per batch — the baseline for code shards;
 * ``code shards``: CodeShardDataset (codes and ids already computed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,7 +105,10 @@ def main() -> None:
         reader = WebDatasetReader(str(root / "shards"), image_size=size)
         report("webdataset shards, 0 workers", rate(DataLoader(reader, batch_size=bs, collate_fn=collate), n))
         reader = WebDatasetReader(str(root / "shards"), image_size=size)
-        report("webdataset shards, 2 workers", rate(DataLoader(reader, batch_size=bs, collate_fn=collate, num_workers=2), n))
+        report(
+            "webdataset shards, 2 workers",
+            rate(DataLoader(reader, batch_size=bs, collate_fn=collate, num_workers=2), n),
+        )
 
         tok = image_tokenizer()
         from vilgkit_text import WordPieceTokenizer

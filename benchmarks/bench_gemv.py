@@ -17,6 +17,7 @@ Run::
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_gemv.py [--rows 1,2,8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,12 @@ def main() -> None:
     for rows in (int(r) for r in a.rows.split(",")):
         xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}
         cases = {
-            "row split": lambda xs=xs, rows=rows: [torch.bmm(w.view(t, w.shape[0] // t, -1), xs[w.shape[1]].t().expand(t, -1, rows))
-                                  for w in weights],
-            "transposed split": lambda xs=xs, rows=rows: [torch.bmm(xs[s.shape[1]].expand(t, rows, -1), s) for s in transposed],
+            "row split": lambda xs=xs, rows=rows: [
+                torch.bmm(w.view(t, w.shape[0] // t, -1), xs[w.shape[1]].t().expand(t, -1, rows)) for w in weights
+            ],
+            "transposed split": lambda xs=xs, rows=rows: [
+                torch.bmm(xs[s.shape[1]].expand(t, rows, -1), s) for s in transposed
+            ],
             "F.linear": lambda xs=xs: [torch.nn.functional.linear(xs[w.shape[1]], w) for w in weights],
             "decode_linear": lambda xs=xs: [decode_linear(layer, xs[layer.in_features]) for layer in layers],
             "sum (bandwidth)": lambda: [w.sum() for w in weights],

@@ -8,6 +8,7 @@ unsharded fp32 layout (params 4P + grads 4P + AdamW 8P + activations) — the sa
 
     python benchmarks/bench_memory_plan.py [--device cpu|cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ def child(cfg: list, device: str) -> dict:
     import torch
 
     sys.path.insert(0, "plugins")
-    from vilgkit.models.unified import UnifiedTransformer
     from vilgkit.interfaces import StrategyLayout
+    from vilgkit.models.unified import UnifiedTransformer
     from vilgkit.planning import estimate_memory
     from vilgkit_parallel.activation import apply_activation_checkpointing
 
@@ -38,25 +39,43 @@ def child(cfg: list, device: str) -> dict:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = UnifiedTransformer(text_vocab_size=1000, image_vocab_size=1024, hidden_size=hidden, num_layers=layers,
-                               num_heads=heads, max_text_len=text_len, max_image_grid=grid).to(device)
+    model = UnifiedTransformer(
+        text_vocab_size=1000,
+        image_vocab_size=1024,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        max_text_len=text_len,
+        max_image_grid=grid,
+    ).to(device)
     apply_activation_checkpointing(model.blocks(), recompute)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(4, 1000, (batch, text_len), device=device)
     ids[:, 0], ids[:, -1] = 2, 3
-    data = {"text_ids": ids, "text_mask": torch.ones_like(ids, dtype=torch.bool),
-            "codes": torch.randint(0, 1024, (batch, grid, grid), device=device)}
+    data = {
+        "text_ids": ids,
+        "text_mask": torch.ones_like(ids, dtype=torch.bool),
+        "codes": torch.randint(0, 1024, (batch, grid, grid), device=device),
+    }
     for _ in range(2):
         loss = model(data).losses["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    measured = (torch.cuda.max_memory_allocated() if device == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0)
+    measured = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+    )
     tokens = batch * 2 * (text_len + grid * grid)
     plan = estimate_memory(model, StrategyLayout(recompute=recompute), tokens)
-    return {"cfg": cfg, "params": sum(p.numel() for p in model.parameters()), "plan": plan.device_total,
-            "plan_activations": plan.activations, "measured": int(measured)}
+    return {
+        "cfg": cfg,
+        "params": sum(p.numel() for p in model.parameters()),
+        "plan": plan.device_total,
+        "plan_activations": plan.activations,
+        "measured": int(measured),
+    }
 
 
 def main() -> None:
@@ -68,14 +87,23 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child), args.device)))
         return
     print(f"device {args.device}; MiB; plan = 16 B/param + activations (fp32, AdamW)")
-    print(f"{'hidden':>6} {'layers':>6} {'tokens':>7} {'recompute':>9} {'params(M)':>9} {'plan':>8} {'measured':>9} {'ratio':>6}")
+    print(
+        f"{'hidden':>6} {'layers':>6} {'tokens':>7} {'recompute':>9} "
+        f"{'params(M)':>9} {'plan':>8} {'measured':>9} {'ratio':>6}"
+    )
     for cfg in CONFIGS:
-        out = subprocess.run([sys.executable, __file__, "--device", args.device, "--child", json.dumps(cfg)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--device", args.device, "--child", json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         r = json.loads(out.strip().splitlines()[-1])
         h, L, _, g, t, b, rc = r["cfg"]
-        print(f"{h:>6} {L:>6} {b * 2 * (t + g * g):>7} {rc:>9} {r['params'] / 1e6:>9.1f} {r['plan'] / 2**20:>8.0f} "
-              f"{r['measured'] / 2**20:>9.0f} {r['measured'] / r['plan']:>6.2f}")
+        print(
+            f"{h:>6} {L:>6} {b * 2 * (t + g * g):>7} {rc:>9} {r['params'] / 1e6:>9.1f} {r['plan'] / 2**20:>8.0f} "
+            f"{r['measured'] / 2**20:>9.0f} {r['measured'] / r['plan']:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,16 @@ def write_fixture(root: Path, shards: int, per_shard: int) -> dict[str, Path]:
 
 
 def path_overrides(files: dict[str, Path]) -> list[str]:
-    return ["--data.init_args.urls", str(files["shards"]), "--text_tokenizer.init_args.vocab_file", str(files["vocab"]),
-            "--image_tokenizer.init_args.checkpoint", str(files["ckpt"]),
-            "--stages.3.init_args.data.init_args.urls", str(files["shards"])]  # fmt: skip
+    return [
+        "--data.init_args.urls",
+        str(files["shards"]),
+        "--text_tokenizer.init_args.vocab_file",
+        str(files["vocab"]),
+        "--image_tokenizer.init_args.checkpoint",
+        str(files["ckpt"]),
+        "--stages.3.init_args.data.init_args.urls",
+        str(files["shards"]),
+    ]
 
 
 def bench_tokenize(root: Path, files: dict[str, Path], workers: int) -> float:
@@ -43,9 +50,22 @@ def bench_tokenize(root: Path, files: dict[str, Path], workers: int) -> float:
 
     out = root / f"codes_{workers}"
     start = time.perf_counter()
-    rc = main(["tokenize", str(RECIPE), "--out", str(out), "--image-tokenizer-from", "recipe",
-               "--text-tokenizer-from", "recipe", "--workers", str(workers), "--no-progress",
-               *path_overrides(files)])  # fmt: skip
+    rc = main(
+        [
+            "tokenize",
+            str(RECIPE),
+            "--out",
+            str(out),
+            "--image-tokenizer-from",
+            "recipe",
+            "--text-tokenizer-from",
+            "recipe",
+            "--workers",
+            str(workers),
+            "--no-progress",
+            *path_overrides(files),
+        ]
+    )
     seconds = time.perf_counter() - start
     assert rc == 0, "vilgkit tokenize failed"
     return json.loads((out / "manifest.json").read_text())["num_samples"] / seconds
@@ -69,9 +89,21 @@ def bench_trainer(root: Path, files: dict[str, Path], steps: int) -> float:
     from vilgkit.cli import main
 
     run_dir = root / "run"
-    rc = main(["run", str(RECIPE), "--run_dir", str(run_dir), "--stages", "fit_text_tokenizer,evaluate_tokenizer,"
-               "train_generator", "--stages.2.init_args.trainer.steps", str(steps),
-               "--stages.2.init_args.trainer.log_every", "1", *path_overrides(files)])  # fmt: skip
+    rc = main(
+        [
+            "run",
+            str(RECIPE),
+            "--run_dir",
+            str(run_dir),
+            "--stages",
+            "fit_text_tokenizer,evaluate_tokenizer,train_generator",
+            "--stages.2.init_args.trainer.steps",
+            str(steps),
+            "--stages.2.init_args.trainer.log_every",
+            "1",
+            *path_overrides(files),
+        ]
+    )
     assert rc == 0, "vilgkit run failed"
     rows = [json.loads(x) for x in (run_dir / "train_generator" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r][2:]  # after warm-up

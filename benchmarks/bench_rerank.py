@@ -14,6 +14,7 @@ Usage (needs a trained run, e.g. the demo's ``make demo`` → runs/shapes_tiny):
 
     python benchmarks/bench_rerank.py --run-dir runs/shapes_tiny --num-prompts 64 --ns 1,4,16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,10 @@ def main() -> int:
     data, _ = default_eval_data(RunContext(run_dir=run_dir, components={}, recipe=recipe), args.num_prompts, args.split)
     items = [data[i] for i in range(min(args.num_prompts, len(data)))]
     reranker = RERANKERS.get("SelfReranker")(batch_size=64)
-    print(f"bench_rerank: {len(items)} prompts from split={args.split}, run {run_dir} (stage {pipe.stage_dir.name}); "
-          f"threads={torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"bench_rerank: {len(items)} prompts from split={args.split}, run {run_dir} (stage {pipe.stage_dir.name}); "
+        f"threads={torch.get_num_threads()}"
+    )
     print(f"{'N':>3} {'random':>8} {'self':>8} {'oracle':>8} {'gen s':>8} {'rerank s':>9} {'rerank/gen':>10}")
     results = []
     for n in [int(x) for x in args.ns.split(",")]:
@@ -70,26 +73,36 @@ def main() -> int:
             chunk = items[start : start + args.batch_size]
             prompts = [it["caption"] for it in chunk]
             t = time.perf_counter()
-            codes, ids, mask = pipe.sample_codes(prompts, n, seed=args.seed + start, temperature=args.temperature,
-                                                 top_k=args.top_k, truncate=True)  # fmt: skip
+            codes, ids, mask = pipe.sample_codes(
+                prompts, n, seed=args.seed + start, temperature=args.temperature, top_k=args.top_k, truncate=True
+            )
             gen_s += time.perf_counter() - t
-            result = reranker.rerank(RerankInputs(num_candidates=n, codes=codes, text_ids=ids, text_mask=mask,
-                                                  generator=pipe.generator))  # fmt: skip
+            result = reranker.rerank(
+                RerankInputs(num_candidates=n, codes=codes, text_ids=ids, text_mask=mask, generator=pipe.generator)
+            )
             rerank_s += result.seconds
             images = pipe.decode_codes(codes, ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)).cpu()
-            ok = torch.tensor([bool(image_matches_scene(img, chunk[r // n]["scene"])["match"]) for r, img in enumerate(images)])
+            ok = torch.tensor(
+                [bool(image_matches_scene(img, chunk[r // n]["scene"])["match"]) for r, img in enumerate(images)]
+            )
             ok = ok.view(len(chunk), n)
             matches.append(ok)
             chosen.append(ok[torch.arange(len(chunk)), result.best])
         ok_all, picked = torch.cat(matches).float(), torch.cat(chosen).float()
         row = {
-            "N": n, "random": float(ok_all.mean()), "self": float(picked.mean()),
-            "oracle": float(ok_all.amax(1).mean()), "generation_s": gen_s, "rerank_s": rerank_s,
+            "N": n,
+            "random": float(ok_all.mean()),
+            "self": float(picked.mean()),
+            "oracle": float(ok_all.amax(1).mean()),
+            "generation_s": gen_s,
+            "rerank_s": rerank_s,
             "rerank_fraction": rerank_s / gen_s if gen_s else float("nan"),
-        }  # fmt: skip
+        }
         results.append(row)
-        print(f"{n:>3} {row['random']:>8.3f} {row['self']:>8.3f} {row['oracle']:>8.3f} {gen_s:>8.2f} {rerank_s:>9.2f} "
-              f"{row['rerank_fraction']:>10.3f}")  # fmt: skip
+        print(
+            f"{n:>3} {row['random']:>8.3f} {row['self']:>8.3f} {row['oracle']:>8.3f} {gen_s:>8.2f} {rerank_s:>9.2f} "
+            f"{row['rerank_fraction']:>10.3f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     return 0

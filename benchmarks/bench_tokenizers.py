@@ -12,6 +12,7 @@
 
     python benchmarks/bench_tokenizers.py [--batch 4] [--repeats 3] [--train [vqvae dvae vqgan]] [--demo-encode]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,18 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_VQGAN = dict(codebook_size=8192, code_dim=256, z_channels=256, ch=128, ch_mult=[1, 1, 2, 4], num_res_blocks=2,
-                   attn_resolutions=[32], resolution=256, quantizer="gumbel", perceptual_weight=0.0)
+PAPER_VQGAN = dict(
+    codebook_size=8192,
+    code_dim=256,
+    z_channels=256,
+    ch=128,
+    ch_mult=[1, 1, 2, 4],
+    num_res_blocks=2,
+    attn_resolutions=[32],
+    resolution=256,
+    quantizer="gumbel",
+    perceptual_weight=0.0,
+)
 
 
 @torch.no_grad()
@@ -47,8 +58,12 @@ def throughput(batch: int, repeats: int) -> list[dict]:
     rows = []
     for precision in ("fp32", "bf16"):
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-        jobs = {"encode": lambda: tok.encode(x), "taming encode (baseline)": taming_encode,
-                "decode": lambda: tok.decode(codes), "taming decode (baseline)": taming_decode}
+        jobs = {
+            "encode": lambda: tok.encode(x),
+            "taming encode (baseline)": taming_encode,
+            "decode": lambda: tok.decode(codes),
+            "taming decode (baseline)": taming_decode,
+        }
         best = {name: float("inf") for name in jobs}
         with autocast:
             for fn in jobs.values():  # warm-up (allocations, oneDNN kernel selection)
@@ -60,7 +75,10 @@ def throughput(batch: int, repeats: int) -> list[dict]:
                     best[name] = min(best[name], time.perf_counter() - t)
         for name, seconds in best.items():
             rows.append({"what": name, "precision": precision, "batch": batch, "images_per_s": batch / seconds})
-            print(f"{name:26s} {precision}  {batch / seconds:7.2f} images/s  ({seconds:.2f} s per batch of {batch})", flush=True)
+            print(
+                f"{name:26s} {precision}  {batch / seconds:7.2f} images/s  ({seconds:.2f} s per batch of {batch})",
+                flush=True,
+            )
     return rows
 
 
@@ -76,8 +94,12 @@ def train_recipes(names: list[str]) -> list[dict]:
             seconds = time.perf_counter() - t
             manifest = json.loads((ctx.run_dir / "train_tokenizer" / "image_tokenizer.json").read_text())
         ev = manifest["eval"]
-        row = {"recipe": recipe.name, "wall_s": round(seconds, 1), "steps": manifest["steps"], **{
-            k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items()}}
+        row = {
+            "recipe": recipe.name,
+            "wall_s": round(seconds, 1),
+            "steps": manifest["steps"],
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items()},
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -109,8 +131,11 @@ def demo_encode(repeats: int) -> dict:
 
     (base, base_codes), (fast, fast_codes) = timed(contiguous), timed(shipped)
     agree = (base_codes == fast_codes).float().mean().item()
-    print(f"demo VQ-VAE, 1024 images at 64 px: contiguous {len(images) / base:.0f} img/s, encode() {len(images) / fast:.0f} img/s "
-          f"({base / fast:.2f}×); codes agree {agree:.5f}")
+    print(
+        f"demo VQ-VAE, 1024 images at 64 px: contiguous {len(images) / base:.0f} img/s, "
+        f"encode() {len(images) / fast:.0f} img/s "
+        f"({base / fast:.2f}×); codes agree {agree:.5f}"
+    )
     return {"contiguous_img_s": len(images) / base, "encode_img_s": len(images) / fast, "agreement": agree}
 
 
@@ -120,7 +145,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train", nargs="*", default=None, help="train these tiny recipes (default: all three)")
     parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--demo-encode", action="store_true", help="the demo tokenizer's encode speed, channels-last vs contiguous")
+    parser.add_argument(
+        "--demo-encode", action="store_true", help="the demo tokenizer's encode speed, channels-last vs contiguous"
+    )
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()}")
     if not args.skip_throughput:

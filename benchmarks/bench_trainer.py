@@ -8,6 +8,7 @@
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_trainer.py [--steps 200] [--ckpt-params 25e6]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -108,16 +109,19 @@ def main() -> None:
             torch.manual_seed(0)
             bares.append(bare_loop(MLP(64, args.width, args.depth), data, args.steps, args.batch, 1e-3))
             torch.manual_seed(0)
-            loop, whole = engine_loop(MLP(64, args.width, args.depth), data, args.steps, args.batch, 1e-3,
-                                      Path(tmp) / f"e{r}")
+            loop, whole = engine_loop(
+                MLP(64, args.width, args.depth), data, args.steps, args.batch, 1e-3, Path(tmp) / f"e{r}"
+            )
             engines.append(loop)
             wholes.append(whole)
         med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
         bare, engine, whole = med(bares), med(engines), med(wholes)
-        print(f"MLP {args.depth}x{args.width}, batch {args.batch}, {args.steps} steps, median of {args.repeats}: "
-              f"bare loop {bare:.1f} steps/s, Trainer loop {engine:.1f} steps/s "
-              f"({(bare / engine - 1) * 100:+.1f}% time per step); Trainer fit() incl. set-up and final "
-              f"checkpoint {whole:.1f} steps/s")
+        print(
+            f"MLP {args.depth}x{args.width}, batch {args.batch}, {args.steps} steps, median of {args.repeats}: "
+            f"bare loop {bare:.1f} steps/s, Trainer loop {engine:.1f} steps/s "
+            f"({(bare / engine - 1) * 100:+.1f}% time per step); Trainer fit() incl. set-up and final "
+            f"checkpoint {whole:.1f} steps/s"
+        )
 
         width = int((args.ckpt_params / 4) ** 0.5)
         model = nn.Sequential(*[nn.Linear(width, width) for _ in range(4)])
@@ -135,8 +139,10 @@ def main() -> None:
         start = time.perf_counter()
         manager.load(path, {**state, "trainer": {}, "rng": {}})
         load_s = time.perf_counter() - start
-        print(f"checkpoint of {n / 1e6:.1f}M params + AdamW ({size / 2**20:.0f} MiB): save {save_s:.2f} s "
-              f"({size / 2**20 / save_s:.0f} MiB/s), verify+load {load_s:.2f} s ({size / 2**20 / load_s:.0f} MiB/s)")
+        print(
+            f"checkpoint of {n / 1e6:.1f}M params + AdamW ({size / 2**20:.0f} MiB): save {save_s:.2f} s "
+            f"({size / 2**20 / save_s:.0f} MiB/s), verify+load {load_s:.2f} s ({size / 2**20 / load_s:.0f} MiB/s)"
+        )
 
 
 if __name__ == "__main__":

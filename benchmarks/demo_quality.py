@@ -18,6 +18,7 @@ stream: no test scene is a training scene). With the recipe's default ``held_out
 compositional hold-out; pass ``--compositional`` to also score the data set's compositional test
 split (every scene holds a colour–shape pair never seen in training).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,19 +64,24 @@ def pipe_recipe(pipe: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch: int = 50,
-             sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(
+    pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch: int = 50, sampling: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Caption accuracy, text→image prompt accuracy (first / reranked / any of N) and VQA exact match.
 
     ``sampling``: keys of :data:`SAMPLING_KEYS` (image sampling and caption decoding settings).
     """
-    from vilgkit.data.shapes import caption_matches_scene, canonical_answer, image_matches_scene
+    from vilgkit.data.shapes import canonical_answer, caption_matches_scene, image_matches_scene
 
     items = [dataset[i] for i in range(len(dataset))]
     sampling = dict(sampling or {})
     caption_kw = {"method": sampling.pop("caption_method", "greedy"), "num_beams": sampling.pop("num_beams", 4)}
-    out: dict[str, Any] = {"n": len(items), "candidates": candidates, "seed": seed,
-                           "sampling": {**sampling, "caption_method": caption_kw["method"]}}
+    out: dict[str, Any] = {
+        "n": len(items),
+        "candidates": candidates,
+        "seed": seed,
+        "sampling": {**sampling, "caption_method": caption_kw["method"]},
+    }
     t0 = time.perf_counter()
     caps, answers = [], []
     for s in range(0, len(items), batch):
@@ -83,7 +89,9 @@ def evaluate(pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch:
         images = [it["image"] for it in chunk]
         caps += pipe.image_to_text(images, **caption_kw)
         answers += pipe.answer(images, [it["question"] for it in chunk])
-    out["caption_all_correct"] = sum(caption_matches_scene(c, it["scene"])["all_correct"] for c, it in zip(caps, items)) / len(items)
+    out["caption_all_correct"] = sum(
+        caption_matches_scene(c, it["scene"])["all_correct"] for c, it in zip(caps, items)
+    ) / len(items)
     right = [canonical_answer(a) == canonical_answer(it["answer"]) for a, it in zip(answers, items)]
     out["vqa_exact_match"] = sum(right) / len(items)
     by_type: dict[str, list[int]] = {}
@@ -98,8 +106,14 @@ def evaluate(pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch:
     for s in range(0, len(items), batch):
         chunk = items[s : s + batch]
         codes, ids, mask = pipe.sample_codes([it["caption"] for it in chunk], candidates, seed=seed + s, **sampling)
-        order = pipe.rerank(codes, ids, mask, candidates, "self") if candidates > 1 else torch.zeros(len(chunk), 1, dtype=torch.long)
-        images = pipe.decode_codes(codes, ids.repeat_interleave(candidates, 0), mask.repeat_interleave(candidates, 0)).cpu()
+        order = (
+            pipe.rerank(codes, ids, mask, candidates, "self")
+            if candidates > 1
+            else torch.zeros(len(chunk), 1, dtype=torch.long)
+        )
+        images = pipe.decode_codes(
+            codes, ids.repeat_interleave(candidates, 0), mask.repeat_interleave(candidates, 0)
+        ).cpu()
         for b, it in enumerate(chunk):
             ok = [image_matches_scene(images[b * candidates + j], it["scene"])["match"] for j in range(candidates)]
             first += ok[0]
@@ -108,8 +122,16 @@ def evaluate(pipe: Any, dataset: Any, candidates: int = 8, seed: int = 0, batch:
     n = len(items)
     out.update(t2i_first=first / n, t2i_reranked=best / n, t2i_any=anyof / n)
     out["seconds_t2i"] = time.perf_counter() - t0
-    out["examples"] = [{"caption_true": it["caption"], "caption_generated": c, "question": it["question"],
-                        "answer_true": it["answer"], "answer_generated": a} for it, c, a in list(zip(items, caps, answers))[:5]]  # fmt: skip
+    out["examples"] = [
+        {
+            "caption_true": it["caption"],
+            "caption_generated": c,
+            "question": it["question"],
+            "answer_true": it["answer"],
+            "answer_generated": a,
+        }
+        for it, c, a in list(zip(items, caps, answers))[:5]
+    ]
     return out
 
 
@@ -135,13 +157,18 @@ def main() -> None:
     sampling.update({k: v for k, v in vars(args).items() if k in SAMPLING_KEYS and v is not None})
     results = {"held_out": evaluate(pipe, test_set(pipe, args.n), args.candidates, args.seed, sampling=sampling)}
     if args.compositional:
-        results["compositional"] = evaluate(pipe, test_set(pipe, args.n, compositional=True), args.candidates,
-                                            args.seed, sampling=sampling)
+        results["compositional"] = evaluate(
+            pipe, test_set(pipe, args.n, compositional=True), args.candidates, args.seed, sampling=sampling
+        )
     for name, r in results.items():
-        print(f"[{name}] n={r['n']}  captions all-correct {r['caption_all_correct']:.1%}  VQA EM {r['vqa_exact_match']:.1%}  "
-              f"t2i exact objects: first {r['t2i_first']:.1%}, best-of-{r['candidates']} self-reranked {r['t2i_reranked']:.1%}, "
-              f"any {r['t2i_any']:.1%}  ({r['seconds_caption_vqa']:.0f}s + {r['seconds_t2i']:.0f}s)  {r['sampling']}\n"
-              f"  VQA right/asked by question type: {r['vqa_by_type']}")  # fmt: skip
+        print(
+            f"[{name}] n={r['n']}  captions all-correct {r['caption_all_correct']:.1%}  "
+            f"VQA EM {r['vqa_exact_match']:.1%}  "
+            f"t2i exact objects: first {r['t2i_first']:.1%}, "
+            f"best-of-{r['candidates']} self-reranked {r['t2i_reranked']:.1%}, "
+            f"any {r['t2i_any']:.1%}  ({r['seconds_caption_vqa']:.0f}s + {r['seconds_t2i']:.0f}s)  {r['sampling']}\n"
+            f"  VQA right/asked by question type: {r['vqa_by_type']}"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2, ensure_ascii=False)

@@ -11,6 +11,7 @@ FairScale there reports its refusal). Results: docs/distributed.md, "GPU results
 
     torchrun --nproc-per-node 1 benchmarks/gpu_strategies.py [--device cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,9 +74,13 @@ def fairscale_resume(make, steps: int = 4) -> dict:
     again.load_checkpoint(directory, {"model": model2, "optimizers": {"main": opt2}, "trainer": trainer})
     resumed = toy.train(model2, again, opt2, range(half, steps), *args)
     final2 = again.state_dict(model2)
-    return {"losses": first + rest, "resumed_losses": resumed, "trainer": trainer,
-            "max_abs_diff_losses": max(abs(a - b) for a, b in zip(rest, resumed)),
-            "max_abs_diff_weights": max(float((final[k] - final2[k]).abs().max()) for k in final)}
+    return {
+        "losses": first + rest,
+        "resumed_losses": resumed,
+        "trainer": trainer,
+        "max_abs_diff_losses": max(abs(a - b) for a, b in zip(rest, resumed)),
+        "max_abs_diff_weights": max(float((final[k] - final2[k]).abs().max()) for k in final),
+    }
 
 
 def main() -> None:
@@ -88,16 +93,40 @@ def main() -> None:
     results = {"single": ref}
     for name, make, kwargs in [  # built inside the try: FairScaleFSDP refuses at construction without CUDA
         ("fairscale_fp32_offload", lambda: FairScaleFSDP(offload=True, compute_dtype="fp32"), {}),
-        ("fairscale_fp32_offload_unused_param", lambda: FairScaleFSDP(offload=True, compute_dtype="fp32"), {"spare": True}),
-        ("fairscale_bf16_offload_unused_param", lambda: FairScaleFSDP(offload=True, compute_dtype="bf16"), {"spare": True, "accum": 1}),
-        ("fairscale_fp32_offload_recompute", lambda: FairScaleFSDP(offload=True, compute_dtype="fp32", activation_checkpointing="full"), {}),
-        ("fairscale_fp32_gpu_recompute", lambda: FairScaleFSDP(offload=False, compute_dtype="fp32", activation_checkpointing="full"), {}),
+        (
+            "fairscale_fp32_offload_unused_param",
+            lambda: FairScaleFSDP(offload=True, compute_dtype="fp32"),
+            {"spare": True},
+        ),
+        (
+            "fairscale_bf16_offload_unused_param",
+            lambda: FairScaleFSDP(offload=True, compute_dtype="bf16"),
+            {"spare": True, "accum": 1},
+        ),
+        (
+            "fairscale_fp32_offload_recompute",
+            lambda: FairScaleFSDP(offload=True, compute_dtype="fp32", activation_checkpointing="full"),
+            {},
+        ),
+        (
+            "fairscale_fp32_gpu_recompute",
+            lambda: FairScaleFSDP(offload=False, compute_dtype="fp32", activation_checkpointing="full"),
+            {},
+        ),
         ("fairscale_bf16_offload_accum1", lambda: FairScaleFSDP(offload=True, compute_dtype="bf16"), {"accum": 1}),
         ("fairscale_bf16_offload_accum2", lambda: FairScaleFSDP(offload=True, compute_dtype="bf16"), {}),  # refused
-        ("fairscale_bf16_offload_sync", lambda: FairScaleFSDP(offload=True, compute_dtype="bf16"), {"sync_every_micro_batch": True}),
+        (
+            "fairscale_bf16_offload_sync",
+            lambda: FairScaleFSDP(offload=True, compute_dtype="bf16"),
+            {"sync_every_micro_batch": True},
+        ),
         ("fairscale_bf16_gpu", lambda: FairScaleFSDP(offload=False, compute_dtype="bf16"), {"accum": 1}),
         ("fsdp_offload_recompute", lambda: FSDP(device=device, cpu_offload=True, activation_checkpointing="full"), {}),
-        ("fsdp_bf16_selective", lambda: FSDP(device=device, param_dtype="bf16", activation_checkpointing="selective"), {}),
+        (
+            "fsdp_bf16_selective",
+            lambda: FSDP(device=device, param_dtype="bf16", activation_checkpointing="selective"),
+            {},
+        ),
     ]:
         try:
             results[name] = run(make(), **kwargs)
@@ -111,7 +140,9 @@ def main() -> None:
         traceback.print_exc()
         print(json.dumps({"check": "fairscale_save_resume", "error": f"{type(err).__name__}: {err}"}))
     for name, losses in results.items():
-        diff = (max(abs(a - b) for a, b in zip(losses, ref) if isinstance(a, float)) if isinstance(losses, list) else None)
+        diff = (
+            max(abs(a - b) for a, b in zip(losses, ref) if isinstance(a, float)) if isinstance(losses, list) else None
+        )
         print(json.dumps({"strategy": name, "losses": losses, "max_abs_diff_vs_single": diff}))
 
 

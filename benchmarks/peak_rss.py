@@ -61,9 +61,7 @@ def main() -> int:
         default="",
         help="report only processes whose command line contains this",
     )
-    parser.add_argument(
-        "command", nargs=argparse.REMAINDER, help="-- then the command to run"
-    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:

@@ -1,4 +1,5 @@
 """vilgkit: unified, bidirectional image–text generation in the manner of ERNIE-ViLG."""
+
 __version__ = "0.1.0"
 
 __all__ = ["Pipeline", "__version__"]

@@ -1,4 +1,5 @@
 """``python -m vilgkit`` (what ``torchrun -m vilgkit run ...`` launches)."""
+
 import sys
 
 from vilgkit.cli import main

@@ -25,6 +25,7 @@ deserialises a byte, and turns an unreadable file into one :class:`ArtifactError
 One writer per run directory: :meth:`RunDir.lock` (``fcntl.flock``), taken by ``vilgkit run``
 (rank 0 only under torchrun), ``vilgkit eval`` and ``vilgkit export`` before they write.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,9 +38,10 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -187,10 +189,14 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, data: Any, *, indent: int = 2, sort_keys: bool = False) -> Path:
     """JSON (non-JSON leaves such as paths become strings), written atomically."""
-    return write_text_atomic(path, json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False, default=str))
+    return write_text_atomic(
+        path, json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False, default=str)
+    )
 
 
-def save_file_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+def save_file_atomic(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
     """A name → tensor dict as safetensors, atomically (tied weights stored once, see :func:`save_tensors`)."""
     with atomic_write(path) as tmp:
         save_tensors(tmp, tensors, metadata)
@@ -294,7 +300,9 @@ def weights_mismatch(module: nn.Module, shapes: Mapping[str, tuple[int, ...]]) -
     have = {k: tuple(v) for k, v in shapes.items()}
     missing = sorted(set(want) - set(have))
     unexpected = sorted(set(have) - set(want))
-    reshaped = sorted(f"{k}: file {list(have[k])} vs model {list(want[k])}" for k in set(have) & set(want) if have[k] != want[k])
+    reshaped = sorted(
+        f"{k}: file {list(have[k])} vs model {list(want[k])}" for k in set(have) & set(want) if have[k] != want[k]
+    )
     parts = []
     for title, items in (("missing", missing), ("unexpected", unexpected), ("shape changed", reshaped)):
         if items:
@@ -303,8 +311,9 @@ def weights_mismatch(module: nn.Module, shapes: Mapping[str, tuple[int, ...]]) -
     return "; ".join(parts) or None
 
 
-def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path,
-                      error: type[Exception] = ArtifactError) -> None:
+def load_state_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path, error: type[Exception] = ArtifactError
+) -> None:
     """``load_state_dict(strict=True)`` that reports missing, unexpected and re-shaped keys in one line."""
     problem = weights_mismatch(module, {k: tuple(v.shape) for k, v in state.items()})
     if problem:
@@ -312,8 +321,13 @@ def load_state_strict(module: nn.Module, state: Mapping[str, torch.Tensor], sour
     module.load_state_dict(dict(state), strict=True)
 
 
-def load_weights(module: nn.Module, path: str | Path, *, device: str | torch.device | None = None,
-                 error: type[Exception] = ArtifactError) -> nn.Module:
+def load_weights(
+    module: nn.Module,
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    error: type[Exception] = ArtifactError,
+) -> nn.Module:
     """Load a weights file into ``module`` in place: verified against its run's manifest, shapes
     checked from the header before any tensor is read, then ``load_state_dict(strict=True)``.
 
@@ -451,7 +465,7 @@ class RunDir:
         return self.recipe_path.is_file()
 
     @classmethod
-    def owning(cls, path: str | Path) -> "RunDir | None":
+    def owning(cls, path: str | Path) -> RunDir | None:
         """The run directory that holds ``path`` (the nearest folder above it with a manifest or a
         resolved recipe), or ``None``."""
         path = Path(path).resolve()
@@ -480,8 +494,14 @@ class RunDir:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise ArtifactError(f"{path} is not a readable manifest ({err}); restore it or delete it to skip verification") from None
-        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("files"), dict):
+            raise ArtifactError(
+                f"{path} is not a readable manifest ({err}); restore it or delete it to skip verification"
+            ) from None
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != MANIFEST_FORMAT
+            or not isinstance(data.get("files"), dict)
+        ):
             raise ArtifactError(f"{path} is not a vilgkit run manifest (format {MANIFEST_FORMAT})")
         data.setdefault("external", {})
         return data
@@ -553,11 +573,15 @@ class RunDir:
                 raise CorruptFileError(f"{full} is missing (listed in {self.manifest_path})")
             size = full.stat().st_size
             if size != entry["bytes"]:
-                raise CorruptFileError(f"{full} is {size} bytes but {entry['bytes']} were written (truncated or replaced); "
-                                    f"its hash is in {self.manifest_path}")
+                raise CorruptFileError(
+                    f"{full} is {size} bytes but {entry['bytes']} were written (truncated or replaced); "
+                    f"its hash is in {self.manifest_path}"
+                )
             if _cached_sha256(full) != entry["sha256"]:
-                raise CorruptFileError(f"{full} does not match its SHA-256 in {self.manifest_path} (changed or corrupted "
-                                    "after it was written)")
+                raise CorruptFileError(
+                    f"{full} does not match its SHA-256 in {self.manifest_path} (changed or corrupted "
+                    "after it was written)"
+                )
 
     def verify_tree(self, folder: str | Path) -> None:
         """Verify every manifest entry under ``folder`` (a tokenizer's saved directory, say)."""
@@ -591,7 +615,9 @@ class RunDir:
         self.record(full)
         return full
 
-    def save_weights(self, path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    def save_weights(
+        self, path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+    ) -> Path:
         """A state dict as safetensors (tied weights once), atomically, hashed into the manifest."""
         full = save_file_atomic(dict(tensors), self.resolve(path), metadata)
         self.record(full)
@@ -748,7 +774,12 @@ class RunDir:
                 f"{self.path} is being written by another vilgkit process ({holder}); wait for it to finish, "
                 "or use another run_dir"
             ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
@@ -764,7 +795,7 @@ class RunDir:
             os.close(fd)
 
     @contextlib.contextmanager
-    def locked(self, command: str = "vilgkit run") -> Iterator["RunDir"]:
+    def locked(self, command: str = "vilgkit run") -> Iterator[RunDir]:
         """Hold the lock for a block (re-entrant within a process)."""
         took = self.lock(command)
         try:
@@ -872,7 +903,9 @@ def load_text_tokenizer(components: Any, directory: str | Path) -> Any:
     verified first); it becomes ``components["text_tokenizer"]``."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"no saved text tokenizer at {directory}: run the fit_text_tokenizer stage first (or fix the path)")
+        raise FileNotFoundError(
+            f"no saved text tokenizer at {directory}: run the fit_text_tokenizer stage first (or fix the path)"
+        )
     verify_tree(directory)
     tokenizer = _fresh(components, "text_tokenizer")
     with readable(directory, "a saved text tokenizer"):
@@ -900,7 +933,9 @@ def load_image_tokenizer(components: Any, source: str | Path) -> Any:
     """
     path = image_tokenizer_file(source)
     if not path.is_file():
-        raise FileNotFoundError(f"no {IMAGE_TOKENIZER_WEIGHTS} at {path.parent}: run the train_tokenizer stage first (or fix the path)")
+        raise FileNotFoundError(
+            f"no {IMAGE_TOKENIZER_WEIGHTS} at {path.parent}: run the train_tokenizer stage first (or fix the path)"
+        )
     record_path = path.with_name(IMAGE_TOKENIZER_RECORD)
     record = read_json(record_path) if record_path.is_file() else {}
     if "image_tokenizer" in components:
@@ -935,8 +970,14 @@ def load_generator_weights(generator: nn.Module, stage_dir: str | Path) -> dict[
     return read_json(record) if record.is_file() else {}
 
 
-def attach_reconstructor(reconstructor: Any, image_tokenizer: Any, hidden_size: int | None,
-                         weights_from: str | Path | None = None, *, required: bool = True) -> Any:
+def attach_reconstructor(
+    reconstructor: Any,
+    image_tokenizer: Any,
+    hidden_size: int | None,
+    weights_from: str | Path | None = None,
+    *,
+    required: bool = True,
+) -> Any:
     """Hand a reconstructor the trained image tokenizer and the generator's width (``attach``, when
     it has one); an end-to-end one also gets its trained weights from ``weights_from`` (a
     generator stage folder). With ``required=False`` missing weights are not an error (a stage that
@@ -951,8 +992,10 @@ def attach_reconstructor(reconstructor: Any, image_tokenizer: Any, hidden_size: 
         if path is not None and path.is_file():
             load_weights(reconstructor, path)
         elif required:
-            raise ArtifactError(f"the recipe's reconstructor is end-to-end but {weights_from} has no {RECONSTRUCTOR_WEIGHTS}: "
-                                "that generator was trained without it")
+            raise ArtifactError(
+                f"the recipe's reconstructor is end-to-end but {weights_from} has no {RECONSTRUCTOR_WEIGHTS}: "
+                "that generator was trained without it"
+            )
     return reconstructor
 
 
@@ -1012,7 +1055,9 @@ def load_run(run_dir: str | Path, stage: str | None = None) -> LoadedRun:
     recipe = run.read_recipe()
     stage_dir = run.stage(stage) if stage else last_generator_stage(run.path, recipe)
     if stage_dir is None or not (stage_dir / GENERATOR_WEIGHTS).is_file():
-        raise ArtifactError(f"no trained generator in {run.path}{'/' + stage if stage else ''}: run the train_generator stage first")
+        raise ArtifactError(
+            f"no trained generator in {run.path}{'/' + stage if stage else ''}: run the train_generator stage first"
+        )
     record = read_json(stage_dir / GENERATOR_RECORD)
     for key in ("text_tokenizer", "image_tokenizer", "grid"):
         if key not in record:
@@ -1030,16 +1075,50 @@ def load_run(run_dir: str | Path, stage: str | None = None) -> LoadedRun:
     load_generator_weights(generator, stage_dir)
     reconstructor = None
     if recipe.get("reconstructor") is not None:  # the recipe picks how codes become pixels
-        reconstructor = attach_reconstructor(components.build("reconstructor"), image_tok, int(generator.hidden_size), stage_dir)
+        reconstructor = attach_reconstructor(
+            components.build("reconstructor"), image_tok, int(generator.hidden_size), stage_dir
+        )
     grid = tuple(int(g) for g in record["grid"])
     return LoadedRun(run.path, stage_dir, recipe, record, generator, text_tok, image_tok, reconstructor, grid)  # type: ignore[arg-type]
 
 
 __all__ = [
-    "ArtifactError", "CorruptFileError", "RunDirBusyError", "readable", "warn", "RunDir", "LoadedRun", "atomic_write", "sha256_file", "file_record",
-    "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "save_file_atomic", "save_tensors",
-    "load_tensors", "tensor_shapes", "tensor_metadata", "weights_mismatch", "load_state_strict", "load_weights",
-    "read_weights", "read_json", "save_weights", "write_json", "write_text", "record_file", "record_tree", "verify_file", "verify_tree", "load_text_tokenizer", "load_image_tokenizer",
-    "load_generator_weights", "attach_reconstructor", "load_run", "last_generator_stage", "stage_names",
+    "ArtifactError",
+    "CorruptFileError",
+    "RunDirBusyError",
+    "readable",
+    "warn",
+    "RunDir",
+    "LoadedRun",
+    "atomic_write",
+    "sha256_file",
+    "file_record",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "write_json_atomic",
+    "save_file_atomic",
+    "save_tensors",
+    "load_tensors",
+    "tensor_shapes",
+    "tensor_metadata",
+    "weights_mismatch",
+    "load_state_strict",
+    "load_weights",
+    "read_weights",
+    "read_json",
+    "save_weights",
+    "write_json",
+    "write_text",
+    "record_file",
+    "record_tree",
+    "verify_file",
+    "verify_tree",
+    "load_text_tokenizer",
+    "load_image_tokenizer",
+    "load_generator_weights",
+    "attach_reconstructor",
+    "load_run",
+    "last_generator_stage",
+    "stage_names",
     "build_components",
-]  # fmt: skip
+]

@@ -4,6 +4,7 @@ Core components are not plugins, but they register in the same registries; impor
 makes them visible to recipes and to ``vilgkit plugins``. Modules that have not landed yet are
 skipped.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -11,7 +11,7 @@ import importlib
 import sys
 import warnings
 
-from vilgkit.errors import NotYetImplementedError, VilgkitError, os_error_line, VilgkitWarning
+from vilgkit.errors import NotYetImplementedError, VilgkitError, VilgkitWarning, os_error_line
 
 SUBCOMMANDS = [
     "run",

@@ -3,6 +3,7 @@
 Laziness matters at scale: a 10B generator must be built by the strategy on ``meta``, and a stage
 that only evaluates should not pay for building what it does not use.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping

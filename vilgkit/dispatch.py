@@ -63,9 +63,7 @@ ENV, CACHE_ENV = "VILGKIT_DISPATCH", "VILGKIT_DISPATCH_CACHE"
 #: Another branch replaces the default only when it takes less than this share of the default's time.
 MARGIN = 0.9
 
-_decided: dict[
-    tuple[str, int], str
-] = {}  # (decision, threads) → branch, for this process
+_decided: dict[tuple[str, int], str] = {}  # (decision, threads) → branch, for this process
 _forced: dict[str, str] = {}
 _probes: dict[str, Callable[[], dict[str, float]]] = {}
 
@@ -76,13 +74,9 @@ class DispatchError(ValueError):
 
 def _check(name: str, branch: str | None = None) -> None:
     if name not in DECISIONS:
-        raise DispatchError(
-            f"unknown dispatch decision {name!r}; expected one of {sorted(DECISIONS)}"
-        )
+        raise DispatchError(f"unknown dispatch decision {name!r}; expected one of {sorted(DECISIONS)}")
     if branch is not None and branch not in DECISIONS[name]:
-        raise DispatchError(
-            f"dispatch decision {name!r} has no branch {branch!r}; expected one of {DECISIONS[name]}"
-        )
+        raise DispatchError(f"dispatch decision {name!r} has no branch {branch!r}; expected one of {DECISIONS[name]}")
 
 
 def _from_env() -> dict[str, str] | None:
@@ -97,8 +91,7 @@ def _from_env() -> dict[str, str] | None:
         name, sep, branch = item.strip().partition("=")
         if not sep:
             raise DispatchError(
-                f"{ENV}={raw!r}: expected 'defaults' or a comma list of name=branch, "
-                f"names {sorted(DECISIONS)}"
+                f"{ENV}={raw!r}: expected 'defaults' or a comma list of name=branch, names {sorted(DECISIONS)}"
             )
         _check(name.strip(), branch.strip())
         out[name.strip()] = branch.strip()
@@ -251,9 +244,7 @@ def best_time(fn: Callable[[], object], repeats: int = 3) -> float:
 def _main() -> None:
     import argparse
 
-    p = argparse.ArgumentParser(
-        prog="python -m vilgkit.dispatch", description=__doc__.split("\n")[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m vilgkit.dispatch", description=__doc__.split("\n")[0])
     p.add_argument(
         "--probe",
         action="store_true",
@@ -266,9 +257,7 @@ def _main() -> None:
 
     t0 = time.perf_counter()
     decided = dispatch.prepare(reprobe=a.probe)
-    print(
-        f"{dispatch.machine_key()}  (cache: {dispatch.cache_path()}, {time.perf_counter() - t0:.2f} s)"
-    )
+    print(f"{dispatch.machine_key()}  (cache: {dispatch.cache_path()}, {time.perf_counter() - t0:.2f} s)")
     for name, branch in decided.items():
         print(f"  {name:15s} {branch}")
 

@@ -38,9 +38,7 @@ def _interleaved(branches: dict[str, object]) -> dict[str, float]:
 
 def gemv_probe(split_linear, rows: int) -> dict[str, float]:
     """``split`` (``split_linear(layer, x)``) vs ``linear`` (``F.linear``) for ``rows`` decoding rows."""
-    weights = torch.full(
-        (16, 2048, 512), 1e-3
-    )  # constant values: no random init to wait for
+    weights = torch.full((16, 2048, 512), 1e-3)  # constant values: no random init to wait for
     layers = []
     for w in weights:
         layer = nn.Linear(1, 1)
@@ -53,9 +51,7 @@ def gemv_probe(split_linear, rows: int) -> dict[str, float]:
     return _interleaved(
         {
             "split": lambda: [split_linear(layer, x) for layer in layers],
-            "linear": lambda: [
-                F.linear(x, layer.weight, layer.bias) for layer in layers
-            ],
+            "linear": lambda: [F.linear(x, layer.weight, layer.bias) for layer in layers],
         }
     )
 
@@ -63,9 +59,7 @@ def gemv_probe(split_linear, rows: int) -> dict[str, float]:
 def attention_probe(masked_attention, unilm_mask, dtype: torch.dtype) -> dict[str, float]:
     """``explicit`` (``masked_attention``) vs ``sdpa``, forward + backward, under ``dtype``."""
     g = torch.Generator().manual_seed(0)
-    q, k, v = (
-        torch.randn(2, 4, 128, 64, generator=g).requires_grad_() for _ in range(3)
-    )
+    q, k, v = (torch.randn(2, 4, 128, 64, generator=g).requires_grad_() for _ in range(3))
     mask = unilm_mask(32, 128)
     grad = torch.randn(2, 4, 128, 64, generator=g)
 
@@ -73,13 +67,9 @@ def attention_probe(masked_attention, unilm_mask, dtype: torch.dtype) -> dict[st
         def step():
             with (
                 torch.enable_grad(),
-                torch.autocast(
-                    "cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16
-                ),
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16),
             ):
-                low = (
-                    dtype == torch.bfloat16
-                )  # bf16 inputs, as after the qkv projection under autocast
+                low = dtype == torch.bfloat16  # bf16 inputs, as after the qkv projection under autocast
                 qq, kk, vv = (x.bfloat16() if low else x for x in (q, k, v))
                 out = attend(qq, kk, vv)
             torch.autograd.backward(out, grad.to(out.dtype))
@@ -89,9 +79,7 @@ def attention_probe(masked_attention, unilm_mask, dtype: torch.dtype) -> dict[st
     return _interleaved(
         {
             "explicit": run(lambda a, b, c: masked_attention(a, b, c, mask)),
-            "sdpa": run(
-                lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=mask)
-            ),
+            "sdpa": run(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=mask)),
         }
     )
 
@@ -112,7 +100,4 @@ def encode_layout_probe() -> dict[str, float]:
     ).eval()
     images = torch.rand(8, 3, 64, 64)
     last = images.contiguous(memory_format=torch.channels_last)
-    return _interleaved(
-        {"channels_last": lambda: net(last), "contiguous": lambda: net(images)}
-    )
-
+    return _interleaved({"channels_last": lambda: net(last), "contiguous": lambda: net(images)})

@@ -4,6 +4,7 @@ A plugin module listed under the ``vilgkit`` entry-point group is imported (whic
 components in the registries) and then registered with the plugin manager, so any of these
 functions it defines are called at the matching moment.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -54,17 +54,11 @@ class InferenceSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_candidates, int) or self.num_candidates < 1:
-            raise ValueError(
-                f"num_candidates must be a positive int, got {self.num_candidates!r}"
-            )
+            raise ValueError(f"num_candidates must be a positive int, got {self.num_candidates!r}")
         if self.caption_method not in CAPTION_METHODS:
-            raise ValueError(
-                f"caption_method must be one of {CAPTION_METHODS}, got {self.caption_method!r}"
-            )
+            raise ValueError(f"caption_method must be one of {CAPTION_METHODS}, got {self.caption_method!r}")
         if self.answer_method not in ANSWER_METHODS:
-            raise ValueError(
-                f"answer_method must be one of {ANSWER_METHODS}, got {self.answer_method!r}"
-            )
+            raise ValueError(f"answer_method must be one of {ANSWER_METHODS}, got {self.answer_method!r}")
         if not isinstance(self.reranker, str):
             raise ValueError(f"reranker must be a name, got {self.reranker!r}")
 

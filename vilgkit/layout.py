@@ -9,6 +9,7 @@ The generator always sees ``[source segments..., target segment]``:
 Attention patterns read a ``Layout`` to build masks (``AttentionPattern.allowed``), so the mask
 definition of docs/architecture.md §2 is expressed once, against positions, independent of the batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,11 +44,11 @@ class Segment:
             raise ValueError(f"segment length must be positive, got {self.length}")
 
     @staticmethod
-    def text(length: int) -> "Segment":
+    def text(length: int) -> Segment:
         return Segment("text", length)
 
     @staticmethod
-    def image(height: int, width: int) -> "Segment":
+    def image(height: int, width: int) -> Segment:
         return Segment("image", height * width, (height, width))
 
 
@@ -88,13 +89,13 @@ class Layout:
         return "text2image" if self.target.kind == "image" else "image2text"
 
     @staticmethod
-    def text_to_image(text_len: int, height: int, width: int) -> "Layout":
+    def text_to_image(text_len: int, height: int, width: int) -> Layout:
         return Layout((Segment.text(text_len),), Segment.image(height, width))
 
     @staticmethod
-    def image_to_text(height: int, width: int, text_len: int) -> "Layout":
+    def image_to_text(height: int, width: int, text_len: int) -> Layout:
         return Layout((Segment.image(height, width),), Segment.text(text_len))
 
     @staticmethod
-    def vqa(height: int, width: int, question_len: int, answer_len: int) -> "Layout":
+    def vqa(height: int, width: int, question_len: int, answer_len: int) -> Layout:
         return Layout((Segment.image(height, width), Segment.text(question_len)), Segment.text(answer_len))

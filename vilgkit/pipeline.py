@@ -21,10 +21,12 @@ and resized to the model's image size.
 
 Shapes (dimension key): B prompts/images, N candidates per prompt, L text length, h/w code grid.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -34,12 +36,12 @@ from vilgkit.inference_settings import InferenceSettings, load_inference_setting
 from vilgkit.interfaces import Generator, ImageTokenizer, Reconstructor, TextTokenizer
 from vilgkit.interfaces.reranker import Reranker, RerankInputs
 from vilgkit.pictures import load_images, to_pil
-from vilgkit.text_encoding import encode_texts, warn_unknown_words
 from vilgkit.self_rerank import self_rerank_scores
-
+from vilgkit.text_encoding import encode_texts, warn_unknown_words
 
 #: Most decoding rows (prompts x candidates) sampled together by :meth:`Pipeline.sample_codes`.
 MAX_SAMPLING_ROWS = 256
+
 
 class Pipeline:
     """Inference on a trained generator with its tokenizers.
@@ -81,7 +83,7 @@ class Pipeline:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, stage: str | None = None, device: str = "auto") -> "Pipeline":
+    def from_run_dir(cls, run_dir: str | Path, stage: str | None = None, device: str = "auto") -> Pipeline:
         """Rebuild the pipeline from a finished run.
 
         Args:
@@ -91,7 +93,6 @@ class Pipeline:
             device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         """
         from vilgkit.artifacts import load_run
-
         from vilgkit.stages.train_generator import check_special_ids
 
         run = load_run(run_dir, stage)  # every file verified against the run's manifest
@@ -137,14 +138,23 @@ class Pipeline:
             chunk_mask = mask[start : start + per_batch].to(self.device)
             chunks.append(
                 self.generator.sample_images(
-                    chunk_ids, chunk_mask, grid=self.grid, num_candidates=num_candidates, temperature=temperature,
-                    top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, generator=rng,
-                )  # fmt: skip
+                    chunk_ids,
+                    chunk_mask,
+                    grid=self.grid,
+                    num_candidates=num_candidates,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    cfg_scale=cfg_scale,
+                    generator=rng,
+                )
             )
         return torch.cat(chunks), ids, mask
 
     @torch.no_grad()
-    def decode_codes(self, codes: torch.Tensor, text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def decode_codes(
+        self, codes: torch.Tensor, text_ids: torch.Tensor | None = None, text_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Codes ``[B, h, w]`` → images ``[B, 3, H, W]`` in [-1, 1] (end-to-end reconstructors use the
         generator's hidden states for the prompts ``text_ids``)."""
         codes = codes.to(self.device)
@@ -155,8 +165,15 @@ class Pipeline:
             return self.reconstructor.reconstruct(codes).float()
         return self.image_tokenizer.decode(codes).float()
 
-    def rerank(self, codes: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, num_candidates: int,
-               reranker: Any, prompts: Sequence[str] | None = None) -> torch.Tensor:
+    def rerank(
+        self,
+        codes: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        num_candidates: int,
+        reranker: Any,
+        prompts: Sequence[str] | None = None,
+    ) -> torch.Tensor:
         """Candidates of each prompt sorted best first, ``Long[B, N]``.
 
         ``reranker`` is ``"self"`` (``log P(prompt | candidate)`` from this generator, batched over all
@@ -165,10 +182,22 @@ class Pipeline:
         if reranker == "self":
             scores = self_rerank_scores(self.generator, codes.to(self.device), ids, mask, num_candidates).cpu()
             return torch.argsort(scores, dim=1, descending=True, stable=True)
-        images = self.decode_codes(codes, ids.repeat_interleave(num_candidates, 0), mask.repeat_interleave(num_candidates, 0)) if reranker.needs_images else None
-        inputs = RerankInputs(num_candidates=num_candidates, codes=codes.to(self.device), text_ids=ids.to(self.device),
-                              text_mask=mask.to(self.device), prompts=list(prompts or []), images=images,
-                              generator=self.generator)  # fmt: skip
+        images = (
+            self.decode_codes(
+                codes, ids.repeat_interleave(num_candidates, 0), mask.repeat_interleave(num_candidates, 0)
+            )
+            if reranker.needs_images
+            else None
+        )
+        inputs = RerankInputs(
+            num_candidates=num_candidates,
+            codes=codes.to(self.device),
+            text_ids=ids.to(self.device),
+            text_mask=mask.to(self.device),
+            prompts=list(prompts or []),
+            images=images,
+            generator=self.generator,
+        )
         return reranker.rerank(inputs).order
 
     def text_to_image(
@@ -204,15 +233,24 @@ class Pipeline:
         reranker = self._resolve_reranker(self._setting("reranker", reranker))
         warn_unknown_words(self.text_tokenizer, prompts, "prompt")
         codes, ids, mask = self.sample_codes(
-            prompts, num_candidates, seed=seed, temperature=self._setting("temperature", temperature),
-            top_k=_off_if(0, self._setting("top_k", top_k)), top_p=_off_if(1.0, self._setting("top_p", top_p)),
-            cfg_scale=self._setting("cfg_scale", cfg_scale), truncate=truncate,
-        )  # fmt: skip
+            prompts,
+            num_candidates,
+            seed=seed,
+            temperature=self._setting("temperature", temperature),
+            top_k=_off_if(0, self._setting("top_k", top_k)),
+            top_p=_off_if(1.0, self._setting("top_p", top_p)),
+            cfg_scale=self._setting("cfg_scale", cfg_scale),
+            truncate=truncate,
+        )
         order = torch.arange(num_candidates).expand(len(ids), num_candidates)
         if reranker is not None and num_candidates > 1:
             order = self.rerank(codes, ids, mask, num_candidates, reranker, prompts)
         flat = (order + torch.arange(len(ids))[:, None] * num_candidates).flatten()
-        picked = codes[flat.to(codes.device)] if return_all else codes[(order[:, 0] + torch.arange(len(ids)) * num_candidates).to(codes.device)]
+        picked = (
+            codes[flat.to(codes.device)]
+            if return_all
+            else codes[(order[:, 0] + torch.arange(len(ids)) * num_candidates).to(codes.device)]
+        )
         rep = num_candidates if return_all else 1
         images = to_pil(self.decode_codes(picked, ids.repeat_interleave(rep, 0), mask.repeat_interleave(rep, 0)).cpu())
         if return_all:
@@ -267,10 +305,15 @@ class Pipeline:
         """
         codes = self.encode_images(images)
         out = self.generator.generate_text(
-            codes, max_length=self._max_length(self._setting("max_text_length", max_length)),
-            method=self._setting("caption_method", method), num_beams=self._setting("num_beams", num_beams),
-            temperature=temperature, top_k=top_k, top_p=top_p, generator=self._rng(seed),
-        )  # fmt: skip
+            codes,
+            max_length=self._max_length(self._setting("max_text_length", max_length)),
+            method=self._setting("caption_method", method),
+            num_beams=self._setting("num_beams", num_beams),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=self._rng(seed),
+        )
         return self.decode_text(out)
 
     @torch.no_grad()
@@ -297,12 +340,17 @@ class Pipeline:
             raise InputError(f"got {len(images)} images but {len(questions)} questions; give one question per image")
         codes = self.encode_images(images)
         warn_unknown_words(self.text_tokenizer, questions, "question")
-        q_ids, q_mask, _ = encode_texts(self.text_tokenizer, questions, self.max_text_len, truncate=truncate, what="question")
+        q_ids, q_mask, _ = encode_texts(
+            self.text_tokenizer, questions, self.max_text_len, truncate=truncate, what="question"
+        )
         out = self.generator.generate_text(
-            codes, max_length=self._max_length(self._setting("max_text_length", max_length)),
-            method=self._setting("answer_method", method), num_beams=self._setting("num_beams", num_beams),
-            question_ids=q_ids.to(self.device), question_mask=q_mask.to(self.device),
-        )  # fmt: skip
+            codes,
+            max_length=self._max_length(self._setting("max_text_length", max_length)),
+            method=self._setting("answer_method", method),
+            num_beams=self._setting("num_beams", num_beams),
+            question_ids=q_ids.to(self.device),
+            question_mask=q_mask.to(self.device),
+        )
         return self.decode_text(out)
 
     def decode_text(self, ids: list[list[int]]) -> list[str]:

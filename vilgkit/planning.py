@@ -24,7 +24,6 @@ Models may override the activation term with ``activation_bytes(tokens) -> int``
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,9 +50,7 @@ class ModelDims:
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(
-        p.numel() for p in module.parameters() if p.requires_grad or not trainable_only
-    )
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 def model_dims(model: nn.Module) -> ModelDims:
@@ -63,11 +60,7 @@ def model_dims(model: nn.Module) -> ModelDims:
     hidden = int(getattr(model, "hidden_size", 0) or 0)
     mlp = 4 * hidden
     if blocks:
-        outs = [
-            m.out_features
-            for m in blocks[0].modules()
-            if isinstance(m, nn.Linear) and m.in_features == hidden
-        ]
+        outs = [m.out_features for m in blocks[0].modules() if isinstance(m, nn.Linear) and m.in_features == hidden]
         outs = [o for o in outs if o != 3 * hidden]
         mlp = max(outs, default=mlp)
     vocabs = [
@@ -90,25 +83,19 @@ def model_dims(model: nn.Module) -> ModelDims:
     )
 
 
-def activation_bytes(
-    dims: ModelDims, tokens: int, recompute: str, compute_bytes: int
-) -> dict[str, int]:
+def activation_bytes(dims: ModelDims, tokens: int, recompute: str, compute_bytes: int) -> dict[str, int]:
     """Saved-for-backward bytes per device for ``tokens`` tokens (see the module docstring)."""
     C, M, L = dims.hidden, dims.mlp, dims.layers
     # QK-norm: SDPA keeps the normalised q and k (2C), the two norms their fp32 mean and rstd per head
     qk = (2 * C * compute_bytes + 4 * 4 * dims.heads) if dims.qk_norm else 0
-    full_layer = (
-        (8 * C + 2 * M) * compute_bytes + 4 * dims.heads + qk
-    )  # + SDPA's fp32 log-sum-exp per head
+    full_layer = (8 * C + 2 * M) * compute_bytes + 4 * dims.heads + qk  # + SDPA's fp32 log-sum-exp per head
     kept = {
         "none": full_layer,
         "full": C * compute_bytes,
         "selective": (7 * C + M) * compute_bytes + qk,
     }[recompute]
     layers = L * kept * tokens
-    working = (
-        0 if recompute == "none" else full_layer * tokens
-    )  # one block recomputed at a time
+    working = 0 if recompute == "none" else full_layer * tokens  # one block recomputed at a time
     logits = 2 * 4 * dims.vocab * tokens  # fp32 logits + their gradient
     return {
         "layers": layers,
@@ -130,11 +117,7 @@ def estimate_memory(
 ) -> MemoryPlan:
     """Bytes per device (and per host) for training ``model`` under ``layout``."""
     dims = model_dims(model)
-    P = (
-        count_parameters(model, trainable_only=True)
-        if trained_params is None
-        else trained_params
-    )
+    P = count_parameters(model, trainable_only=True) if trained_params is None else trained_params
     S = layout.shard_group(nodes, gpus_per_node)
     cb = DTYPE_BYTES[layout.param_dtype]
     nblocks = max(1, dims.layers)
@@ -153,9 +136,7 @@ def estimate_memory(
                 "(no reduce-scatter / offload copy until the last micro-batch)"
             )
         else:  # one block's unsharded gradients (the whole root for a model without blocks)
-            per_block = (
-                dims.block_params // nblocks if dims.block_params else dims.other_params
-            )
+            per_block = dims.block_params // nblocks if dims.block_params else dims.other_params
             grads_dev = per_block * cb + (0 if layout.cpu_offload else grads_shard)
     else:
         params_dev = 4 * P + (P * cb if cb != 4 else 0)
@@ -168,11 +149,7 @@ def estimate_memory(
         acts = activation_bytes(dims, tokens_per_device, layout.recompute, cb)["total"]
     else:  # not a transformer and no estimate of its own: not counted (the plan says so)
         acts = 0
-    host = (
-        (master + grads_shard + optim) * gpus_per_node
-        if (layout.cpu_offload and sharded)
-        else 0
-    )
+    host = (master + grads_shard + optim) * gpus_per_node if (layout.cpu_offload and sharded) else 0
     return MemoryPlan(
         int(params_dev),
         int(grads_dev),
@@ -186,34 +163,22 @@ def estimate_memory(
 # --------------------------------------------------------------------------- compute
 
 
-def mean_keys_per_query(
-    pattern: Any, num_layers: int, layouts: list[Any]
-) -> list[float]:
+def mean_keys_per_query(pattern: Any, num_layers: int, layouts: list[Any]) -> list[float]:
     """Per layer, the mean number of keys a query attends (from the pattern's oracle masks)."""
     out = []
     cache: dict[Any, float] = {}
     for layer in range(num_layers):
-        kind = (
-            pattern.kind(layer, num_layers)
-            if callable(getattr(pattern, "kind", None))
-            else layer
-        )
+        kind = pattern.kind(layer, num_layers) if callable(getattr(pattern, "kind", None)) else layer
         if kind not in cache:
-            total = sum(
-                float(pattern.allowed(layer, num_layers, lay).sum()) for lay in layouts
-            )
+            total = sum(float(pattern.allowed(layer, num_layers, lay).sum()) for lay in layouts)
             cache[kind] = total / sum(lay.length for lay in layouts)
         out.append(cache[kind])
     return out
 
 
-def flops_per_token(
-    dims: ModelDims, keys_per_layer: list[float], head_flops: float
-) -> dict[str, float]:
+def flops_per_token(dims: ModelDims, keys_per_layer: list[float], head_flops: float) -> dict[str, float]:
     """Forward and training FLOPs per token (matmuls, attention scores, output heads)."""
-    matmul = (
-        2 * dims.block_params
-    )  # each weight multiplies once per token (biases/norms are noise)
+    matmul = 2 * dims.block_params  # each weight multiplies once per token (biases/norms are noise)
     attention = sum(4 * dims.hidden * k for k in keys_per_layer)  # QK^T and AV
     fwd_blocks = matmul + attention
     fwd = fwd_blocks + head_flops
@@ -244,9 +209,7 @@ def parse_bytes(text: str) -> int:
     try:
         value = float(number)
     except ValueError:
-        raise ValueError(
-            f"cannot read a memory size from {text!r} (e.g. 80GiB, 40GB)"
-        ) from None
+        raise ValueError(f"cannot read a memory size from {text!r} (e.g. 80GiB, 40GB)") from None
     if not math.isfinite(value * scale) or value <= 0:  # nan, inf and 1e400GiB are not sizes either
         raise ValueError(f"memory size must be a positive, finite amount, got {text!r}")
     return int(value * scale)

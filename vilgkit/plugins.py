@@ -83,8 +83,11 @@ class PluginManager(pluggy.PluginManager):
                 info.error = f"{type(err).__name__}: {err}"
                 info.detail = traceback.format_exc()
                 R.rollback(before)  # nothing half-registered stays usable
-                print(f"vilgkit: plugin {info.label()} failed to load ({info.error}); "
-                      "it is disabled (details: vilgkit plugins --traceback)", file=sys.stderr)  # fmt: skip
+                print(
+                    f"vilgkit: plugin {info.label()} failed to load ({info.error}); "
+                    "it is disabled (details: vilgkit plugins --traceback)",
+                    file=sys.stderr,
+                )
                 continue
             self.register_plugin(plugin, ep.name)
 
@@ -121,8 +124,10 @@ def notify(hook: str, **kwargs) -> None:
         try:
             impl.function(**{name: kwargs[name] for name in impl.argnames})
         except (Exception, SystemExit) as err:
-            print(f"vilgkit: plugin {impl.plugin_name!r}: hook {hook} failed ({type(err).__name__}: {err}); "
-                  "ignored", file=sys.stderr)  # fmt: skip
+            print(
+                f"vilgkit: plugin {impl.plugin_name!r}: hook {hook} failed ({type(err).__name__}: {err}); ignored",
+                file=sys.stderr,
+            )
 
 
 def failed_plugins_note() -> str:

@@ -24,6 +24,7 @@ dataclass-typed argument (``trainer: TrainerConfig``) is built once, by the same
 it. A run directory's recipe is loaded by :func:`load_run_recipe`: the same checks, and only
 registered classes.
 """
+
 from __future__ import annotations
 
 import copy

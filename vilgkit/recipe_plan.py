@@ -97,11 +97,7 @@ def detect_hardware(strategy_device: str | None = None) -> Hardware:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
     nodes = max(1, world // max(1, local))
     cuda = torch.cuda.is_available() and strategy_device not in ("cpu",)
-    memory = (
-        torch.cuda.get_device_properties(0).total_memory
-        if cuda
-        else host_memory_bytes()
-    )
+    memory = torch.cuda.get_device_properties(0).total_memory if cuda else host_memory_bytes()
     return Hardware(
         nodes=nodes,
         devices_per_node=max(1, local),
@@ -125,9 +121,7 @@ class PlanRow:
     label: str
     layout: StrategyLayout
     plan: MemoryPlan
-    host_per_rank: int = (
-        0  # everything this rank keeps in host memory (see the module docstring)
-    )
+    host_per_rank: int = 0  # everything this rank keeps in host memory (see the module docstring)
 
 
 @dataclass
@@ -153,23 +147,13 @@ class PlanReport:
         """What does not fit, one phrase per resource (empty: it fits)."""
         row = row or self.rows[0]
         hw = self.hardware
-        host = max(
-            [row.host_per_rank]
-            + ([p.host for p in self.phases] if phases and row is self.rows[0] else [])
-        )
+        host = max([row.host_per_rank] + ([p.host for p in self.phases] if phases and row is self.rows[0] else []))
         device = max(
-            [row.plan.device_total]
-            + (
-                [p.device for p in self.phases]
-                if phases and row is self.rows[0]
-                else []
-            )
+            [row.plan.device_total] + ([p.device for p in self.phases] if phases and row is self.rows[0] else [])
         )
         out = []
         if hw.device_type != "cpu" and device > hw.device_memory:
-            out.append(
-                f"GPU memory: {P.gib(device)} GiB per GPU needed, {P.gib(hw.device_memory)} GiB per GPU"
-            )
+            out.append(f"GPU memory: {P.gib(device)} GiB per GPU needed, {P.gib(hw.device_memory)} GiB per GPU")
         if hw.host_memory is not None and host * hw.devices_per_node > hw.host_memory:
             out.append(
                 f"host memory: {P.gib(host * hw.devices_per_node)} GiB per host needed "
@@ -205,8 +189,7 @@ class PlanReport:
                 "gradients": first.plan.gradients,
                 "optimizer_states": first.plan.optimizer_states,
                 "activations": first.plan.activations,
-                "offloaded_per_rank": first.plan.host_bytes
-                // max(1, self.hardware.devices_per_node),
+                "offloaded_per_rank": first.plan.host_bytes // max(1, self.hardware.devices_per_node),
             },
             "phases": {
                 p.name: {
@@ -222,9 +205,7 @@ class PlanReport:
             },
             "fits": self.fits(),
             "does_not_fit": self.shortfalls(),
-            "components": [
-                {"key": k, "class": c, "params": n} for k, c, n in self.components
-            ],
+            "components": [{"key": k, "class": c, "params": n} for k, c, n in self.components],
             "rows": [
                 {
                     "label": r.label,
@@ -263,9 +244,7 @@ def _stage_class_attr(node: dict[str, Any], attr: str) -> Any:
     return getattr(cls, attr, None)
 
 
-def pick_stage(
-    recipe: dict[str, Any], name: str | None
-) -> tuple[str, dict[str, Any], str]:
+def pick_stage(recipe: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any], str]:
     """The stage to plan: by its recipe name or class name; default the generator stage."""
     stages = training_stages(recipe)
     if not stages:
@@ -275,8 +254,7 @@ def pick_stage(
             if name in (stage[0], stage[1]["class_path"].rsplit(".", 1)[-1]):
                 return stage
         raise VilgkitError(
-            f"--stage {name}: not a training stage of the recipe; choose from "
-            f"{', '.join(s[0] for s in stages)}"
+            f"--stage {name}: not a training stage of the recipe; choose from {', '.join(s[0] for s in stages)}"
         )
     return next((s for s in stages if s[2] == "generator"), stages[0])
 
@@ -290,9 +268,7 @@ def _build_on_meta(store: Any, key: str) -> tuple[Any, str | None]:
         return None, f"{key}: not built on meta ({type(err).__name__}: {err})"
 
 
-def strategy_layout(
-    recipe: dict[str, Any], notes: list[str]
-) -> tuple[str, StrategyLayout]:
+def strategy_layout(recipe: dict[str, Any], notes: list[str]) -> tuple[str, StrategyLayout]:
     """The recipe strategy's layout (read from its arguments when it cannot be built here)."""
     from vilgkit.recipe import build
 
@@ -306,19 +282,13 @@ def strategy_layout(
         module, _, attr = node["class_path"].rpartition(".")
         cls = getattr(importlib.import_module(module), attr)
         if callable(getattr(cls, "layout_for", None)):
-            notes.append(
-                f"strategy not constructed here ({err}); layout read from its arguments"
-            )
+            notes.append(f"strategy not constructed here ({err}); layout read from its arguments")
             return name, cls.layout_for(**(node.get("init_args") or {}))
         raise
 
 
 def _param_bytes(module: Any) -> int:
-    return (
-        sum(p.numel() * p.element_size() for p in module.parameters())
-        if module is not None
-        else 0
-    )
+    return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
 
 
 def _largest_tensor(module: Any) -> int:
@@ -342,9 +312,7 @@ def plan_recipe(
     notes: list[str] = []
     name, node, key = pick_stage(recipe, stage)
     if recipe.get(key) is None:
-        raise VilgkitError(
-            f"stage {name} trains the recipe's {key}, which the recipe does not define"
-        )
+        raise VilgkitError(f"stage {name} trains the recipe's {key}, which the recipe does not define")
     store = ComponentStore(recipe)
     built: dict[str, Any] = {}
     components = []
@@ -366,9 +334,7 @@ def plan_recipe(
     rec = built.get("reconstructor")
     if key == "generator" and rec is not None and getattr(rec, "end_to_end", False):
         trained += P.count_parameters(rec, trainable_only=True)
-        notes.append(
-            "end-to-end: the reconstructor trains with the generator (its parameters are included)"
-        )
+        notes.append("end-to-end: the reconstructor trains with the generator (its parameters are included)")
     trainer = (node.get("init_args") or {}).get("trainer") or {}
     micro, accum = int(trainer.get("batch_size", 1)), int(trainer.get("grad_accum", 1))
     image_size = (recipe.get("data") or {}).get("init_args", {}).get("image_size")
@@ -384,21 +350,15 @@ def plan_recipe(
         notes=notes,
     )
     if key == "generator":
-        tokens = _generator_compute(
-            report, model, built.get("image_tokenizer"), image_size
-        )
-        frozen = _param_bytes(
-            built.get("image_tokenizer")
-        )  # every rank encodes/decodes with it
+        tokens = _generator_compute(report, model, built.get("image_tokenizer"), image_size)
+        frozen = _param_bytes(built.get("image_tokenizer"))  # every rank encodes/decodes with it
     else:
         tokens, frozen = (
             micro,
             0,
         )  # a model without transformer dims: activations from its own estimate
         if not callable(getattr(model, "activation_bytes", None)):
-            notes.append(
-                f"{type(model).__name__} has no activation_bytes(): activations are not estimated"
-            )
+            notes.append(f"{type(model).__name__} has no activation_bytes(): activations are not estimated")
     strategy, layout = strategy_layout(recipe, notes)
     report.title = title or f"{name} ({strategy})"
     baseline = process_bytes()
@@ -421,19 +381,13 @@ def _generator_compute(report: PlanReport, gen: Any, tok: Any, image_size: Any) 
         grid = int(image_size) // int(tok.downsample)
     else:
         grid = int(getattr(gen, "max_image_grid", 16))
-    per_sample = 2 * (
-        text_len + grid * grid
-    )  # text→image and image→text streams of one sample
+    per_sample = 2 * (text_len + grid * grid)  # text→image and image→text streams of one sample
     dims = P.model_dims(gen)
     layouts = [
         Layout.text_to_image(text_len, grid, grid),
         Layout.image_to_text(grid, grid, text_len),
     ]
-    keys = (
-        P.mean_keys_per_query(gen.attention, dims.layers, layouts)
-        if getattr(gen, "attention", None)
-        else []
-    )
+    keys = P.mean_keys_per_query(gen.attention, dims.layers, layouts) if getattr(gen, "attention", None) else []
     v_img, v_txt = (
         int(getattr(gen, "image_vocab_size", 0)),
         int(getattr(gen, "text_vocab_size", 0)),
@@ -463,9 +417,7 @@ def _estimate(
     )
 
 
-def _variants(
-    strategy: str, layout: StrategyLayout
-) -> list[tuple[str, StrategyLayout]]:
+def _variants(strategy: str, layout: StrategyLayout) -> list[tuple[str, StrategyLayout]]:
     out = [("recipe: " + strategy, layout)]
     if layout.sharding != "none":
         out.append(
@@ -492,9 +444,7 @@ def _variants(
     return out
 
 
-def _phases(
-    report: PlanReport, model: Any, layout: StrategyLayout, baseline: int, frozen: int
-) -> list[Phase]:
+def _phases(report: PlanReport, model: Any, layout: StrategyLayout, baseline: int, frozen: int) -> list[Phase]:
     """Per-rank bytes of the run's phases for the planned component (see the module docstring)."""
     hw, train = report.hardware, report.rows[0]
     cpu = hw.device_type == "cpu"
@@ -542,9 +492,7 @@ def preflight(recipe: dict[str, Any], stages: list[str], recipe_paths: str) -> N
             continue
         try:
             report = plan_recipe(recipe, hardware, stage=name)
-        except (
-            VilgkitError
-        ) as err:  # e.g. a component that cannot be built on meta: nothing to check
+        except VilgkitError as err:  # e.g. a component that cannot be built on meta: nothing to check
             if is_main_process():
                 print(f"vilgkit: pre-flight: stage {name} not planned ({err})")
             continue

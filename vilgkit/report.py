@@ -6,6 +6,7 @@ checkpoint), text→image (each prompt with all its candidates, the kept one out
 image→text (each image with its generated caption and references), VQA (image, question, answer,
 truth). Verdicts from the scorers are shown as ✓ / ✗.
 """
+
 from __future__ import annotations
 
 import base64
@@ -72,7 +73,7 @@ def _image2text(examples: list[dict[str, Any]]) -> str:
         refs = "<br>".join(_esc(r) for r in ex["references"][:3])
         parts.append(
             f'<div class="row"><img src="{png_data_uri(ex["image"])}"><div>{_verdict(ex.get("correct"))} '
-            f'<b>{_esc(ex["caption"])}</b><br><small>references:<br>{refs}</small></div></div>'
+            f"<b>{_esc(ex['caption'])}</b><br><small>references:<br>{refs}</small></div></div>"
         )
     return "".join(parts)
 
@@ -82,7 +83,8 @@ def _vqa(examples: list[dict[str, Any]]) -> str:
     for ex in examples:
         parts.append(
             f'<div class="row"><img src="{png_data_uri(ex["image"])}"><div>Q: {_esc(ex["question"])}<br>'
-            f'A: <b>{_esc(ex["answer"])}</b> {_verdict(ex.get("correct"))}<br><small>truth: {_esc(ex["truth"])}</small></div></div>'
+            f"A: <b>{_esc(ex['answer'])}</b> {_verdict(ex.get('correct'))}"
+            f"<br><small>truth: {_esc(ex['truth'])}</small></div></div>"
         )
     return "".join(parts)
 
@@ -103,8 +105,10 @@ def render_report(record: dict[str, Any], examples: Any, title: str = "vilgkit e
         body.append(_image2text(examples.image2text))
     if getattr(examples, "vqa", None):
         body.append(_vqa(examples.vqa))
-    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f'<style>{_CSS}</style></head><body>{"".join(body)}</body></html>')  # fmt: skip
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+    )
 
 
 def write_report(path: str | Path, record: dict[str, Any], examples: Any, title: str = "vilgkit evaluation") -> Path:

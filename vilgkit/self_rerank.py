@@ -37,19 +37,13 @@ def self_rerank_scores(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if codes.shape[0] != text_ids.shape[0] * num_candidates:
-        raise ValueError(
-            f"{codes.shape[0]} candidates for {text_ids.shape[0]} prompts x {num_candidates}"
-        )
+        raise ValueError(f"{codes.shape[0]} candidates for {text_ids.shape[0]} prompts x {num_candidates}")
     device = codes.device
-    mask = (
-        torch.ones_like(text_ids, dtype=torch.bool) if text_mask is None else text_mask
-    )
+    mask = torch.ones_like(text_ids, dtype=torch.bool) if text_mask is None else text_mask
     ids = text_ids.to(device).repeat_interleave(num_candidates, dim=0)
     mask = mask.to(device).repeat_interleave(num_candidates, dim=0)
     scores = [
-        generator.text_log_likelihood(
-            codes[i : i + batch_size], ids[i : i + batch_size], mask[i : i + batch_size]
-        )
+        generator.text_log_likelihood(codes[i : i + batch_size], ids[i : i + batch_size], mask[i : i + batch_size])
         for i in range(0, codes.shape[0], batch_size)
     ]
     return torch.cat(scores).float().view(text_ids.shape[0], num_candidates)

@@ -94,9 +94,19 @@ _DCP_METADATA_CLASSES = (
     "_MEM_FORMAT_ENCODING",
 )
 _DTYPES = (
-    "float64", "float32", "float16", "bfloat16", "complex64", "complex128",
-    "int64", "int32", "int16", "int8", "uint8", "bool",
-)  # fmt: skip
+    "float64",
+    "float32",
+    "float16",
+    "bfloat16",
+    "complex64",
+    "complex128",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+)
 
 # Every global DCP's ``.metadata`` names, each by its exact (module, name) — no module wildcards:
 # a module's namespace holds its imports (``torch.distributed.checkpoint.metadata`` holds ``os``),

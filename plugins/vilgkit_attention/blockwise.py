@@ -17,6 +17,7 @@ or additionally the probabilities (``recompute=False``: faster backward, more me
 Dimension key: B batch, H heads, N sequence length, D head dim, n image positions (h*w),
 T tiles, Q queries per tile, K image keys per tile, S context (source text) keys.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,10 +67,19 @@ class TilePlan:
     tile_allow: torch.Tensor
     tile_bias: torch.Tensor
 
-    def to(self, device: torch.device) -> "TilePlan":
+    def to(self, device: torch.device) -> TilePlan:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return TilePlan(self.text_q, self.text_keys, move(self.text_allow), self.context, self.img,
-                        move(self.q_order), move(self.key_index), move(self.tile_allow), move(self.tile_bias))
+        return TilePlan(
+            self.text_q,
+            self.text_keys,
+            move(self.text_allow),
+            self.context,
+            self.img,
+            move(self.q_order),
+            move(self.key_index),
+            move(self.tile_allow),
+            move(self.tile_bias),
+        )
 
     def score_entries(self) -> int:
         """Query-key products computed per (batch, head): text prefix + context + tiles."""
@@ -133,16 +143,16 @@ def _plan_cpu(layout: Layout, kind: str, kernel_size: int, conv_tile, lines_per_
     else:
         raise ValueError(f"no block-wise kernel for image kind {kind!r}")
     bias = torch.zeros(allow.shape).masked_fill_(~allow, float("-inf"))
-    return TilePlan(text_q, text_keys, rows[:, :text_keys].contiguous(), context, img, order, key_index,
-                    allow, bias)
+    return TilePlan(text_q, text_keys, rows[:, :text_keys].contiguous(), context, img, order, key_index, allow, bias)
 
 
 _PLANS: dict[tuple, TilePlan] = {}
 CHUNK_SCORES = 1 << 20  # floats per score-sized temporary (4 MB in fp32)
 
 
-def tile_plan(layout: Layout, kind: str, kernel_size: int, conv_tile, lines_per_tile: int,
-              device: torch.device | str = "cpu") -> TilePlan:
+def tile_plan(
+    layout: Layout, kind: str, kernel_size: int, conv_tile, lines_per_tile: int, device: torch.device | str = "cpu"
+) -> TilePlan:
     """:class:`TilePlan` cached per device (only the arguments that matter for ``kind`` are keys)."""
     conv = kind == "conv"
     tile = conv_tile_shape(*image_segment(layout)[1:3], conv_tile) if conv else None
@@ -263,8 +273,11 @@ class _Inputs:
         self.bias_t = plan.tile_bias
         if keep is not None and not bool(keep[:, plan.img].all()):  # padded image keys (rare)
             keep_img = keep[:, plan.img]
-            keep_img = keep_img[:, plan.key_index] if plan.key_index is not None else (
-                keep_img if plan.q_order is None else keep_img[:, plan.q_order]).view(b, t, kn)
+            keep_img = (
+                keep_img[:, plan.key_index]
+                if plan.key_index is not None
+                else (keep_img if plan.q_order is None else keep_img[:, plan.q_order]).view(b, t, kn)
+            )
             self.bias_t = self.bias_t + _neg_inf_where_not(keep_img)[:, None, :, None, :]
         self.kc = self.vc = self.bias_c = None
         if plan.context:
@@ -363,10 +376,10 @@ class _SparseAttentionFn(torch.autograd.Function):
         gq = torch.empty_like(d_img)
         for t0, t1 in x.chunks:
             qt, kt, vt, bias_t = x.tiles(t0, t1)
-            chunk_probs = None if probs_i[0] is None else tuple(
-                None if p is None else p[:, :, t0:t1] for p in probs_i)
-            g = _backward(qt, kt, vt, bias_t, x.kc, x.vc, x.bias_c, lse_i[:, :, t0:t1], d_img[:, :, t0:t1],
-                          chunk_probs, x.scale)
+            chunk_probs = None if probs_i[0] is None else tuple(None if p is None else p[:, :, t0:t1] for p in probs_i)
+            g = _backward(
+                qt, kt, vt, bias_t, x.kc, x.vc, x.bias_c, lse_i[:, :, t0:t1], d_img[:, :, t0:t1], chunk_probs, x.scale
+            )
             gq[:, :, t0:t1] = g[0]
             at = x.key_positions(t0, t1)
             for grad, g_t, g_c in ((dk, g[1], g[3]), (dv, g[2], g[4])):
@@ -384,8 +397,7 @@ class _SparseAttentionFn(torch.autograd.Function):
             dq[:, :, plan.img].index_copy_(2, plan.q_order, gq)
         if x.has_text:
             d_txt = _pick(dout, plan.text_q, 2).unsqueeze(2).contiguous()
-            gq, gk, gv, _, _ = _backward(x.qx, x.kx, x.vx, x.bias_x, None, None, None, lse_x, d_txt, probs_x,
-                                         x.scale)
+            gq, gk, gv, _, _ = _backward(x.qx, x.kx, x.vx, x.bias_x, None, None, None, lse_x, d_txt, probs_x, x.scale)
             _put(dq, gq[:, :, 0], plan.text_q)
             nk = plan.text_keys
             dk[:, :, :nk].add_(gk[:, :, 0])

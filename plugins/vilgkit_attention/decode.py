@@ -33,24 +33,17 @@ from vilgkit_attention.masks import image_segment
 
 
 @lru_cache(maxsize=32)
-def _layer_kinds(
-    pattern: AttentionPattern, layout: Layout, num_layers: int
-) -> tuple[str, ...]:
+def _layer_kinds(pattern: AttentionPattern, layout: Layout, num_layers: int) -> tuple[str, ...]:
     """Per layer ``row`` / ``column`` (line buffer), ``gather`` or ``slice`` for this layout."""
     src, n = layout.source_length, layout.length
     image_target = layout.target.kind == "image"
-    lines_ok = (
-        image_target and image_segment(layout)[0] == src
-    )  # the image starts right after the source
+    lines_ok = image_target and image_segment(layout)[0] == src  # the image starts right after the source
     kinds = []
     for layer in range(num_layers):
         declared = pattern.kind(layer, num_layers) if hasattr(pattern, "kind") else None
         if lines_ok and declared in ("row", "column"):
             kinds.append(declared)
-        elif all(
-            pattern.decode_keys(layer, num_layers, layout, p) is None
-            for p in range(src, n)
-        ):
+        elif all(pattern.decode_keys(layer, num_layers, layout, p) is None for p in range(src, n)):
             kinds.append("slice")
         else:
             kinds.append("gather")
@@ -86,13 +79,9 @@ class SparseKVCache(DecodeCache):
         self.layout, self.src, self.num_layers, self.length = layout, src, num_layers, 0
         self.rows, self.device = batch, torch.device(device)
         self.kinds = list(_layer_kinds(pattern, layout, num_layers))
-        self.grid = (
-            image_segment(layout)[1:3] if layout.target.kind == "image" else None
-        )
+        self.grid = image_segment(layout)[1:3] if layout.target.kind == "image" else None
         self.index = [
-            _gather_index(pattern, layout, num_layers, layer, str(self.device))
-            if kind == "gather"
-            else None
+            _gather_index(pattern, layout, num_layers, layer, str(self.device)) if kind == "gather" else None
             for layer, kind in enumerate(self.kinds)
         ]
         self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -104,9 +93,7 @@ class SparseKVCache(DecodeCache):
             else:
                 shape = (batch, heads, n, head_dim)
             # empty, not zeros: every position a step reads was written before (source or earlier steps)
-            self.buffers.append(
-                tuple(torch.empty(shape, device=device, dtype=dtype) for _ in range(2))
-            )
+            self.buffers.append(tuple(torch.empty(shape, device=device, dtype=dtype) for _ in range(2)))
         self.valid = self.line_valid = None
         if key_padding_mask is not None:
             self.set_source_padding(key_padding_mask)
@@ -125,9 +112,7 @@ class SparseKVCache(DecodeCache):
             self.valid = self.line_valid = None
             return
         keep = ~source[:, None, None, :]  # [R, 1, 1, S]
-        ones = torch.ones(
-            self.rows, 1, 1, n - src, dtype=torch.bool, device=self.device
-        )
+        ones = torch.ones(self.rows, 1, 1, n - src, dtype=torch.bool, device=self.device)
         self.valid = torch.cat([keep, ones], -1)
         self.line_valid = self.valid[..., : src + max(self.grid)] if self.grid else None
 
@@ -164,20 +149,14 @@ class SparseKVCache(DecodeCache):
             stop = s + at + 1
             kb[:, :, stop - 1 : stop], vb[:, :, stop - 1 : stop] = k, v
             mask = None if self.line_valid is None else self.line_valid[..., :stop]
-            return F.scaled_dot_product_attention(
-                q, kb[:, :, :stop], vb[:, :, :stop], attn_mask=mask
-            )
+            return F.scaled_dot_product_attention(q, kb[:, :, :stop], vb[:, :, :stop], attn_mask=mask)
         kb[:, :, position : position + 1], vb[:, :, position : position + 1] = k, v
         idx = self.index[layer][position - s] if kind == "gather" else None
         if idx is None:
             mask = None if self.valid is None else self.valid[..., : position + 1]
-            return F.scaled_dot_product_attention(
-                q, kb[:, :, : position + 1], vb[:, :, : position + 1], attn_mask=mask
-            )
+            return F.scaled_dot_product_attention(q, kb[:, :, : position + 1], vb[:, :, : position + 1], attn_mask=mask)
         mask = None if self.valid is None else self.valid.index_select(3, idx)
-        return F.scaled_dot_product_attention(
-            q, kb.index_select(2, idx), vb.index_select(2, idx), attn_mask=mask
-        )
+        return F.scaled_dot_product_attention(q, kb.index_select(2, idx), vb.index_select(2, idx), attn_mask=mask)
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep ``rows`` (in that order): every buffer, and the padding masks."""
@@ -187,9 +166,7 @@ class SparseKVCache(DecodeCache):
         self.rows = rows.numel()
         if self.valid is not None:
             self.valid = self.valid.index_select(0, rows)
-            self.line_valid = (
-                self.valid[..., : self.src + max(self.grid)] if self.grid else None
-            )
+            self.line_valid = self.valid[..., : self.src + max(self.grid)] if self.grid else None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for pair in self.buffers for t in pair)
@@ -209,11 +186,5 @@ def _gather_index(
     pattern: AttentionPattern, layout: Layout, num_layers: int, layer: int, device: str
 ) -> tuple[torch.Tensor | None, ...]:
     """Per target step, the ``Long[K]`` key positions of ``layer`` (``None``: the whole prefix), on ``device``."""
-    steps = (
-        pattern.decode_keys(layer, num_layers, layout, p)
-        for p in range(layout.source_length, layout.length)
-    )
-    return tuple(
-        None if idx is None else idx.to(device=device, dtype=torch.long)
-        for idx in steps
-    )
+    steps = (pattern.decode_keys(layer, num_layers, layout, p) for p in range(layout.source_length, layout.length))
+    return tuple(None if idx is None else idx.to(device=device, dtype=torch.long) for idx in steps)

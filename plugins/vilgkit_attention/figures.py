@@ -4,6 +4,7 @@
 cell is one (query row, key column) pair: coloured where attention is allowed (blue for text keys,
 orange for image keys), white where it is not; a dark line separates source from target.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,7 +17,13 @@ from vilgkit.layout import Layout
 from vilgkit_attention.masks import build_allowed, image_segment
 
 CELL = 16
-TEXT_RGB, IMAGE_RGB, EMPTY_RGB, GRID_RGB, SPLIT_RGB = (66, 110, 200), (240, 150, 40), (255, 255, 255), (200, 200, 200), (0, 0, 0)
+TEXT_RGB, IMAGE_RGB, EMPTY_RGB, GRID_RGB, SPLIT_RGB = (
+    (66, 110, 200),
+    (240, 150, 40),
+    (255, 255, 255),
+    (200, 200, 200),
+    (0, 0, 0),
+)
 
 
 def mask_image(allowed: torch.Tensor, layout: Layout, cell: int = CELL) -> Image.Image:
@@ -42,7 +49,9 @@ def mask_image(allowed: torch.Tensor, layout: Layout, cell: int = CELL) -> Image
     return pic
 
 
-def render_figure2(out_dir: str | Path, text_len: int = 6, height: int = 4, width: int = 4, kernel_size: int = 3) -> list[Path]:
+def render_figure2(
+    out_dir: str | Path, text_len: int = 6, height: int = 4, width: int = 4, kernel_size: int = 3
+) -> list[Path]:
     """Write ``{kind}_{direction}.png`` for dense/row/column/conv in both directions.
 
     Returns:

@@ -9,6 +9,7 @@ contiguous and its blocks sparse, and permute the output back. Key padding is ap
 
 Dimension key: B batch, H heads, N sequence length, D head dim.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ question) is written once here.
 
 Dimension key: N sequence length, n image positions (h*w), h image rows, w image columns.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -35,9 +36,7 @@ def image_segment(layout: Layout) -> tuple[int, int, int, bool]:
         ValueError: when the layout has no image or more than one (no vilgkit task uses that and
             the sparse patterns are defined for one image grid).
     """
-    found = [
-        (off, seg) for off, seg in zip(layout.offsets(), layout.segments) if seg.kind == "image"
-    ]
+    found = [(off, seg) for off, seg in zip(layout.offsets(), layout.segments) if seg.kind == "image"]
     if len(found) != 1:
         raise ValueError(f"attention patterns need exactly one image segment, layout has {len(found)}")
     off, seg = found[0]

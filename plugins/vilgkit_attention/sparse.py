@@ -19,6 +19,7 @@ gives the generator ``decode.SparseKVCache``, laid out so that row / column keys
 
 Dimension key: B batch, H heads, N sequence length, D head dim, K gathered keys.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -95,7 +96,9 @@ class SparseAttention(AttentionPattern):
             raise ValueError(f"backend must be auto, blockwise, flex or sdpa; got {backend!r}")
         tile = (conv_tile, conv_tile) if isinstance(conv_tile, int) else tuple(conv_tile)
         if len(tile) != 2 or min(tile) < 1 or lines_per_tile < 1:
-            raise ValueError(f"conv_tile (rows, cols) and lines_per_tile must be >= 1, got {conv_tile}, {lines_per_tile}")
+            raise ValueError(
+                f"conv_tile (rows, cols) and lines_per_tile must be >= 1, got {conv_tile}, {lines_per_tile}"
+            )
         self.kernel_size = kernel_size
         self.schedule = schedule
         self.backend = backend
@@ -159,8 +162,16 @@ class SparseAttention(AttentionPattern):
                 q, k, v, layout=layout, kind=kind, kernel_size=self.kernel_size, key_padding_mask=key_padding_mask
             )
         return blockwise_attend(
-            q, k, v, layout=layout, kind=kind, kernel_size=self.kernel_size, key_padding_mask=key_padding_mask,
-            conv_tile=self.conv_tile, lines_per_tile=self.lines_per_tile, recompute=self.recompute,
+            q,
+            k,
+            v,
+            layout=layout,
+            kind=kind,
+            kernel_size=self.kernel_size,
+            key_padding_mask=key_padding_mask,
+            conv_tile=self.conv_tile,
+            lines_per_tile=self.lines_per_tile,
+            recompute=self.recompute,
         )
 
     def decode_keys(self, layer: int, num_layers: int, layout: Layout, position: int) -> torch.Tensor | None:
@@ -175,8 +186,17 @@ class SparseAttention(AttentionPattern):
             return None
         return _decode_table(layout, kind, self.kernel_size)[position - layout.source_length]
 
-    def decode_cache(self, layout: Layout, num_layers: int, batch_size: int, num_heads: int, head_dim: int, *,
-                     device: torch.device, dtype: torch.dtype) -> SparseKVCache | None:
+    def decode_cache(
+        self,
+        layout: Layout,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> SparseKVCache | None:
         """:class:`~vilgkit_attention.decode.SparseKVCache` for an image target with a sparse layer, else ``None``.
 
         Text targets (image→text, VQA) see every earlier position in every layer: the generator's

@@ -4,11 +4,16 @@ Importing the package registers ``SingleDevice``, ``DDP``, ``FSDP`` and ``FairSc
 ``PARALLEL_STRATEGIES``; the ``vilgkit_recipe_loaded`` hook refuses a FairScale recipe on a
 machine without CUDA before anything is built.
 """
+
 from typing import Any
 
 from vilgkit.hookspecs import hookimpl
-from vilgkit_parallel import single  # noqa: F401
-from vilgkit_parallel import ddp, fairscale_fsdp, fsdp  # noqa: F401
+from vilgkit_parallel import (  # noqa: F401
+    ddp,
+    fairscale_fsdp,
+    fsdp,
+    single,  # noqa: F401
+)
 from vilgkit_parallel.ddp import DDP
 from vilgkit_parallel.fairscale_fsdp import FairScaleFSDP
 from vilgkit_parallel.fsdp import FSDP

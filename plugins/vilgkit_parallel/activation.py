@@ -7,6 +7,7 @@ element-wise ops, norms and activations (PyTorch's selective activation checkpoi
 The block's ``forward`` is replaced on the *instance*, so parameter names and state-dict keys are
 unchanged: a checkpoint written with recompute on loads without it, and vice versa.
 """
+
 from __future__ import annotations
 
 import functools

@@ -6,10 +6,12 @@ while everything else (step, RNG, schedulers, data position) is per-rank plain d
 :mod:`vilgkit_parallel.safe_state`. The marker of :mod:`vilgkit.sharded` is written last, so a
 crash mid-save leaves a directory that is never loaded.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,7 +36,11 @@ def _walk(state: dict[str, Any], prefix: tuple[str, ...] = ()):
     """Yield ``(path, value)`` for modules, optimizers and other leaves of the state tree."""
     for key, value in state.items():
         path = (*prefix, str(key))
-        if isinstance(value, dict) and value and all(isinstance(v, (nn.Module, torch.optim.Optimizer)) for v in value.values()):
+        if (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(v, (nn.Module, torch.optim.Optimizer)) for v in value.values())
+        ):
             yield from _walk(value, path)
         else:
             yield path, value
@@ -150,8 +156,9 @@ def load(directory: Path, state: dict[str, Any], unwrap: Unwrap) -> None:
     dcp.load(template, storage_reader=sharded.safe_reader(directory), planner=sharded.tensor_only_planner())
     objects = safe_state.load(directory / OBJECTS)
     for name, module in modules.items():
-        set_model_state_dict(module, safe_state.merge_trees(template[name], objects.get(name)),
-                             options=StateDictOptions(strict=True))
+        set_model_state_dict(
+            module, safe_state.merge_trees(template[name], objects.get(name)), options=StateDictOptions(strict=True)
+        )
     for name, opt in optims.items():
         full = safe_state.merge_trees(template[name], objects.get(name))
         full.setdefault("state", {})  # an optimizer without tensor state (plain SGD) saved none

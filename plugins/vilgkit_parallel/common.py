@@ -1,4 +1,5 @@
 """What the multi-process strategies share: process-group set-up, reductions, DCP checkpoints."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -73,5 +74,6 @@ class DistributedStrategy(ParallelStrategy):
         from vilgkit.planning import estimate_memory
 
         nodes = max(1, self.world_size // max(1, self.local_world_size))
-        return estimate_memory(model, self.layout(), tokens_per_device, nodes=nodes,
-                               gpus_per_node=max(1, self.local_world_size))
+        return estimate_memory(
+            model, self.layout(), tokens_per_device, nodes=nodes, gpus_per_node=max(1, self.local_world_size)
+        )

@@ -44,9 +44,7 @@ class DDP(DistributedStrategy):
     def wrap(self, model: nn.Module) -> nn.Module:
         self.setup()
         if any(p.is_meta for p in model.parameters()):
-            raise ValueError(
-                "DDP replicates a materialised model: build it on the CPU, not on 'meta'"
-            )
+            raise ValueError("DDP replicates a materialised model: build it on the CPU, not on 'meta'")
         model = model.to(self.device)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(
@@ -60,11 +58,7 @@ class DDP(DistributedStrategy):
         return model.module if isinstance(model, DistributedDataParallel) else model
 
     def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
-        return (
-            model.no_sync()
-            if isinstance(model, DistributedDataParallel)
-            else contextlib.nullcontext()
-        )
+        return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
 
     def layout(self) -> StrategyLayout:
         return StrategyLayout(sharding="none")

@@ -4,6 +4,7 @@ The launcher is ``torchrun`` (single- or multi-node): it sets ``RANK``, ``WORLD_
 ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``. Without them (a plain ``vilgkit run``) a strategy runs as a
 one-process group, so the same recipe works on a laptop and on a cluster.
 """
+
 from __future__ import annotations
 
 import atexit

@@ -41,6 +41,7 @@ Work-arounds for FairScale 0.4.13 (see ``docs/distributed.md``, FairScale sectio
 Run on one H200 (PyTorch 2.11, FairScale 0.4.13, one rank; ``docs/distributed.md``, GPU results);
 the all-zero rule for unused root parameters is tested on the CPU only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -112,9 +113,11 @@ def detach_side_outputs(output: Any) -> Any:
     return {k: v.detach() if k != "loss" and isinstance(v, torch.Tensor) else v for k, v in output.items()}
 
 
-BF16_ACCUM = ("FairScaleFSDP with compute_dtype 'bf16' cannot accumulate gradients over micro-batches "
-              "(FairScale 0.4.13 fails inside no_sync under mixed precision, and without it offloaded "
-              "gradients keep only the last micro-batch): use grad_accum 1, compute_dtype 'fp32', or FSDP")
+BF16_ACCUM = (
+    "FairScaleFSDP with compute_dtype 'bf16' cannot accumulate gradients over micro-batches "
+    "(FairScale 0.4.13 fails inside no_sync under mixed precision, and without it offloaded "
+    "gradients keep only the last micro-batch): use grad_accum 1, compute_dtype 'fp32', or FSDP"
+)
 
 
 def check_recipe(recipe: dict[str, Any], path: str) -> None:
@@ -156,7 +159,9 @@ class FairScaleFSDP(DistributedStrategy):
         device: str = "cuda",
     ) -> None:
         if device not in ("auto", "cuda") and not str(device).startswith("cuda:"):
-            raise ValueError(f"FairScaleFSDP runs on CUDA only: device must be 'cuda', 'cuda:N' or 'auto', got {device!r}")
+            raise ValueError(
+                f"FairScaleFSDP runs on CUDA only: device must be 'cuda', 'cuda:N' or 'auto', got {device!r}"
+            )
         if not torch.cuda.is_available():
             raise RuntimeError(NO_CUDA)
         if compute_dtype not in ("fp32", "bf16"):
@@ -264,8 +269,13 @@ class FairScaleFSDP(DistributedStrategy):
         """The layout from init args alone (``vilgkit plan`` on a machine without CUDA)."""
         from vilgkit.interfaces import StrategyLayout
 
-        return StrategyLayout(sharding="full", cpu_offload=offload, recompute=activation_checkpointing,
-                              param_dtype=compute_dtype, reduce_dtype="fp32")
+        return StrategyLayout(
+            sharding="full",
+            cpu_offload=offload,
+            recompute=activation_checkpointing,
+            param_dtype=compute_dtype,
+            reduce_dtype="fp32",
+        )
 
     # ------------------------------------------------------------------ checkpoints (consolidated)
 
@@ -294,8 +304,9 @@ class FairScaleFSDP(DistributedStrategy):
         dist.barrier()
         if rank == 0:
             files = {p.name: sharded.sha256_file(p) for p in directory.iterdir() if p.is_file() and p.name != MARKER}
-            sharded.write_json_atomic(directory / MARKER, {"format": "vilgkit-full-1", "files": files,
-                                                           "world_size": dist.get_world_size()})
+            sharded.write_json_atomic(
+                directory / MARKER, {"format": "vilgkit-full-1", "files": files, "world_size": dist.get_world_size()}
+            )
         dist.barrier()
 
     def load_checkpoint(self, directory: Path, state: dict[str, Any]) -> None:
@@ -312,7 +323,8 @@ class FairScaleFSDP(DistributedStrategy):
             raise sharded.CheckpointIntegrityError(
                 f"{directory}: FairScaleFSDP saved per-rank optimizer shards for {saved_world} rank(s); "
                 f"resume on {saved_world} rank(s), not {dist.get_world_size()} (the weights alone, e.g. "
-                "`vilgkit export`, load on any world size)")
+                "`vilgkit export`, load on any world size)"
+            )
         for name, module in modules.items():
             module.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
         optim = safe_state.load(directory / f"optimizers_rank{dist.get_rank()}")

@@ -17,10 +17,12 @@ copy on every micro-batch but the last.
    values a CPU build would have given when :meth:`FSDP.build_module` built it (replayed one tensor
    at a time, :mod:`vilgkit_parallel.meta_init`), else through the model's ``init_weights()``.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -194,9 +196,7 @@ class FSDP(DistributedStrategy):
                 raise ValueError("build_optimizer got a parameter that is not part of the wrapped model")
             return self._params_by_fqn[fqn]
 
-        fixed = [
-            {**g, "params": [fix(p) for p in g["params"]]} if isinstance(g, dict) else fix(g) for g in params
-        ]
+        fixed = [{**g, "params": [fix(p) for p in g["params"]]} if isinstance(g, dict) else fix(g) for g in params]
         return factory(fixed)
 
     @contextlib.contextmanager

@@ -14,9 +14,7 @@ import torch
 from torch import nn
 
 
-def materialize(
-    model: nn.Module, param_device: torch.device, buffer_device: torch.device
-) -> None:
+def materialize(model: nn.Module, param_device: torch.device, buffer_device: torch.device) -> None:
     """``to_empty`` on ``param_device``, initialise, then move buffers to ``buffer_device``."""
     model.to_empty(device=param_device)
     init = getattr(model, "init_weights", None)
@@ -60,9 +58,7 @@ def fill_shards(
                 raise ValueError(
                     f"{name}: value of shape {tuple(full.shape)} for a tensor of shape {tuple(tensor.shape)}"
                 )
-            if isinstance(
-                tensor, DTensor
-            ):  # each rank cuts its own shard: no communication
+            if isinstance(tensor, DTensor):  # each rank cuts its own shard: no communication
                 full = distribute_tensor(
                     full.to(tensor.dtype),
                     tensor.device_mesh,

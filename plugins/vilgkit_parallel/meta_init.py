@@ -103,54 +103,37 @@ class InitRecorder(TorchDispatchMode):
         rng = torch.get_rng_state() if seeded else None
         if seeded and kwargs.get("generator") is None:
             real_args, real_kwargs = tree_map(_real_empty, (args, kwargs))
-            func(
-                *real_args, **real_kwargs
-            )  # advance the CPU RNG exactly as a CPU build would
+            func(*real_args, **real_kwargs)  # advance the CPU RNG exactly as a CPU build would
         out = func(*args, **kwargs)
         self.count += 1
-        op = _Op(
-            func, *tree_map(self._ref, (tuple(args), dict(kwargs))), rng, self.count
-        )
+        op = _Op(func, *tree_map(self._ref, (tuple(args), dict(kwargs))), rng, self.count)
         if seeded and kwargs.get("generator") is not None:
             self._break(
                 out if isinstance(out, torch.Tensor) else args[0],
                 "drawn with its own generator=",
             )
         schema_args = func._schema.arguments
-        mutates = (
-            bool(schema_args)
-            and schema_args[0].alias_info is not None
-            and schema_args[0].alias_info.is_write
-        )
+        mutates = bool(schema_args) and schema_args[0].alias_info is not None and schema_args[0].alias_info.is_write
         if mutates and isinstance(args[0], torch.Tensor) and args[0].is_meta:
             self._mutated(args[0], op)
         else:
             outs = out if isinstance(out, (tuple, list)) else (out,)
             for i, o in enumerate(outs):
-                if (
-                    isinstance(o, torch.Tensor)
-                    and o.is_meta
-                    and _key(o) not in self.records
-                ):
+                if isinstance(o, torch.Tensor) and o.is_meta and _key(o) not in self.records:
                     self.records[_key(o)] = _Record(o, op, i)
         return out
 
     def _ref(self, value: Any) -> Any:
         if not (isinstance(value, torch.Tensor) and value.is_meta):
             return value
-        if (
-            _key(value) not in self.records
-        ):  # e.g. an nn.Parameter made from an unseen tensor
+        if _key(value) not in self.records:  # e.g. an nn.Parameter made from an unseen tensor
             self.records[_key(value)] = _Record(value, None)
         size, stride, offset = _geometry(value)
         return _Ref(_key(value), size, stride, offset, value.dtype, self.count)
 
     def _mutated(self, tensor: torch.Tensor, op: _Op) -> None:
         record = self.records.setdefault(_key(tensor), _Record(tensor, None))
-        if (
-            _geometry(tensor) != _geometry(record.keep)
-            or tensor.dtype != record.keep.dtype
-        ):
+        if _geometry(tensor) != _geometry(record.keep) or tensor.dtype != record.keep.dtype:
             record.broken = f"written in place through a view ({op.func})"
         record.inplace.append(op)
 
@@ -167,9 +150,7 @@ class InitRecorder(TorchDispatchMode):
     def value(self, tensor: torch.Tensor) -> torch.Tensor:
         """The CPU values ``tensor`` (built under this recorder) had when construction ended."""
         size, stride, offset = _geometry(tensor)
-        return self._replay(
-            _Ref(_key(tensor), size, stride, offset, tensor.dtype, self.count + 1), ""
-        )
+        return self._replay(_Ref(_key(tensor), size, stride, offset, tensor.dtype, self.count + 1), "")
 
     def _replay(self, ref: _Ref, name: str) -> torch.Tensor:
         record = self.records.get(ref.key)
@@ -180,21 +161,14 @@ class InitRecorder(TorchDispatchMode):
         ops = [op for op in record.inplace if op.at < ref.at]
         if record.producer is None:
             if not ops or ops[0].func._schema.name.split("::")[-1] not in _OVERWRITE:
-                raise NotReproducible(
-                    f"{name or 'a tensor'}: its starting values were never recorded"
-                )
-            base = torch.empty_strided(
-                *_geometry(record.keep)[:2], dtype=record.keep.dtype
-            )
+                raise NotReproducible(f"{name or 'a tensor'}: its starting values were never recorded")
+            base = torch.empty_strided(*_geometry(record.keep)[:2], dtype=record.keep.dtype)
         else:
             out = self._run(record.producer, name)
             base = out[record.output] if isinstance(out, (tuple, list)) else out
         for op in ops:
             self._run(op, name, target=base)
-        if (
-            _geometry(base) == (ref.size, ref.stride, ref.offset)
-            and base.dtype == ref.dtype
-        ):
+        if _geometry(base) == (ref.size, ref.stride, ref.offset) and base.dtype == ref.dtype:
             return base
         return base.as_strided(ref.size, ref.stride, ref.offset)
 
@@ -202,12 +176,8 @@ class InitRecorder(TorchDispatchMode):
         def resolve(value: Any) -> Any:
             return self._replay(value, name) if isinstance(value, _Ref) else value
 
-        args, kwargs = tree_map(
-            resolve, (op.args[1:] if target is not None else op.args, op.kwargs)
-        )
-        if (
-            target is not None
-        ):  # an in-place op: it writes into the tensor being replayed
+        args, kwargs = tree_map(resolve, (op.args[1:] if target is not None else op.args, op.kwargs))
+        if target is not None:  # an in-place op: it writes into the tensor being replayed
             args = (target, *args)
         if kwargs.get("device") is not None:
             kwargs["device"] = torch.device("cpu")

@@ -3,6 +3,7 @@
 Plain Python data goes to JSON with tags for what JSON lacks (tuples, non-string keys, bytes);
 tensors and numpy arrays go to a safetensors file next to it. Loading never executes code.
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,7 +43,9 @@ def encode(obj: Any, tensors: dict[str, torch.Tensor], path: str = "state") -> A
     if isinstance(obj, dict):
         if all(isinstance(k, str) and k not in _TAGS for k in obj):
             return {k: encode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
-        return {"__vk_dict__": [[encode(k, tensors, path), encode(v, tensors, f"{path}[{k!r}]")] for k, v in obj.items()]}
+        return {
+            "__vk_dict__": [[encode(k, tensors, path), encode(v, tensors, f"{path}[{k!r}]")] for k, v in obj.items()]
+        }
     raise TypeError(f"cannot save {type(obj).__name__} at {path}: only tensors, arrays and plain data are saved")
 
 
@@ -53,7 +56,7 @@ def decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if not isinstance(obj, dict):
         return obj
     if len(obj) == 1:
-        (tag, value), = obj.items()
+        ((tag, value),) = obj.items()
         if tag == "__vk_tensor__":
             return tensors[value]
         if tag == "__vk_ndarray__":

@@ -10,6 +10,7 @@ its key path::
     trainer.json                 step, counters, loader position, Python/NumPy RNG (plain data)
     rng.safetensors              torch RNG states (CPU, and every CUDA device when present)
 """
+
 from __future__ import annotations
 
 import resource
@@ -70,7 +71,11 @@ def _entries(state: dict[str, Any], prefix: str = "") -> list[tuple[str, str, An
     out = []
     for key, value in state.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and all(_kind(v) in ("module", "optimizer", "stateful") for v in value.values()):
+        if (
+            isinstance(value, dict)
+            and value
+            and all(_kind(v) in ("module", "optimizer", "stateful") for v in value.values())
+        ):
             out += _entries(value, f"{path}.")
         else:
             out.append((path, _kind(value), value))
@@ -123,13 +128,20 @@ class SingleDevice(ParallelStrategy):
         """Load ``directory`` into the objects of ``state`` in place (plain dicts are refilled)."""
         directory = Path(directory)
         for path, kind, value in _entries(state):
-            if kind == "data" and isinstance(value, dict) and not value and (directory / f"{path}.safetensors").is_file():
+            if (
+                kind == "data"
+                and isinstance(value, dict)
+                and not value
+                and (directory / f"{path}.safetensors").is_file()
+            ):
                 kind = "tensors"  # an empty dict to refill: the saved file says what it held
             suffix = ".pt" if kind == "optimizer" else ".safetensors" if kind in ("module", "tensors") else ".json"
             file = directory / f"{path}{suffix}"
             if not file.is_file():
-                raise CheckpointError(f"{directory}: no {file.name} for '{path}' (has: "
-                                      f"{', '.join(sorted(p.name for p in directory.iterdir()))})")
+                raise CheckpointError(
+                    f"{directory}: no {file.name} for '{path}' (has: "
+                    f"{', '.join(sorted(p.name for p in directory.iterdir()))})"
+                )
             if kind == "module":
                 check_model_matches(value, file)
                 value.load_state_dict(load_tensors(file, self.device), strict=True)

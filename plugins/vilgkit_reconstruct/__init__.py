@@ -8,6 +8,7 @@
 Both reconstructors receive the trained image tokenizer through ``attach(image_tokenizer,
 hidden_size)``, which the generator stage and ``Pipeline`` call (see docs/recipes.md).
 """
+
 from vilgkit_reconstruct.end_to_end import EndToEndReconstructor
 from vilgkit_reconstruct.two_stage import TwoStageReconstructor
 

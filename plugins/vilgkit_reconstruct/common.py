@@ -1,4 +1,5 @@
 """Helpers shared by the reconstructors: argument checks and PSNR."""
+
 from __future__ import annotations
 
 import torch
@@ -16,4 +17,3 @@ def check_codes_hidden(codes: torch.Tensor, image_hidden: torch.Tensor | None) -
             f"expected image hidden states [B, h*w, C] = [{b}, {h * w}, C] for codes {tuple(codes.shape)}, "
             f"got {tuple(image_hidden.shape)}"
         )
-

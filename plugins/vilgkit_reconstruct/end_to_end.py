@@ -19,6 +19,7 @@ literal reading, ``z_k = MLP(LayerNorm(hidden_k))``.
 
 Dimension key: B batch, n = h*w image slots, C generator hidden size, d code dimension, W map width.
 """
+
 from __future__ import annotations
 
 import copy
@@ -115,7 +116,7 @@ class EndToEndReconstructor(Reconstructor):
     def is_attached(self) -> bool:
         return self.decoder is not None
 
-    def attach(self, image_tokenizer: ImageTokenizer, hidden_size: int | None = None) -> "EndToEndReconstructor":
+    def attach(self, image_tokenizer: ImageTokenizer, hidden_size: int | None = None) -> EndToEndReconstructor:
         """Copy ``image_tokenizer`` (decoder initialised from it) and build the map for ``hidden_size``.
 
         Attaching again keeps the current (possibly trained) weights: it only checks that the

@@ -6,6 +6,7 @@ weights of its own, so nothing of it is saved with the generator.
 
 Dimension key: B batch, h/w code grid, d code dimension, H/W image size.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,7 +44,7 @@ class TwoStageReconstructor(Reconstructor):
     def conformance_args(cls) -> dict[str, Any]:
         return {}
 
-    def attach(self, image_tokenizer: ImageTokenizer, hidden_size: int | None = None) -> "TwoStageReconstructor":
+    def attach(self, image_tokenizer: ImageTokenizer, hidden_size: int | None = None) -> TwoStageReconstructor:
         """Use ``image_tokenizer``'s codebook and decoder (``hidden_size`` is accepted and ignored)."""
         if not isinstance(image_tokenizer, ImageTokenizer):
             raise TypeError(f"attach needs an ImageTokenizer, got {type(image_tokenizer).__name__}")

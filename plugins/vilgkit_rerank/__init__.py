@@ -4,6 +4,7 @@
 open_clip model loaded from a local file (optional extra ``clip``), ``NoReranker`` keeps the first
 candidate (a random choice among i.i.d. samples).
 """
+
 from vilgkit_rerank.clip import ClipReranker
 from vilgkit_rerank.simple import NoReranker, SelfReranker
 

@@ -5,6 +5,7 @@ downloaded: the architecture comes from open_clip's built-in configs (or a JSON 
 give), the weights from ``weights_path`` (``.safetensors``, or a ``.pt``/``.bin`` state dict read
 with ``torch.load(weights_only=True)``), and the BPE vocabulary ships inside the open_clip package.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Self-reranking (same weights, image→text likelihood of the prompt) and no reranking."""
+
 from __future__ import annotations
 
 import torch
@@ -38,9 +39,12 @@ class SelfReranker(Reranker):
             raise ValueError("SelfReranker needs the prompts' text_ids")
         device = inputs.codes.device
         text_ids = inputs.text_ids.to(device)
-        text_mask = inputs.text_mask.to(device) if inputs.text_mask is not None else torch.ones_like(text_ids, dtype=torch.bool)
-        out = self_rerank_scores(inputs.generator, inputs.codes, text_ids, text_mask, inputs.num_candidates,
-                                 self.batch_size).flatten()
+        text_mask = (
+            inputs.text_mask.to(device) if inputs.text_mask is not None else torch.ones_like(text_ids, dtype=torch.bool)
+        )
+        out = self_rerank_scores(
+            inputs.generator, inputs.codes, text_ids, text_mask, inputs.num_candidates, self.batch_size
+        ).flatten()
         if self.length_normalize:
             out = out / text_mask.sum(dim=1).repeat_interleave(inputs.num_candidates).clamp(min=1).to(out)
         return out

@@ -12,6 +12,7 @@ merged repeatedly until the vocabulary is full or no pair occurs ``min_frequency
 counts are updated incrementally (only words containing the merged pair are revisited) and the
 best pair comes from a lazily invalidated heap, so large corpora stay tractable.
 """
+
 from __future__ import annotations
 
 import heapq

@@ -14,15 +14,15 @@ special ids from the tokenizer (``pad_id``/``bos_id``/``eos_id``), not assume th
 Decoding joins word pieces, removes the spaces that tokenisation put next to CJK characters and
 CJK punctuation and before closing punctuation, so every Shapes text round-trips exactly.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
-
-from collections import Counter
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
@@ -165,7 +165,9 @@ class WordPieceTokenizer(TextTokenizer):
 
     def _require(self) -> Tokenizer:
         if self._tok is None:
-            raise RuntimeError("WordPieceTokenizer has no vocabulary yet: call fit(corpus), load(dir) or pass vocab_file")
+            raise RuntimeError(
+                "WordPieceTokenizer has no vocabulary yet: call fit(corpus), load(dir) or pass vocab_file"
+            )
         return self._tok
 
     @property
@@ -209,9 +211,15 @@ class WordPieceTokenizer(TextTokenizer):
             "format": 1,
             "lowercase": self.lowercase,
             "max_input_chars_per_word": self.max_input_chars_per_word,
-            "special_ids": {"pad": self.pad_id, "unk": self.unk_id, "bos": self.bos_id, "eos": self.eos_id,
-                            "sep": self.sep_id, "mask": self.mask_id},
-        }  # fmt: skip
+            "special_ids": {
+                "pad": self.pad_id,
+                "unk": self.unk_id,
+                "bos": self.bos_id,
+                "eos": self.eos_id,
+                "sep": self.sep_id,
+                "mask": self.mask_id,
+            },
+        }
 
     def fingerprint(self) -> str:
         """SHA-256 over the vocabulary and settings: equal iff two tokenizers encode identically."""
@@ -246,7 +254,9 @@ class WordPieceTokenizer(TextTokenizer):
         eos_token = tok.id_to_token(config["special_ids"]["eos"])
         self._set(tok, eos=eos_token)
         if config.get("fingerprint") not in (None, self.fingerprint()):
-            raise ValueError(f"{directory}: tokenizer files do not match their recorded fingerprint (edited or corrupt)")
+            raise ValueError(
+                f"{directory}: tokenizer files do not match their recorded fingerprint (edited or corrupt)"
+            )
 
 
 def _detokenize(text: str) -> str:

@@ -1,4 +1,5 @@
 """Helpers shared by the tokenizers: batch unpacking, PSNR, argument checks."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,7 +37,6 @@ def check_codes(codes: torch.Tensor, codebook_size: int) -> None:
         raise ValueError(f"expected integer codes [B, h, w], got {tuple(codes.shape)} {codes.dtype}")
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
         raise ValueError(f"codes must lie in [0, {codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
-
 
 
 def edge_weighted_mse(reconstructions: torch.Tensor, images: torch.Tensor, edge_weight: float) -> torch.Tensor:

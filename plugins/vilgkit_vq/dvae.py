@@ -12,6 +12,7 @@ straight-through hard) mixes the codebook: ``z = Σ_k y_k e_k``; the temperature
 training step. The ELBO's KL term is taken to the uniform prior over ``K`` codes. At inference
 the codes are the argmax of the logits (deterministic, hard).
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -113,16 +114,30 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         if usage_weight < 0:
             raise ValueError(f"usage_weight must be >= 0, got {usage_weight}")
         if not 0 <= noise_end <= 1 or noise_anneal_start < 0 or noise_anneal_steps < 0:
-            raise ValueError("noise_end must be in [0, 1]; noise_anneal_start and noise_anneal_steps must be >= 0, got "
-                             f"{noise_end}, {noise_anneal_start}, {noise_anneal_steps}")
-        self.noise_end, self.noise_anneal_start, self.noise_anneal_steps = noise_end, noise_anneal_start, noise_anneal_steps
+            raise ValueError(
+                "noise_end must be in [0, 1]; noise_anneal_start and noise_anneal_steps must be >= 0, got "
+                f"{noise_end}, {noise_anneal_start}, {noise_anneal_steps}"
+            )
+        self.noise_end, self.noise_anneal_start, self.noise_anneal_steps = (
+            noise_end,
+            noise_anneal_start,
+            noise_anneal_steps,
+        )
         self.edge_weight, self.usage_weight = edge_weight, usage_weight
         self.codebook_size, self.code_dim, self.downsample = codebook_size, code_dim, downsample
-        self.temperature_start, self.temperature_end, self.anneal_steps = temperature_start, temperature_end, anneal_steps
+        self.temperature_start, self.temperature_end, self.anneal_steps = (
+            temperature_start,
+            temperature_end,
+            anneal_steps,
+        )
         self.kl_weight, self.kl_warmup_steps = kl_weight, kl_warmup_steps
         if straight_through_start < 0:
             raise ValueError(f"straight_through_start must be ≥ 0, got {straight_through_start}")
-        self.straight_through, self.straight_through_start, self.rec_loss = straight_through, straight_through_start, rec_loss
+        self.straight_through, self.straight_through_start, self.rec_loss = (
+            straight_through,
+            straight_through_start,
+            rec_loss,
+        )
         self.encoder = ConvEncoder(codebook_size, hidden, mult, num_res_blocks)
         self.codebook = nn.Embedding(codebook_size, code_dim)
         self.decoder = ConvDecoder(code_dim, hidden, mult, num_res_blocks)
@@ -147,7 +162,11 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         step = int(self.step) if step is None else step
         if step < self.noise_anneal_start:
             return 1.0
-        frac = 1.0 if self.noise_anneal_steps <= 0 else min((step - self.noise_anneal_start) / self.noise_anneal_steps, 1.0)
+        frac = (
+            1.0
+            if self.noise_anneal_steps <= 0
+            else min((step - self.noise_anneal_start) / self.noise_anneal_steps, 1.0)
+        )
         return 1.0 + (self.noise_end - 1.0) * frac
 
     def kl_weight_at(self, step: int | None = None) -> float:

@@ -12,6 +12,7 @@ A level halves (encoder) or doubles (decoder) the resolution, so ``f = 2 ** len(
 The VQGAN tokenizer uses taming-transformers' own Encoder/Decoder instead (attention blocks, the
 published key layout); these are the lighter networks a CPU can train in minutes.
 """
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ from torchvision's untrained VGG16 and loads weights from files the user gives.
 
 Dimension key: B batch, c channels of one VGG stage, H, W image size.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -78,15 +79,21 @@ class LPIPS(nn.Module):
                     state[f"net.slice{index_to_slice[int(parts[1])]}.{parts[1]}.{parts[2]}"] = value
         own = {k: v for k, v in self.state_dict().items() if k not in ("shift", "scale")}
         missing = sorted(k for k in own if k not in state)
-        bad = sorted(f"{k} {tuple(state[k].shape)}≠{tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape)
+        bad = sorted(
+            f"{k} {tuple(state[k].shape)}≠{tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and state[k].shape != v.shape
+        )
         if missing or bad:
             raise ValueError(
-                f"LPIPS weights {weights}" + (f" + {vgg_weights}" if vgg_weights else "")
-                + (f": missing keys {missing}" if missing else "") + (f": mismatched shapes {bad}" if bad else "")
+                f"LPIPS weights {weights}"
+                + (f" + {vgg_weights}" if vgg_weights else "")
+                + (f": missing keys {missing}" if missing else "")
+                + (f": mismatched shapes {bad}" if bad else "")
             )
         self.load_state_dict({k: state[k] for k in own}, strict=False)
 
-    def train(self, mode: bool = True) -> "LPIPS":
+    def train(self, mode: bool = True) -> LPIPS:
         # frozen metric: dropout stays off even when the tokenizer around it trains
         return super().train(False)
 

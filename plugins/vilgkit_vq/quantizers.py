@@ -7,6 +7,7 @@ Dimension key:
     K  codebook size
     N  number of vectors (B·h·w)
 """
+
 from __future__ import annotations
 
 import math
@@ -155,8 +156,13 @@ class VectorQuantizer(nn.Module):
             smoothed = (self.ema_count + 1e-5) / (n + self.codebook_size * 1e-5) * n
             self.embedding.weight.data.copy_(self.ema_sum / smoothed[:, None])
         dead = update_usage_and_restart(
-            self.embedding.weight.data, self.usage_count, self.usage_steps, flat, codes.reshape(-1),
-            self.dead_code_threshold if self.restart_dead_codes else 0.0, self.usage_decay,
+            self.embedding.weight.data,
+            self.usage_count,
+            self.usage_steps,
+            flat,
+            codes.reshape(-1),
+            self.dead_code_threshold if self.restart_dead_codes else 0.0,
+            self.usage_decay,
         )
         if self.ema and dead.numel():
             self.ema_sum[dead] = self.embedding.weight.data[dead].float()
@@ -214,8 +220,9 @@ def gumbel_temperature(step: int, start: float, end: float, anneal_steps: int) -
     return start * (end / start) ** frac
 
 
-def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = False, dim: int = -1,
-                   noise_scale: float = 1.0) -> torch.Tensor:
+def gumbel_softmax(
+    logits: torch.Tensor, tau: float, hard: bool = False, dim: int = -1, noise_scale: float = 1.0
+) -> torch.Tensor:
     """Gumbel-softmax sample ``softmax((logits + s·g) / tau)``, ``g ~ Gumbel(0, 1)``, ``s = noise_scale``;
     one-hot forward with the soft sample's gradient when ``hard`` (straight-through).
 

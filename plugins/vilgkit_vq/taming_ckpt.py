@@ -10,6 +10,7 @@ metadata objects (callbacks' state, ``hyper_parameters`` as OmegaConf objects) t
 unpickler refuses; those globals are then allow-listed as *inert stand-ins* (classes that accept and
 drop any arguments), so no code from the file ever runs — only ``state_dict`` is used.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,7 +37,7 @@ class _Inert:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Inert":
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Inert:
         return object.__new__(cls)
 
     def __setstate__(self, state: Any) -> None:
@@ -97,7 +98,8 @@ def read_taming_config(path: str | Path) -> tuple[str, dict[str, Any]]:
     params = model.get("params") or {}
     dd = params.get("ddconfig") or {}
     missing = [k for k in ("embed_dim", "n_embed") if k not in params] + [
-        f"ddconfig.{k}" for k in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "resolution")
+        f"ddconfig.{k}"
+        for k in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "resolution")
         if k not in dd
     ]
     if missing:
@@ -107,18 +109,30 @@ def read_taming_config(path: str | Path) -> tuple[str, dict[str, Any]]:
     if params.get("remap") is not None:
         raise ValueError(f"{path}: index remapping (params.remap) is not supported")
     kwargs: dict[str, Any] = dict(
-        codebook_size=int(params["n_embed"]), code_dim=int(params["embed_dim"]), z_channels=int(dd["z_channels"]),
-        ch=int(dd["ch"]), ch_mult=[int(m) for m in dd["ch_mult"]], num_res_blocks=int(dd["num_res_blocks"]),
-        attn_resolutions=[int(r) for r in dd["attn_resolutions"]], resolution=int(dd["resolution"]),
-        dropout=float(dd.get("dropout", 0.0)), quantizer=kind,
+        codebook_size=int(params["n_embed"]),
+        code_dim=int(params["embed_dim"]),
+        z_channels=int(dd["z_channels"]),
+        ch=int(dd["ch"]),
+        ch_mult=[int(m) for m in dd["ch_mult"]],
+        num_res_blocks=int(dd["num_res_blocks"]),
+        attn_resolutions=[int(r) for r in dd["attn_resolutions"]],
+        resolution=int(dd["resolution"]),
+        dropout=float(dd.get("dropout", 0.0)),
+        quantizer=kind,
     )
     if kind == "vq":
         kwargs["legacy_beta"] = True  # the published models were trained with taming's legacy beta placement
     else:
         kwargs["gumbel_kl_weight"] = float(params.get("kl_weight", 1e-8))
     loss = (params.get("lossconfig") or {}).get("params") or {}
-    for ours, theirs in (("disc_start", "disc_start"), ("disc_weight", "disc_weight"), ("codebook_weight", "codebook_weight"),
-                         ("disc_layers", "disc_num_layers"), ("disc_ndf", "disc_ndf"), ("disc_factor", "disc_factor")):
+    for ours, theirs in (
+        ("disc_start", "disc_start"),
+        ("disc_weight", "disc_weight"),
+        ("codebook_weight", "codebook_weight"),
+        ("disc_layers", "disc_num_layers"),
+        ("disc_ndf", "disc_ndf"),
+        ("disc_factor", "disc_factor"),
+    ):
         if theirs in loss:
             kwargs[ours] = loss[theirs]
     return kind, kwargs
@@ -133,8 +147,10 @@ def find_taming_config(checkpoint: str | Path) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"no taming config for {ckpt}: looked for {candidates[0]} and {candidates[1]} "
-                            "(or ../configs/*-project.yaml); give `config:` explicitly")
+    raise FileNotFoundError(
+        f"no taming config for {ckpt}: looked for {candidates[0]} and {candidates[1]} "
+        "(or ../configs/*-project.yaml); give `config:` explicitly"
+    )
 
 
 @IMAGE_TOKENIZERS.register_module()
@@ -200,11 +216,15 @@ class TamingVQGAN(VQGANTokenizer):
         unexpected = sorted(set(given) - set(own))
         mismatched = sorted(
             f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in set(own) & set(given) if given[k].shape != own[k].shape
+            for k in set(own) & set(given)
+            if given[k].shape != own[k].shape
         )
         if missing or unexpected or mismatched:
-            parts = [f"missing keys {missing}" if missing else "", f"unexpected keys {unexpected}" if unexpected else "",
-                     f"mismatched shapes {mismatched}" if mismatched else ""]
+            parts = [
+                f"missing keys {missing}" if missing else "",
+                f"unexpected keys {unexpected}" if unexpected else "",
+                f"mismatched shapes {mismatched}" if mismatched else "",
+            ]
             raise CheckpointKeyError(f"{source} does not fit its config: " + "; ".join(p for p in parts if p))
         self.load_state_dict(given, strict=False)
 

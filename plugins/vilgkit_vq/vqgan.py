@@ -15,6 +15,7 @@ PatchGAN ``NLayerDiscriminator``. The attribute names (``encoder``, ``decoder``,
 reconstruction, codebook loss, hinge GAN loss weighted adaptively by the ratio of gradient norms at
 the decoder's last layer, the discriminator switched on at ``disc_start``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -155,36 +156,61 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
             raise ValueError(f"ch must be a multiple of 32 (taming's GroupNorm has 32 groups), got {ch}")
         if len(ch_mult) < 2:
             raise ValueError(f"ch_mult needs at least 2 entries (f = 2 ** (len - 1) ≥ 2), got {ch_mult}")
-        if quantizer not in ("vq", "gumbel") or disc_loss not in ("hinge", "vanilla") or pixel_loss not in ("l1", "mse"):
+        if (
+            quantizer not in ("vq", "gumbel")
+            or disc_loss not in ("hinge", "vanilla")
+            or pixel_loss not in ("l1", "mse")
+        ):
             raise ValueError(f"unknown quantizer {quantizer!r}, disc_loss {disc_loss!r} or pixel_loss {pixel_loss!r}")
         self.codebook_size, self.code_dim = codebook_size, code_dim
         self.downsample = 2 ** (len(ch_mult) - 1)
         self.quantizer_kind = quantizer
         self._ch_mult, self._attn_resolutions, self._dropout = list(ch_mult), list(attn_resolutions), dropout
-        self.temperature_start, self.temperature_end, self.anneal_steps = temperature_start, temperature_end, anneal_steps
-        self.pixel_weight, self.codebook_weight, self.perceptual_weight = pixel_weight, codebook_weight, perceptual_weight
+        self.temperature_start, self.temperature_end, self.anneal_steps = (
+            temperature_start,
+            temperature_end,
+            anneal_steps,
+        )
+        self.pixel_weight, self.codebook_weight, self.perceptual_weight = (
+            pixel_weight,
+            codebook_weight,
+            perceptual_weight,
+        )
         if edge_weight < 0 or (edge_weight > 0 and pixel_loss != "mse"):
-            raise ValueError(f"edge_weight must be >= 0 and needs pixel_loss='mse', got {edge_weight} with {pixel_loss!r}")
+            raise ValueError(
+                f"edge_weight must be >= 0 and needs pixel_loss='mse', got {edge_weight} with {pixel_loss!r}"
+            )
         self.pixel_loss, self.edge_weight = pixel_loss, edge_weight
         self.disc_start, self.disc_weight, self.disc_factor = disc_start, disc_weight, disc_factor
         self._disc_layers, self._disc_ndf = disc_layers, disc_ndf
         self.disc_loss = hinge_d_loss if disc_loss == "hinge" else vanilla_d_loss
 
         dd = dict(
-            ch=ch, out_ch=3, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
-            attn_resolutions=list(attn_resolutions), dropout=dropout, in_channels=3,
-            resolution=resolution, z_channels=z_channels, double_z=False,
+            ch=ch,
+            out_ch=3,
+            ch_mult=tuple(ch_mult),
+            num_res_blocks=num_res_blocks,
+            attn_resolutions=list(attn_resolutions),
+            dropout=dropout,
+            in_channels=3,
+            resolution=resolution,
+            z_channels=z_channels,
+            double_z=False,
         )
         with contextlib.redirect_stdout(io.StringIO()):  # taming's Decoder prints its z shape
             self.encoder = Encoder(**dd)
             self.decoder = Decoder(**dd)
         if quantizer == "vq":
             self.quant_conv = nn.Conv2d(z_channels, code_dim, 1)
-            self.quantize = VectorQuantizer2(codebook_size, code_dim, beta=beta, legacy=legacy_beta, sane_index_shape=True)
+            self.quantize = VectorQuantizer2(
+                codebook_size, code_dim, beta=beta, legacy=legacy_beta, sane_index_shape=True
+            )
         else:
             # taming's GumbelVQ layout: quant_conv keeps z_channels, the quantiser projects to K logits
             self.quant_conv = nn.Conv2d(z_channels, z_channels, 1)
-            self.quantize = GumbelQuantize(z_channels, code_dim, n_embed=codebook_size, kl_weight=gumbel_kl_weight, temp_init=temperature_start)
+            self.quantize = GumbelQuantize(
+                z_channels, code_dim, n_embed=codebook_size, kl_weight=gumbel_kl_weight, temp_init=temperature_start
+            )
         self.post_quant_conv = nn.Conv2d(code_dim, z_channels, 1)
         self.discriminator = NLayerDiscriminator(input_nc=3, n_layers=disc_layers, ndf=disc_ndf).apply(weights_init)
         self.perceptual = LPIPS(lpips_weights, vgg_weights) if perceptual_weight > 0 else None
@@ -205,8 +231,18 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
     def conformance_args(cls) -> dict[str, Any]:
         """Tiny settings for the registry-wide conformance tests."""
         return dict(
-            codebook_size=16, code_dim=8, z_channels=8, ch=32, ch_mult=[1, 1, 1], num_res_blocks=1,
-            attn_resolutions=[], resolution=8, perceptual_weight=0.0, disc_start=0, disc_layers=1, disc_ndf=8,
+            codebook_size=16,
+            code_dim=8,
+            z_channels=8,
+            ch=32,
+            ch_mult=[1, 1, 1],
+            num_res_blocks=1,
+            attn_resolutions=[],
+            resolution=8,
+            perceptual_weight=0.0,
+            disc_start=0,
+            disc_layers=1,
+            disc_ndf=8,
         )
 
     # ----------------------------------------------------------------- ImageTokenizer
@@ -253,8 +289,15 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
             z_q, q_loss, (_, _, codes) = self.quantize(h.float())
         if self.training and self.quantizer_kind == "vq":
             flat = rearrange(h.detach().float(), "b d h w -> (b h w) d")
-            update_usage_and_restart(self.quantize.embedding.weight.data, self.usage_count, self.usage_steps, flat,
-                                     codes.reshape(-1), self.dead_code_threshold, 0.99)
+            update_usage_and_restart(
+                self.quantize.embedding.weight.data,
+                self.usage_count,
+                self.usage_steps,
+                flat,
+                codes.reshape(-1),
+                self.dead_code_threshold,
+                0.99,
+            )
         return self.decoder(self.post_quant_conv(z_q)), q_loss, codes.view(h.shape[0], h.shape[2], h.shape[3])
 
     def gan_active(self, step: int | None = None) -> bool:
@@ -317,14 +360,18 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
     def _remember(self, images: torch.Tensor, recon: torch.Tensor) -> None:
         step = int(self.step)
         # only this step's micro-batches: older reconstructions came from other weights
-        self._recon_cache = [e for e in self._recon_cache if e[0] == step][-15:] + [(step, images.detach(), recon.detach())]
+        self._recon_cache = [e for e in self._recon_cache if e[0] == step][-15:] + [
+            (step, images.detach(), recon.detach())
+        ]
 
     def _recall(self, images: torch.Tensor) -> torch.Tensor | None:
         step = int(self.step)
         for i in reversed(range(len(self._recon_cache))):
             seen_step, seen, recon = self._recon_cache[i]
-            if seen_step == step and (seen is images or (
-                    seen.shape == images.shape and seen.device == images.device and torch.equal(seen, images))):
+            if seen_step == step and (
+                seen is images
+                or (seen.shape == images.shape and seen.device == images.device and torch.equal(seen, images))
+            ):
                 del self._recon_cache[i]
                 return recon
         return None

@@ -10,6 +10,7 @@ Dimension key:
 ``x̂ = G(C(q(E(x))))``; the loss is ``||x - x̂||² + ||sg[z_emb] - E(x)||² · beta + ||sg[E(x)] - z_emb||²``
 (the codebook term is replaced by EMA updates when ``ema=True``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal

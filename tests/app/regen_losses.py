@@ -6,6 +6,7 @@ Run this only after an intended change to the model, the data or the training lo
 the change description: ``test_each_direction_is_logged_and_matches_reference_curve`` compares
 every logged loss against this file.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ sys.path.insert(0, str(HERE))
 
 if __name__ == "__main__":
     import torch
-
     from test_end_to_end import _losses
+
     from vilgkit.engine.runner import run
 
     torch.set_num_threads(1)

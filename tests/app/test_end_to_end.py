@@ -1,4 +1,5 @@
 """The debug recipe end to end: stage outputs, reference loss curve, Pipeline round trip, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,11 @@ ASSETS = Path(__file__).parent / "assets"
 
 def _losses(path: Path) -> list[dict[str, float]]:
     keep = ("loss", "txt2img", "img2txt", "vqa")
-    return [{k: row[k] for k in keep if k in row} | {"step": row["step"]}
-            for row in map(json.loads, path.read_text().splitlines()) if "loss" in row]  # fmt: skip
+    return [
+        {k: row[k] for k in keep if k in row} | {"step": row["step"]}
+        for row in map(json.loads, path.read_text().splitlines())
+        if "loss" in row
+    ]
 
 
 def test_stages_write_what_the_pipeline_needs(tiny_run):
@@ -89,9 +93,13 @@ def test_self_reranking_keeps_the_most_likely_candidate(tiny_run):
     pipe = Pipeline.from_run_dir(tiny_run, device="cpu")
     codes, ids, mask = pipe.sample_codes(["a small red circle at the top", "a large star"], 4, seed=3)
     order = pipe.rerank(codes, ids, mask, 4, "self")
-    scores = pipe.generator.text_log_likelihood(codes, ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0)).view(2, 4)
+    scores = pipe.generator.text_log_likelihood(codes, ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0)).view(
+        2, 4
+    )
     assert order[:, 0].tolist() == scores.argmax(dim=1).tolist()
-    best = pipe.text_to_image(["a small red circle at the top", "a large star"], num_candidates=4, reranker="self", seed=3)
+    best = pipe.text_to_image(
+        ["a small red circle at the top", "a large star"], num_candidates=4, reranker="self", seed=3
+    )
     chosen = codes.view(2, 4, 4, 4)[torch.arange(2), order[:, 0]]
     expected = pipe.decode_codes(chosen)
     got = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1).float() / 127.5 - 1 for im in best])
@@ -123,21 +131,57 @@ def test_cli_generate_caption_vqa_write_files(tiny_run, tmp_path, capsys):
     from vilgkit.cli import main
 
     out = tmp_path / "gen"
-    assert main(["generate", str(tiny_run), "a small red circle", "a large blue star", "--num-candidates", "2",
-                 "--out", str(out), "--all", "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                str(tiny_run),
+                "a small red circle",
+                "a large blue star",
+                "--num-candidates",
+                "2",
+                "--out",
+                str(out),
+                "--all",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "generate.json").read_text())
     assert record["files"] == ["prompt_000.png", "prompt_001.png"] and record["settings"]["num_candidates"] == 2
     assert (out / "grid.png").is_file() and (out / "prompt_001_cand_01.png").is_file()
     assert Image.open(out / "prompt_000.png").size == (32, 32)
 
     cap_out = tmp_path / "cap"
-    assert main(["caption", str(tiny_run), str(out / "prompt_000.png"), str(out / "prompt_001.png"), "--out", str(cap_out)]) == 0
+    assert (
+        main(
+            ["caption", str(tiny_run), str(out / "prompt_000.png"), str(out / "prompt_001.png"), "--out", str(cap_out)]
+        )
+        == 0
+    )
     captions = json.loads((cap_out / "captions.json").read_text())["captions"]
     assert len(captions) == 2 and (cap_out / "grid.png").is_file()
 
     vqa_out = tmp_path / "vqa"
-    assert main(["vqa", str(tiny_run), "--image", str(out / "prompt_000.png"), "--question", "what colour is it?",
-                 "--question", "how many shapes?", "--out", str(vqa_out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "vqa",
+                str(tiny_run),
+                "--image",
+                str(out / "prompt_000.png"),
+                "--question",
+                "what colour is it?",
+                "--question",
+                "how many shapes?",
+                "--out",
+                str(vqa_out),
+            ]
+        )
+        == 0
+    )
     answers = json.loads((vqa_out / "answers.json").read_text())["answers"]
     assert [a["question"] for a in answers] == ["what colour is it?", "how many shapes?"]
 

@@ -2,6 +2,7 @@
 and verified on load (``vilgkit generate RUN``, ``vilgkit eval RUN``, ``Pipeline.from_run_dir``),
 a clear one-line error naming a file that changed or cannot be read, and runs that keep loading
 after the external files they were built from (a taming checkpoint, a BERT vocab.txt) move."""
+
 from __future__ import annotations
 
 import hashlib
@@ -39,12 +40,22 @@ def _cli(capsys, *argv: str) -> tuple[int, str]:
 
 def test_every_file_the_run_wrote_is_in_the_manifest(tiny_run):
     files = json.loads((tiny_run / MANIFEST).read_text())["files"]
-    on_disk = sorted(p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*")
-                     if p.is_file() and "checkpoints" not in p.parts and not p.name.startswith(".") and p.name != MANIFEST)
+    on_disk = sorted(
+        p.relative_to(tiny_run).as_posix()
+        for p in tiny_run.rglob("*")
+        if p.is_file() and "checkpoints" not in p.parts and not p.name.startswith(".") and p.name != MANIFEST
+    )
     assert sorted(files) == on_disk
-    for name in ("recipe.resolved.yaml", "fit_text_tokenizer/vocab.txt", "train_tokenizer/image_tokenizer.safetensors",
-                 "train_generator/generator.safetensors", "finetune_vqa/generator.json", "finetune_vqa/model.safetensors",
-                 "train_generator/tokenized.safetensors", "train_generator/metrics.jsonl"):
+    for name in (
+        "recipe.resolved.yaml",
+        "fit_text_tokenizer/vocab.txt",
+        "train_tokenizer/image_tokenizer.safetensors",
+        "train_generator/generator.safetensors",
+        "finetune_vqa/generator.json",
+        "finetune_vqa/model.safetensors",
+        "train_generator/tokenized.safetensors",
+        "train_generator/metrics.jsonl",
+    ):
         assert name in files, name
         assert files[name]["sha256"] == hashlib.sha256((tiny_run / name).read_bytes()).hexdigest()
     assert RunDir(tiny_run).verify_all()
@@ -56,14 +67,24 @@ def _flip(path: Path, at: int = -1) -> None:
     path.write_bytes(bytes(blob))
 
 
-@pytest.mark.parametrize("name", ["finetune_vqa/generator.safetensors", "train_tokenizer/image_tokenizer.safetensors",
-                                  "fit_text_tokenizer/tokenizer.json", "recipe.resolved.yaml", "finetune_vqa/generator.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "finetune_vqa/generator.safetensors",
+        "train_tokenizer/image_tokenizer.safetensors",
+        "fit_text_tokenizer/tokenizer.json",
+        "recipe.resolved.yaml",
+        "finetune_vqa/generator.json",
+    ],
+)
 def test_a_bit_flip_is_refused_by_generate_naming_the_file(run_copy, capsys, name):
     _flip(run_copy / name, at=-2)
     code, err = _cli(capsys, "generate", str(run_copy), "a small red circle", "--device", "cpu")
     assert code == 2 and "Traceback" not in err
-    assert err.strip().splitlines() == [f"vilgkit: error: {run_copy / name} does not match its SHA-256 in "
-                                        f"{run_copy / MANIFEST} (changed or corrupted after it was written)"]
+    assert err.strip().splitlines() == [
+        f"vilgkit: error: {run_copy / name} does not match its SHA-256 in "
+        f"{run_copy / MANIFEST} (changed or corrupted after it was written)"
+    ]
 
 
 def test_a_truncated_file_is_refused_by_eval_and_the_pipeline(run_copy, capsys, tmp_path):
@@ -73,18 +94,38 @@ def test_a_truncated_file_is_refused_by_eval_and_the_pipeline(run_copy, capsys, 
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ArtifactError, match="generator.safetensors is 1000 bytes but"):
         Pipeline.from_run_dir(run_copy, stage="train_generator", device="cpu")
-    code, err = _cli(capsys, "eval", str(run_copy), "--stage", "train_generator", "--metrics", "caption",
-                     "--num-samples", "2", "--out", str(tmp_path / "eval"), "--device", "cpu")
+    code, err = _cli(
+        capsys,
+        "eval",
+        str(run_copy),
+        "--stage",
+        "train_generator",
+        "--metrics",
+        "caption",
+        "--num-samples",
+        "2",
+        "--out",
+        str(tmp_path / "eval"),
+        "--device",
+        "cpu",
+    )
     assert code == 2 and "generator.safetensors is 1000 bytes" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("name,garbage,expected", [
-    ("finetune_vqa/generator.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}..", "is not a safetensors file"),
-    ("finetune_vqa/generator.json", b"{\"grid\": [4, 4]}", "has no 'text_tokenizer'"),
-    ("finetune_vqa/generator.json", b"\xff\xfe not text", "is not a JSON file"),
-    ("train_tokenizer/image_tokenizer.json", b"[1, 2", "is not a JSON file"),
-    ("fit_text_tokenizer/tokenizer.json", b"{}", "is not a saved text tokenizer"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,garbage,expected",
+    [
+        (
+            "finetune_vqa/generator.safetensors",
+            b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}..",
+            "is not a safetensors file",
+        ),
+        ("finetune_vqa/generator.json", b'{"grid": [4, 4]}', "has no 'text_tokenizer'"),
+        ("finetune_vqa/generator.json", b"\xff\xfe not text", "is not a JSON file"),
+        ("train_tokenizer/image_tokenizer.json", b"[1, 2", "is not a JSON file"),
+        ("fit_text_tokenizer/tokenizer.json", b"{}", "is not a saved text tokenizer"),
+    ],
+)
 def test_invalid_files_with_a_consistent_hash_are_one_error(run_copy, capsys, name, garbage, expected):
     """Files whose manifest entry was rewritten to match (the hash is consistent, the content is not
     what vilgkit writes): one line naming the file, not a SafetensorError/KeyError traceback."""
@@ -110,9 +151,16 @@ def test_eval_into_the_run_takes_its_lock(run_copy, capsys):
     import subprocess
     import sys
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from vilgkit.artifacts import RunDir; "
-                               f"RunDir({str(run_copy)!r}).lock('test'); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from vilgkit.artifacts import RunDir; "
+            f"RunDir({str(run_copy)!r}).lock('test'); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         code, err = _cli(capsys, "eval", str(run_copy), "--metrics", "caption", "--num-samples", "2", "--device", "cpu")
@@ -150,51 +198,83 @@ def test_external_files_are_copied_in_and_the_run_loads_after_they_move(tmp_path
     ckpt, cfg = _taming_files(originals / "taming")
     vocab = originals / "bert" / "vocab.txt"
     vocab.parent.mkdir(parents=True)
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EOS]", "a", "red", "circle", "square"]) + "\n")
+    vocab.write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[EOS]", "a", "red", "circle", "square"]) + "\n"
+    )
     recipe = {
         "run_dir": str(tmp_path / "run"),
         "seed": 0,
-        "data": {"class_path": "ShapesDataset", "init_args": {"size": 16, "image_size": 16, "max_objects": 1, "held_out": []}},
-        "text_tokenizer": {"class_path": "WordPieceTokenizer", "init_args": {"vocab_size": 64, "vocab_file": str(vocab)}},
-        "image_tokenizer": {"class_path": "TamingVQGAN", "init_args": {"checkpoint": str(ckpt), "config": str(cfg),
-                                                                       "codebook_size": 16}},
-        "generator": {"class_path": "UnifiedTransformer", "init_args": {
-            "hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_text_len": 24, "max_image_grid": 4,
-            "attention": {"class_path": "DenseAttention"}}},
+        "data": {
+            "class_path": "ShapesDataset",
+            "init_args": {"size": 16, "image_size": 16, "max_objects": 1, "held_out": []},
+        },
+        "text_tokenizer": {
+            "class_path": "WordPieceTokenizer",
+            "init_args": {"vocab_size": 64, "vocab_file": str(vocab)},
+        },
+        "image_tokenizer": {
+            "class_path": "TamingVQGAN",
+            "init_args": {"checkpoint": str(ckpt), "config": str(cfg), "codebook_size": 16},
+        },
+        "generator": {
+            "class_path": "UnifiedTransformer",
+            "init_args": {
+                "hidden_size": 16,
+                "num_layers": 1,
+                "num_heads": 2,
+                "max_text_len": 24,
+                "max_image_grid": 4,
+                "attention": {"class_path": "DenseAttention"},
+            },
+        },
         "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
         "stages": [
             {"class_path": "FitTextTokenizer"},
             {"class_path": "EvaluateTokenizer", "init_args": {"eval_images": 4, "num_samples": 2}},
-            {"class_path": "TrainGenerator", "init_args": {"image_tokenizer_from": "evaluate_tokenizer",
-                                                            "trainer": {"steps": 2, "batch_size": 4, "log_every": 1}}},
+            {
+                "class_path": "TrainGenerator",
+                "init_args": {
+                    "image_tokenizer_from": "evaluate_tokenizer",
+                    "trainer": {"steps": 2, "batch_size": 4, "log_every": 1},
+                },
+            },
         ],
-    }  # fmt: skip
+    }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run([str(path)])
     run_dir = tmp_path / "run"
     external = json.loads((run_dir / MANIFEST).read_text())["external"]
-    assert set(external) == {"image_tokenizer.init_args.checkpoint", "image_tokenizer.init_args.config",
-                             "text_tokenizer.init_args.vocab_file"}
+    assert set(external) == {
+        "image_tokenizer.init_args.checkpoint",
+        "image_tokenizer.init_args.config",
+        "text_tokenizer.init_args.vocab_file",
+    }
     for entry in external.values():
         copy = run_dir / entry["file"]
         assert copy.is_file() and entry["file"].startswith("external/")
         assert hashlib.sha256(copy.read_bytes()).hexdigest() == entry["sha256"]
         assert entry["file"] in json.loads((run_dir / MANIFEST).read_text())["files"]
     # the resolved recipe keeps the user's paths (what a resume compares)
-    assert yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())["image_tokenizer"]["init_args"]["checkpoint"] == str(ckpt)
+    assert yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())["image_tokenizer"]["init_args"][
+        "checkpoint"
+    ] == str(ckpt)
     before = Pipeline.from_run_dir(run_dir, device="cpu").text_to_image(["a red circle"], seed=1)
 
     shutil.move(str(originals), str(tmp_path / "moved"))  # the originals are gone
     pipe = Pipeline.from_run_dir(run_dir, device="cpu")
     after = pipe.text_to_image(["a red circle"], seed=1)
     assert np.array_equal(np.asarray(before[0]), np.asarray(after[0]))
-    code, err = _cli(capsys, "generate", str(run_dir), "a red circle", "--out", str(tmp_path / "gen"), "--device", "cpu")
+    code, err = _cli(
+        capsys, "generate", str(run_dir), "a red circle", "--out", str(tmp_path / "gen"), "--device", "cpu"
+    )
     assert code == 0, err
     assert (tmp_path / "gen" / "prompt_000.png").is_file()
 
     # the copies are verified like every other file of the run
     copy = run_dir / external["image_tokenizer.init_args.config"]["file"]
     copy.write_text(copy.read_text() + "\n# edited\n")
-    code, err = _cli(capsys, "generate", str(run_dir), "a red circle", "--out", str(tmp_path / "gen2"), "--device", "cpu")
+    code, err = _cli(
+        capsys, "generate", str(run_dir), "a red circle", "--out", str(tmp_path / "gen2"), "--device", "cpu"
+    )
     assert code == 2 and f"{copy} is" in err and "Traceback" not in err

@@ -1,4 +1,5 @@
 """Input handling shared by the stages and the Pipeline: text framing, image loading, grids."""
+
 from __future__ import annotations
 
 import numpy as np

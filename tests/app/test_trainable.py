@@ -1,13 +1,14 @@
 """GeneratorTrainable: raw batches tokenize to the same losses as pre-tokenized ones; the
 end-to-end reconstructor hook adds its loss and trains jointly."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from vilgkit.stages.generator_training import GeneratorTrainable, TokenizedDataset, collate_tokenized, tokenize_dataset
 from vilgkit.interfaces import Reconstructor
+from vilgkit.stages.generator_training import GeneratorTrainable, TokenizedDataset, collate_tokenized, tokenize_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -24,14 +25,18 @@ def _parts(run_dir):
 
 def test_raw_and_pretokenized_batches_give_identical_losses(tiny_run):
     pipe, data = _parts(tiny_run)
-    module = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, ["txt2img", "img2txt", "vqa"])
+    module = GeneratorTrainable(
+        pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, ["txt2img", "img2txt", "vqa"]
+    )
     module.eval()
     tensors, stats = tokenize_dataset(data, pipe.text_tokenizer, pipe.image_tokenizer, max_text_len=32)
     assert stats == {"samples": 8, "truncated": 0}
     tokenized = collate_tokenized([TokenizedDataset(tensors)[i] for i in range(8)])
     items = [data[i] for i in range(8)]
-    raw = {"image": torch.stack([it["image"] for it in items]),
-           **{k: [it[k] for it in items] for k in ("caption", "question", "answer")}}  # fmt: skip
+    raw = {
+        "image": torch.stack([it["image"] for it in items]),
+        **{k: [it[k] for it in items] for k in ("caption", "question", "answer")},
+    }
     with torch.no_grad():
         a = module(tokenized, "main", 0)
         b = module(raw, "main", 0)
@@ -46,8 +51,13 @@ def test_direction_fractions_train_rehearsal_on_the_first_rows(tiny_run):
     tensors, _ = tokenize_dataset(data, pipe.text_tokenizer, pipe.image_tokenizer, max_text_len=32)
     batch = collate_tokenized([TokenizedDataset(tensors)[i] for i in range(8)])
     half = collate_tokenized([TokenizedDataset(tensors)[i] for i in range(4)])
-    module = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs,
-                                direction_fractions={"img2txt": 0.5, "txt2img": 0.5})
+    module = GeneratorTrainable(
+        pipe.generator,
+        pipe.text_tokenizer,
+        pipe.image_tokenizer,
+        dirs,
+        direction_fractions={"img2txt": 0.5, "txt2img": 0.5},
+    )
     whole = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs)
     module.eval()
     with torch.no_grad():
@@ -70,10 +80,17 @@ def test_direction_weights_scale_only_the_optimised_sum(tiny_run):
     tensors, _ = tokenize_dataset(data, pipe.text_tokenizer, pipe.image_tokenizer, max_text_len=32)
     batch = collate_tokenized([TokenizedDataset(tensors)[i] for i in range(8)])
     plain = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs)
-    weighted = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs,
-                                  direction_fractions={"txt2img": 0.5}, direction_weights={"vqa": 4, "txt2img": 0.5})
-    halved = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs,
-                                direction_fractions={"txt2img": 0.5})
+    weighted = GeneratorTrainable(
+        pipe.generator,
+        pipe.text_tokenizer,
+        pipe.image_tokenizer,
+        dirs,
+        direction_fractions={"txt2img": 0.5},
+        direction_weights={"vqa": 4, "txt2img": 0.5},
+    )
+    halved = GeneratorTrainable(
+        pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, dirs, direction_fractions={"txt2img": 0.5}
+    )
     pipe.generator.eval()
     with torch.no_grad():
         a, b = halved(batch, "main", 0), weighted(batch, "main", 0)
@@ -83,8 +100,10 @@ def test_direction_weights_scale_only_the_optimised_sum(tiny_run):
     # the gradient is the weighted sum's: d(loss)/dθ = 4·d(vqa)/dθ + d(img2txt)/dθ for a vqa+img2txt module
     two = ["vqa", "img2txt"]
     grads = []
-    for module, scale in ((GeneratorTrainable(pipe.generator, directions=two, direction_weights={"vqa": 4}), None),
-                          (GeneratorTrainable(pipe.generator, directions=two), 4.0)):
+    for module, scale in (
+        (GeneratorTrainable(pipe.generator, directions=two, direction_weights={"vqa": 4}), None),
+        (GeneratorTrainable(pipe.generator, directions=two), 4.0),
+    ):
         pipe.generator.zero_grad()
         losses = module(batch, "main", 0)
         total = losses["loss"] if scale is None else scale * losses["vqa"] + losses["img2txt"]
@@ -119,7 +138,9 @@ class PixelHead(Reconstructor):
 def test_end_to_end_reconstructor_loss_is_added_and_reaches_the_generator(tiny_run):
     pipe, data = _parts(tiny_run)
     rec = PixelHead(pipe.generator.hidden_size, 8)
-    module = GeneratorTrainable(pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, reconstructor=rec, reconstructor_weight=0.5)
+    module = GeneratorTrainable(
+        pipe.generator, pipe.text_tokenizer, pipe.image_tokenizer, reconstructor=rec, reconstructor_weight=0.5
+    )
     assert any(p is rec.proj.weight for p in module.optimizer_groups()["main"])
     assert not any(p is q for p in module.optimizer_groups()["main"] for q in pipe.image_tokenizer.parameters())
     items = [data[i] for i in range(4)]
@@ -135,8 +156,14 @@ def test_end_to_end_reconstructor_loss_is_added_and_reaches_the_generator(tiny_r
 
 def test_tokenized_sample_lengths_count_every_real_text_id():
     masks = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
-    data = TokenizedDataset({"codes": torch.zeros(3, 2, 2, dtype=torch.long), "text_ids": torch.zeros(3, 4, dtype=torch.long),
-                             "text_mask": masks, "answer_mask": masks[:, :2]})
+    data = TokenizedDataset(
+        {
+            "codes": torch.zeros(3, 2, 2, dtype=torch.long),
+            "text_ids": torch.zeros(3, 4, dtype=torch.long),
+            "text_mask": masks,
+            "answer_mask": masks[:, :2],
+        }
+    )
     assert data.sample_lengths() == [4, 6, 5]
     assert TokenizedDataset({"codes": torch.zeros(2, 2, 2, dtype=torch.long)}).sample_lengths() == [0, 0]
 

@@ -1,4 +1,5 @@
 """Shared helpers for the attention tests: an independent, loop-based oracle of docs/architecture.md §2."""
+
 from __future__ import annotations
 
 import pytest

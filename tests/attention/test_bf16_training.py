@@ -22,9 +22,7 @@ def _model() -> UnifiedTransformer:
         num_heads=2,
         max_text_len=8,
         max_image_grid=4,
-        attention=SparseAttention(
-            kernel_size=3, schedule="paper", backend="blockwise", conv_tile=2
-        ),
+        attention=SparseAttention(kernel_size=3, schedule="paper", backend="blockwise", conv_tile=2),
     )
 
 
@@ -49,9 +47,7 @@ def test_sparse_schedule_trains_under_bf16_autocast():
         opt.step()
         losses.append(float(loss))
     assert all(torch.isfinite(torch.tensor(losses))), losses
-    assert losses[-1] < losses[0] - 0.3, (
-        losses
-    )  # one batch, repeated: the loss must fall clearly
+    assert losses[-1] < losses[0] - 0.3, losses  # one batch, repeated: the loss must fall clearly
 
 
 def test_bf16_gradients_are_close_to_fp32():
@@ -61,9 +57,7 @@ def test_bf16_gradients_are_close_to_fp32():
     for bf16 in (False, True):
         model.zero_grad(set_to_none=True)
         _loss(model, batch, bf16).backward()
-        grads[bf16] = torch.cat(
-            [p.grad.flatten() for p in model.parameters() if p.grad is not None]
-        )
+        grads[bf16] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     ref, got = grads[False], grads[True]
     assert torch.isfinite(got).all()
     # bf16 keeps 8 mantissa bits: the whole gradient vector agrees to a few per cent
@@ -76,17 +70,11 @@ def test_blockwise_under_autocast_matches_fp32_kernel():
     """The kernel itself computes in fp32 under autocast: its output equals the fp32 call's (rounded to bf16)."""
     layout = Layout.text_to_image(5, 4, 4)
     torch.manual_seed(2)
-    q, k, v = (
-        torch.randn(2, 2, layout.length, 8, dtype=torch.bfloat16) for _ in range(3)
-    )
+    q, k, v = (torch.randn(2, 2, layout.length, 8, dtype=torch.bfloat16) for _ in range(3))
     for kind in ("row", "column", "conv"):
-        pattern = SparseAttention(
-            kernel_size=3, schedule=kind, backend="blockwise", conv_tile=2
-        )
+        pattern = SparseAttention(kernel_size=3, schedule=kind, backend="blockwise", conv_tile=2)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             got = pattern.attend(q, k, v, layer=0, num_layers=1, layout=layout)
-        want = pattern.attend(
-            q.float(), k.float(), v.float(), layer=0, num_layers=1, layout=layout
-        )
+        want = pattern.attend(q.float(), k.float(), v.float(), layer=0, num_layers=1, layout=layout)
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=1e-2)

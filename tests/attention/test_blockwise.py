@@ -1,5 +1,6 @@
 """Block-wise CPU kernels: equal to SDPA with the oracle mask for outputs and gradients (fp32,
 1e-5), both directions and VQA, with key padding in text segments; and actually sparse."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,9 +29,18 @@ def _reference(q, k, v, layout, kind, kernel_size, pad):
 
 
 @pytest.mark.parametrize("layout_name", list(LAYOUTS))
-@pytest.mark.parametrize("kind,kernel_size,conv_tile,lines", [("row", 3, 8, 1), ("column", 3, 8, 1), ("row", 3, 8, 2),
-                                                              ("column", 3, 8, 3), ("conv", 3, 2, 1), ("conv", 5, 8, 1),
-                                                              ("conv", 3, 3, 1)])
+@pytest.mark.parametrize(
+    "kind,kernel_size,conv_tile,lines",
+    [
+        ("row", 3, 8, 1),
+        ("column", 3, 8, 1),
+        ("row", 3, 8, 2),
+        ("column", 3, 8, 3),
+        ("conv", 3, 2, 1),
+        ("conv", 5, 8, 1),
+        ("conv", 3, 3, 1),
+    ],
+)
 @pytest.mark.parametrize("recompute", [True, False])
 def test_blockwise_equals_oracle_sdpa(layout_name, kind, kernel_size, conv_tile, lines, recompute):
     layout = LAYOUTS[layout_name]
@@ -38,8 +48,14 @@ def test_blockwise_equals_oracle_sdpa(layout_name, kind, kernel_size, conv_tile,
     b, h, n, d = 2, 3, layout.length, 16
     qkv = [torch.randn(b, h, n, d, requires_grad=True) for _ in range(3)]
     pad = _text_padding(layout, b)
-    pattern = SparseAttention(kernel_size=kernel_size, schedule=kind, backend="blockwise",
-                              recompute=recompute, conv_tile=conv_tile, lines_per_tile=lines)
+    pattern = SparseAttention(
+        kernel_size=kernel_size,
+        schedule=kind,
+        backend="blockwise",
+        recompute=recompute,
+        conv_tile=conv_tile,
+        lines_per_tile=lines,
+    )
     out = pattern.attend(*qkv, layer=0, num_layers=1, layout=layout, key_padding_mask=pad)
     ref = _reference(*qkv, layout, kind, kernel_size, pad)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
@@ -57,8 +73,12 @@ def test_blockwise_without_padding_and_with_image_padding():
     for kind in ("row", "column", "conv"):
         pattern = SparseAttention(kernel_size=3, schedule=kind, backend="blockwise")
         out = pattern.attend(q, k, v, layer=0, num_layers=1, layout=layout)
-        torch.testing.assert_close(out, _reference(q, k, v, layout, kind, 3, torch.zeros(1, layout.length, dtype=torch.bool)),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            out,
+            _reference(q, k, v, layout, kind, 3, torch.zeros(1, layout.length, dtype=torch.bool)),
+            atol=1e-5,
+            rtol=1e-5,
+        )
         pad = torch.zeros(1, layout.length, dtype=torch.bool)
         pad[0, 4 + 1] = True  # an image key (never a query's only key: each query sees itself)
         out = pattern.attend(q, k, v, layer=0, num_layers=1, layout=layout, key_padding_mask=pad)
@@ -93,8 +113,9 @@ def test_blockwise_computes_a_fraction_of_dense():
     assert plan.score_entries() < 0.3 * paper.length**2
 
 
-@pytest.mark.parametrize("kind,conv_tile", [("conv", (1, 32)), ("conv", (2, 4)), ("conv", (4, 2)), ("conv", 2),
-                                            ("row", 1), ("column", 1)])
+@pytest.mark.parametrize(
+    "kind,conv_tile", [("conv", (1, 32)), ("conv", (2, 4)), ("conv", (4, 2)), ("conv", 2), ("row", 1), ("column", 1)]
+)
 @pytest.mark.parametrize("direction", ["text2image", "image2text"])
 def test_blockwise_paper_kernel_tiles(kind, conv_tile, direction):
     """11x11 on an 8x8 grid (the window exceeds tiles and the grid): whole-width and patch tiles."""
@@ -142,8 +163,9 @@ def test_blockwise_low_precision_and_no_grad():
     pattern = SparseAttention(kernel_size=3, schedule="conv")
     ref = _reference(q, k, v, layout, "conv", 3, torch.zeros(1, layout.length, dtype=torch.bool))
     with torch.no_grad():
-        torch.testing.assert_close(pattern.attend(q, k, v, layer=0, num_layers=1, layout=layout), ref,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            pattern.attend(q, k, v, layer=0, num_layers=1, layout=layout), ref, atol=1e-5, rtol=1e-5
+        )
     out = pattern.attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), layer=0, num_layers=1, layout=layout)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)

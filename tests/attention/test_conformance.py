@@ -1,4 +1,5 @@
 """vilgkit.testing's conformance checks, restricted to the attention patterns (fast to run here)."""
+
 import pytest
 
 from vilgkit.testing.conformance import (  # noqa: F401

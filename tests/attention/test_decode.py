@@ -1,4 +1,5 @@
 """Decoding with a KV cache: gathering only ``decode_keys`` equals the full-mask computation."""
+
 from __future__ import annotations
 
 import pytest
@@ -80,8 +81,11 @@ def test_cached_decoding_equals_full_mask(layout_name, pattern):
     model = TinyStack(pattern)
     x = torch.randn(2, layout.length, C)
     pad = torch.zeros(2, layout.length, dtype=torch.bool)
-    off, seg = next((o, s) for o, s in zip(layout.offsets(), layout.source) if s.kind == "text") if any(
-        s.kind == "text" for s in layout.source) else (None, None)
+    off, seg = (
+        next((o, s) for o, s in zip(layout.offsets(), layout.source) if s.kind == "text")
+        if any(s.kind == "text" for s in layout.source)
+        else (None, None)
+    )
     if seg is not None:
         pad[1, off + seg.length - 1] = True  # a shorter caption / question in row 1
     with torch.no_grad():
@@ -117,8 +121,11 @@ def test_decode_keys_for_fig2_rows():
 
 
 @pytest.mark.parametrize("layout_name", list(LAYOUTS))
-@pytest.mark.parametrize("pattern", [SparseAttention(kernel_size=3, schedule=["row", "column", "conv", "dense"]),
-                                     DenseAttention()], ids=["sparse", "dense"])
+@pytest.mark.parametrize(
+    "pattern",
+    [SparseAttention(kernel_size=3, schedule=["row", "column", "conv", "dense"]), DenseAttention()],
+    ids=["sparse", "dense"],
+)
 def test_sparse_kv_cache_equals_full_mask(layout_name, pattern):
     """SparseKVCache (line buffers for row / column, gathers for conv, slices otherwise) = oracle."""
     from vilgkit_attention.decode import SparseKVCache

@@ -1,4 +1,5 @@
 """DenseAttention: oracle, SDPA path with padding, decode keys, errors."""
+
 from __future__ import annotations
 
 import pytest

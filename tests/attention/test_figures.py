@@ -1,4 +1,5 @@
 """The Figure 2 pictures show exactly the oracle masks."""
+
 from __future__ import annotations
 
 from PIL import Image
@@ -11,7 +12,8 @@ from vilgkit_attention.masks import build_allowed
 def test_render_figure2_pixels_match_masks(tmp_path):
     paths = render_figure2(tmp_path)
     assert sorted(p.name for p in paths) == sorted(
-        f"{k}_{d}.png" for k in ("dense", "row", "column", "conv") for d in ("text2image", "image2text"))
+        f"{k}_{d}.png" for k in ("dense", "row", "column", "conv") for d in ("text2image", "image2text")
+    )
     for kind in ("row", "conv"):
         layout = Layout.image_to_text(4, 4, 6)
         allowed = build_allowed(layout, kind, 3)

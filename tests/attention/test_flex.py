@@ -1,5 +1,6 @@
 """FlexAttention path on CUDA: equal to SDPA with the oracle (outputs and gradients), chosen
 automatically on CUDA, column layers permuted to column-major so their block mask is sparse."""
+
 from __future__ import annotations
 
 import pytest

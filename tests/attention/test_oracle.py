@@ -1,5 +1,6 @@
 """SparseAttention oracle: every kind x direction against the literal docs/architecture.md §2 reference,
 the paper's schedule, the Figure 2 configuration, and argument errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,7 +25,15 @@ def test_paper_schedule_rule():
     assert paper_schedule(0, 1) == "conv"
     pattern = SparseAttention()
     assert [pattern.kind(i, 24) for i in (0, 1, 2, 3, 6, 10, 22, 23)] == [
-        "row", "row", "column", "row", "column", "column", "column", "conv"]
+        "row",
+        "row",
+        "column",
+        "row",
+        "column",
+        "column",
+        "column",
+        "conv",
+    ]
 
 
 def test_list_schedule_and_layer_masks_differ():

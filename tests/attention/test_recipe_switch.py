@@ -1,12 +1,13 @@
 """An ablation between dense and sparse attention is a one-line recipe change."""
+
 from __future__ import annotations
 
 import torch
 
 from vilgkit.layout import Layout
+from vilgkit.models import DenseAttention
 from vilgkit.plugins import get_plugin_manager
 from vilgkit.recipe import build, parse_recipe, to_dict
-from vilgkit.models import DenseAttention
 from vilgkit_attention import SparseAttention
 
 RECIPE = "recipes/debug/gen_tiny.yaml"
@@ -22,9 +23,15 @@ def _attention(overrides):
 
 def test_recipe_switches_dense_to_sparse_schedule():
     assert isinstance(_attention([]), DenseAttention)
-    sparse = _attention(["--generator.init_args.attention",
-                         "{class_path: SparseAttention, init_args: {kernel_size: 3, schedule: [row, conv]}}"])
+    sparse = _attention(
+        [
+            "--generator.init_args.attention",
+            "{class_path: SparseAttention, init_args: {kernel_size: 3, schedule: [row, conv]}}",
+        ]
+    )
     assert isinstance(sparse, SparseAttention)
     assert (sparse.kernel_size, sparse.schedule) == (3, ["row", "conv"])
     layout = Layout.text_to_image(3, 4, 4)
-    assert torch.equal(sparse.allowed(1, 2, layout), SparseAttention(kernel_size=3, schedule="conv").allowed(0, 1, layout))
+    assert torch.equal(
+        sparse.allowed(1, 2, layout), SparseAttention(kernel_size=3, schedule="conv").allowed(0, 1, layout)
+    )

@@ -1,4 +1,5 @@
 """`vilgkit tokenize` → CodeShardDataset: equivalence with on-the-fly tokenization, refusals."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from vilgkit.data import ShapesDataset, collate
-from vilgkit.data import CodeShardDataset, TokenizerMismatchError, write_code_shards
+from vilgkit.data import CodeShardDataset, ShapesDataset, TokenizerMismatchError, collate, write_code_shards
 from vilgkit.data.code_shard_writer import TokenizeError
 from vilgkit.stages.train_tokenizer import save_image_tokenizer
 from vilgkit_text import WordPieceTokenizer
@@ -32,7 +32,9 @@ def tokenized(tmp_path):
     run_dir = tmp_path / "run"
     image_tok = _image_tokenizer()
     save_image_tokenizer(image_tok, run_dir / "train_tokenizer", {})
-    text_tok = WordPieceTokenizer(vocab_size=300, corpus=list(ShapesDataset(size=50, languages=["en", "zh"]).iter_texts()))
+    text_tok = WordPieceTokenizer(
+        vocab_size=300, corpus=list(ShapesDataset(size=50, languages=["en", "zh"]).iter_texts())
+    )
     text_tok.save(run_dir / "fit_text_tokenizer")
     recipe = {
         "run_dir": str(run_dir),
@@ -44,7 +46,9 @@ def tokenized(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "codes"
-    assert cli(["tokenize", str(path), "--out", str(out), "--shard-size", "7", "--batch-size", "4", "--no-progress"]) == 0
+    assert (
+        cli(["tokenize", str(path), "--out", str(out), "--shard-size", "7", "--batch-size", "4", "--no-progress"]) == 0
+    )
     return out, image_tok, text_tok
 
 
@@ -89,7 +93,7 @@ def test_training_from_shards_equals_training_from_raw(tokenized):
         return loss.detach(), head.weight.detach().clone()
 
     batch = collate([shards[i] for i in range(8)])
-    flat = torch.cat([batch["caption_ids"][i, : n] for i, n in enumerate(batch["caption_len"])])
+    flat = torch.cat([batch["caption_ids"][i, :n] for i, n in enumerate(batch["caption_len"])])
     from_shards = step(batch["codes"], flat, list(batch["caption_len"]))
     raw_batch = collate([raw[i] for i in range(8)])
     with torch.no_grad():
@@ -169,13 +173,28 @@ def test_vqa_shards_train_finetune_vqa(tokenized, tmp_path):
         "data": {"class_path": "CodeShardDataset", "init_args": {"path": str(out)}},
         "text_tokenizer": {"class_path": "WordPieceTokenizer", "init_args": {"vocab_size": 300}},
         "image_tokenizer": {"class_path": "VQVAETokenizer", "init_args": vq.VQVAETokenizer.conformance_args()},
-        "generator": {"class_path": "UnifiedTransformer", "init_args": {
-            "hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_text_len": 40, "max_image_grid": 8,
-            "attention": {"class_path": "DenseAttention"}}},
+        "generator": {
+            "class_path": "UnifiedTransformer",
+            "init_args": {
+                "hidden_size": 32,
+                "num_layers": 1,
+                "num_heads": 2,
+                "max_text_len": 40,
+                "max_image_grid": 8,
+                "attention": {"class_path": "DenseAttention"},
+            },
+        },
         "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
-        "stages": [{"class_path": "FinetuneVQA", "init_args": {
-            "generator_from": None, "trainer": {"steps": 2, "batch_size": 4, "lr": 0.001, "log_every": 1}}}],
-    }  # fmt: skip
+        "stages": [
+            {
+                "class_path": "FinetuneVQA",
+                "init_args": {
+                    "generator_from": None,
+                    "trainer": {"steps": 2, "batch_size": 4, "lr": 0.001, "log_every": 1},
+                },
+            }
+        ],
+    }
     path = tmp_path / "vqa.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run([str(path)])

@@ -1,4 +1,5 @@
 """Real data: JSONL/CSV + folder, WebDataset shards (img2dataset layout), skip counting, exact resume."""
+
 from __future__ import annotations
 
 import csv
@@ -102,8 +103,12 @@ def _write_shards(root, num_shards=6, per_shard=10, corrupt=()):
                 n = s * per_shard + i
                 key = f"{s:05d}{i:04d}"
                 ext = exts[n % 3]
-                sample = {"__key__": key, ext: _png(n % 64, {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[ext]),
-                          "txt": SHAPES.describe(n % 64)["caption"], "json": json.dumps({"key": key}).encode()}  # fmt: skip
+                sample = {
+                    "__key__": key,
+                    ext: _png(n % 64, {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[ext]),
+                    "txt": SHAPES.describe(n % 64)["caption"],
+                    "json": json.dumps({"key": key}).encode(),
+                }
                 if (s, i) in corrupt:
                     kind = corrupt[(s, i)]
                     if kind == "image":

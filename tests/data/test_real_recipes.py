@@ -38,15 +38,23 @@ def test_wds_tiny_recipe_then_every_inference_command(tmp_path, capsys):
     fid = _inception_weights(tmp_path / "pt_inception-2015-12-05-6726825d.pth")
     run = tmp_path / "run"
     overrides = [
-        "--run_dir", str(run),
-        "--data.init_args.urls", str(tmp_path / "shards"),
-        "--text_tokenizer.init_args.vocab_file", str(tmp_path / "vocab.txt"),
-        "--image_tokenizer.init_args.checkpoint", str(ckpt),
-        "--stages.2.init_args.trainer.steps", "6",  # the shipped 40 steps take minutes here; 6 show the path
-        "--stages.3.init_args.data.init_args.urls", str(tmp_path / "val"),
-        "--stages.3.init_args.fid_weights", str(fid),
-        "--stages.3.init_args.num_samples", "8",
-    ]  # fmt: skip
+        "--run_dir",
+        str(run),
+        "--data.init_args.urls",
+        str(tmp_path / "shards"),
+        "--text_tokenizer.init_args.vocab_file",
+        str(tmp_path / "vocab.txt"),
+        "--image_tokenizer.init_args.checkpoint",
+        str(ckpt),
+        "--stages.2.init_args.trainer.steps",
+        "6",  # the shipped 40 steps take minutes here; 6 show the path
+        "--stages.3.init_args.data.init_args.urls",
+        str(tmp_path / "val"),
+        "--stages.3.init_args.fid_weights",
+        str(fid),
+        "--stages.3.init_args.num_samples",
+        "8",
+    ]
     assert cli(["run", str(RECIPE), *overrides]) == 0
     out = capsys.readouterr().out
     assert "used as it is, not fitted" in out
@@ -69,11 +77,39 @@ def test_wds_tiny_recipe_then_every_inference_command(tmp_path, capsys):
     assert "vilgkit: warning: prompt 1" in err and "'猫'" in err  # mostly [UNK]: named, one line
     assert (tmp_path / "gen" / "grid.png").is_file()
     assert cli(["caption", str(run), str(image), "--out", str(tmp_path / "cap")]) == 0
-    assert cli(["vqa", str(run), "--image", str(image), "--question", "what colour is the circle?",
-                "--out", str(tmp_path / "vqa")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "vqa",
+                str(run),
+                "--image",
+                str(image),
+                "--question",
+                "what colour is the circle?",
+                "--out",
+                str(tmp_path / "vqa"),
+            ]
+        )
+        == 0
+    )
     # the run's Evaluate stage gives the held-out data and the FID feature space (local Inception weights)
-    assert cli(["eval", str(run), "--metrics", "caption,fid", "--num-samples", "4", "--num-candidates", "1",
-                "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "eval",
+                str(run),
+                "--metrics",
+                "caption,fid",
+                "--num-samples",
+                "4",
+                "--num-candidates",
+                "1",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     cli_record = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert cli_record["data"]["init_args"]["urls"] == str(tmp_path / "val")  # the held-out split, not training data
     assert cli_record["num_samples"] == 4 and "fid" in cli_record["metrics"]

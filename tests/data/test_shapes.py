@@ -1,4 +1,5 @@
 """The Shapes world: determinism, languages, detector accuracy, compositional split, scorers."""
+
 from __future__ import annotations
 
 import re
@@ -40,7 +41,12 @@ def test_determinism_for_a_seed():
     for i in range(20):
         x, y = a[i], b[i]
         assert torch.equal(x["image"], y["image"])
-        assert (x["caption"], x["question"], x["answer"], x["scene"]) == (y["caption"], y["question"], y["answer"], y["scene"])
+        assert (x["caption"], x["question"], x["answer"], x["scene"]) == (
+            y["caption"],
+            y["question"],
+            y["answer"],
+            y["scene"],
+        )
     assert torch.equal(a[3]["image"], a[3]["image"])  # cached path returns the same pixels
     other_seed = ShapesDataset(size=20, seed=6)
     assert sum(torch.equal(a[i]["image"], other_seed[i]["image"]) for i in range(20)) < 3
@@ -172,7 +178,9 @@ def test_vqa_answers_agree_with_the_scene():
     for i in range(150):
         d = ds.describe(i)
         types.add(d["question_type"])
-        assert {"question": d["question"], "answer": d["answer"], "type": d["question_type"]} in qa_pairs(d["scene"], d["lang"])
+        assert {"question": d["question"], "answer": d["answer"], "type": d["question_type"]} in qa_pairs(
+            d["scene"], d["lang"]
+        )
         for qa in qa_pairs(d["scene"], d["lang"]):
             if qa["type"] == "count" and qa["question"] in ("how many objects are there?", "图中有几个物体？"):
                 assert qa["answer"] == NUMBERS[d["lang"]][len(d["scene"])]
@@ -192,7 +200,9 @@ def test_train_question_weights_shift_the_training_mix_only():
     for i in range(50):  # the scene, caption and the question's validity are unchanged
         p, h = plain.describe(i), heavy.describe(i)
         assert (p["scene"], p["caption"]) == (h["scene"], h["caption"])
-        assert {"question": h["question"], "answer": h["answer"], "type": h["question_type"]} in qa_pairs(h["scene"], "en")
+        assert {"question": h["question"], "answer": h["answer"], "type": h["question_type"]} in qa_pairs(
+            h["scene"], "en"
+        )
     # evaluation splits ignore the weights: their questions are exactly the uniform ones
     for split in ("val", "test"):
         a = ShapesDataset(split=split, size=40, seed=3, held_out=[])

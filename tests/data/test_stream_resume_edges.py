@@ -27,8 +27,14 @@ def _shards(root, num_shards=2, per_shard=6, bad_tail=0):
         with wds.TarWriter(str(root / f"{s:05d}.tar")) as tar:
             for i in range(per_shard):
                 image = b"\x89PNG broken" if i >= per_shard - bad_tail else _png(s * per_shard + i)
-                tar.write({"__key__": f"{s:05d}{i:04d}", "png": image, "txt": f"caption {s} {i}",
-                           "json": json.dumps({}).encode()})  # fmt: skip
+                tar.write(
+                    {
+                        "__key__": f"{s:05d}{i:04d}",
+                        "png": image,
+                        "txt": f"caption {s} {i}",
+                        "json": json.dumps({}).encode(),
+                    }
+                )
     return root
 
 

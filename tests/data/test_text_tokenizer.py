@@ -1,4 +1,5 @@
 """WordPieceTokenizer: fitting, CJK splitting, round trips, BERT vocab.txt, save/load, the stage."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +35,9 @@ def test_special_ids_and_limit(fitted):
     assert (fitted.pad_id, fitted.unk_id, fitted.bos_id, fitted.eos_id, fitted.sep_id) == (0, 1, 2, 3, 4)
     assert fitted.vocab_size <= 400
     for limit in (60, 100):  # the trainer overshoots its target; the limit must still hold
-        small = WordPieceTokenizer(vocab_size=limit, corpus=["a large red circle at the top left", "左上角有一个大的红色圆形"] * 5)
+        small = WordPieceTokenizer(
+            vocab_size=limit, corpus=["a large red circle at the top left", "左上角有一个大的红色圆形"] * 5
+        )
         assert small.vocab_size <= limit
 
 
@@ -81,8 +84,28 @@ def test_save_load_identical(tmp_path, fitted):
 
 
 def _write_bert_vocab(path: Path, extra: list[str] = ()) -> list[str]:
-    tokens = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", "。", "un", "##aff", "##able",
-              "the", "cat", "##s", "左", "上", "角", "有", "猫", *extra]  # fmt: skip
+    tokens = [
+        "[PAD]",
+        "[unused1]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        ",",
+        "。",
+        "un",
+        "##aff",
+        "##able",
+        "the",
+        "cat",
+        "##s",
+        "左",
+        "上",
+        "角",
+        "有",
+        "猫",
+        *extra,
+    ]
     path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     return tokens
 
@@ -93,7 +116,10 @@ def test_bert_vocab_txt(tmp_path):
     assert tok.vocab() == tokens  # ids are line numbers
     assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.sep_id) == (0, 2, 3, 4)
     assert tok.eos_id == tok.sep_id  # BERT has no [EOS]: eos reuses [SEP] (documented)
-    assert tok.tokenize(["Unaffable cats", "左上角有猫。"]) == [["un", "##aff", "##able", "cat", "##s"], list("左上角有猫。")]
+    assert tok.tokenize(["Unaffable cats", "左上角有猫。"]) == [
+        ["un", "##aff", "##able", "cat", "##s"],
+        list("左上角有猫。"),
+    ]
     assert tok.encode(["dog"]) == [[tok.unk_id]]
     assert tok.decode(tok.encode(["the cats, un", "左上角 有猫。"])) == ["the cats, un", "左上角有猫。"]
     # documented: spaces next to CJK characters are dropped when decoding (BERT-Chinese style)
@@ -145,7 +171,9 @@ def test_fit_stage_and_loader(tmp_path):
     out = tmp_path / "run" / "fit_text_tokenizer"
     assert (out / "vocab.txt").is_file()
     fitted = ctx.components["text_tokenizer"]
-    expected = WordPieceTokenizer(vocab_size=300, corpus=list(ShapesDataset(size=100, languages=["en", "zh"]).iter_texts(80)))
+    expected = WordPieceTokenizer(
+        vocab_size=300, corpus=list(ShapesDataset(size=100, languages=["en", "zh"]).iter_texts(80))
+    )
     assert fitted.fingerprint() == expected.fingerprint()
     ctx.components._cache.clear()
     loaded = load_text_tokenizer(ctx, "fit_text_tokenizer")

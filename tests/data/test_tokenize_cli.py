@@ -37,26 +37,57 @@ def real(tmp_path_factory):
     ckpt, _ = write_taming_checkpoint(root / "taming")
     recipe = {
         "run_dir": str(root / "run"),
-        "data": {"class_path": "WebDatasetReader",
-                 "init_args": {"urls": str(root / "shards"), "image_size": 32, "repeat": True, "shuffle_shards": False,
-                               "max_skip_fraction": 0.3}},
-        "text_tokenizer": {"class_path": "WordPieceTokenizer",
-                           "init_args": {"vocab_file": str(root / "vocab.txt"), "vocab_size": 512}},
+        "data": {
+            "class_path": "WebDatasetReader",
+            "init_args": {
+                "urls": str(root / "shards"),
+                "image_size": 32,
+                "repeat": True,
+                "shuffle_shards": False,
+                "max_skip_fraction": 0.3,
+            },
+        },
+        "text_tokenizer": {
+            "class_path": "WordPieceTokenizer",
+            "init_args": {"vocab_file": str(root / "vocab.txt"), "vocab_size": 512},
+        },
         "image_tokenizer": {"class_path": "TamingVQGAN", "init_args": {"checkpoint": str(ckpt), "codebook_size": 64}},
-        "generator": {"class_path": "UnifiedTransformer",
-                      "init_args": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "max_text_len": 48,
-                                    "max_image_grid": 8, "attention": {"class_path": "DenseAttention"}}},
+        "generator": {
+            "class_path": "UnifiedTransformer",
+            "init_args": {
+                "hidden_size": 32,
+                "num_layers": 1,
+                "num_heads": 2,
+                "max_text_len": 48,
+                "max_image_grid": 8,
+                "attention": {"class_path": "DenseAttention"},
+            },
+        },
         "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
         "stages": [{"class_path": "FitTextTokenizer"}],
-    }  # fmt: skip
+    }
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return {"root": root, "kept": kept, "recipe": path, "doc": recipe}
 
 
 def _tokenize(real, out: Path, *extra: str) -> int:
-    return cli(["tokenize", str(real["recipe"]), "--out", str(out), "--image-tokenizer-from", "recipe",
-                "--text-tokenizer-from", "recipe", "--batch-size", "4", "--no-progress", *extra])  # fmt: skip
+    return cli(
+        [
+            "tokenize",
+            str(real["recipe"]),
+            "--out",
+            str(out),
+            "--image-tokenizer-from",
+            "recipe",
+            "--text-tokenizer-from",
+            "recipe",
+            "--batch-size",
+            "4",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_a_repeating_stream_is_tokenized_once_with_any_number_of_workers(real, tmp_path):
@@ -91,8 +122,22 @@ def test_a_killed_tokenize_resumes(real, tmp_path):
         UNIT_DELAY_ENV: "30",
         "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}",
     }
-    cmd = [sys.executable, "-m", "vilgkit", "tokenize", str(real["recipe"]), "--out", str(out), "--batch-size", "4",
-           "--image-tokenizer-from", "recipe", "--text-tokenizer-from", "recipe", "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "vilgkit",
+        "tokenize",
+        str(real["recipe"]),
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        "--image-tokenizer-from",
+        "recipe",
+        "--text-tokenizer-from",
+        "recipe",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (out / "shard-00000.done.json").is_file():
@@ -137,17 +182,23 @@ def test_training_on_the_shards_equals_training_on_the_stream(real, tmp_path):
             "warmup_steps": 0,
             "log_every": 1,
         }
-        doc = {**real["doc"], "run_dir": str(tmp_path / name), "data": data,
-               "stages": [{"class_path": "FitTextTokenizer"},
-                          {"class_path": "TrainGenerator",
-                           "init_args": {"image_tokenizer_from": str(tmp_path / "tok"), "shuffle": False,
-                                         "trainer": trainer}}]}  # fmt: skip
+        doc = {
+            **real["doc"],
+            "run_dir": str(tmp_path / name),
+            "data": data,
+            "stages": [
+                {"class_path": "FitTextTokenizer"},
+                {
+                    "class_path": "TrainGenerator",
+                    "init_args": {"image_tokenizer_from": str(tmp_path / "tok"), "shuffle": False, "trainer": trainer},
+                },
+            ],
+        }
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc))
         if name == "stream":
-            from vilgkit_vq.taming_ckpt import TamingVQGAN
-
             from vilgkit.stages.train_tokenizer import save_image_tokenizer
+            from vilgkit_vq.taming_ckpt import TamingVQGAN
 
             tok = TamingVQGAN(real["doc"]["image_tokenizer"]["init_args"]["checkpoint"])
             save_image_tokenizer(tok, tmp_path / "tok", {"init": None})

@@ -1,4 +1,5 @@
 """Puts ``support/`` (toy data, Trainables and the TrainToy stage) on ``sys.path`` for the engine tests."""
+
 import sys
 from pathlib import Path
 

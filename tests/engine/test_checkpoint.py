@@ -1,4 +1,5 @@
 """Atomic, hashed, pruned checkpoints through the SingleDevice strategy; safe loading."""
+
 import json
 import os
 import pickle
@@ -28,8 +29,13 @@ def make_state(seed=0):
     model(torch.randn(5, 3)).sum().backward()
     opt.step()
     sched = torch.optim.lr_scheduler.StepLR(opt, 1)
-    return {"model": model, "optimizers": {"main": opt}, "schedulers": {"main": sched},
-            "trainer": {"step": 3, "note": "x"}, "rng": {"torch": torch.get_rng_state()}}
+    return {
+        "model": model,
+        "optimizers": {"main": opt},
+        "schedulers": {"main": sched},
+        "trainer": {"step": 3, "note": "x"},
+        "rng": {"torch": torch.get_rng_state()},
+    }
 
 
 def test_round_trip_restores_everything(tmp_path):
@@ -38,8 +44,14 @@ def test_round_trip_restores_everything(tmp_path):
     path = manager.save(3, saved, meta={"recipe": {"a": 1}})
     assert path.name == "step_00000003" and manager.latest() == (3, path)
     manifest = verify(path)
-    assert set(manifest["files"]) == {"model.safetensors", "optimizers.main.pt", "schedulers.main.json", "trainer.json",
-                                      "rng.safetensors", "meta.json"}
+    assert set(manifest["files"]) == {
+        "model.safetensors",
+        "optimizers.main.pt",
+        "schedulers.main.json",
+        "trainer.json",
+        "rng.safetensors",
+        "meta.json",
+    }
     loaded = make_state(1)
     loaded["trainer"], loaded["rng"] = {}, {}
     manager.load(path, loaded)
@@ -95,7 +107,9 @@ def test_corruption_is_detected_and_an_older_checkpoint_used(tmp_path):
     step, _ = manager.load_latest_valid(target, warn=warnings.append)
     assert step == 1 and "hash mismatch" in warnings[0]
     # the damaged one is kept, moved aside (never deleted)
-    assert not newest.exists() and (tmp_path / "damaged" / "step_00000002" / "model.safetensors").read_bytes() == bytes(blob)
+    assert not newest.exists() and (tmp_path / "damaged" / "step_00000002" / "model.safetensors").read_bytes() == bytes(
+        blob
+    )
     # a truncated file makes the folder incomplete: not counted, and moved aside with a warning
     newest = manager.save(2, make_state(5))
     (newest / "optimizers.main.pt").write_bytes(b"")

@@ -1,4 +1,5 @@
 """The same Trainer loop under DDP (2 CPU ranks, gloo) matches single-device training and resumes."""
+
 import json
 import os
 import shutil
@@ -11,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from vilgkit_engine_toy import ToyRegression, ToyRegressionData
-from vilgkit_parallel.single import SingleDevice
 
 from vilgkit.engine.checkpoint import load_tensors
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.engine.trainer import Trainer
+from vilgkit_parallel.single import SingleDevice
 
 SUPPORT = Path(__file__).parent / "support"
 
@@ -27,13 +28,25 @@ def free_port() -> int:
 
 
 def torchrun(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", f"--master-port={free_port()}",
-           str(SUPPORT / "engine_ddp_train.py"), *map(str, args)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        f"--master-port={free_port()}",
+        str(SUPPORT / "engine_ddp_train.py"),
+        *map(str, args),
+    ]
     # own process group: on a timeout the workers are killed with the launcher, never orphaned
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:
@@ -50,8 +63,9 @@ def test_ddp_matches_single_device_and_resumes(tmp_path):
     torch.manual_seed(0)
     single = ToyRegression(4, hidden=16)
     cfg = TrainerConfig(steps=9, batch_size=16, lr=0.01, warmup_steps=2, log_every=3, checkpoint_every=3, grad_accum=2)
-    ref = Trainer(single, ToyRegressionData(128), tmp_path / "single", SingleDevice("cpu"), cfg,
-                  progress=False, tensorboard=False).fit()
+    ref = Trainer(
+        single, ToyRegressionData(128), tmp_path / "single", SingleDevice("cpu"), cfg, progress=False, tensorboard=False
+    ).fit()
 
     out = tmp_path / "ddp"
     torchrun("DDP", out, 9, 0)

@@ -1,4 +1,5 @@
 """StatefulLoader: deterministic order, rank sharding, exact resume (map-style and iterable)."""
+
 import itertools
 
 import pytest

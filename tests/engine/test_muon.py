@@ -1,4 +1,5 @@
 """``optimizer: muon``: Muon on hidden matrices + AdamW on the rest, as one optimizer."""
+
 import io
 
 import pytest
@@ -6,19 +7,26 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from vilgkit_engine_toy import NOISE, ToyRegression, ToyRegressionData
-from vilgkit_parallel.single import SingleDevice
 
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.engine.muon import MuonAdamW, muon_param_groups
 from vilgkit.engine.trainer import Trainer
 from vilgkit.errors import VilgkitError
 from vilgkit.models.unified import UnifiedTransformer
+from vilgkit_parallel.single import SingleDevice
 
 
 def _tiny_generator():
     torch.manual_seed(0)
-    return UnifiedTransformer(text_vocab_size=32, image_vocab_size=16, hidden_size=32, num_layers=2, num_heads=4,
-                              max_text_len=8, max_image_grid=2)
+    return UnifiedTransformer(
+        text_vocab_size=32,
+        image_vocab_size=16,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        max_text_len=8,
+        max_image_grid=2,
+    )
 
 
 def test_hidden_matrices_go_to_muon_and_the_rest_to_adamw():
@@ -106,8 +114,9 @@ def test_trainer_with_muon_learns_and_validates_the_name(tmp_path):
     torch.manual_seed(0)
     model = ToyRegression(4, hidden=16)
     data = ToyRegressionData(256, dim=4)
-    cfg = TrainerConfig(steps=150, batch_size=32, lr=0.05, warmup_steps=5, weight_decay=0.0, optimizer="muon",
-                        log_every=50)
+    cfg = TrainerConfig(
+        steps=150, batch_size=32, lr=0.05, warmup_steps=5, weight_decay=0.0, optimizer="muon", log_every=50
+    )
     trainer = Trainer(model, data, tmp_path / "ok", SingleDevice("cpu"), cfg, progress=False, tensorboard=False)
     trainer.fit()
     assert isinstance(trainer.optimizers["main"], MuonAdamW)
@@ -115,8 +124,15 @@ def test_trainer_with_muon_learns_and_validates_the_name(tmp_path):
         after = torch.mean((model({"x": data.x}) - data.y) ** 2).item()
     assert after < 2 * NOISE**2, after  # near the optimum (the noise variance), as AdamW gets in 150 steps
     with pytest.raises(VilgkitError, match="optimizer must be 'adamw' or 'muon', got 'sgd'"):
-        Trainer(ToyRegression(4), data, tmp_path / "bad", SingleDevice("cpu"),
-                TrainerConfig(optimizer="sgd"), progress=False, tensorboard=False).fit()
+        Trainer(
+            ToyRegression(4),
+            data,
+            tmp_path / "bad",
+            SingleDevice("cpu"),
+            TrainerConfig(optimizer="sgd"),
+            progress=False,
+            tensorboard=False,
+        ).fit()
 
 
 def test_refused_under_a_sharding_strategy(tmp_path):
@@ -127,14 +143,23 @@ def test_refused_under_a_sharding_strategy(tmp_path):
             return StrategyLayout(sharding="full")
 
     with pytest.raises(VilgkitError, match="optimizer: muon needs whole weight matrices.*Sharding shards them"):
-        Trainer(ToyRegression(4), ToyRegressionData(8), tmp_path, Sharding("cpu"), TrainerConfig(optimizer="muon"),
-                progress=False, tensorboard=False)
+        Trainer(
+            ToyRegression(4),
+            ToyRegressionData(8),
+            tmp_path,
+            Sharding("cpu"),
+            TrainerConfig(optimizer="muon"),
+            progress=False,
+            tensorboard=False,
+        )
 
 
 def test_untagged_groups_are_adamw_before_and_after_loading():
     a = _mlp()
-    groups = [{"params": [a[0].weight], "weight_decay": 0.0, "use_muon": True},
-              {"params": [a[0].bias, a[2].weight, a[2].bias], "weight_decay": 0.0}]  # no tag: AdamW
+    groups = [
+        {"params": [a[0].weight], "weight_decay": 0.0, "use_muon": True},
+        {"params": [a[0].bias, a[2].weight, a[2].bias], "weight_decay": 0.0},
+    ]  # no tag: AdamW
     opt = MuonAdamW(groups, lr=0.01, betas=(0.9, 0.95))
     _loss(a, 0).backward()
     opt.step()
@@ -145,15 +170,27 @@ def test_untagged_groups_are_adamw_before_and_after_loading():
 
 def _same_shapes_mlp():
     torch.manual_seed(2)  # weights 24×24, 24×24, 48×24 and 24×48: the last two share the oriented shape 24×48
-    return nn.Sequential(nn.Linear(6, 24), nn.GELU(), nn.Linear(24, 24), nn.GELU(), nn.Linear(24, 24), nn.GELU(),
-                         nn.Linear(24, 48), nn.GELU(), nn.Linear(48, 24), nn.GELU(), nn.Linear(24, 3))
+    return nn.Sequential(
+        nn.Linear(6, 24),
+        nn.GELU(),
+        nn.Linear(24, 24),
+        nn.GELU(),
+        nn.Linear(24, 24),
+        nn.GELU(),
+        nn.Linear(24, 48),
+        nn.GELU(),
+        nn.Linear(48, 24),
+        nn.GELU(),
+        nn.Linear(24, 3),
+    )
 
 
 def test_batched_newton_schulz_matches_torch_muon_matrix_by_matrix():
     a, b = _same_shapes_mlp(), _same_shapes_mlp()
     hidden = [2, 4, 6, 8]
-    ours = MuonAdamW([{"params": [a[i].weight for i in hidden], "weight_decay": 0.05, "use_muon": True}],
-                     lr=0.02, betas=(0.9, 0.95))
+    ours = MuonAdamW(
+        [{"params": [a[i].weight for i in hidden], "weight_decay": 0.05, "use_muon": True}], lr=0.02, betas=(0.9, 0.95)
+    )
     ref = torch.optim.Muon([b[i].weight for i in hidden], lr=0.02, weight_decay=0.05, adjust_lr_fn="match_rms_adamw")
     start = [a[i].weight.detach().clone() for i in hidden]
     for step in range(3):
@@ -166,5 +203,6 @@ def test_batched_newton_schulz_matches_torch_muon_matrix_by_matrix():
         gap = (a[i].weight - b[i].weight).abs().max().item()
         # bf16 matmuls batched or one by one round differently; the update itself is the same
         assert gap < 0.02 * moved, (i, gap, moved)
-        assert torch.allclose(ours.state[a[i].weight]["momentum_buffer"], ref.state[b[i].weight]["momentum_buffer"],
-                              rtol=0.05, atol=1e-4)
+        assert torch.allclose(
+            ours.state[a[i].weight]["momentum_buffer"], ref.state[b[i].weight]["momentum_buffer"], rtol=0.05, atol=1e-4
+        )

@@ -1,4 +1,5 @@
 """Weight-decay split, AdamW groups and the warm-up + cosine schedule."""
+
 import math
 
 import pytest

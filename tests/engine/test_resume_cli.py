@@ -1,5 +1,6 @@
 """``vilgkit run --resume`` end to end: recipe compatibility checks, and runs killed with SIGKILL
 (mid-training and mid-save) that resume to weights bit-identical to an uninterrupted run."""
+
 import json
 import os
 import signal
@@ -26,12 +27,27 @@ def recipe(tmp_path, run_dir, steps=12, delay=0.0, checkpoint_every=3):
         "seed": 11,
         "data": {"class_path": "vilgkit_engine_toy.ToyRegressionData", "init_args": {"size": 96, "dim": 4}},
         "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
-        "stages": [{
-            "class_path": "vilgkit_engine_toy.TrainToy",
-            "init_args": {"dim": 4, "hidden": 16, "dropout": 0.2, "delay": delay, "trainer": {
-                "steps": steps, "batch_size": 8, "grad_accum": 2, "lr": 0.01, "warmup_steps": 3,
-                "checkpoint_every": checkpoint_every, "keep_checkpoints": 2, "log_every": 1}},
-        }],
+        "stages": [
+            {
+                "class_path": "vilgkit_engine_toy.TrainToy",
+                "init_args": {
+                    "dim": 4,
+                    "hidden": 16,
+                    "dropout": 0.2,
+                    "delay": delay,
+                    "trainer": {
+                        "steps": steps,
+                        "batch_size": 8,
+                        "grad_accum": 2,
+                        "lr": 0.01,
+                        "warmup_steps": 3,
+                        "checkpoint_every": checkpoint_every,
+                        "keep_checkpoints": 2,
+                        "log_every": 1,
+                    },
+                },
+            }
+        ],
     }
     path = tmp_path / f"{Path(run_dir).name}.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -42,16 +58,31 @@ def test_resume_checks_the_recipe(tmp_path):
     path = recipe(tmp_path, tmp_path / "run", steps=6)
     run([str(path)])
     with pytest.raises(IncompatibleResumeError) as err:
-        run([str(path)], ["--stages.0.init_args.hidden", "8", "--stages.0.init_args.trainer.lr", "0.1",
-                          "--data.init_args.size", "64", "--stages.0.init_args.trainer.log_every", "2"], resume=True)
+        run(
+            [str(path)],
+            [
+                "--stages.0.init_args.hidden",
+                "8",
+                "--stages.0.init_args.trainer.lr",
+                "0.1",
+                "--data.init_args.size",
+                "64",
+                "--stages.0.init_args.trainer.log_every",
+                "2",
+            ],
+            resume=True,
+        )
     message = str(err.value)
     assert "stages.train_toy.init_args.hidden: 16 -> 8" in message
     assert "stages.train_toy.init_args.trainer.lr: 0.01 -> 0.1" in message
     assert "data.init_args.size: 96 -> 64" in message
     assert "log_every: 1 -> 2" not in message  # a safe change is not listed as a problem
     # safe changes: more steps and other logging; the run continues from step 6 to 9
-    run([str(path)], ["--stages.0.init_args.trainer.steps", "9", "--stages.0.init_args.trainer.log_every", "3"],
-        resume=True)
+    run(
+        [str(path)],
+        ["--stages.0.init_args.trainer.steps", "9", "--stages.0.init_args.trainer.log_every", "3"],
+        resume=True,
+    )
     summary = json.loads((tmp_path / "run" / "train_toy" / "summary.json").read_text())
     assert summary["step"] == 9
     lines = [json.loads(x)["step"] for x in (tmp_path / "run" / "train_toy" / "metrics.jsonl").read_text().splitlines()]
@@ -59,10 +90,20 @@ def test_resume_checks_the_recipe(tmp_path):
 
 
 def launch(path, *extra, env_extra=None):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "vilgkit", "run", str(path), *extra], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        **(env_extra or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "vilgkit", "run", str(path), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(proc, timeout=240):

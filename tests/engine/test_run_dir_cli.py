@@ -4,6 +4,7 @@ kept and reported — through ``python -m vilgkit run`` as a user hits them (iss
 Toy recipes (``support/vilgkit_engine_toy.py``); each ``vilgkit run`` is a subprocess on one thread,
 the reference run is in this process on one thread (bit-identical results on the same machine).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,41 +20,81 @@ import torch
 import yaml
 
 from vilgkit.artifacts import LOCK, MANIFEST, RunDir
-from vilgkit.engine.checkpoint import FAULT_SAVE_FAIL_ENV, FAULT_SAVE_WAIT_ENV, MANIFEST as CKPT_MANIFEST, load_tensors
+from vilgkit.engine.checkpoint import FAULT_SAVE_FAIL_ENV, FAULT_SAVE_WAIT_ENV, load_tensors
+from vilgkit.engine.checkpoint import MANIFEST as CKPT_MANIFEST
 from vilgkit.engine.runner import run
 
 SUPPORT = Path(__file__).parent / "support"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def toy_recipe(tmp_path: Path, run_dir: Path, *, name: str = "toy", steps: int = 12, delay: float = 0.0,
-               hidden: int = 16, vocab: int = 120, tokenizer: bool = False) -> Path:
+def toy_recipe(
+    tmp_path: Path,
+    run_dir: Path,
+    *,
+    name: str = "toy",
+    steps: int = 12,
+    delay: float = 0.0,
+    hidden: int = 16,
+    vocab: int = 120,
+    tokenizer: bool = False,
+) -> Path:
     doc = {
         "run_dir": str(run_dir),
         "seed": 11,
         "data": {"class_path": "vilgkit_engine_toy.ToyRegressionData", "init_args": {"size": 96, "dim": 4}},
         "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
-        "stages": [{
-            "class_path": "vilgkit_engine_toy.TrainToy",
-            "init_args": {"dim": 4, "hidden": hidden, "dropout": 0.2, "delay": delay, "trainer": {
-                "steps": steps, "batch_size": 8, "grad_accum": 2, "lr": 0.01, "warmup_steps": 3,
-                "checkpoint_every": 3, "keep_checkpoints": 2, "log_every": 1}},
-        }],
+        "stages": [
+            {
+                "class_path": "vilgkit_engine_toy.TrainToy",
+                "init_args": {
+                    "dim": 4,
+                    "hidden": hidden,
+                    "dropout": 0.2,
+                    "delay": delay,
+                    "trainer": {
+                        "steps": steps,
+                        "batch_size": 8,
+                        "grad_accum": 2,
+                        "lr": 0.01,
+                        "warmup_steps": 3,
+                        "checkpoint_every": 3,
+                        "keep_checkpoints": 2,
+                        "log_every": 1,
+                    },
+                },
+            }
+        ],
     }
     if tokenizer:  # a first stage that writes files without checkpoints (the issue's fit_text_tokenizer)
         doc["text_tokenizer"] = {"class_path": "WordPieceTokenizer", "init_args": {"vocab_size": vocab}}
-        doc["stages"].insert(0, {"class_path": "FitTextTokenizer", "init_args": {
-            "data": {"class_path": "ShapesDataset", "init_args": {"size": 24, "image_size": 16}}}})
+        doc["stages"].insert(
+            0,
+            {
+                "class_path": "FitTextTokenizer",
+                "init_args": {"data": {"class_path": "ShapesDataset", "init_args": {"size": 24, "image_size": 16}}},
+            },
+        )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
 def launch(path: Path, *extra: str, env_extra: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "vilgkit", "run", str(path), *extra], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        **(env_extra or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "vilgkit", "run", str(path), *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen, code: int = 0, timeout: float = 300) -> tuple[str, str]:
@@ -64,8 +105,11 @@ def finish(proc: subprocess.Popen, code: int = 0, timeout: float = 300) -> tuple
 
 def snapshot(run_dir: Path) -> dict[str, str]:
     """Every file's SHA-256 (the lock file aside: it is the lock, not part of the run)."""
-    return {p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != LOCK}
+    return {
+        p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != LOCK
+    }
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -146,7 +190,11 @@ def test_another_recipe_into_an_existing_run_dir_changes_nothing(tmp_path):
     assert "already has checkpoints" in err and "Traceback" not in err
     assert snapshot(run_dir) == before  # byte-identical: nothing was rewritten before refusing
     _, err = finish(launch(other, "--run_dir", str(run_dir), "--resume"), code=2)
-    assert "cannot resume" in err and "stages.train_toy.init_args.hidden: 16 -> 8" in err and "vocab_size: 120 -> 60" in err
+    assert (
+        "cannot resume" in err
+        and "stages.train_toy.init_args.hidden: 16 -> 8" in err
+        and "vocab_size: 120 -> 60" in err
+    )
     assert snapshot(run_dir) == before
 
     finish(launch(original, "--resume"))  # the original recipe still resumes to the original result
@@ -163,7 +211,9 @@ def _damage_keeping_the_hash(step_dir: Path, name: str, data: bytes) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["garbage_weights", "garbage_optimizer", "bad_trainer_json", "truncated", "no_manifest"])
+@pytest.mark.parametrize(
+    "damage", ["garbage_weights", "garbage_optimizer", "bad_trainer_json", "truncated", "no_manifest"]
+)
 def test_a_damaged_checkpoint_is_kept_reported_and_the_older_one_resumes(tmp_path, reference, damage):
     run_dir = tmp_path / "run"
     path = toy_recipe(tmp_path, run_dir)
@@ -188,8 +238,13 @@ def test_a_damaged_checkpoint_is_kept_reported_and_the_older_one_resumes(tmp_pat
     assert "Traceback" not in err
     warning = [line for line in err.splitlines() if "step_00000006 is not usable" in line]
     assert len(warning) == 1, err
-    expected = {"garbage_weights": "model.safetensors is not a safetensors file", "garbage_optimizer": "optimizers.main.pt is not an optimizer state",
-                "bad_trainer_json": "KeyError", "truncated": "model.safetensors is", "no_manifest": "no MANIFEST.json"}[damage]  # fmt: skip
+    expected = {
+        "garbage_weights": "model.safetensors is not a safetensors file",
+        "garbage_optimizer": "optimizers.main.pt is not an optimizer state",
+        "bad_trainer_json": "KeyError",
+        "truncated": "model.safetensors is",
+        "no_manifest": "no MANIFEST.json",
+    }[damage]
     assert expected in warning[0], warning[0]
     kept = ckpts / "damaged" / "step_00000006"  # moved aside, never deleted
     assert {p.relative_to(kept).as_posix(): p.read_bytes() for p in kept.rglob("*") if p.is_file()} == damaged
@@ -214,7 +269,12 @@ def test_the_run_manifest_lists_what_the_run_wrote(tmp_path):
     run_dir = tmp_path / "run"
     run([str(toy_recipe(tmp_path, run_dir, steps=3))])
     files = json.loads((run_dir / MANIFEST).read_text())["files"]
-    for name in ("recipe.resolved.yaml", "train_toy/model.safetensors", "train_toy/metrics.jsonl", "train_toy/summary.json"):
+    for name in (
+        "recipe.resolved.yaml",
+        "train_toy/model.safetensors",
+        "train_toy/metrics.jsonl",
+        "train_toy/summary.json",
+    ):
         assert name in files, name
     assert not any(k.startswith("train_toy/checkpoints") for k in files)  # step folders have their own manifests
     assert RunDir(run_dir).verify_all() == sorted(files)

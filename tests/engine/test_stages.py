@@ -1,4 +1,5 @@
 """Stages in a recipe: run in order, start from an earlier stage's output or a path, ``--stages`` subsets."""
+
 import json
 
 import pytest
@@ -17,8 +18,10 @@ def two_stage_recipe(tmp_path, run_dir, init_from="pretrain"):
         "data": {"class_path": "vilgkit_engine_toy.ToyRegressionData", "init_args": {"size": 32}},
         "stages": [
             {"class_path": "vilgkit_engine_toy.TrainToy", "init_args": {"name": "pretrain", "trainer": trainer}},
-            {"class_path": "vilgkit_engine_toy.TrainToy",
-             "init_args": {"name": "finetune", "init_from": init_from, "trainer": trainer}},
+            {
+                "class_path": "vilgkit_engine_toy.TrainToy",
+                "init_args": {"name": "finetune", "init_from": init_from, "trainer": trainer},
+            },
         ],
     }
     path = tmp_path / f"{run_dir.name}.yaml"
@@ -34,7 +37,9 @@ def test_stages_chain_and_subsets(tmp_path):
     first = tmp_path / "first"
     run([str(two_stage_recipe(tmp_path, first))])  # no strategy in the recipe: SingleDevice by default
     pretrained = load_tensors(first / "pretrain" / "model.safetensors")
-    assert summary(first, "finetune")["init_weight_sum"] == pytest.approx(float(sum(t.sum() for t in pretrained.values())))
+    assert summary(first, "finetune")["init_weight_sum"] == pytest.approx(
+        float(sum(t.sum() for t in pretrained.values()))
+    )
     assert summary(first, "finetune")["step"] == 4
 
     # only the second stage, in a new run, starting from the first run's stage folder (a path)

@@ -1,5 +1,6 @@
 """The Trainer in-process: known loss, accumulation, groups, non-finite policy, bf16, clipping,
 callbacks, logs, exact resume after an interruption."""
+
 import json
 
 import pytest
@@ -7,19 +8,27 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from vilgkit_engine_toy import NOISE, ToyRegression, ToyRegressionData
-from vilgkit_parallel.single import SingleDevice
 
 from vilgkit.engine.checkpoint import load_tensors
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.engine.trainer import NonFiniteLossError, Trainer
 from vilgkit.errors import VilgkitError
 from vilgkit.interfaces import Trainable
+from vilgkit_parallel.single import SingleDevice
 
 
 def fit(module, out, data=None, resume=False, callbacks=(), tb=False, **cfg):
     cfg = {"steps": 20, "batch_size": 16, "lr": 0.05, "warmup_steps": 2, "log_every": 5, **cfg}
-    trainer = Trainer(module, data or ToyRegressionData(128), out, SingleDevice("cpu"), TrainerConfig(**cfg),
-                      callbacks=callbacks, progress=False, tensorboard=tb)
+    trainer = Trainer(
+        module,
+        data or ToyRegressionData(128),
+        out,
+        SingleDevice("cpu"),
+        TrainerConfig(**cfg),
+        callbacks=callbacks,
+        progress=False,
+        tensorboard=tb,
+    )
     return trainer, trainer.fit(resume=resume)
 
 
@@ -74,8 +83,15 @@ class TwoGroups(nn.Module, Trainable):
 def test_groups_step_in_order_with_their_own_settings(tmp_path):
     module = TwoGroups()
     trainer, metrics = fit(module, tmp_path, steps=3, grad_accum=2, log_every=1)
-    assert module.calls == [("gen", 0)] * 2 + [("disc", 0)] * 2 + [("gen", 1)] * 2 + [("disc", 1)] * 2 + \
-        [("gen", 2)] * 2 + [("disc", 2)] * 2
+    assert (
+        module.calls
+        == [("gen", 0)] * 2
+        + [("disc", 0)] * 2
+        + [("gen", 1)] * 2
+        + [("disc", 1)] * 2
+        + [("gen", 2)] * 2
+        + [("disc", 2)] * 2
+    )
     assert module.grads_seen[0] and module.grads_seen[2]  # first micro-batch of each group starts clean
     assert set(metrics) >= {"gen/loss", "disc/loss", "lr/gen", "lr/disc", "loss"}
     assert trainer.optimizers["disc"].param_groups[0]["initial_lr"] == 1e-3
@@ -111,8 +127,11 @@ class Exploding(ToyRegression):
 
 def test_non_finite_loss_stops_before_any_update(tmp_path):
     module = Exploding({3})
-    with pytest.raises(NonFiniteLossError, match=r"step 3 \(0-based\), optimizer group 'main': non-finite loss nan "
-                                                 r"in micro-batch 0; batch samples \[\d+(, \d+)*\]"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"step 3 \(0-based\), optimizer group 'main': non-finite loss nan "
+        r"in micro-batch 0; batch samples \[\d+(, \d+)*\]",
+    ):
         fit(module, tmp_path, steps=10)
     for name, value in weights(module).items():
         assert torch.equal(value, module.snapshot[name]), name
@@ -179,13 +198,28 @@ def test_callbacks_are_periodic_and_rng_neutral(tmp_path):
 def test_held_out_evaluation(tmp_path):
     held_out = ToyRegressionData(64, seed=1)
     module = ToyRegression(4, hidden=8, dropout=0.5)
-    trainer = Trainer(module, ToyRegressionData(128), tmp_path, SingleDevice("cpu"),
-                      TrainerConfig(steps=6, batch_size=16, log_every=3), eval_dataset=held_out, eval_every=3,
-                      eval_batches=2, progress=False, tensorboard=False)
+    trainer = Trainer(
+        module,
+        ToyRegressionData(128),
+        tmp_path,
+        SingleDevice("cpu"),
+        TrainerConfig(steps=6, batch_size=16, log_every=3),
+        eval_dataset=held_out,
+        eval_every=3,
+        eval_batches=2,
+        progress=False,
+        tensorboard=False,
+    )
     metrics = trainer.fit()
     with torch.no_grad():
         module.eval()
-        expected = sum(torch.mean((module({"x": held_out.x[i:i + 16]}) - held_out.y[i:i + 16]) ** 2).item() for i in (0, 16)) / 2
+        expected = (
+            sum(
+                torch.mean((module({"x": held_out.x[i : i + 16]}) - held_out.y[i : i + 16]) ** 2).item()
+                for i in (0, 16)
+            )
+            / 2
+        )
     assert metrics["val/mse"] == pytest.approx(expected, rel=1e-6)
     assert metrics["val/training"] == 0.0  # evaluated in eval mode
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -256,8 +290,15 @@ def test_bad_config_and_module(tmp_path):
 
 
 def test_plain_progress_lines_when_not_a_terminal(tmp_path, capsys):
-    trainer = Trainer(ToyRegression(4), ToyRegressionData(64), tmp_path, SingleDevice("cpu"),
-                      TrainerConfig(steps=4, batch_size=8, log_every=2), tensorboard=False, stage_name="toy")
+    trainer = Trainer(
+        ToyRegression(4),
+        ToyRegressionData(64),
+        tmp_path,
+        SingleDevice("cpu"),
+        TrainerConfig(steps=4, batch_size=8, log_every=2),
+        tensorboard=False,
+        stage_name="toy",
+    )
     trainer.fit()
     lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("toy step")]
     assert len(lines) == 2 and lines[1].startswith("toy step 4/4 ")

@@ -1,4 +1,5 @@
 """Fixtures for the foundation tests: an out-of-tree plugin installed as a bare ``*.dist-info``."""
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,12 @@ def _register_support_site(support_site):
 def run_cli(args: list[str], site: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None):
     """Run ``python -m vilgkit ARGS`` in a subprocess (fresh plugin state, the toy plugin installed)."""
     paths = [str(p) for p in _SUPPORT_SITE] + ([str(site)] if site else [])
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
-                "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vilgkit", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=120)
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "vilgkit", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=120
+    )

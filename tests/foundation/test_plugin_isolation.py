@@ -48,13 +48,16 @@ def test_sys_exit_at_import_is_contained(tmp_path):
 
 def test_taken_names_stay_with_core_and_built_in_plugins(tmp_path):
     # entry-point names that sort before the built-in ones: load order must not decide who wins
-    site = _site(tmp_path, {
-        "aaa_data": "from vilgkit.registry import DATASETS\n\n@DATASETS.register_module()\nclass ShapesDataset:\n"
-                    "    pass\n",
-        "aab_dense": "from vilgkit.registry import ATTENTION_PATTERNS\n\n"
-                     "@ATTENTION_PATTERNS.register_module()\nclass MyOwnAttention:\n    pass\n\n"
-                     "@ATTENTION_PATTERNS.register_module()\nclass DenseAttention:\n    pass\n",
-    })  # fmt: skip
+    site = _site(
+        tmp_path,
+        {
+            "aaa_data": "from vilgkit.registry import DATASETS\n\n@DATASETS.register_module()\nclass ShapesDataset:\n"
+            "    pass\n",
+            "aab_dense": "from vilgkit.registry import ATTENTION_PATTERNS\n\n"
+            "@ATTENTION_PATTERNS.register_module()\nclass MyOwnAttention:\n    pass\n\n"
+            "@ATTENTION_PATTERNS.register_module()\nclass DenseAttention:\n    pass\n",
+        },
+    )
     res = run_cli(["plugins"], site=site)
     assert res.returncode == 0, res.stderr
     line = _one_line_about(res.stderr, "aaa_data")
@@ -69,9 +72,14 @@ def test_taken_names_stay_with_core_and_built_in_plugins(tmp_path):
 
 
 def test_failing_hook_is_reported_and_the_run_goes_on(tmp_path):
-    site = _site(tmp_path, {"hooky": "from vilgkit.hookspecs import hookimpl\n\n@hookimpl\n"
-                                     "def vilgkit_stage_finished(stage, summary, run_dir):\n"
-                                     "    raise RuntimeError('hook broke')\n"})  # fmt: skip
+    site = _site(
+        tmp_path,
+        {
+            "hooky": "from vilgkit.hookspecs import hookimpl\n\n@hookimpl\n"
+            "def vilgkit_stage_finished(stage, summary, run_dir):\n"
+            "    raise RuntimeError('hook broke')\n"
+        },
+    )
     res = run_cli(["run", str(_echo_recipe(tmp_path))], site=site)
     assert res.returncode == 0, res.stderr
     line = _one_line_about(res.stderr, "hooky")

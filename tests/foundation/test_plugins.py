@@ -1,4 +1,5 @@
 """Plugin discovery through entry points: out-of-tree plugins, broken ones, blocking, autoload off."""
+
 from __future__ import annotations
 
 import json

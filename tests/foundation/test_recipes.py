@@ -1,4 +1,5 @@
 """Recipe parsing: short names, overrides, merging, links, and every kind of bad input."""
+
 from __future__ import annotations
 
 import json
@@ -124,11 +125,15 @@ def test_overrides_parse_values_and_reject_garbage():
 
 
 def test_not_yet_landed_subcommands_say_so():
-    from vilgkit.cli import SUBCOMMANDS
     import importlib
 
-    stubs = [c for c in SUBCOMMANDS
-             if "not implemented yet" in importlib.import_module(f"vilgkit.commands.{c.replace('-', '_')}").HELP]
+    from vilgkit.cli import SUBCOMMANDS
+
+    stubs = [
+        c
+        for c in SUBCOMMANDS
+        if "not implemented yet" in importlib.import_module(f"vilgkit.commands.{c.replace('-', '_')}").HELP
+    ]
     for name in stubs:
         res = run_cli([name])
         assert res.returncode == 3 and "has not landed yet" in res.stderr

@@ -3,6 +3,7 @@
 A stale key or a renamed argument in a shipped recipe should fail here, in seconds, not minutes
 into `make demo` on a user's machine.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,9 @@ def test_shipped_recipe_resolves_and_its_stages_build(path):
     assert recipe.get("stages"), f"{path} has no stages"
     for node in recipe["stages"]:
         try:
-            [stage] = build("stages", [node], source=str(path))  # stage constructors check their arguments (steps, metrics, directions…)
+            [stage] = build(
+                "stages", [node], source=str(path)
+            )  # stage constructors check their arguments (steps, metrics, directions…)
         except FileNotFoundError as err:
             # real-data recipes name their files (held-out shards) by placeholder paths the user overrides
             assert (RECIPES / "real") in path.parents, f"{path}: {err}"

@@ -1,4 +1,5 @@
 """Caption metrics equal pycocoevalcap's own numbers (word level via PTB; character level for Chinese)."""
+
 from __future__ import annotations
 
 import shutil
@@ -51,8 +52,10 @@ def test_word_level_equals_pycocoevalcap():
     # One JVM start for both sides (PTB tokenises line by line, so batching does not change tokens).
     n = len(EN_PRED)
     both = PTBTokenizer().tokenize(
-        {**{i: [{"caption": c} for c in refs] for i, refs in enumerate(EN_REFS)},
-         **{n + i: [{"caption": p if p else "."}] for i, p in enumerate(EN_PRED)}}
+        {
+            **{i: [{"caption": c} for c in refs] for i, refs in enumerate(EN_REFS)},
+            **{n + i: [{"caption": p if p else "."}] for i, p in enumerate(EN_PRED)},
+        }
     )
     gts = {i: both[i] for i in range(n)}
     res = {i: both[n + i] for i in range(n)}

@@ -1,4 +1,5 @@
 """The evaluation harness end to end on an oracle pipeline with known answers (no training needed)."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ class _Oracle:
 
         class ImageTok:
             def encode(self, images):
-                return torch.tensor([[next(i for i, it in enumerate(oracle.items) if torch.equal(it["image"], im))]
-                                     for im in images]).view(-1, 1, 1)
+                return torch.tensor(
+                    [[next(i for i, it in enumerate(oracle.items) if torch.equal(it["image"], im))] for im in images]
+                ).view(-1, 1, 1)
 
         class TextTok:
             pad_id, bos_id, eos_id = 0, 2, 3
@@ -75,9 +77,16 @@ def test_harness_scores_reranks_records_and_reports(shapes_data, tmp_path):
     torch.manual_seed(0)
     ShapesFeatureExtractor(input_size=32, width=8, cell_dim=4).save(tmp_path / "feat")
     pipe = _Oracle(shapes_data, n=3)
-    common = dict(metrics=["shapes", "vqa", "caption", "fid"], num_samples=6, batch_size=4,
-                  sampling=SamplingSettings(num_candidates=3, top_k=5), fid_weights=str(tmp_path / "feat"),
-                  report_examples=2, log=lambda s: None, seed=11)
+    common = dict(
+        metrics=["shapes", "vqa", "caption", "fid"],
+        num_samples=6,
+        batch_size=4,
+        sampling=SamplingSettings(num_candidates=3, top_k=5),
+        fid_weights=str(tmp_path / "feat"),
+        report_examples=2,
+        log=lambda s: None,
+        seed=11,
+    )
     record = evaluate(pipe, shapes_data, out_dir=tmp_path / "self", reranker=SelfReranker(), **common)
     m = record["metrics"]
     assert m["shapes_prompt_accuracy"] == 1.0  # self-reranking found the true image every time

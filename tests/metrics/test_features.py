@@ -1,4 +1,5 @@
 """FID feature extractors: Inception weights from a local file (never downloaded), the Shapes CNN."""
+
 from __future__ import annotations
 
 import pytest
@@ -41,8 +42,16 @@ def test_inception_loads_published_key_layout(tmp_path):
     assert feats.shape == (1, 2048)
     with torch.no_grad():  # the reference path, layer by layer through torchvision's Inception3
         x = torch.nn.functional.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
-        for name in ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
-                     "Conv2d_4a_3x3", "maxpool2", *[f"Mixed_{k}" for k in "5b 5c 5d 6a 6b 6c 6d 6e 7a 7b 7c".split()]]:
+        for name in [
+            "Conv2d_1a_3x3",
+            "Conv2d_2a_3x3",
+            "Conv2d_2b_3x3",
+            "maxpool1",
+            "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3",
+            "maxpool2",
+            *[f"Mixed_{k}" for k in "5b 5c 5d 6a 6b 6c 6d 6e 7a 7b 7c".split()],
+        ]:
             x = getattr(reference, name)(x)
     torch.testing.assert_close(feats, x.mean(dim=(2, 3)))
     # A file that is not an Inception state dict is refused.

@@ -1,4 +1,5 @@
 """Fréchet distance vs scipy's sqrtm formula, and streaming statistics vs one-shot numpy."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Rerankers: self-reranking picks the highest-likelihood candidate, in batched passes."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -58,7 +59,9 @@ def test_self_rerank_picks_highest_likelihood_and_is_batched():
     expected = _ScoringGenerator().text_log_likelihood(inputs.codes, ids, ids != 0).reshape(3, 5)
     assert torch.allclose(result.scores, expected)
     assert torch.equal(result.best, expected.argmax(1))
-    assert torch.equal(result.select(inputs.codes), inputs.codes.reshape(3, 5, 2, 2)[torch.arange(3), expected.argmax(1)])
+    assert torch.equal(
+        result.select(inputs.codes), inputs.codes.reshape(3, 5, 2, 2)[torch.arange(3), expected.argmax(1)]
+    )
     assert result.seconds >= 0
     # The choice does not depend on the pass size.
     assert torch.equal(SelfReranker(batch_size=64).rerank(inputs).best, result.best)
@@ -71,15 +74,20 @@ def test_self_rerank_with_a_tiny_unified_transformer():
     model = UnifiedTransformer(**UnifiedTransformer.conformance_args()).eval()
     text_ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 3, 0, 0]])
     text_mask = text_ids != 0
-    codes = model.sample_images(text_ids, text_mask, grid=(2, 2), num_candidates=4,
-                                generator=torch.Generator().manual_seed(1))
+    codes = model.sample_images(
+        text_ids, text_mask, grid=(2, 2), num_candidates=4, generator=torch.Generator().manual_seed(1)
+    )
     assert codes.shape == (8, 2, 2)
     inputs = RerankInputs(num_candidates=4, codes=codes, text_ids=text_ids, text_mask=text_mask, generator=model)
     result = SelfReranker(batch_size=3).rerank(inputs)
-    one_by_one = torch.stack([
-        model.text_log_likelihood(codes[r : r + 1], text_ids[r // 4 : r // 4 + 1], text_mask[r // 4 : r // 4 + 1])[0]
-        for r in range(8)
-    ]).reshape(2, 4)
+    one_by_one = torch.stack(
+        [
+            model.text_log_likelihood(codes[r : r + 1], text_ids[r // 4 : r // 4 + 1], text_mask[r // 4 : r // 4 + 1])[
+                0
+            ]
+            for r in range(8)
+        ]
+    ).reshape(2, 4)
     assert torch.allclose(result.scores, one_by_one, atol=1e-4)
     assert torch.equal(result.best, one_by_one.argmax(1))
     normalized = SelfReranker(length_normalize=True).rerank(inputs)
@@ -131,16 +139,26 @@ def test_clip_reranker_scores_with_local_weights(tmp_path):
     torch.manual_seed(0)
     model = open_clip.create_model("vilgkit-tiny-clip", pretrained=None).eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "clip.safetensors"))
-    reranker = ClipReranker(weights_path=str(tmp_path / "clip.safetensors"), model_name="vilgkit-tiny-clip",
-                            model_config=str(config), batch_size=3)
+    reranker = ClipReranker(
+        weights_path=str(tmp_path / "clip.safetensors"),
+        model_name="vilgkit-tiny-clip",
+        model_config=str(config),
+        batch_size=3,
+    )
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 40, 48, generator=g) * 2 - 1
-    inputs = RerankInputs(num_candidates=2, codes=torch.zeros(4, 1, 1, dtype=torch.long), images=images,
-                          prompts=["a red circle", "a blue square"])
+    inputs = RerankInputs(
+        num_candidates=2,
+        codes=torch.zeros(4, 1, 1, dtype=torch.long),
+        images=images,
+        prompts=["a red circle", "a blue square"],
+    )
     result = reranker.rerank(inputs)
     # Independent computation: open_clip's own encoders on the same preprocessed pixels.
     with torch.no_grad():
-        text = torch.nn.functional.normalize(model.encode_text(open_clip.get_tokenizer("vilgkit-tiny-clip")(inputs.prompts)), dim=-1)
+        text = torch.nn.functional.normalize(
+            model.encode_text(open_clip.get_tokenizer("vilgkit-tiny-clip")(inputs.prompts)), dim=-1
+        )
         img = torch.nn.functional.normalize(model.encode_image(reranker._preprocess(images)), dim=-1)
     expected = (img * text.repeat_interleave(2, 0)).sum(-1).reshape(2, 2)
     assert torch.allclose(result.scores, expected, atol=1e-5)
@@ -157,8 +175,9 @@ def test_batched_self_rerank_scores_equal_one_candidate_at_a_time(batch_size):
     model = UnifiedTransformer(**UnifiedTransformer.conformance_args()).eval()
     text_ids = torch.tensor([[2, 7, 9, 11, 3], [2, 5, 3, 0, 0], [2, 6, 8, 3, 0]])
     text_mask = text_ids != 0
-    codes = model.sample_images(text_ids, text_mask, grid=(3, 3), num_candidates=4,
-                                generator=torch.Generator().manual_seed(2))
+    codes = model.sample_images(
+        text_ids, text_mask, grid=(3, 3), num_candidates=4, generator=torch.Generator().manual_seed(2)
+    )
     batched = self_rerank_scores(model, codes, text_ids, text_mask, 4, batch_size=batch_size)
     alone = torch.empty(3, 4)
     for r in range(12):
@@ -166,6 +185,7 @@ def test_batched_self_rerank_scores_equal_one_candidate_at_a_time(batch_size):
         real = text_ids[b : b + 1, : int(text_mask[b].sum())]  # no padding at all
         alone[b, r % 4] = model.text_log_likelihood(codes[r : r + 1], real, None)[0]
     torch.testing.assert_close(batched, alone, atol=1e-4, rtol=0)
-    plugin = SelfReranker(batch_size=batch_size).score(RerankInputs(num_candidates=4, codes=codes, text_ids=text_ids,
-                                                                    text_mask=text_mask, generator=model))
+    plugin = SelfReranker(batch_size=batch_size).score(
+        RerankInputs(num_candidates=4, codes=codes, text_ids=text_ids, text_mask=text_mask, generator=model)
+    )
     assert torch.equal(plugin.view(3, 4), batched)  # one implementation behind both paths

@@ -1,4 +1,5 @@
 """VQA exact match and normalised accuracy."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Shared helpers for the generator tests: tiny models and an independent mask oracle."""
+
 from __future__ import annotations
 
 import pytest
@@ -69,8 +70,16 @@ class ReferenceSparsePattern(AttentionPattern):
 
 
 def tiny_model(attention: AttentionPattern | None = None, **overrides) -> UnifiedTransformer:
-    kwargs = dict(text_vocab_size=30, image_vocab_size=20, hidden_size=32, num_layers=4, num_heads=4,
-                  max_text_len=10, max_image_grid=4, attention=attention)
+    kwargs = dict(
+        text_vocab_size=30,
+        image_vocab_size=20,
+        hidden_size=32,
+        num_layers=4,
+        num_heads=4,
+        max_text_len=10,
+        max_image_grid=4,
+        attention=attention,
+    )
     kwargs.update(overrides)
     torch.manual_seed(0)
     model = UnifiedTransformer(**kwargs).eval()
@@ -81,8 +90,10 @@ def tiny_model(attention: AttentionPattern | None = None, **overrides) -> Unifie
 
 
 def _patterns() -> list:
-    params = [pytest.param(lambda: None, id="default-dense"),
-              pytest.param(ReferenceSparsePattern, id="reference-sparse")]
+    params = [
+        pytest.param(lambda: None, id="default-dense"),
+        pytest.param(ReferenceSparsePattern, id="reference-sparse"),
+    ]
     try:
         import vilgkit_attention as plugin
     except ImportError:  # the plugin is optional for core tests

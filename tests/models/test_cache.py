@@ -1,4 +1,5 @@
 """Incremental decoding through the KV cache gives the teacher-forced logits (fp32, atol 1e-4)."""
+
 from __future__ import annotations
 
 import pytest
@@ -88,5 +89,7 @@ def test_padding_does_not_change_results(make_pattern):
             b = model({**padded, "directions": [direction]}).logits[direction]
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
     s1 = model.sample_images(batch["text_ids"], batch["text_mask"], (2, 3), generator=torch.Generator().manual_seed(3))
-    s2 = model.sample_images(padded["text_ids"], padded["text_mask"], (2, 3), generator=torch.Generator().manual_seed(3))
+    s2 = model.sample_images(
+        padded["text_ids"], padded["text_mask"], (2, 3), generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(s1, s2)

@@ -1,4 +1,5 @@
 """The default dense pattern's CPU training path (explicit masked softmax) equals SDPA with the mask."""
+
 from __future__ import annotations
 
 import torch

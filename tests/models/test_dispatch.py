@@ -30,26 +30,20 @@ def test_probe_once_then_read_from_the_machine_cache(fresh, monkeypatch):
 
     monkeypatch.setitem(dispatch._probes, "gemv_few", probe)
     assert dispatch.choose("gemv_few") == "linear"  # the faster branch
-    assert (
-        dispatch.choose("gemv_few") == "linear" and len(calls) == 1
-    )  # decided once per process
+    assert dispatch.choose("gemv_few") == "linear" and len(calls) == 1  # decided once per process
     stored = json.loads(fresh.read_text())
     assert stored[dispatch.machine_key()]["gemv_few"] == {
         "branch": "linear",
         "seconds": {"split": 2.0, "linear": 1.0},
     }
     dispatch.reset()  # a new process: the file answers, no probe
-    monkeypatch.setitem(
-        dispatch._probes, "gemv_few", lambda: pytest.fail("probed again")
-    )
+    monkeypatch.setitem(dispatch._probes, "gemv_few", lambda: pytest.fail("probed again"))
     assert dispatch.choose("gemv_few") == "linear"
     # another thread count is another machine entry: probed on its own
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(before + 1)
-        monkeypatch.setitem(
-            dispatch._probes, "gemv_few", lambda: {"split": 1.0, "linear": 0.95}
-        )
+        monkeypatch.setitem(dispatch._probes, "gemv_few", lambda: {"split": 1.0, "linear": 0.95})
         assert dispatch.choose("gemv_few") == "split"  # within the margin: the default stays
     finally:
         torch.set_num_threads(before)
@@ -58,22 +52,13 @@ def test_probe_once_then_read_from_the_machine_cache(fresh, monkeypatch):
 
 def test_environment_forces_and_defaults_never_probe(fresh, monkeypatch):
     for name in dispatch.DECISIONS:
-        monkeypatch.setitem(
-            dispatch._probes, name, lambda: pytest.fail("must not probe")
-        )
+        monkeypatch.setitem(dispatch._probes, name, lambda: pytest.fail("must not probe"))
     monkeypatch.setenv(dispatch.ENV, "defaults")
-    assert dispatch.prepare() == {
-        name: branches[0] for name, branches in dispatch.DECISIONS.items()
-    }
+    assert dispatch.prepare() == {name: branches[0] for name, branches in dispatch.DECISIONS.items()}
     dispatch.reset()
     monkeypatch.setenv(dispatch.ENV, "gemv_few=linear, attention_bf16=sdpa")
-    assert (
-        dispatch.choose("gemv_few") == "linear"
-        and dispatch.choose("attention_bf16") == "sdpa"
-    )
-    with dispatch.forced(
-        gemv_few="split"
-    ):  # code beats the environment inside the block
+    assert dispatch.choose("gemv_few") == "linear" and dispatch.choose("attention_bf16") == "sdpa"
+    with dispatch.forced(gemv_few="split"):  # code beats the environment inside the block
         assert dispatch.choose("gemv_few") == "split"
     assert dispatch.choose("gemv_few") == "linear"
     assert not fresh.exists()  # nothing measured, nothing stored
@@ -92,9 +77,7 @@ def test_real_probes_pick_a_branch_for_every_decision(fresh):
     stored = json.loads(fresh.read_text())[dispatch.machine_key()]
     for name, branch in decided.items():
         assert branch in dispatch.DECISIONS[name]
-        assert set(stored[name]["seconds"]) == set(
-            dispatch.DECISIONS[name]
-        )  # every branch was timed
+        assert set(stored[name]["seconds"]) == set(dispatch.DECISIONS[name])  # every branch was timed
 
 
 def _tiny_model() -> UnifiedTransformer:
@@ -113,9 +96,7 @@ def _tiny_model() -> UnifiedTransformer:
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_attention_branches_give_the_same_loss_and_gradients(bf16):
     model = _tiny_model()
-    batch = model.dummy_batch(
-        3, 6, (3, 3), vqa=True, generator=torch.Generator().manual_seed(1)
-    )
+    batch = model.dummy_batch(3, 6, (3, 3), vqa=True, generator=torch.Generator().manual_seed(1))
     name = "attention_bf16" if bf16 else "attention_fp32"
     results = {}
     for branch in dispatch.DECISIONS[name]:
@@ -139,25 +120,19 @@ def test_attention_branches_give_the_same_loss_and_gradients(bf16):
 def test_gemv_branches_give_the_same_decoding_logits():
     model = _tiny_model().eval()
     with torch.no_grad():
-        for layer in (
-            model.modules()
-        ):  # weights above the split threshold (the real layers' size)
+        for layer in model.modules():  # weights above the split threshold (the real layers' size)
             if isinstance(layer, torch.nn.Linear):
                 layer.weight.normal_(0, 0.1)
     from vilgkit.models import gemv
 
-    ids = model.dummy_batch(2, 6, (1, 1), generator=torch.Generator().manual_seed(2))[
-        "text_ids"
-    ]
+    ids = model.dummy_batch(2, 6, (1, 1), generator=torch.Generator().manual_seed(2))["text_ids"]
     outs = []
     old = gemv.MIN_WEIGHT_NUMEL
     gemv.MIN_WEIGHT_NUMEL = 1
     try:
         for branch in ("split", "linear"):
             with dispatch.forced(gemv_few=branch, gemv_many=branch):
-                outs.append(
-                    model.sample_images(ids, None, (3, 3), top_k=1, num_candidates=4)
-                )
+                outs.append(model.sample_images(ids, None, (3, 3), top_k=1, num_candidates=4))
     finally:
         gemv.MIN_WEIGHT_NUMEL = old
     assert torch.equal(outs[0], outs[1])
@@ -176,6 +151,4 @@ def test_encode_layout_branches_give_the_same_codes():
             with dispatch.forced(encode_layout=branch):
                 codes[branch] = tok.encode(images)
     a, b = codes.values()
-    assert (
-        a == b
-    ).float().mean() >= 0.99  # floating-point ties may pick a neighbouring code
+    assert (a == b).float().mean() >= 0.99  # floating-point ties may pick a neighbouring code

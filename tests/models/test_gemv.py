@@ -1,4 +1,5 @@
 """The decoding GEMV layouts give ``linear(x)``'s numbers and never serve stale weights."""
+
 from __future__ import annotations
 
 import pytest
@@ -112,8 +113,14 @@ def test_sampling_is_the_same_with_and_without_the_split_layout(monkeypatch, thr
     batch = model.dummy_batch(2, 5, (2, 3), generator=torch.Generator().manual_seed(1))
 
     def run():
-        codes = model.sample_images(batch["text_ids"], batch["text_mask"], (2, 3), num_candidates=2,
-                                    top_k=4, generator=torch.Generator().manual_seed(3))
+        codes = model.sample_images(
+            batch["text_ids"],
+            batch["text_mask"],
+            (2, 3),
+            num_candidates=2,
+            top_k=4,
+            generator=torch.Generator().manual_seed(3),
+        )
         text = model.generate_text(batch["codes"], max_length=6)
         return codes, text
 

@@ -1,4 +1,5 @@
 """The model's attention really follows docs/architecture.md §2: causal targets, bidirectional sources."""
+
 from __future__ import annotations
 
 import pytest

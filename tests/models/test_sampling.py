@@ -1,4 +1,5 @@
 """Sampling and decoding: greedy equivalences, seeds, CFG, top-k/top-p, beam search."""
+
 from __future__ import annotations
 
 import itertools
@@ -22,9 +23,11 @@ def greedy_images_full(model, ids, mask, grid, cfg_scale=1.0):
     codes = torch.zeros(B, h * w, dtype=torch.long)
     empty_ids, empty_mask = model.empty_prompt(B, ids.shape[1])
     for k in range(h * w):
+
         def logits(i, m, k=k):
             batch = {"text_ids": i, "text_mask": m, "codes": codes.view(B, h, w), "directions": ["txt2img"]}
             return model(batch).logits["txt2img"][:, k]
+
         out = logits(ids, mask)
         if cfg_scale != 1.0:
             un = logits(empty_ids, empty_mask)
@@ -78,7 +81,8 @@ def test_seeds_reproducible_and_candidates_differ():
     model = tiny_model()
     b = _prompts(model)
     run = lambda seed, **kw: model.sample_images(  # noqa: E731
-        b["text_ids"], b["text_mask"], (3, 3), num_candidates=4, generator=torch.Generator().manual_seed(seed), **kw)
+        b["text_ids"], b["text_mask"], (3, 3), num_candidates=4, generator=torch.Generator().manual_seed(seed), **kw
+    )
     a = run(7, top_p=0.9, cfg_scale=2.0)
     assert a.shape == (8, 3, 3)
     assert torch.equal(a, run(7, top_p=0.9, cfg_scale=2.0))
@@ -126,8 +130,12 @@ def test_wide_beam_is_exhaustive_search():
     @torch.no_grad()
     def score(seq):  # log-prob with pad/BOS excluded, as decoding does
         ids = torch.tensor([[model.bos_id, *seq, model.eos_id]])
-        batch = {"codes": codes, "text_ids": ids, "text_mask": torch.ones_like(ids, dtype=torch.bool),
-                 "directions": ["img2txt"]}
+        batch = {
+            "codes": codes,
+            "text_ids": ids,
+            "text_mask": torch.ones_like(ids, dtype=torch.bool),
+            "directions": ["img2txt"],
+        }
         logits = model(batch).logits["img2txt"][0]
         logits[:, [model.pad_id, model.bos_id]] = float("-inf")
         logp = logits.log_softmax(-1)

@@ -1,4 +1,5 @@
 """Training behaviour: finite decreasing losses, text dropout, gradients, state dicts, meta builds."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,8 +28,16 @@ def _overfit(model, batch, steps, lr=3e-3):
 @pytest.mark.parametrize("sparse", [False, True])
 def test_losses_finite_and_decrease_on_overfit_batch(sparse):
     torch.manual_seed(0)
-    model = UnifiedTransformer(40, 24, hidden_size=32, num_layers=2, num_heads=2, max_text_len=12, max_image_grid=4,
-                               attention=ReferenceSparsePattern() if sparse else None)
+    model = UnifiedTransformer(
+        40,
+        24,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        max_text_len=12,
+        max_image_grid=4,
+        attention=ReferenceSparsePattern() if sparse else None,
+    )
     batch = model.dummy_batch(4, 8, (3, 3), vqa=True, generator=torch.Generator().manual_seed(0))
     history = _overfit(model, batch, 40)
     first, last = history[0], history[-1]
@@ -94,8 +103,16 @@ def test_state_dict_round_trip_through_safetensors(tmp_path):
     batch = model.dummy_batch(2, 6, (2, 2), vqa=True, generator=torch.Generator().manual_seed(0))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "g.safetensors"))
     torch.manual_seed(123)
-    fresh = UnifiedTransformer(**{**UnifiedTransformer.conformance_args(), "text_vocab_size": 30,
-                                  "image_vocab_size": 20, "num_layers": 4, "num_heads": 4, "max_text_len": 10}).eval()
+    fresh = UnifiedTransformer(
+        **{
+            **UnifiedTransformer.conformance_args(),
+            "text_vocab_size": 30,
+            "image_vocab_size": 20,
+            "num_layers": 4,
+            "num_heads": 4,
+            "max_text_len": 10,
+        }
+    ).eval()
     fresh.load_state_dict(load_file(str(tmp_path / "g.safetensors")))
     with torch.no_grad():
         for key, value in model(batch).logits.items():
@@ -115,9 +132,13 @@ def test_builds_on_meta_and_materialises():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [(dict(hidden_size=30, num_heads=4), "divisible"), (dict(bos_id=99), "bos_id"),
-     (dict(text_dropout=1.0), "text_dropout"), (dict(num_layers=0), "num_layers"),
-     (dict(attention="dense"), "AttentionPattern")],
+    [
+        (dict(hidden_size=30, num_heads=4), "divisible"),
+        (dict(bos_id=99), "bos_id"),
+        (dict(text_dropout=1.0), "text_dropout"),
+        (dict(num_layers=0), "num_layers"),
+        (dict(attention="dense"), "AttentionPattern"),
+    ],
 )
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

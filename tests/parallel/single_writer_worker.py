@@ -4,6 +4,7 @@ what it wrote and what it ended up holding in ``OUT/rank<r>.json``.
 
     torchrun --nproc-per-node 2 tests/parallel/single_writer_worker.py OUT
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,14 +16,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
-from vilgkit_parallel import DDP
-from vilgkit_text.wordpiece import WordPieceTokenizer
 
-import vilgkit.stages.train_generator as train_generator
 import vilgkit.artifacts as artifacts
+import vilgkit.stages.train_generator as train_generator
 from vilgkit.engine.ranks import stage_barrier
 from vilgkit.interfaces import RunContext
 from vilgkit.stages.fit_text_tokenizer import FitTextTokenizer
+from vilgkit_parallel import DDP
+from vilgkit_text.wordpiece import WordPieceTokenizer
 
 SHAPES, COLOURS = ["circle", "square", "triangle"], ["red", "green", "blue", "yellow"]
 
@@ -62,8 +63,10 @@ def main(out: Path) -> None:
     train_generator.tokenize_dataset = counted_tokenize
 
     data = Captions()
-    ctx = RunContext(run_dir=out / "run", components={
-        "text_tokenizer": WordPieceTokenizer(vocab_size=80), "data": data, "strategy": DDP(device="cpu")})
+    ctx = RunContext(
+        run_dir=out / "run",
+        components={"text_tokenizer": WordPieceTokenizer(vocab_size=80), "data": data, "strategy": DDP(device="cpu")},
+    )
     summary = FitTextTokenizer().run(ctx)
     stage_barrier(ctx)  # as the runner does after every stage
     tokenizer = ctx.components["text_tokenizer"]
@@ -76,11 +79,20 @@ def main(out: Path) -> None:
     again = stage._training_data(ctx, ctx.stage_dir(stage.name), tokenizer, None, max_len=16)[2]  # both hit the cache
     stage_barrier(ctx)
     rank = dist.get_rank()
-    (out / f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "writes": writes, "summary": summary, "vocab": tokenizer.vocab(),
-        "encoded": tokenizer.encode(["a red circle"]), "tensors": digest.hexdigest(), "stats": stats,
-        "again": again,
-    }))
+    (out / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "writes": writes,
+                "summary": summary,
+                "vocab": tokenizer.vocab(),
+                "encoded": tokenizer.encode(["a red circle"]),
+                "tensors": digest.hexdigest(),
+                "stats": stats,
+                "again": again,
+            }
+        )
+    )
     dist.destroy_process_group()
 
 

@@ -4,6 +4,7 @@ written by 2 ranks resumes on 1 rank with the same continuation; export consolid
 
 Tolerance: fp32, |Δloss| ≤ 1e-5 and |Δweight| ≤ 1e-5 (reduction order differs between ranks).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,16 @@ def _port() -> int:
 
 def _torchrun(nproc: int, out: Path, *scenarios: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={_port()}",
-           str(HERE / "worker.py"), str(out), *scenarios]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        f"--master-port={_port()}",
+        str(HERE / "worker.py"),
+        str(out),
+        *scenarios,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((out / f"results_w{nproc}.json").read_text())
@@ -57,7 +66,9 @@ def reference():
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("scenario,mesh", [("fsdp_full", [1, 2]), ("hsdp_2x1", [2, 1]), ("hsdp_1x2", [1, 2]), ("ddp", [2])])
+@pytest.mark.parametrize(
+    "scenario,mesh", [("fsdp_full", [1, 2]), ("hsdp_2x1", [2, 1]), ("hsdp_1x2", [1, 2]), ("ddp", [2])]
+)
 def test_same_losses_as_single_device(runs, reference, scenario, mesh):
     _, two, _ = runs
     got = two[scenario]
@@ -101,7 +112,9 @@ def test_export_consolidates_for_single_device(runs, tmp_path):
     import shutil
 
     shutil.copytree(out / "ckpt" / "step_3", run / "train_generator" / "checkpoints" / "step_00000003")
-    (run / "recipe.resolved.yaml").write_text(yaml.safe_dump({"stages": [{"class_path": "vilgkit.stages.train_generator.TrainGenerator"}]}))
+    (run / "recipe.resolved.yaml").write_text(
+        yaml.safe_dump({"stages": [{"class_path": "vilgkit.stages.train_generator.TrainGenerator"}]})
+    )
     stage = export(run, tmp_path / "out")
     weights = load_file(str(stage / "model.safetensors"))
     model = toy.ToyModel()

@@ -1,5 +1,6 @@
 """``vilgkit export``: the files it copies are verified against the source run's manifest, and the
 export carries its own manifest (consolidated weights included), so loading it verifies it too."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,14 @@ def sharded_run(tmp_path) -> Path:
     step = run.stage("train_generator") / "checkpoints" / "step_00000003"
     step.parent.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", SAVE, str(step), str(_port())], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", SAVE, str(step), str(_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run.write_recipe({"stages": [{"class_path": "vilgkit.stages.train_generator.TrainGenerator"}]})
     run.write_text("fit_text_tokenizer/vocab.txt", "[PAD]\n[UNK]\n")
@@ -66,8 +73,13 @@ def test_the_export_is_hashed_and_verified_on_load(sharded_run, tmp_path, capsys
     code, err = _export(capsys, sharded_run, out)
     assert code == 0, err
     listed = RunDir(out).verify_all()
-    for name in ("recipe.resolved.yaml", "fit_text_tokenizer/vocab.txt", "train_generator/generator.safetensors",
-                 "train_generator/model.safetensors", "train_generator/export.json"):
+    for name in (
+        "recipe.resolved.yaml",
+        "fit_text_tokenizer/vocab.txt",
+        "train_generator/generator.safetensors",
+        "train_generator/model.safetensors",
+        "train_generator/export.json",
+    ):
         assert name in listed, name
     expected = torch.load(str(sharded_run / "train_generator" / "checkpoints" / "step_00000003") + ".expected.pt")
     got = artifacts.read_weights(out / "train_generator" / "generator.safetensors")

@@ -3,16 +3,23 @@ the constructor arguments for bf16 / fp32, that FairScale 0.4.13 accepts them, h
 the root, the autograd ordering behind the ``_use_full_params`` assertion, how root parameters that
 a loss never reaches get their (zero, then dropped) gradients, and the bf16 accumulation refusal.
 The GPU runs are recorded in docs/distributed.md, FairScale section."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
-from vilgkit_parallel import distributed as D
+
 from vilgkit.errors import RecipeError
+from vilgkit_parallel import distributed as D
 from vilgkit_parallel.fairscale_fsdp import (
-    BF16_ACCUM, FairScaleFSDP, cast_floats, check_recipe, detach_side_outputs, fsdp_kwargs,
+    BF16_ACCUM,
+    FairScaleFSDP,
+    cast_floats,
+    check_recipe,
+    detach_side_outputs,
+    fsdp_kwargs,
 )
 
 fairscale = pytest.importorskip("fairscale")
@@ -34,8 +41,13 @@ def test_kwargs(dtype, mixed, compute):
 def test_cast_floats_and_fairscales_own_cast():
     from fairscale.nn.data_parallel.fully_sharded_data_parallel import cast_floats_to_right_precision
 
-    batch = {"image": torch.rand(2, 3), "ids": torch.arange(3), "half": torch.zeros(1, dtype=torch.float16),
-             "list": [torch.ones(1)], "name": "x"}
+    batch = {
+        "image": torch.rand(2, 3),
+        "ids": torch.arange(3),
+        "half": torch.zeros(1, dtype=torch.float16),
+        "list": [torch.ones(1)],
+        "name": "x",
+    }
     cast = cast_floats(batch, torch.bfloat16)
     assert cast["image"].dtype == torch.bfloat16 and cast["list"][0].dtype == torch.bfloat16
     assert cast["ids"].dtype == torch.int64 and cast["half"].dtype == torch.float16 and cast["name"] == "x"
@@ -120,9 +132,17 @@ def one_process_group():
 
 def _cpu_strategy(dtype: str = "fp32") -> FairScaleFSDP:
     strategy = object.__new__(FairScaleFSDP)  # the constructor refuses a machine without CUDA
-    strategy.__dict__.update(_env=D.launch_env(), device=torch.device("cpu"), timeout_s=60.0, _ready=False,
-                             offload=False, compute_dtype=dtype, activation_checkpointing="none", _wrapped=None,
-                             _root_params=[])
+    strategy.__dict__.update(
+        _env=D.launch_env(),
+        device=torch.device("cpu"),
+        timeout_s=60.0,
+        _ready=False,
+        offload=False,
+        compute_dtype=dtype,
+        activation_checkpointing="none",
+        _wrapped=None,
+        _root_params=[],
+    )
     return strategy
 
 
@@ -134,10 +154,16 @@ def test_wrap_on_cpu_builds_fairscale_wrappers_and_hooks(one_process_group, dtyp
     model = Toy()
     params = list(model.parameters())
     root = strategy.wrap(model)
-    assert isinstance(root, FullyShardedDataParallel) and all(isinstance(b, FullyShardedDataParallel) for b in model.layers)
+    assert isinstance(root, FullyShardedDataParallel) and all(
+        isinstance(b, FullyShardedDataParallel) for b in model.layers
+    )
     assert [id(p) for p in root.parameters()] == [id(p) for p in params]  # sharded in place, same objects
     expected = torch.bfloat16 if dtype == "bf16" else torch.float32
-    assert root.compute_dtype is expected and root.buffer_dtype is torch.float32 and root.mixed_precision is (dtype == "bf16")
+    assert (
+        root.compute_dtype is expected
+        and root.buffer_dtype is torch.float32
+        and root.mixed_precision is (dtype == "bf16")
+    )
     # the root's input cast (bf16 only) runs before FairScale's forward
     args, kwargs = ({"x": torch.rand(2, 3)}, 0), {}
     for hook in root._forward_pre_hooks.values():
@@ -196,9 +222,13 @@ def test_unused_root_parameters_get_zero_gradients_that_are_dropped_before_the_s
 
 
 def test_bf16_gradient_accumulation_is_refused(monkeypatch):
-    recipe = {"strategy": {"class_path": "FairScaleFSDP", "init_args": {"compute_dtype": "bf16"}},
-              "stages": [{"class_path": "TrainTokenizer", "init_args": {"trainer": {"grad_accum": 1}}},
-                         {"class_path": "TrainGenerator", "init_args": {"trainer": {"grad_accum": 4}}}]}
+    recipe = {
+        "strategy": {"class_path": "FairScaleFSDP", "init_args": {"compute_dtype": "bf16"}},
+        "stages": [
+            {"class_path": "TrainTokenizer", "init_args": {"trainer": {"grad_accum": 1}}},
+            {"class_path": "TrainGenerator", "init_args": {"trainer": {"grad_accum": 4}}},
+        ],
+    }
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(RecipeError, match=r"r\.yaml: stages\[1\]\.init_args\.trainer\.grad_accum: .*grad_accum 1"):
         check_recipe(recipe, "r.yaml")

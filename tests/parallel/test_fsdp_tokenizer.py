@@ -43,11 +43,6 @@ def test_vqgan_stage_trains_under_fsdp_bf16(tmp_path, monkeypatch):
         ]
     )
     assert rc == 0
-    lines = [
-        json.loads(x)
-        for x in (run / "train_tokenizer" / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert [x["step"] for x in lines] == [1, 2] and all(
-        math.isfinite(x["autoencoder/loss"]) for x in lines
-    )
+    lines = [json.loads(x) for x in (run / "train_tokenizer" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2] and all(math.isfinite(x["autoencoder/loss"]) for x in lines)
     assert (run / "train_tokenizer" / "image_tokenizer.safetensors").is_file()

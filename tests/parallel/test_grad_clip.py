@@ -1,6 +1,7 @@
 """Gradient clipping goes through the strategy: a wrapper that clips itself (FairScale's FSDP,
 PyTorch's FSDP1) is asked, and its norm is the one the trainer checks and logs; plain modules, DDP and
 FSDP2 keep ``torch.nn.utils.clip_grad_norm_``. CPU only, in-process."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,12 @@ import math
 import pytest
 import torch
 from torch import nn
-from vilgkit_parallel.fairscale_fsdp import FairScaleFSDP
-from vilgkit_parallel.single import SingleDevice
 
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.engine.trainer import Trainer
 from vilgkit.interfaces import ParallelStrategy, Trainable
+from vilgkit_parallel.fairscale_fsdp import FairScaleFSDP
+from vilgkit_parallel.single import SingleDevice
 
 REPORTED = 7.25  # what the fake wrapper says the global norm is (no local computation gives it)
 
@@ -98,7 +99,9 @@ def test_fairscale_clip_keeps_only_the_groups_gradients():
     class FakeRoot(SelfClipping):
         def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
             self.calls.append(max_norm)
-            return torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in self.parameters() if p.grad is not None]))
+            return torch.linalg.vector_norm(
+                torch.cat([p.grad.flatten() for p in self.parameters() if p.grad is not None])
+            )
 
     gen, disc = nn.Linear(2, 2), nn.Linear(2, 1)
     root = FakeRoot(nn.Sequential(gen, disc))
@@ -108,4 +111,6 @@ def test_fairscale_clip_keeps_only_the_groups_gradients():
     norm = strategy.clip_grad_norm_(root, list(gen.parameters()), 2.0)
     assert root.calls == [2.0]
     assert all(p.grad is None for p in disc.parameters()) and all(p.grad is not None for p in gen.parameters())
-    assert norm.item() == pytest.approx(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in gen.parameters()])).item())
+    assert norm.item() == pytest.approx(
+        torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in gen.parameters()])).item()
+    )

@@ -11,11 +11,7 @@ from vilgkit.registry import RECONSTRUCTORS
 
 def _overrides() -> list[str]:
     # the reconstructor plugin may not be installed yet; planning does not need it
-    return (
-        []
-        if "TwoStageReconstructor" in RECONSTRUCTORS.module_dict
-        else ["--reconstructor", "null"]
-    )
+    return [] if "TwoStageReconstructor" in RECONSTRUCTORS.module_dict else ["--reconstructor", "null"]
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +20,7 @@ def report_10b():
     from vilgkit.recipe_plan import Hardware, plan_recipe
 
     recipe = resolve(["recipes/ernievilg_10b.yaml"], _overrides())
-    return plan_recipe(
-        recipe, Hardware(nodes=4, devices_per_node=8, device_memory=80 * P.GiB)
-    )
+    return plan_recipe(recipe, Hardware(nodes=4, devices_per_node=8, device_memory=80 * P.GiB))
 
 
 def test_10b_recipe_has_ten_billion_parameters(report_10b):
@@ -41,16 +35,9 @@ def test_10b_recipe_has_ten_billion_parameters(report_10b):
 
 def test_10b_memory_arithmetic(report_10b):
     row = report_10b.rows[0]
-    assert (
-        row.layout.sharding == "hybrid"
-        and row.layout.cpu_offload
-        and row.layout.recompute == "full"
-    )
+    assert row.layout.sharding == "hybrid" and row.layout.cpu_offload and row.layout.recompute == "full"
     Pn = report_10b.trained_params
-    assert (
-        row.plan.host_bytes == (4 + 4 + 8) * Pn // 8 * 8
-        or abs(row.plan.host_bytes - 16 * Pn) < 64
-    )
+    assert row.plan.host_bytes == (4 + 4 + 8) * Pn // 8 * 8 or abs(row.plan.host_bytes - 16 * Pn) < 64
     assert row.plan.optimizer_states == 0  # offloaded
     assert row.plan.gradients >= 2 * Pn  # bf16 unsharded accumulation (grad_accum 8)
     assert report_10b.fits(row)
@@ -73,20 +60,11 @@ def test_plan_cli_prints_verdict(capsys):
             "24GiB",
             "--generator.init_args.num_layers",
             "2",
-            *(
-                ["--reconstructor", "null"]
-                if "EndToEndReconstructor" not in RECONSTRUCTORS.module_dict
-                else []
-            ),
+            *(["--reconstructor", "null"] if "EndToEndReconstructor" not in RECONSTRUCTORS.module_dict else []),
         ]
     )
     out = capsys.readouterr().out
-    assert (
-        rc == 0
-        and "FLOPs per token" in out
-        and "verdict:" in out
-        and "UnifiedTransformer" in out
-    )
+    assert rc == 0 and "FLOPs per token" in out and "verdict:" in out and "UnifiedTransformer" in out
 
 
 def _plan_json(capsys, *args: str) -> dict:
@@ -94,10 +72,7 @@ def _plan_json(capsys, *args: str) -> dict:
 
     from vilgkit.cli import main
 
-    assert (
-        main(["plan", "recipes/ernievilg_10b.yaml", *_overrides(), "--json", *args])
-        == 0
-    )
+    assert main(["plan", "recipes/ernievilg_10b.yaml", *_overrides(), "--json", *args]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -130,32 +105,18 @@ def test_tokenizer_stage_plans_the_tokenizer_by_recipe_name_or_class(capsys, tok
     by_name = _plan_json(capsys, "--config", tokenizer_overlay, "--stage", "train_tokenizer")
     by_class = _plan_json(capsys, "--config", tokenizer_overlay, "--stage", "TrainTokenizer")
     assert by_name["component"] == by_class["component"] == "image_tokenizer"
-    assert (
-        by_name["params"] == by_class["params"] == 69_656_260
-    )  # the VQGAN, not the 9.98 B generator
-    assert (
-        by_name["micro_batch"] == 8
-        and by_name["device_bytes_per_rank"] == by_class["device_bytes_per_rank"]
-    )
+    assert by_name["params"] == by_class["params"] == 69_656_260  # the VQGAN, not the 9.98 B generator
+    assert by_name["micro_batch"] == 8 and by_name["device_bytes_per_rank"] == by_class["device_bytes_per_rank"]
     generator = _plan_json(capsys)
-    assert (
-        generator["stage"] == "train_generator" and generator["params"] == 9_906_974_720
-    )
+    assert generator["stage"] == "train_generator" and generator["params"] == 9_906_974_720
     assert generator["micro_batch"] == 4 and generator["grad_accum"] == 8
     assert set(generator["phases"]) == {"build", "train", "export", "evaluate"}
-    assert (
-        generator["device_bytes_per_rank"]
-        == generator["phases"]["train"]["device_bytes_per_rank"]
-    )
+    assert generator["device_bytes_per_rank"] == generator["phases"]["train"]["device_bytes_per_rank"]
 
 
 def test_verdict_names_the_resource_that_does_not_fit(capsys):
     host = _plan_json(capsys, "--host-memory", "64GiB")
-    assert (
-        not host["fits"]
-        and len(host["does_not_fit"]) == 1
-        and host["does_not_fit"][0].startswith("host memory")
-    )
+    assert not host["fits"] and len(host["does_not_fit"]) == 1 and host["does_not_fit"][0].startswith("host memory")
     gpu = _plan_json(capsys, "--gpu-memory", "16GiB", "--host-memory", "4TiB")
     assert not gpu["fits"] and gpu["does_not_fit"][0].startswith("GPU memory")
     assert _plan_json(capsys, "--host-memory", "4TiB")["fits"]
@@ -171,21 +132,15 @@ def test_unknown_stage_is_refused_with_the_choices(capsys, tokenizer_overlay):
         == 2
     )
     err = capsys.readouterr().err
-    assert (
-        "train_tokenizer, train_generator" in err and len(err.strip().splitlines()) == 1
-    )
+    assert "train_tokenizer, train_generator" in err and len(err.strip().splitlines()) == 1
 
 
-def test_run_refuses_the_10b_recipe_on_this_machine_before_building(
-    tmp_path, capsys, monkeypatch
-):
+def test_run_refuses_the_10b_recipe_on_this_machine_before_building(tmp_path, capsys, monkeypatch):
     """``vilgkit run`` plans against the hardware it sees (here: one CPU process, this host's memory)."""
     from vilgkit import recipe_plan
     from vilgkit.cli import main
 
-    monkeypatch.setattr(
-        recipe_plan, "host_memory_bytes", lambda: 64 * P.GiB
-    )  # the same on every test machine
+    monkeypatch.setattr(recipe_plan, "host_memory_bytes", lambda: 64 * P.GiB)  # the same on every test machine
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     run_dir = tmp_path / "run"
     rc = main(
@@ -201,11 +156,7 @@ def test_run_refuses_the_10b_recipe_on_this_machine_before_building(
     )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
-    assert (
-        "stage train_generator does not fit" in err
-        and "host memory" in err
-        and "--skip-preflight" in err
-    )
+    assert "stage train_generator does not fit" in err and "host memory" in err and "--skip-preflight" in err
     assert not run_dir.exists()  # refused before anything was built or written
 
 
@@ -239,19 +190,11 @@ def test_activation_formula_matches_saved_tensors(qk_norm):
     seen: dict[int, int] = {}
 
     def pack(t):
-        if (
-            t.requires_grad
-            or t.grad_fn is not None
-            or t.data_ptr() not in (p.data_ptr() for p in params)
-        ):
+        if t.requires_grad or t.grad_fn is not None or t.data_ptr() not in (p.data_ptr() for p in params):
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    params = [
-        p
-        for m in (ln1, qkv, proj, ln2, fc1, fc2, q_norm, k_norm)
-        for p in m.parameters()
-    ]
+    params = [p for m in (ln1, qkv, proj, ln2, fc1, fc2, q_norm, k_norm) for p in m.parameters()]
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         q, k, v = qkv(ln1(x)).view(1, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
         if qk_norm:
@@ -270,15 +213,11 @@ def test_activation_formula_matches_saved_tensors(qk_norm):
         qk_norm=qk_norm,
     )
     estimate = P.activation_bytes(dims, N, "none", 4)["layers"]
-    measured = sum(
-        v for k, v in seen.items() if k not in {p.data_ptr() for p in params}
-    )
+    measured = sum(v for k, v in seen.items() if k not in {p.data_ptr() for p in params})
     assert out.shape == x.shape
     assert abs(estimate - measured) / measured < 0.2, (estimate, measured)
     if qk_norm:  # the norms' share is counted, not lost in the tolerance
-        without = P.activation_bytes(
-            P.ModelDims(**{**vars(dims), "qk_norm": False}), N, "none", 4
-        )["layers"]
+        without = P.activation_bytes(P.ModelDims(**{**vars(dims), "qk_norm": False}), N, "none", 4)["layers"]
         assert abs(without - measured) > abs(estimate - measured)
 
 
@@ -314,15 +253,8 @@ def test_safe_state_round_trip(tmp_path):
     }
     safe_state.save(tmp_path / "s", state)
     back = safe_state.load(tmp_path / "s")
-    assert (
-        back["step"] == 3
-        and back["t"] == (1, "a")
-        and back["ints"] == {1: 2.5}
-        and back["b"] == b"\x00\x01"
-    )
-    assert np.array_equal(back["arr"], state["arr"]) and torch.equal(
-        back["x"], state["x"]
-    )
+    assert back["step"] == 3 and back["t"] == (1, "a") and back["ints"] == {1: 2.5} and back["b"] == b"\x00\x01"
+    assert np.array_equal(back["arr"], state["arr"]) and torch.equal(back["x"], state["x"])
     with pytest.raises(TypeError, match="state.obj"):
         safe_state.save(tmp_path / "bad", {"obj": object()})
 
@@ -338,9 +270,7 @@ def test_strategy_arguments_are_checked():
         FSDP(device="cpu", activation_checkpointing="some")
 
 
-@pytest.mark.skipif(
-    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
-)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_fairscale_refuses_without_cuda(tmp_path):
     from vilgkit.errors import RecipeError
     from vilgkit_parallel import FairScaleFSDP
@@ -348,14 +278,8 @@ def test_fairscale_refuses_without_cuda(tmp_path):
 
     with pytest.raises(RuntimeError, match="needs CUDA"):
         FairScaleFSDP()
-    with pytest.raises(
-        RecipeError, match="strategy.class_path: FairScaleFSDP needs CUDA"
-    ):
+    with pytest.raises(RecipeError, match="strategy.class_path: FairScaleFSDP needs CUDA"):
         check_recipe(
-            {
-                "strategy": {
-                    "class_path": "vilgkit_parallel.fairscale_fsdp.FairScaleFSDP"
-                }
-            },
+            {"strategy": {"class_path": "vilgkit_parallel.fairscale_fsdp.FairScaleFSDP"}},
             "r.yaml",
         )

@@ -13,6 +13,7 @@ Tolerances (measured: 1.2e-7, then at most 5.8e-4 relative):
   last-bit gradient differences of near-zero gradients into lr-sized steps, a few codes near a tie
   flip, and the text losses are token means per rank (ranks hold different numbers of text tokens).
 """
+
 from __future__ import annotations
 
 import json
@@ -76,14 +77,26 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recipe_torchrun")
     fsdp = _recipe(tmp / "fsdp.yaml", tmp / "fsdp", {"class_path": "FSDP", "init_args": {"device": "cpu"}}, 8)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_port()}",
-           "-m", "vilgkit", "run", str(fsdp), "--debug"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={_port()}",
+        "-m",
+        "vilgkit",
+        "run",
+        str(fsdp),
+        "--debug",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # the reference: one process, the same global batch
-        single = _recipe(tmp / "single.yaml", tmp / "single", {"class_path": "SingleDevice", "init_args": {"device": "cpu"}}, 16)
+        single = _recipe(
+            tmp / "single.yaml", tmp / "single", {"class_path": "SingleDevice", "init_args": {"device": "cpu"}}, 16
+        )
         run([str(single)])
     finally:
         torch.set_num_threads(threads)
@@ -92,7 +105,12 @@ def runs(tmp_path_factory):
 
 def test_every_stage_writes_its_outputs(runs):
     fsdp, _ = runs
-    missing = [f"{stage}/{name}" for stage, names in STAGE_FILES.items() for name in names if not (fsdp / stage / name).is_file()]
+    missing = [
+        f"{stage}/{name}"
+        for stage, names in STAGE_FILES.items()
+        for name in names
+        if not (fsdp / stage / name).is_file()
+    ]
     assert not missing, f"missing after the FSDP run: {missing}"
 
 

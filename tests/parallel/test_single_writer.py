@@ -1,6 +1,7 @@
 """Under ``torchrun --nproc-per-node 2`` (CPU, gloo) the main rank alone writes the fitted text
 tokenizer and the tokenized-data cache; the other rank waits for each at a barrier and loads it
 (the main rank's writer and tokenizer are made slow on purpose). About 10 s on 2 cores."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ def _port() -> int:
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("single_writer")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_port()}",
-           str(HERE / "single_writer_worker.py"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={_port()}",
+        str(HERE / "single_writer_worker.py"),
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out / "run", [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]

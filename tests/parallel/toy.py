@@ -56,12 +56,8 @@ class ToyModel(nn.Module, Trainable):
             x = block(x)
         return self.head(self.norm(x))
 
-    def training_losses(
-        self, outputs: torch.Tensor, batch: Any, group: str, step: int
-    ) -> dict[str, torch.Tensor]:
-        loss = F.cross_entropy(
-            outputs.reshape(-1, VOCAB), batch["ids"][:, 1:].reshape(-1)
-        )
+    def training_losses(self, outputs: torch.Tensor, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
+        loss = F.cross_entropy(outputs.reshape(-1, VOCAB), batch["ids"][:, 1:].reshape(-1))
         return {"loss": loss}
 
 
@@ -78,9 +74,7 @@ def make_model(seed: int = 0) -> ToyModel:
     return model
 
 
-def train(
-    model, strategy, opt, steps: range, grad_accum: int, rank: int, world: int
-) -> list[float]:
+def train(model, strategy, opt, steps: range, grad_accum: int, rank: int, world: int) -> list[float]:
     """Steps of the engine's loop; returns the global mean loss per step.
 
     As in the trainer, the training pass is the wrapped model's call (its hooks run) and the
@@ -95,16 +89,10 @@ def train(
         total = torch.zeros((), device=strategy.device)
         model.zero_grad(set_to_none=True)
         for i, chunk in enumerate(micro):
-            ctx = (
-                strategy.no_sync(model)
-                if i < len(micro) - 1
-                else contextlib.nullcontext()
-            )
+            ctx = strategy.no_sync(model) if i < len(micro) - 1 else contextlib.nullcontext()
             with ctx:
                 batch = {"ids": chunk}
-                out = trainable.training_losses(
-                    model(batch, "main", step), batch, "main", step
-                )
+                out = trainable.training_losses(model(batch, "main", step), batch, "main", step)
                 loss = out["loss"] / len(micro)
                 loss.backward()
             total += loss.detach()

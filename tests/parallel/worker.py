@@ -3,6 +3,7 @@ the losses (and final weights) as JSON for the test process to compare with sing
 
     torchrun --nproc-per-node 2 tests/parallel/worker.py OUT_DIR SCENARIO [SCENARIO ...]
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,11 @@ from vilgkit_parallel import DDP, FSDP  # noqa: E402
 
 SCENARIOS = {
     "fsdp_full": dict(cls=FSDP, kw=dict(sharding="full", cpu_offload=True, activation_checkpointing="full"), accum=2),
-    "hsdp_2x1": dict(cls=FSDP, kw=dict(sharding="hybrid", shard_size=1, cpu_offload=True,
-                                        activation_checkpointing="selective"), accum=2),
+    "hsdp_2x1": dict(
+        cls=FSDP,
+        kw=dict(sharding="hybrid", shard_size=1, cpu_offload=True, activation_checkpointing="selective"),
+        accum=2,
+    ),
     "hsdp_1x2": dict(cls=FSDP, kw=dict(sharding="hybrid", shard_size=2, activation_checkpointing="full"), accum=2),
     "ddp": dict(cls=DDP, kw={}, accum=2),
     "fsdp_meta": dict(cls=FSDP, kw=dict(sharding="full"), accum=1, meta=True),
@@ -82,8 +86,15 @@ def meta_init(out: Path) -> dict:
     CPU build from the same seed: consolidated weights and the RNG afterwards."""
     from vilgkit.models.unified import UnifiedTransformer
 
-    kw = dict(hidden_size=32, num_layers=2, num_heads=4, text_vocab_size=50, image_vocab_size=24, max_text_len=8,
-              max_image_grid=4)
+    kw = dict(
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        text_vocab_size=50,
+        image_vocab_size=24,
+        max_text_len=8,
+        max_image_grid=4,
+    )
     torch.manual_seed(7)
     reference = UnifiedTransformer(**kw).state_dict()
     rng_reference = torch.get_rng_state()
@@ -97,8 +108,14 @@ def meta_init(out: Path) -> dict:
     local = sum(p.to_local().numel() for p in model.parameters())
     full = strategy.state_dict(model)
     diff = max(float((full[k].float() - v.float()).abs().max()) for k, v in reference.items()) if full else None
-    return {"on_meta": on_meta, "rng_same": rng_same, "max_abs_diff": diff, "keys_same": sorted(full) == sorted(reference)
-            if full else None, "local_params": local, "params": sum(v.numel() for v in reference.values())}
+    return {
+        "on_meta": on_meta,
+        "rng_same": rng_same,
+        "max_abs_diff": diff,
+        "keys_same": sorted(full) == sorted(reference) if full else None,
+        "local_params": local,
+        "params": sum(v.numel() for v in reference.values()),
+    }
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Fixtures of the reconstructor tests: a tiny tokenizer + generator (milliseconds) and a shrunk
 copy of the Table 7 recipes (seconds)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,15 @@ def tiny():
 
     torch.manual_seed(0)
     tok = DVAETokenizer(codebook_size=16, code_dim=8, downsample=4, hidden=8).eval()
-    gen = UnifiedTransformer(text_vocab_size=40, image_vocab_size=16, hidden_size=32, num_layers=2, num_heads=2,
-                             max_text_len=12, max_image_grid=4)  # fmt: skip
+    gen = UnifiedTransformer(
+        text_vocab_size=40,
+        image_vocab_size=16,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        max_text_len=12,
+        max_image_grid=4,
+    )
     images = torch.rand(3, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         codes = tok.encode(images)

@@ -1,4 +1,5 @@
 """The Table 7 recipes and the ``vilgkit ablation`` command (on a seconds-long shrunk copy)."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,9 @@ def test_rows_share_the_base_stages_verbatim_and_parse(ablations_dir):
     kinds = []
     for path in rows:
         row = yaml.safe_load(path.read_text())
-        assert row["stages"][: len(base["stages"])] == base["stages"], f"{path.name}: shared stages drifted from base.yaml"
+        assert row["stages"][: len(base["stages"])] == base["stages"], (
+            f"{path.name}: shared stages drifted from base.yaml"
+        )
         recipe = resolve([str(ablations_dir / "base.yaml"), str(path)])
         assert recipe["image_tokenizer"]["class_path"].endswith("DVAETokenizer")  # the paper's dVAE
         last = recipe["stages"][-1]
@@ -43,7 +46,9 @@ def test_ablation_command_writes_the_table_and_reuses_finished_stages(shrunk_abl
     run_dir = tmp_path / "ablations" / "run"
     record = json.loads((run_dir / "ablation.json").read_text())
     row = record["rows"][0]
-    assert row["metrics"]["fid"] >= 0 and 0 <= row["metrics"]["shapes_prompt_accuracy"] <= 1 and "psnr" in row["metrics"]
+    assert (
+        row["metrics"]["fid"] >= 0 and 0 <= row["metrics"]["shapes_prompt_accuracy"] <= 1 and "psnr" in row["metrics"]
+    )
     assert (run_dir / "ablation.md").read_text().startswith("| row | Generator")
     stamp = (run_dir / "train_tokenizer" / "image_tokenizer.safetensors").stat().st_mtime_ns
     assert main(["ablation", str(folder), "--rows", "4"]) == 0  # everything reused: nothing retrains

@@ -1,4 +1,5 @@
 """vilgkit.testing's conformance checks for the reconstructors, plus a reconstructor contract."""
+
 import pytest
 import torch
 

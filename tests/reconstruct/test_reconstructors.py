@@ -1,12 +1,13 @@
 """Behaviour of the two reconstructors: gradient flow, gold decoding, save/load, pipeline decoding."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vilgkit.stages.generator_training import GeneratorTrainable
 from vilgkit.pipeline import Pipeline
+from vilgkit.stages.generator_training import GeneratorTrainable
 from vilgkit_reconstruct import EndToEndReconstructor, TwoStageReconstructor
 
 
@@ -113,12 +114,29 @@ def test_end_to_end_model_save_load_round_trip(tiny, tmp_path):
     opt.step()
     state = module.state_dict()  # split by prefix as the generator stage saves it
     for prefix in ("generator.", "reconstructor."):
-        save_file({k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}, str(tmp_path / f"{prefix}st"))
+        save_file(
+            {k[len(prefix) :]: v.contiguous() for k, v in state.items() if k.startswith(prefix)},
+            str(tmp_path / f"{prefix}st"),
+        )
 
     torch.manual_seed(123)  # different random weights everywhere, so only the files can make them agree
-    gen2 = UnifiedTransformer(**{k: getattr(gen, k) for k in ("text_vocab_size", "image_vocab_size", "hidden_size",
-                                                              "num_layers", "num_heads", "max_text_len", "max_image_grid")})  # fmt: skip
-    rec2 = EndToEndReconstructor().attach(DVAETokenizer(codebook_size=16, code_dim=8, downsample=4, hidden=8), gen2.hidden_size)
+    gen2 = UnifiedTransformer(
+        **{
+            k: getattr(gen, k)
+            for k in (
+                "text_vocab_size",
+                "image_vocab_size",
+                "hidden_size",
+                "num_layers",
+                "num_heads",
+                "max_text_len",
+                "max_image_grid",
+            )
+        }
+    )
+    rec2 = EndToEndReconstructor().attach(
+        DVAETokenizer(codebook_size=16, code_dim=8, downsample=4, hidden=8), gen2.hidden_size
+    )
     gen2.load_state_dict(load_file(str(tmp_path / "generator.st")))
     rec2.load_state_dict(load_file(str(tmp_path / "reconstructor.st")))
     before = Pipeline(gen, _Text(), tok, (4, 4), rec, device="cpu")
@@ -154,6 +172,7 @@ def test_attach_checks_and_keeps_trained_weights(tiny):
 def test_pipeline_text_to_image_decodes_with_the_recipes_reconstructor(tiny, kind):
     """``text_to_image`` = sample codes → the reconstructor (end-to-end: after one teacher-forced pass)."""
     import numpy as np
+
     from vilgkit_text import WordPieceTokenizer
 
     gen, tok = tiny["gen"], tiny["tok"]

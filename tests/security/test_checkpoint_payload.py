@@ -20,22 +20,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 RECIPE = {
     "seed": 0,
-    "data": {"class_path": "ShapesDataset",
-             "init_args": {"split": "train", "size": 32, "image_size": 16, "max_objects": 1, "held_out": []}},
+    "data": {
+        "class_path": "ShapesDataset",
+        "init_args": {"split": "train", "size": 32, "image_size": 16, "max_objects": 1, "held_out": []},
+    },
     "text_tokenizer": {"class_path": "WordPieceTokenizer", "init_args": {"vocab_size": 120}},
-    "image_tokenizer": {"class_path": "VQVAETokenizer",
-                        "init_args": {"codebook_size": 16, "code_dim": 8, "downsample": 8, "hidden": 8}},
-    "generator": {"class_path": "UnifiedTransformer",
-                  "init_args": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_text_len": 16,
-                                "max_image_grid": 2}},
+    "image_tokenizer": {
+        "class_path": "VQVAETokenizer",
+        "init_args": {"codebook_size": 16, "code_dim": 8, "downsample": 8, "hidden": 8},
+    },
+    "generator": {
+        "class_path": "UnifiedTransformer",
+        "init_args": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_text_len": 16, "max_image_grid": 2},
+    },
     "strategy": {"class_path": "FSDP", "init_args": {"device": "cpu"}},
     "stages": [
         {"class_path": "FitTextTokenizer"},
         {"class_path": "TrainTokenizer", "init_args": {"trainer": {"steps": 1, "batch_size": 8}, "eval_images": 4}},
-        {"class_path": "TrainGenerator",
-         "init_args": {"trainer": {"steps": 4, "batch_size": 8, "checkpoint_every": 2}, "sample_every": 0}},
+        {
+            "class_path": "TrainGenerator",
+            "init_args": {"trainer": {"steps": 4, "batch_size": 8, "checkpoint_every": 2}, "sample_every": 0},
+        },
     ],
-}  # fmt: skip
+}
 
 # (module, name): straight to os / posix, and the old wildcard's hole (a dotted name through a
 # module that imports os)
@@ -52,8 +59,9 @@ def _vilgkit(*args: str) -> subprocess.CompletedProcess:
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]),
     }
-    return subprocess.run([sys.executable, "-m", "vilgkit", *args], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "vilgkit", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")

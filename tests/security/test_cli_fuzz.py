@@ -71,9 +71,16 @@ def files(tiny_run, tmp_path_factory, image_file):
     (tmp / "notes.txt").write_text("not an image\n")
     (tmp / "binary.bin").write_bytes(bytes(range(256)))
     (tmp / "prompts.txt").write_text("a red circle\n\na blue square\n")
-    return {"image": str(image_file), "text": str(tmp / "notes.txt"), "binary": str(tmp / "binary.bin"),
-            "prompts": str(tmp / "prompts.txt"), "dir": str(tmp), "missing": str(tmp / "missing.png"),
-            "out": str(tmp / "out"), "run": str(tiny_run)}  # fmt: skip
+    return {
+        "image": str(image_file),
+        "text": str(tmp / "notes.txt"),
+        "binary": str(tmp / "binary.bin"),
+        "prompts": str(tmp / "prompts.txt"),
+        "dir": str(tmp),
+        "missing": str(tmp / "missing.png"),
+        "out": str(tmp / "out"),
+        "run": str(tiny_run),
+    }
 
 
 def _pick(files, *names):
@@ -84,12 +91,17 @@ def test_fuzz_generate(files):
     @FUZZ
     @given(
         prompts=st.lists(_mostly("a red circle", st.one_of(ARGV_TEXT, st.just("一个圆"))), min_size=1, max_size=2),
-        flags=_flags({**SAMPLING, "--num-candidates": st.one_of(SMALL, JUNK.filter(lambda v: "e" in v or "-" in v)),
-                      "--reranker": st.one_of(st.sampled_from(["self", "none", "clip", "Self"]), JUNK),
-                      "--prompts-file": _pick(files, "prompts", "binary", "dir", "missing"),
-                      "--stage": st.one_of(st.sampled_from(["train_generator", "finetune_vqa", "nope"]), JUNK)}),
+        flags=_flags(
+            {
+                **SAMPLING,
+                "--num-candidates": st.one_of(SMALL, JUNK.filter(lambda v: "e" in v or "-" in v)),
+                "--reranker": st.one_of(st.sampled_from(["self", "none", "clip", "Self"]), JUNK),
+                "--prompts-file": _pick(files, "prompts", "binary", "dir", "missing"),
+                "--stage": st.one_of(st.sampled_from(["train_generator", "finetune_vqa", "nope"]), JUNK),
+            }
+        ),
         out=_mostly(files["out"], st.just(files["text"])),
-    )  # fmt: skip
+    )
     def run(prompts, flags, out):
         _check(["generate", files["run"], *prompts, *flags, "--out", out])
 
@@ -98,9 +110,12 @@ def test_fuzz_generate(files):
 
 def test_fuzz_caption_and_vqa(files):
     images = _pick(files, "image", "text", "binary", "dir", "missing")
-    decoding = {"--method": st.one_of(st.sampled_from(["greedy", "beam", "sample"]), JUNK),
-                "--num-beams": st.one_of(SMALL, JUNK), "--seed": st.one_of(SMALL, JUNK),
-                "--device": SAMPLING["--device"]}  # fmt: skip
+    decoding = {
+        "--method": st.one_of(st.sampled_from(["greedy", "beam", "sample"]), JUNK),
+        "--num-beams": st.one_of(SMALL, JUNK),
+        "--seed": st.one_of(SMALL, JUNK),
+        "--device": SAMPLING["--device"],
+    }
 
     @FUZZ
     @given(
@@ -127,17 +142,22 @@ def test_fuzz_eval(files):
     @settings(FUZZ, max_examples=20)  # a valid example evaluates: the slowest command
     @given(
         metrics=_mostly("caption", st.one_of(st.sampled_from(["vqa", "caption,vqa", "", ",", "fid,bogus"]), JUNK)),
-        flags=_flags({
-            "--num-samples": st.one_of(st.integers(-2, 2).map(str), JUNK.filter(lambda v: not v.strip().isdigit())),
-            "--batch-size": st.one_of(SMALL, JUNK), "--num-candidates": st.one_of(st.integers(-2, 2).map(str), JUNK),
-            "--temperature": SAMPLING["--temperature"], "--top-p": SAMPLING["--top-p"],
-            "--caption-method": st.one_of(st.sampled_from(["greedy", "beam"]), JUNK),
-            "--num-beams": st.one_of(st.integers(-1, 2).map(str), JUNK), "--examples": st.one_of(SMALL, JUNK),
-            "--reranker": st.one_of(st.sampled_from(["self", "none", "clip", "bogus"]), JUNK),
-            "--stage": st.one_of(st.sampled_from(["train_generator", "nope"]), JUNK),
-        }),
+        flags=_flags(
+            {
+                "--num-samples": st.one_of(st.integers(-2, 2).map(str), JUNK.filter(lambda v: not v.strip().isdigit())),
+                "--batch-size": st.one_of(SMALL, JUNK),
+                "--num-candidates": st.one_of(st.integers(-2, 2).map(str), JUNK),
+                "--temperature": SAMPLING["--temperature"],
+                "--top-p": SAMPLING["--top-p"],
+                "--caption-method": st.one_of(st.sampled_from(["greedy", "beam"]), JUNK),
+                "--num-beams": st.one_of(st.integers(-1, 2).map(str), JUNK),
+                "--examples": st.one_of(SMALL, JUNK),
+                "--reranker": st.one_of(st.sampled_from(["self", "none", "clip", "bogus"]), JUNK),
+                "--stage": st.one_of(st.sampled_from(["train_generator", "nope"]), JUNK),
+            }
+        ),
         out=_mostly(files["out"], st.just(files["text"])),
-    )  # fmt: skip
+    )
     def run(metrics, flags, out):
         if not any(f == "--num-samples" for f in flags):
             flags = [*flags, "--num-samples", "2"]  # the default 200 is minutes, not a property of the parser
@@ -149,14 +169,17 @@ def test_fuzz_eval(files):
 def test_fuzz_plan(files):
     @settings(FUZZ, max_examples=30)
     @given(
-        flags=_flags({
-            "--nodes": st.one_of(SMALL, JUNK), "--gpus-per-node": st.one_of(SMALL, JUNK),
-            "--gpu-memory": st.one_of(st.sampled_from(["80GiB", "40GB", "1KiB", "0GiB", "-1GiB", "1e30TiB"]), JUNK),
-            "--host-memory": st.one_of(st.sampled_from(["1TiB", "10MB"]), JUNK),
-            "--stage": st.one_of(st.sampled_from(["train_generator", "finetune_vqa", "fit_text_tokenizer"]), JUNK),
-        }),
+        flags=_flags(
+            {
+                "--nodes": st.one_of(SMALL, JUNK),
+                "--gpus-per-node": st.one_of(SMALL, JUNK),
+                "--gpu-memory": st.one_of(st.sampled_from(["80GiB", "40GB", "1KiB", "0GiB", "-1GiB", "1e30TiB"]), JUNK),
+                "--host-memory": st.one_of(st.sampled_from(["1TiB", "10MB"]), JUNK),
+                "--stage": st.one_of(st.sampled_from(["train_generator", "finetune_vqa", "fit_text_tokenizer"]), JUNK),
+            }
+        ),
         recipe=_mostly(str(RECIPE), _pick(files, "binary", "dir", "missing")),
-    )  # fmt: skip
+    )
     def run(flags, recipe):
         _check(["plan", recipe, *flags])
 
@@ -164,19 +187,48 @@ def test_fuzz_plan(files):
 
 
 RECIPE_KEYS = [
-    "seed", "run_dir", "name", "data.init_args.size", "data.init_args.image_size",
+    "seed",
+    "run_dir",
+    "name",
+    "data.init_args.size",
+    "data.init_args.image_size",
     "text_tokenizer.init_args.vocab_size",
-    "image_tokenizer.init_args.codebook_size", "generator.init_args.hidden_size", "generator.init_args.num_heads",
-    "generator.init_args.num_layers", "generator.init_args.attention", "generator.class_path",
-    "stages.0.class_path", "stages.1.init_args.trainer.steps", "stages.2.init_args.trainer.lr",
-    "stages.2.init_args.trainer.stepz", "stages.2.init_args.directions", "stages.3.init_args.trainer.batch_size",
-    "stages.9.init_args.trainer.steps", "stages.x.init_args", "strategy.init_args.device", "bogus", "stages",
-]  # fmt: skip
+    "image_tokenizer.init_args.codebook_size",
+    "generator.init_args.hidden_size",
+    "generator.init_args.num_heads",
+    "generator.init_args.num_layers",
+    "generator.init_args.attention",
+    "generator.class_path",
+    "stages.0.class_path",
+    "stages.1.init_args.trainer.steps",
+    "stages.2.init_args.trainer.lr",
+    "stages.2.init_args.trainer.stepz",
+    "stages.2.init_args.directions",
+    "stages.3.init_args.trainer.batch_size",
+    "stages.9.init_args.trainer.steps",
+    "stages.x.init_args",
+    "strategy.init_args.device",
+    "bogus",
+    "stages",
+]
 YAML_VALUES = st.one_of(
     JUNK,
-    st.sampled_from(["[1, 2]", "{a: 1}", "null", "true", "[txt2img, vqa]", "{class_path: DenseAttention}",
-                     "{class_path: os.system}", "'[1'", "- x", "&a [*a]", "!!python/object:os.system {}"]),
-)  # fmt: skip
+    st.sampled_from(
+        [
+            "[1, 2]",
+            "{a: 1}",
+            "null",
+            "true",
+            "[txt2img, vqa]",
+            "{class_path: DenseAttention}",
+            "{class_path: os.system}",
+            "'[1'",
+            "- x",
+            "&a [*a]",
+            "!!python/object:os.system {}",
+        ]
+    ),
+)
 
 
 def test_fuzz_recipe_values(files):

@@ -34,8 +34,9 @@ def test_generate_sampling_flags(tiny_run, tmp_path, flags, needles):
 
 
 def test_generate_top_k_zero_is_off(tiny_run, tmp_path):
-    res = call_cli(["generate", str(tiny_run), "a red circle", "--num-candidates", "1", "--top-k", "0",
-                    "--out", str(tmp_path)])  # fmt: skip
+    res = call_cli(
+        ["generate", str(tiny_run), "a red circle", "--num-candidates", "1", "--top-k", "0", "--out", str(tmp_path)]
+    )
     assert res.code == 0, res.stderr
     assert (tmp_path / "grid.png").is_file()
 
@@ -94,13 +95,15 @@ def test_eval_clip_reranker_is_checked_before_any_work(tiny_run, tmp_path):
 RECIPE_ERRORS = [
     (["--stages.9.init_args.trainer.steps", "3"], ["--stages.9.init_args.trainer.steps", "list of 4", "0..3"]),
     (["--seed", "abc"], ["command-line override --seed abc", "seed: expected an integer"]),
-    (["--stages.2.init_args.trainer.stepz", "3"],
-     ["override --stages.2.init_args.trainer.stepz", "stages.2.init_args.trainer.stepz", "Did you mean steps?"]),
+    (
+        ["--stages.2.init_args.trainer.stepz", "3"],
+        ["override --stages.2.init_args.trainer.stepz", "stages.2.init_args.trainer.stepz", "Did you mean steps?"],
+    ),
     (["--stages.2.init_args.trainer.steps", "abc"], ["stages.2.init_args.trainer.steps: expected an integer"]),
     (["--stages.2.init_args.directions", "[foo]"], ["stages.2.init_args.directions", "one of 'txt2img'"]),
     (["--oops", "1"], ["command-line override --oops", "unknown top-level key 'oops'"]),
     (["--seed", "[1"], ["--seed", "not a YAML value"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("overrides,needles", RECIPE_ERRORS, ids=[" ".join(o) for o, _ in RECIPE_ERRORS])

@@ -39,24 +39,11 @@ def refused(response: httpx.Response, status: int, *words: str) -> str:
     return message
 
 
-def test_info_shows_the_run_its_saved_settings_and_evaluated_numbers(
-    client, served_run
-):
+def test_info_shows_the_run_its_saved_settings_and_evaluated_numbers(client, served_run):
     info = client.get("/api/info").json()
-    assert (
-        info["name"] == "gen_tiny"
-        and info["stage"] == "finetune_vqa"
-        and info["image_size"] == 32
-    )
-    assert (
-        info["settings_saved"]
-        and info["settings"]["top_k"] == 4
-        and info["settings"]["num_candidates"] == 2
-    )
-    assert (
-        "shapes_prompt_accuracy" in info["evaluation"]["metrics"]
-        and info["evaluation"]["num_samples"] == 2
-    )
+    assert info["name"] == "gen_tiny" and info["stage"] == "finetune_vqa" and info["image_size"] == 32
+    assert info["settings_saved"] and info["settings"]["top_k"] == 4 and info["settings"]["num_candidates"] == 2
+    assert "shapes_prompt_accuracy" in info["evaluation"]["metrics"] and info["evaluation"]["num_samples"] == 2
     assert info["limits"]["max_candidates"] == 4
     assert client.get("/api/health").json()["status"] == "ok"
     report = client.get("/report")
@@ -65,21 +52,12 @@ def test_info_shows_the_run_its_saved_settings_and_evaluated_numbers(
 
 def test_generate_defaults_to_the_saved_settings_and_returns_scored_candidates(client):
     result = client.post("/api/generate", json={"prompt": "a red circle"}).json()
-    assert (
-        result["settings"]["num_candidates"] == 2 and result["settings"]["top_k"] == 4
-    )
-    assert (
-        result["settings"]["cfg_scale"] == 1.5
-        and result["settings"]["reranker"] == "SelfReranker"
-    )
+    assert result["settings"]["num_candidates"] == 2 and result["settings"]["top_k"] == 4
+    assert result["settings"]["cfg_scale"] == 1.5 and result["settings"]["reranker"] == "SelfReranker"
     cands = result["candidates"]
-    assert [c["rank"] for c in cands] == [0, 1] and sorted(
-        c["index"] for c in cands
-    ) == [0, 1]
+    assert [c["rank"] for c in cands] == [0, 1] and sorted(c["index"] for c in cands) == [0, 1]
     assert cands[0]["score"] >= cands[1]["score"]  # best first
-    image = Image.open(
-        io.BytesIO(__import__("base64").b64decode(cands[0]["image"].split(",", 1)[1]))
-    )
+    image = Image.open(io.BytesIO(__import__("base64").b64decode(cands[0]["image"].split(",", 1)[1])))
     assert image.size == (32, 32)
     # every setting can be overridden; the same request gives the same images
     body = {
@@ -94,14 +72,8 @@ def test_generate_defaults_to_the_saved_settings_and_returns_scored_candidates(c
         client.post("/api/generate", json=body).json(),
         client.post("/api/generate", json=body).json(),
     )
-    assert (
-        a["settings"]["top_k"] is None
-        and len(a["candidates"]) == 3
-        and a["candidates"][0]["score"] is None
-    )
-    assert [c["image"] for c in a["candidates"]] == [
-        c["image"] for c in b["candidates"]
-    ]
+    assert a["settings"]["top_k"] is None and len(a["candidates"]) == 3 and a["candidates"][0]["score"] is None
+    assert [c["image"] for c in a["candidates"]] == [c["image"] for c in b["candidates"]]
 
 
 def test_a_job_reports_progress_and_its_result(client):
@@ -113,11 +85,7 @@ def test_a_job_reports_progress_and_its_result(client):
         seen.add(state["phase"])
         time.sleep(0.01)
         state = client.get(job.json()["poll"]).json()
-    assert (
-        state["status"] == "done"
-        and state["progress"] == 1.0
-        and len(state["result"]["candidates"]) == 2
-    )
+    assert state["status"] == "done" and state["progress"] == 1.0 and len(state["result"]["candidates"]) == 2
     assert seen & {"queued", "starting", "sampling", "decoding", "reranking"}
     refused(client.get("/api/jobs/nope"), 404, "no such job")
 
@@ -189,25 +157,19 @@ def test_bad_uploads_and_questions_are_refused_and_the_server_keeps_serving(clie
         "empty",
     )
     refused(
-        client.post(
-            "/api/caption", files={"image": ("a.png", b"GIF89a garbage", "image/png")}
-        ),
+        client.post("/api/caption", files={"image": ("a.png", b"GIF89a garbage", "image/png")}),
         422,
         "not a readable image",
     )
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, "TIFF")
     refused(
-        client.post(
-            "/api/caption", files={"image": ("a.tif", buf.getvalue(), "image/tiff")}
-        ),
+        client.post("/api/caption", files={"image": ("a.tif", buf.getvalue(), "image/tiff")}),
         415,
         "TIFF",
     )
     refused(
-        client.post(
-            "/api/caption", files={"image": ("big.png", png((2048, 1024)), "image/png")}
-        ),
+        client.post("/api/caption", files={"image": ("big.png", png((2048, 1024)), "image/png")}),
         413,
         "pixels",
     )
@@ -282,17 +244,12 @@ def test_bad_uploads_and_questions_are_refused_and_the_server_keeps_serving(clie
     refused(client.get("/api/nothing"), 404)
     refused(client.get("/static/../../etc/passwd"), 404)
     refused(client.get("/static/secret.py"), 404, "no static file")
-    assert (
-        client.post("/api/generate", json={"prompt": "a red circle"}).status_code == 200
-    )  # still serving
+    assert client.post("/api/generate", json={"prompt": "a red circle"}).status_code == 200  # still serving
 
 
 def test_the_page_and_its_assets_load_nothing_remote(client):
     page = client.get("/")
-    assert (
-        page.status_code == 200
-        and "script-src 'self'" in page.headers["content-security-policy"]
-    )
+    assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
     for text in (
         page.text,
         client.get("/static/app.js").text,
@@ -304,9 +261,7 @@ def test_the_page_and_its_assets_load_nothing_remote(client):
 
 def test_fifty_concurrent_requests_are_batched_and_none_is_lost(client, server):
     before = client.get("/api/health").json()["batches_run"]
-    prompts = [
-        f"a {c} circle" for c in ("red", "blue", "green", "yellow", "purple")
-    ] * 10
+    prompts = [f"a {c} circle" for c in ("red", "blue", "green", "yellow", "purple")] * 10
 
     def one(prompt: str) -> tuple[int, str, float]:
         start = time.perf_counter()
@@ -326,9 +281,7 @@ def test_fifty_concurrent_requests_are_batched_and_none_is_lost(client, server):
     )
     results = [(status, prompt) for status, prompt, _ in results]
     assert [status for status, _ in results] == [200] * 50
-    assert [
-        prompt for _, prompt in results
-    ] == prompts  # each answer belongs to its request
+    assert [prompt for _, prompt in results] == prompts  # each answer belongs to its request
     batches = client.get("/api/health").json()["batches_run"] - before
     assert batches < 50, "requests that arrived together were not batched"
 
@@ -354,9 +307,7 @@ def test_the_cli_serves_a_run_on_localhost_and_refuses_bad_flags(served_run, cap
         "--device",
         "cpu",
     ]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy()
-    )
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -383,11 +334,7 @@ def test_a_run_without_saved_settings_serves_the_plain_defaults(tiny_run):
     app = create_app(Pipeline.from_run_dir(tiny_run, device="cpu"))
     with TestClient(app) as c:
         info = c.get("/api/info").json()
-        assert (
-            not info["settings_saved"]
-            and info["evaluation"] is None
-            and info["settings"]["top_k"] is None
-        )
+        assert not info["settings_saved"] and info["evaluation"] is None and info["settings"]["top_k"] is None
         result = c.post("/api/generate", json={"prompt": "a red circle"}).json()
         assert len(result["candidates"]) == 1 and result["settings"]["cfg_scale"] == 1.0
         refused(c.get("/report"), 404, "no evaluation report")

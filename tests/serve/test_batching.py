@@ -33,11 +33,7 @@ def test_jobs_that_arrive_together_run_as_one_call_per_kind_and_settings():
         ]
         gate.set()
         for job in jobs:
-            assert (
-                job.done.wait(10)
-                and job.status == "done"
-                and job.result == {"echo": job.payload}
-            )
+            assert job.done.wait(10) and job.status == "done" and job.result == {"echo": job.payload}
         assert calls == [
             ("generate", [0, 1, 2]),
             ("generate", [3, 4]),
@@ -53,10 +49,7 @@ def test_jobs_that_arrive_together_run_as_one_call_per_kind_and_settings():
             1,
             1,
         ] and queue.batches_run == 4
-        assert (
-            queue.get(jobs[0].id).public()["result"] == {"echo": 0}
-            and queue.pending() == 0
-        )
+        assert queue.get(jobs[0].id).public()["result"] == {"echo": 0} and queue.pending() == 0
     finally:
         queue.close()
 
@@ -87,9 +80,7 @@ def test_a_failing_batch_fails_its_jobs_only_and_the_worker_goes_on():
 
     queue = BatchQueue(run, window_s=0.0)
     try:
-        boom, refuse, forgotten = (
-            queue.submit("generate", (p,), p) for p in ("boom", "refuse", "forgotten")
-        )
+        boom, refuse, forgotten = (queue.submit("generate", (p,), p) for p in ("boom", "refuse", "forgotten"))
         for job in (boom, refuse, forgotten):
             assert job.done.wait(10) and job.status == "failed"
         assert boom.error.status == 500 and "model exploded" in boom.public()["error"]

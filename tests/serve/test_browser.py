@@ -15,8 +15,15 @@ httpx = pytest.importorskip("httpx", reason="httpx is missing: pip install -e '.
 
 pytestmark = pytest.mark.slow
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "serve"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def find_chromium() -> str | None:
@@ -41,9 +48,7 @@ def browser():
     )
     executable = find_chromium()
     if executable is None:
-        pytest.skip(
-            "no Chromium found (apt-get install chromium); the browser tests need one"
-        )
+        pytest.skip("no Chromium found (apt-get install chromium); the browser tests need one")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser
@@ -52,18 +57,12 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(
-        viewport={"width": 1100, "height": 900}, offline=False
-    )
+    context = browser.new_context(viewport={"width": 1100, "height": 900}, offline=False)
     page = context.new_page()
     remote = []
     page.on(
         "request",
-        lambda r: (
-            remote.append(r.url)
-            if not r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
-            else None
-        ),
+        lambda r: remote.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None,
     )
     yield page
     context.close()
@@ -95,15 +94,11 @@ def test_upload_an_image_and_read_its_caption_and_answer(page, server, tmp_path)
     with httpx.Client(base_url=server.url, timeout=60) as c:
         files = {"image": ("red.png", picture.read_bytes(), "image/png")}
         expected = c.post("/api/caption", files=files).json()["caption"]
-        expected_answer = c.post(
-            "/api/vqa", files=files, data={"question": "what colour is it?"}
-        ).json()["answer"]
+        expected_answer = c.post("/api/vqa", files=files, data={"question": "what colour is it?"}).json()["answer"]
     page.goto(server.url)
     page.set_input_files("#caption-file", str(picture))
     page.click("#caption-btn")
-    page.wait_for_selector(
-        "#caption-result[data-caption]", state="attached", timeout=60_000
-    )
+    page.wait_for_selector("#caption-result[data-caption]", state="attached", timeout=60_000)
     assert page.get_attribute("#caption-result", "data-caption") == expected
     page.set_input_files("#vqa-file", str(picture))
     page.fill("#vqa-question", "what colour is it?")
@@ -127,8 +122,15 @@ def test_rate_three_items_and_see_the_reports_numbers(page, served_run, tmp_path
     from vilgkit.humaneval.create import create_campaign
     from vilgkit.humaneval.report import campaign_report
 
-    campaign = create_campaign(tmp_path / "t2i.sqlite", "text2image", [str(served_run)], num_items=3,
-                               raters_per_item=1, device="cpu", log=lambda *_: None)  # fmt: skip
+    campaign = create_campaign(
+        tmp_path / "t2i.sqlite",
+        "text2image",
+        [str(served_run)],
+        num_items=3,
+        raters_per_item=1,
+        device="cpu",
+        log=lambda *_: None,
+    )
     live = LiveServer(create_rating_app(campaign, bootstrap_rounds=50))
     try:
         page.goto(live.url)
@@ -151,16 +153,10 @@ def test_rate_three_items_and_see_the_reports_numbers(page, served_run, tmp_path
         page.wait_for_selector("#report-table")
         report = campaign_report(campaign, rounds=50)["results"]["A"]
         cells = {
-            c.get_attribute("data-key"): c.inner_text()
-            for c in page.query_selector_all("#report-table td[data-key]")
+            c.get_attribute("data-key"): c.inner_text() for c in page.query_selector_all("#report-table td[data-key]")
         }
-        assert (
-            cells["clarity"].startswith(f"{report['clarity']['mean']:.2f}")
-            and report["clarity"]["mean"] == 4.0
-        )
-        assert cells["relevance"].startswith("2.00") and cells["average"].startswith(
-            f"{report['average']['mean']:.2f}"
-        )
+        assert cells["clarity"].startswith(f"{report['clarity']['mean']:.2f}") and report["clarity"]["mean"] == 4.0
+        assert cells["relevance"].startswith("2.00") and cells["average"].startswith(f"{report['average']['mean']:.2f}")
         page.screenshot(path=str(SHOTS / "humaneval_report.png"), full_page=True)
     finally:
         live.stop()

@@ -44,14 +44,10 @@ def test_alpha_reproduces_krippendorffs_published_example():
 
 def test_alpha_edge_cases():
     assert krippendorff_alpha([[3, 3], [1, 1, 1], [5, 5]], "interval") == 1.0
-    assert (
-        krippendorff_alpha([[2, 2], [2, 2]], "ordinal") is None
-    )  # no variation: undefined
+    assert krippendorff_alpha([[2, 2], [2, 2]], "ordinal") is None  # no variation: undefined
     assert krippendorff_alpha([[1], [5]], "interval") is None  # nothing pairable
     # a unit with a single rating does not count
-    assert krippendorff_alpha(
-        [[1, 1], [1, 2], [2, 2], [5]], "interval"
-    ) == pytest.approx(4 / 9)
+    assert krippendorff_alpha([[1, 1], [1, 2], [2, 2], [5]], "interval") == pytest.approx(4 / 9)
     with pytest.raises(ValueError, match="level"):
         krippendorff_alpha([[1, 2]], "ratio")
 
@@ -59,9 +55,7 @@ def test_alpha_edge_cases():
 # ---------------------------------------------------------------------------------------- store + report
 
 
-def synthetic_campaign(
-    path, protocol="caption", systems=("A", "B"), inputs=4, raters_per_item=3
-) -> Campaign:
+def synthetic_campaign(path, protocol="caption", systems=("A", "B"), inputs=4, raters_per_item=3) -> Campaign:
     meta = {
         "protocol": protocol,
         "raters_per_item": raters_per_item,
@@ -85,11 +79,7 @@ def synthetic_campaign(
     ids = campaign.input_ids()
     campaign.add_items(
         ids,
-        [
-            {"input_id": i, "system": s, "output_text": f"output {i}.{n}"}
-            for i in ids
-            for n, s in enumerate(systems)
-        ],
+        [{"input_id": i, "system": s, "output_text": f"output {i}.{n}"} for i in ids for n, s in enumerate(systems)],
     )
     return campaign
 
@@ -107,9 +97,7 @@ def test_report_computes_the_means_pass_rate_agreement_and_the_paired_difference
     with sqlite3.connect(campaign.path) as conn:
         items = {
             (system, input_id): item
-            for item, system, input_id in conn.execute(
-                "SELECT id, system, input_id FROM items"
-            )
+            for item, system, input_id in conn.execute("SELECT id, system, input_id FROM items")
         }
     # (turing, quality) per rater: A is judged human 1 of 4 times, B 3 of 4, humans 4 of 4
     given = {
@@ -125,13 +113,9 @@ def test_report_computes_the_means_pass_rate_agreement_and_the_paired_difference
             campaign.rate(rater, items[key], {"turing": turing, "quality": quality})
     report = campaign_report(campaign, rounds=200)
     a, b, human = (report["results"][s] for s in ("A", "B", "human"))
-    assert a["turing_pass_rate"]["mean"] == pytest.approx(25.0) and b[
-        "turing_pass_rate"
-    ]["mean"] == pytest.approx(75.0)
+    assert a["turing_pass_rate"]["mean"] == pytest.approx(25.0) and b["turing_pass_rate"]["mean"] == pytest.approx(75.0)
     assert human["turing_pass_rate"]["mean"] == pytest.approx(100.0)
-    assert a["quality"]["mean"] == pytest.approx(1.0) and b["quality"][
-        "mean"
-    ] == pytest.approx(1.5)
+    assert a["quality"]["mean"] == pytest.approx(1.0) and b["quality"]["mean"] == pytest.approx(1.5)
     lo, hi = b["quality"]["ci"]
     assert 1.0 <= lo <= 1.5 <= hi <= 2.0  # the item means are 2.0 and 1.0
     units = [
@@ -142,21 +126,12 @@ def test_report_computes_the_means_pass_rate_agreement_and_the_paired_difference
         [2, 2],
         [2, 1],
     ]  # quality per item, in any order
-    assert report["agreement"]["quality"]["ordinal"] == pytest.approx(
-        krippendorff_alpha(units, "ordinal")
-    )
-    assert report["agreement"]["quality"]["interval"] == pytest.approx(
-        krippendorff_alpha(units, "interval")
-    )
+    assert report["agreement"]["quality"]["ordinal"] == pytest.approx(krippendorff_alpha(units, "ordinal"))
+    assert report["agreement"]["quality"]["interval"] == pytest.approx(krippendorff_alpha(units, "interval"))
     assert report["comparison_b_minus_a"]["quality"]["mean"] == pytest.approx(0.5)
-    assert (
-        report["ratings_given"] == 12 == report["ratings_needed"]
-        and report["raters"] == 2
-    )
+    assert report["ratings_given"] == 12 == report["ratings_needed"] and report["raters"] == 2
     markdown = to_markdown(report)
-    assert (
-        "| A: run_a | 25.0" in markdown and "Turing test passing rate (%)" in markdown
-    )
+    assert "| A: run_a | 25.0" in markdown and "Turing test passing rate (%)" in markdown
     assert "Quality evaluation avg. score" in markdown and "Krippendorff" in markdown
 
 
@@ -199,9 +174,7 @@ def test_random_order_per_rater_enough_raters_per_item_and_resuming(tmp_path):
         return seen
 
     ann = rate_all(campaign, "ann", 5)
-    ann += rate_all(
-        Campaign(path), "ann", 100
-    )  # a new process: she continues where she stopped
+    ann += rate_all(Campaign(path), "ann", 100)  # a new process: she continues where she stopped
     bob = rate_all(Campaign(path), "bob", 100)
     assert sorted(ann) == sorted(bob) == sorted(set(ann)) and len(ann) == 12
     assert ann != bob  # each rater has an own random order
@@ -217,25 +190,19 @@ def test_random_order_per_rater_enough_raters_per_item_and_resuming(tmp_path):
 
 
 def test_item_ids_do_not_reveal_the_system(tmp_path):
-    campaign = Campaign.create(tmp_path / "c.sqlite", {"protocol": "caption", "raters_per_item": 1, "seed": 0,
-                                                      "systems": {"A": {}, "B": {}}})  # fmt: skip
+    campaign = Campaign.create(
+        tmp_path / "c.sqlite", {"protocol": "caption", "raters_per_item": 1, "seed": 0, "systems": {"A": {}, "B": {}}}
+    )
     campaign.add_inputs([{"image": b"x"} for _ in range(20)])
     ids = campaign.input_ids()
     for start in range(0, 20, 4):  # batches of four inputs, as `create` stores them
         batch = ids[start : start + 4]
         campaign.add_items(
             batch,
-            [
-                {"input_id": i, "system": s, "output_text": "c"}
-                for i in batch
-                for s in "AB"
-            ],
+            [{"input_id": i, "system": s, "output_text": "c"} for i in batch for s in "AB"],
         )
     with sqlite3.connect(campaign.path) as conn:
-        parity = {
-            (system, item % 2)
-            for item, system in conn.execute("SELECT id, system FROM items")
-        }
+        parity = {(system, item % 2) for item, system in conn.execute("SELECT id, system FROM items")}
     assert parity == {("A", 0), ("A", 1), ("B", 0), ("B", 1)}
 
 
@@ -253,10 +220,7 @@ def test_create_refuses_a_different_campaign_in_the_same_file_and_non_campaign_f
 
 
 def test_the_protocols_have_the_papers_scales():
-    scales = {
-        p: {c.key: (c.low, c.high) for c in proto.criteria}
-        for p, proto in PROTOCOLS.items()
-    }
+    scales = {p: {c.key: (c.low, c.high) for c in proto.criteria} for p, proto in PROTOCOLS.items()}
     assert scales == {
         "text2image": {"clarity": (1, 5), "texture": (1, 5), "relevance": (1, 5)},
         "caption": {"fluency": (0, 2), "relevance": (0, 2), "richness": (0, 2)},
@@ -295,12 +259,8 @@ def test_cli_create_resume_report_and_errors(served_run, tiny_run, tmp_path, cap
         "A",
         "B",
     }
-    assert (
-        campaign.meta["systems"]["A"]["settings"]["top_k"] == 4
-    )  # each run's saved settings
-    assert (
-        main(args) == 0 and Campaign(path).counts()["items"] == 6
-    )  # resumed: nothing added twice
+    assert campaign.meta["systems"]["A"]["settings"]["top_k"] == 4  # each run's saved settings
+    assert main(args) == 0 and Campaign(path).counts()["items"] == 6  # resumed: nothing added twice
     capsys.readouterr()
     assert main(args[:-4] + ["--num-items", "5", "--device", "cpu"]) == 2
     assert "different campaign" in capsys.readouterr().err
@@ -331,8 +291,10 @@ def test_cli_create_resume_report_and_errors(served_run, tiny_run, tmp_path, cap
     for name, colour in (("red.png", "red"), ("blue.png", "blue")):
         Image.new("RGB", (48, 40), colour).save(pictures / name)
     own = tmp_path / "own.jsonl"
-    own.write_text('{"image": "pictures/red.png", "question": "what colour?", "answer": "red"}\n\n'
-                   '{"image": "pictures/blue.png", "question": "what colour?"}\n')  # fmt: skip
+    own.write_text(
+        '{"image": "pictures/red.png", "question": "what colour?", "answer": "red"}\n\n'
+        '{"image": "pictures/blue.png", "question": "what colour?"}\n'
+    )
     command = [
         "humaneval",
         "create",
@@ -344,9 +306,7 @@ def test_cli_create_resume_report_and_errors(served_run, tiny_run, tmp_path, cap
     ]
     assert main([*command, "--items", str(own), "--device", "cpu"]) == 0
     own_campaign = Campaign(tmp_path / "own.sqlite")
-    assert own_campaign.counts()["items"] == 2 and set(
-        own_campaign.meta["systems"]
-    ) == {"A"}  # not every answer known
+    assert own_campaign.counts()["items"] == 2 and set(own_campaign.meta["systems"]) == {"A"}  # not every answer known
     assert own_campaign.next_item("ann")["question"] == "what colour?"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a red circle"}\n{"prompt": "x", "rm": "-rf"}\n')
@@ -408,15 +368,14 @@ def test_rating_api_serves_items_blind_and_refuses_bad_ratings(tmp_path):
     try:
         with httpx.Client(base_url=live.url, timeout=30) as c:
             info = c.get("/api/campaign").json()
-            assert info["protocol"] == "caption" and [
-                k["key"] for k in info["criteria"]
-            ] == ["fluency", "relevance", "richness"]
+            assert info["protocol"] == "caption" and [k["key"] for k in info["criteria"]] == [
+                "fluency",
+                "relevance",
+                "richness",
+            ]
             assert "systems" not in info and "run_a" not in json.dumps(info)
             item = c.get("/api/next", params={"rater": "ann"}).json()["item"]
-            assert (
-                item["output"].startswith("output ")
-                and c.get(item["image"]).content == b"\x89PNG fake"
-            )
+            assert item["output"].startswith("output ") and c.get(item["image"]).content == b"\x89PNG fake"
             ok = c.post(
                 "/api/ratings",
                 json={
@@ -460,9 +419,6 @@ def test_rating_api_serves_items_blind_and_refuses_bad_ratings(tmp_path):
             assert c.get("/api/next").status_code == 422  # no rater
             assert c.get("/api/items/999/image").status_code == 404
             report = c.get("/api/report").json()
-            assert (
-                report["report"]["ratings_given"] == 1
-                and "Fluency" in report["markdown"]
-            )
+            assert report["report"]["ratings_given"] == 1 and "Fluency" in report["markdown"]
     finally:
         live.stop()

@@ -1,4 +1,5 @@
 """Loss terms and quantiser mechanics against values computed by hand on tiny tensors."""
+
 import math
 
 import pytest
@@ -6,9 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from vilgkit_vq.common import edge_weighted_mse
-from vilgkit_vq.quantizers import VectorQuantizer, batch_usage_deficit, codebook_usage, gumbel_temperature, kl_to_uniform, nearest_code
-from vilgkit_vq.vqvae import VQVAETokenizer
+from vilgkit_vq.quantizers import (
+    VectorQuantizer,
+    batch_usage_deficit,
+    codebook_usage,
+    gumbel_temperature,
+    kl_to_uniform,
+    nearest_code,
+)
 from vilgkit_vq.vqgan import adaptive_weight, hinge_d_loss, vanilla_d_loss
+from vilgkit_vq.vqvae import VQVAETokenizer
 
 CODEBOOK = torch.tensor([[0.0, 0.0], [1.0, 1.0], [3.0, 0.0]])
 # three vectors at a 1×3 grid: nearest codes 0, 1, 2 (the last is 1 from [3,0] and √2 from [1,1])

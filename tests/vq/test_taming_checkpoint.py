@@ -1,5 +1,6 @@
 """Published taming VQGAN checkpoints: built here from taming's own modules in the published key
 layout (Lightning ``.ckpt`` + ``model.yaml``), loaded by ``TamingVQGAN``, compared to taming."""
+
 import argparse
 import contextlib
 import io
@@ -16,8 +17,18 @@ from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 
 from vilgkit_vq.taming_ckpt import CheckpointKeyError, TamingVQGAN, read_lightning_checkpoint
 
-DD = dict(double_z=False, z_channels=16, resolution=32, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2, 2],
-          num_res_blocks=1, attn_resolutions=[8], dropout=0.0)
+DD = dict(
+    double_z=False,
+    z_channels=16,
+    resolution=32,
+    in_channels=3,
+    out_ch=3,
+    ch=32,
+    ch_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attn_resolutions=[8],
+    dropout=0.0,
+)
 N_EMBED, EMBED_DIM = 64, 16
 MARKER = Path(os.environ.get("TMPDIR", "/tmp")) / "vilgkit-taming-test-marker"
 
@@ -80,14 +91,21 @@ def _publish(tmp_path: Path, kind: str, extra_meta: bool = True) -> tuple[Taming
     path = tmp_path / f"{kind}.ckpt"
     torch.save(ckpt, path)
     target = "taming.models.vqgan.VQModel" if kind == "vq" else "taming.models.vqgan.GumbelVQ"
-    params = {"embed_dim": EMBED_DIM, "n_embed": N_EMBED, "ddconfig": DD,
-              "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
-                             "params": {"disc_start": 10, "disc_weight": 0.8, "disc_num_layers": 2, "disc_ndf": 16}}}
+    params = {
+        "embed_dim": EMBED_DIM,
+        "n_embed": N_EMBED,
+        "ddconfig": DD,
+        "lossconfig": {
+            "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+            "params": {"disc_start": 10, "disc_weight": 0.8, "disc_num_layers": 2, "disc_ndf": 16},
+        },
+    }
     if kind == "gumbel":
         params["kl_weight"] = 1e-8
-        params["temperature_scheduler_config"] = {"target": "taming.lr_scheduler.LambdaWarmUpCosineScheduler",
-                                                  "params": {"warm_up_steps": 0, "max_decay_steps": 1000, "lr_start": 0.9,
-                                                             "lr_max": 0.9, "lr_min": 1e-6}}
+        params["temperature_scheduler_config"] = {
+            "target": "taming.lr_scheduler.LambdaWarmUpCosineScheduler",
+            "params": {"warm_up_steps": 0, "max_decay_steps": 1000, "lr_start": 0.9, "lr_max": 0.9, "lr_min": 1e-6},
+        }
     cfg = tmp_path / f"{kind}.yaml"
     cfg.write_text(yaml.safe_dump({"model": {"base_learning_rate": 4.5e-6, "target": target, "params": params}}))
     return ref, path, cfg
@@ -144,7 +162,9 @@ def test_bad_config_and_codebook_mismatch(tmp_path):
     with pytest.raises(ValueError, match="n_embed=64"):
         TamingVQGAN(checkpoint=str(ckpt), config=str(cfg), codebook_size=8192)
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"model": {"target": "taming.models.cond_transformer.Net2NetTransformer", "params": {}}}))
+    bad.write_text(
+        yaml.safe_dump({"model": {"target": "taming.models.cond_transformer.Net2NetTransformer", "params": {}}})
+    )
     with pytest.raises(ValueError, match="VQModel"):
         TamingVQGAN(checkpoint=str(ckpt), config=str(bad))
     with pytest.raises(FileNotFoundError):

@@ -1,4 +1,5 @@
 """The three tokenizers: shapes for f = 4, 8, 16, gradients, Gumbel hard codes, VQGAN's GAN mechanics."""
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -7,8 +8,17 @@ from vilgkit_vq import DVAETokenizer, VQGANTokenizer, VQVAETokenizer
 from vilgkit_vq.perceptual import LPIPS
 
 TINY = dict(codebook_size=16, code_dim=8, hidden=8)
-TINY_GAN = dict(codebook_size=16, code_dim=8, z_channels=8, ch=32, num_res_blocks=1, attn_resolutions=[],
-                perceptual_weight=0.0, disc_layers=1, disc_ndf=8)
+TINY_GAN = dict(
+    codebook_size=16,
+    code_dim=8,
+    z_channels=8,
+    ch=32,
+    num_res_blocks=1,
+    attn_resolutions=[],
+    perceptual_weight=0.0,
+    disc_layers=1,
+    disc_ndf=8,
+)
 
 
 @pytest.mark.parametrize("f", [4, 8, 16])
@@ -121,8 +131,9 @@ def test_dvae_kl_warmup():
 
 def test_vqgan_gumbel_hard_codes_at_inference():
     torch.manual_seed(0)
-    tok = VQGANTokenizer(ch_mult=[1, 1, 1], quantizer="gumbel", temperature_start=1.0, temperature_end=0.5,
-                         anneal_steps=10, **TINY_GAN).eval()
+    tok = VQGANTokenizer(
+        ch_mult=[1, 1, 1], quantizer="gumbel", temperature_start=1.0, temperature_end=0.5, anneal_steps=10, **TINY_GAN
+    ).eval()
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     with torch.no_grad():
         assert torch.equal(tok.encode(x), tok.encode(x))
@@ -146,8 +157,10 @@ def test_perceptual_term_needs_local_weights(tmp_path):
     save_file(missing, str(tmp_path / "partial.safetensors"))
     with pytest.raises(ValueError, match="lin4.model.1.weight"):
         LPIPS(str(tmp_path / "partial.safetensors"))
-    tok = VQGANTokenizer(ch_mult=[1, 1, 1], **{**TINY_GAN, "perceptual_weight": 1.0,
-                                               "lpips_weights": str(tmp_path / "lpips.safetensors")})
+    tok = VQGANTokenizer(
+        ch_mult=[1, 1, 1],
+        **{**TINY_GAN, "perceptual_weight": 1.0, "lpips_weights": str(tmp_path / "lpips.safetensors")},
+    )
     assert "perceptual" in tok.loss(torch.rand(2, 3, 32, 32) * 2 - 1)
     assert not any(k.startswith("perceptual.") for k in tok.state_dict())  # external weights are not saved
 

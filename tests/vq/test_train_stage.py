@@ -1,4 +1,5 @@
 """The train_tokenizer stage end to end through ``vilgkit run`` machinery, and loading its output."""
+
 import json
 from pathlib import Path
 
@@ -16,12 +17,18 @@ def _shorten(tmp_path: Path, steps: int, tokenizer_args: dict[str, str]) -> list
     """Overrides that turn a tiny tokenizer recipe into a seconds-long run on 32-px images."""
     over = {
         "run_dir": str(tmp_path / "run"),
-        "data.init_args.size": "256", "data.init_args.image_size": "32",
-        "stages.0.init_args.trainer.steps": str(steps), "stages.0.init_args.trainer.batch_size": "16",
-        "stages.0.init_args.trainer.log_every": "1", "stages.0.init_args.trainer.precision": "fp32",
-        "stages.0.init_args.eval_data.init_args.size": "16", "stages.0.init_args.eval_data.init_args.image_size": "32",
-        "stages.0.init_args.eval_images": "16", "stages.0.init_args.sample_every": str(steps),
-        "stages.0.init_args.num_samples": "8", "stages.0.init_args.min_detector_agreement": "0.0",
+        "data.init_args.size": "256",
+        "data.init_args.image_size": "32",
+        "stages.0.init_args.trainer.steps": str(steps),
+        "stages.0.init_args.trainer.batch_size": "16",
+        "stages.0.init_args.trainer.log_every": "1",
+        "stages.0.init_args.trainer.precision": "fp32",
+        "stages.0.init_args.eval_data.init_args.size": "16",
+        "stages.0.init_args.eval_data.init_args.image_size": "32",
+        "stages.0.init_args.eval_images": "16",
+        "stages.0.init_args.sample_every": str(steps),
+        "stages.0.init_args.num_samples": "8",
+        "stages.0.init_args.min_detector_agreement": "0.0",
         **{f"image_tokenizer.init_args.{k}": v for k, v in tokenizer_args.items()},
     }
     return [x for k, v in over.items() for x in (f"--{k}", v)]
@@ -33,7 +40,9 @@ def _metrics(stage_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_tiny_vqvae_recipe_trains_saves_and_loads(tmp_path):
-    overrides = _shorten(tmp_path, 40, {"hidden": "8", "codebook_size": "64", "code_dim": "16", "channel_mult": "[1, 2]"})
+    overrides = _shorten(
+        tmp_path, 40, {"hidden": "8", "codebook_size": "64", "code_dim": "16", "channel_mult": "[1, 2]"}
+    )
     ctx = run([str(RECIPES / "vqvae_shapes.yaml")], overrides)
     stage = ctx.run_dir / "train_tokenizer"
     for name in (WEIGHTS_FILE, "image_tokenizer.json", "reconstructions.png", "eval.json", "samples/step_000040.png"):
@@ -67,7 +76,10 @@ def test_load_refuses_mismatching_weights(tmp_path):
     folder.mkdir()
     small = VQVAETokenizer(codebook_size=16, code_dim=8, downsample=4, hidden=8)
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(folder / WEIGHTS_FILE))
-    ctx = RunContext(run_dir=tmp_path, components={"image_tokenizer": VQVAETokenizer(codebook_size=32, code_dim=8, downsample=4, hidden=8)})
+    ctx = RunContext(
+        run_dir=tmp_path,
+        components={"image_tokenizer": VQVAETokenizer(codebook_size=32, code_dim=8, downsample=4, hidden=8)},
+    )
     with pytest.raises(VilgkitError, match=r"quantizer.embedding.weight: file \[16, 8\] vs model \[32, 8\]"):
         load_image_tokenizer(ctx, str(folder))
     with pytest.raises(FileNotFoundError):
@@ -82,7 +94,10 @@ def test_tiny_vqvae_recipe_meets_the_detector_bar(tmp_path):
     The recipe itself carries ``min_detector_agreement: 0.98`` (the stage raises below it); the
     assertions repeat the numbers so a failure shows them. Minutes on 2 CPU cores (docs/performance.md).
     """
-    ctx = run([str(RECIPES / "vqvae_shapes.yaml")], ["--run_dir", str(tmp_path / "run"), "--stages.0.init_args.sample_every", "0"])
+    ctx = run(
+        [str(RECIPES / "vqvae_shapes.yaml")],
+        ["--run_dir", str(tmp_path / "run"), "--stages.0.init_args.sample_every", "0"],
+    )
     ev = json.loads((ctx.run_dir / "train_tokenizer" / "eval.json").read_text())
     assert ev["held_out"] and ev["images"] == 256
     assert ev["detector_originals"] == 1.0
@@ -108,10 +123,19 @@ def test_tiny_tokenizer_recipes_build(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, args", [
-    ("dvae_shapes", {"hidden": "8", "codebook_size": "64", "code_dim": "16", "anneal_steps": "10", "kl_warmup_steps": "5"}),
-    ("vqgan_shapes", {"codebook_size": "64", "code_dim": "16", "z_channels": "16", "disc_start": "10", "disc_ndf": "8"}),
-])
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        (
+            "dvae_shapes",
+            {"hidden": "8", "codebook_size": "64", "code_dim": "16", "anneal_steps": "10", "kl_warmup_steps": "5"},
+        ),
+        (
+            "vqgan_shapes",
+            {"codebook_size": "64", "code_dim": "16", "z_channels": "16", "disc_start": "10", "disc_ndf": "8"},
+        ),
+    ],
+)
 def test_tiny_dvae_and_vqgan_recipes_train(tmp_path, name, args):
     """The dVAE and VQGAN recipes' training paths (Gumbel schedule; both VQGAN groups, GAN phase on) run end to end."""
     ctx = run([str(RECIPES / f"{name}.yaml")], _shorten(tmp_path, 20, args))

@@ -1,4 +1,5 @@
 """Shared pieces of the inference subcommands (``generate``, ``caption``, ``vqa``)."""
+
 from __future__ import annotations
 
 import argparse

@@ -9,6 +9,7 @@ finished there, so the dVAE, the feature extractor and each generator train once
 Writes ``RUN_DIR/ablation.md`` (the Markdown table, per-stage wall times, the machine load) and
 ``RUN_DIR/ablation.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,18 @@ COMPONENT_KEYS = ("data", "text_tokenizer", "image_tokenizer", "generator", "str
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="folder with base.yaml and row*.yaml (e.g. recipes/ablations/)")
-    parser.add_argument("--run-dir", default=None, help="run directory shared by all rows (default: base.yaml's run_dir)")
+    parser.add_argument(
+        "--run-dir", default=None, help="run directory shared by all rows (default: base.yaml's run_dir)"
+    )
     parser.add_argument("--rows", default=None, help="comma-separated row numbers to run (default: all)")
     parser.add_argument("--fresh", action="store_true", help="rerun every stage even if it already finished")
     parser.add_argument("--out", default=None, help="also copy the Markdown table here")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (on a shared, loaded CPU 1 thread is several times faster than 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (on a shared, loaded CPU 1 thread is several times faster than 2)",
+    )
 
 
 def _stage_name(node: dict[str, Any]) -> str:
@@ -60,7 +67,12 @@ def stage_fingerprints(recipe: dict[str, Any]) -> list[tuple[str, str]]:
     out, previous = [], ""
     for node in recipe.get("stages") or []:
         keys = COMPONENT_KEYS + (("reconstructor",) if _uses_reconstructor(node) else ())
-        payload = {"stage": node, "components": {k: recipe.get(k) for k in keys}, "seed": recipe.get("seed"), "after": previous}
+        payload = {
+            "stage": node,
+            "components": {k: recipe.get(k) for k in keys},
+            "seed": recipe.get("seed"),
+            "after": previous,
+        }
         previous = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
         out.append((_stage_name(node), previous))
     return out
@@ -84,8 +96,15 @@ def _rows(folder: Path, subset: str | None) -> list[tuple[int, Path]]:
     return rows
 
 
-def run_ablation(folder: str | Path, *, run_dir: str | None = None, rows: str | None = None, fresh: bool = False,
-                 overrides: list[str] | None = None, log=print) -> dict[str, Any]:  # fmt: skip
+def run_ablation(
+    folder: str | Path,
+    *,
+    run_dir: str | None = None,
+    rows: str | None = None,
+    fresh: bool = False,
+    overrides: list[str] | None = None,
+    log=print,
+) -> dict[str, Any]:
     """Run every row (sharing finished stages) and return the table record (also written to disk)."""
     import torch
 
@@ -96,8 +115,15 @@ def run_ablation(folder: str | Path, *, run_dir: str | None = None, rows: str | 
     if not base.is_file():
         raise VilgkitError(f"{folder} has no base.yaml")
     overrides = list(overrides or [])
-    command = " ".join(["vilgkit ablation", str(folder), *(["--run-dir", str(run_dir)] if run_dir else []),
-                        *(["--rows", rows] if rows else []), *overrides])  # fmt: skip
+    command = " ".join(
+        [
+            "vilgkit ablation",
+            str(folder),
+            *(["--run-dir", str(run_dir)] if run_dir else []),
+            *(["--rows", rows] if rows else []),
+            *overrides,
+        ]
+    )
     if run_dir is not None:
         overrides += ["--run_dir", str(run_dir)]
     start, load_start = time.perf_counter(), os.getloadavg()
@@ -124,8 +150,13 @@ def run_ablation(folder: str | Path, *, run_dir: str | None = None, rows: str | 
                     log(f"ablation: row {number}: running {name}")
                     t0, l0 = time.perf_counter(), os.getloadavg()[0]
                     run(paths, overrides, stages=[name])
-                    record = {"fingerprint": fingerprint, "seconds": time.perf_counter() - t0, "row": number,
-                              "load_before": l0, "load_after": os.getloadavg()[0]}  # fmt: skip
+                    record = {
+                        "fingerprint": fingerprint,
+                        "seconds": time.perf_counter() - t0,
+                        "row": number,
+                        "load_before": l0,
+                        "load_after": os.getloadavg()[0],
+                    }
                     write_json(marker, record)
                     stage_times[name] = {**record, "reused_by": []}
                 metrics_file = root / name / "metrics.json"
@@ -162,9 +193,21 @@ def _find(results: list[dict[str, Any]], generator: str, reconstructor: str) -> 
 def paper_orderings(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The paper's three claims (end-to-end is better), checked on FID and prompt accuracy."""
     claims = [
-        ("end-to-end G beats two-stage G (both decoded by two-stage R)", ("Two-stage G", "Two-stage R"), ("End-to-end G", "Two-stage R")),
-        ("end-to-end R beats two-stage R (end-to-end G)", ("End-to-end G", "Two-stage R"), ("End-to-end G", "End-to-end R")),
-        ("end-to-end R beats two-stage R on gold sequences", ("Gold image sequence", "Two-stage R"), ("Gold image sequence", "End-to-end R")),
+        (
+            "end-to-end G beats two-stage G (both decoded by two-stage R)",
+            ("Two-stage G", "Two-stage R"),
+            ("End-to-end G", "Two-stage R"),
+        ),
+        (
+            "end-to-end R beats two-stage R (end-to-end G)",
+            ("End-to-end G", "Two-stage R"),
+            ("End-to-end G", "End-to-end R"),
+        ),
+        (
+            "end-to-end R beats two-stage R on gold sequences",
+            ("Gold image sequence", "Two-stage R"),
+            ("Gold image sequence", "End-to-end R"),
+        ),
     ]
     out = []
     for text, worse, better in claims:
@@ -172,13 +215,15 @@ def paper_orderings(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if a is None or b is None:
             continue
         ma, mb = a["metrics"], b["metrics"]
-        out.append({
-            "claim": text,
-            "fid": [ma["fid"], mb["fid"]],
-            "holds_fid": mb["fid"] < ma["fid"],
-            "prompt_accuracy": [ma["shapes_prompt_accuracy"], mb["shapes_prompt_accuracy"]],
-            "holds_prompt_accuracy": mb["shapes_prompt_accuracy"] > ma["shapes_prompt_accuracy"],
-        })  # fmt: skip
+        out.append(
+            {
+                "claim": text,
+                "fid": [ma["fid"], mb["fid"]],
+                "holds_fid": mb["fid"] < ma["fid"],
+                "prompt_accuracy": [ma["shapes_prompt_accuracy"], mb["shapes_prompt_accuracy"]],
+                "holds_prompt_accuracy": mb["shapes_prompt_accuracy"] > ma["shapes_prompt_accuracy"],
+            }
+        )
     return out
 
 
@@ -188,6 +233,7 @@ def markdown_table(record: dict[str, Any]) -> str:
         "| row | Generator | Reconstructor | FID ↓ | prompt accuracy ↑ | object recall ↑ | PSNR (dB) ↑ |",
         "|---:|---|---|---:|---:|---:|---:|",
     ]
+
     def cell(m: dict[str, Any], key: str, fmt: str) -> str:
         runs = m.get(f"{key}_runs")
         spread = f" ({', '.join(format(v, fmt) for v in runs)})" if runs else ""
@@ -196,34 +242,56 @@ def markdown_table(record: dict[str, Any]) -> str:
     for r in record["rows"]:
         m = r["metrics"]
         psnr = f"{m['psnr']:.2f}" if "psnr" in m else "—"
-        lines.append(f"| {r['row']} | {r['generator']} | {r['reconstructor']} | {cell(m, 'fid', '.2f')} | "
-                     f"{cell(m, 'shapes_prompt_accuracy', '.3f')} | {cell(m, 'shapes_object_recall', '.3f')} | {psnr} |")  # fmt: skip
+        lines.append(
+            f"| {r['row']} | {r['generator']} | {r['reconstructor']} | {cell(m, 'fid', '.2f')} | "
+            f"{cell(m, 'shapes_prompt_accuracy', '.3f')} | {cell(m, 'shapes_object_recall', '.3f')} | {psnr} |"
+        )
     n = record["rows"][0]["settings"]["num_samples"] if record["rows"] else 0
     floors = [r["metrics"]["fid_real_vs_real"] for r in record["rows"] if "fid_real_vs_real" in r["metrics"]]
-    lines += ["", f"{n} held-out Shapes images per row; FID with the Shapes feature extractor (no downloaded weights); "
-              "rows sampled several times show the mean and each run in parentheses."]  # fmt: skip
+    lines += [
+        "",
+        f"{n} held-out Shapes images per row; FID with the Shapes feature extractor (no downloaded weights); "
+        "rows sampled several times show the mean and each run in parentheses.",
+    ]
     if floors:
-        lines.append(f"FID between the evaluation images and {n} independent real images (the noise floor): {floors[0]:.2f}.")
+        lines.append(
+            f"FID between the evaluation images and {n} independent real images (the noise floor): {floors[0]:.2f}."
+        )
     lines.append("")
     if record["orderings"]:
-        lines += ["| paper's claim | FID (two-stage → end-to-end) | holds? | prompt accuracy | holds? |", "|---|---|---|---|---|"]
+        lines += [
+            "| paper's claim | FID (two-stage → end-to-end) | holds? | prompt accuracy | holds? |",
+            "|---|---|---|---|---|",
+        ]
         for o in record["orderings"]:
-            lines.append(f"| {o['claim']} | {o['fid'][0]:.2f} → {o['fid'][1]:.2f} | {'yes' if o['holds_fid'] else 'no'} | "
-                         f"{o['prompt_accuracy'][0]:.3f} → {o['prompt_accuracy'][1]:.3f} | "
-                         f"{'yes' if o['holds_prompt_accuracy'] else 'no'} |")  # fmt: skip
+            lines.append(
+                f"| {o['claim']} | {o['fid'][0]:.2f} → {o['fid'][1]:.2f} | {'yes' if o['holds_fid'] else 'no'} | "
+                f"{o['prompt_accuracy'][0]:.3f} → {o['prompt_accuracy'][1]:.3f} | "
+                f"{'yes' if o['holds_prompt_accuracy'] else 'no'} |"
+            )
         lines.append("")
-    lines += ["| stage | wall time (s) | run by row | reused by rows | load avg before → after |", "|---|---:|---:|---|---|"]
+    lines += [
+        "| stage | wall time (s) | run by row | reused by rows | load avg before → after |",
+        "|---|---:|---:|---|---|",
+    ]
     for name, s in record["stages"].items():
         reused = ", ".join(map(str, s.get("reused_by", []))) or "—"
-        lines.append(f"| {name} | {s['seconds']:.0f} | {s['row']} | {reused} | "
-                     f"{s.get('load_before', float('nan')):.1f} → {s.get('load_after', float('nan')):.1f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {s['seconds']:.0f} | {s['row']} | {reused} | "
+            f"{s.get('load_before', float('nan')):.1f} → {s.get('load_after', float('nan')):.1f} |"
+        )
     ls, le = record["load_average_start"], record["load_average_end"]
     from_scratch = sum(s["seconds"] for s in record["stages"].values())
-    lines += ["", f"Sum of the stage wall times (the table from scratch): {from_scratch / 60:.1f} min.",
-              f"This invocation's wall time {record['wall_seconds'] / 60:.1f} min on {record['cpu_count']} CPU cores "
-              f"({record['torch_threads']} torch threads); load average (1/5/15 min) at start "
-              f"{ls[0]:.1f}/{ls[1]:.1f}/{ls[2]:.1f}, at end {le[0]:.1f}/{le[1]:.1f}/{le[2]:.1f}.", "",
-              f"Command: `{record['command']}`", ""]  # fmt: skip
+    lines += [
+        "",
+        f"Sum of the stage wall times (the table from scratch): {from_scratch / 60:.1f} min.",
+        f"This invocation's wall time {record['wall_seconds'] / 60:.1f} min on {record['cpu_count']} CPU cores "
+        f"({record['torch_threads']} torch threads); load average (1/5/15 min) at start "
+        f"{ls[0]:.1f}/{ls[1]:.1f}/{ls[2]:.1f}, at end {le[0]:.1f}/{le[1]:.1f}/{le[2]:.1f}.",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+    ]
     return "\n".join(lines)
 
 

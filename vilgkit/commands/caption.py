@@ -3,6 +3,7 @@
 Prints one caption per image and writes ``captions.json`` and ``grid.png`` (captions under the
 images) into ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,20 +28,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vilgkit.pictures import load_images, make_grid, to_pil
     from vilgkit.commands._infer import effective_settings, load_pipeline, out_dir, save_image, write_json
+    from vilgkit.pictures import load_images, make_grid, to_pil
 
     pipe = load_pipeline(args)
     pixels = load_images(args.images, pipe.image_size)  # fails early, naming an unreadable file
     used = effective_settings(args, pipe.settings, ["caption_method", "num_beams", "max_text_length"])
-    captions = pipe.image_to_text(list(pixels), method=used["caption_method"], num_beams=used["num_beams"],
-                                  max_length=used["max_text_length"], seed=args.seed)  # fmt: skip
+    captions = pipe.image_to_text(
+        list(pixels),
+        method=used["caption_method"],
+        num_beams=used["num_beams"],
+        max_length=used["max_text_length"],
+        seed=args.seed,
+    )
     out = out_dir(args)
     for path, caption in zip(args.images, captions):
         print(f"{path}\t{caption}")
     save_image(make_grid(to_pil(pixels), ncol=min(len(captions), 8), captions=captions), out / "grid.png")
-    write_json(out / "captions.json", {"run_dir": str(args.run_dir), "stage": str(pipe.stage_dir),
-                                       "method": used["caption_method"],
-                                       "settings": {**used, "from_run": pipe.settings.saved},
-                                       "captions": [{"image": str(p), "caption": c} for p, c in zip(args.images, captions)]})  # fmt: skip
+    write_json(
+        out / "captions.json",
+        {
+            "run_dir": str(args.run_dir),
+            "stage": str(pipe.stage_dir),
+            "method": used["caption_method"],
+            "settings": {**used, "from_run": pipe.settings.saved},
+            "captions": [{"image": str(p), "caption": c} for p, c in zip(args.images, captions)],
+        },
+    )
     return 0

@@ -1,4 +1,5 @@
 """``vilgkit eval RUN_DIR --metrics fid,caption,vqa,shapes``: score a finished run, write JSON + HTML report."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vilgkit.commands import _argtypes as T
 
     parser.add_argument("run_dir", help="run directory (holds recipe.resolved.yaml and the stage outputs)")
-    parser.add_argument("--metrics", default="shapes,caption,vqa,fid", help="comma-separated: fid, caption, vqa, shapes")
+    parser.add_argument(
+        "--metrics", default="shapes,caption,vqa,fid", help="comma-separated: fid, caption, vqa, shapes"
+    )
     parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval)")
     parser.add_argument("--stage", default=None, help="generator stage to evaluate (default: the last one)")
     parser.add_argument("--num-samples", type=T.positive_int, default=200, help="items of the evaluation data")
     parser.add_argument("--batch-size", type=T.positive_int, default=16)
-    parser.add_argument("--num-candidates", type=T.positive_int, default=8, help="images sampled per prompt (best of N)")
+    parser.add_argument(
+        "--num-candidates", type=T.positive_int, default=8, help="images sampled per prompt (best of N)"
+    )
     parser.add_argument("--reranker", default="self", help="self, none, clip, or a RERANKERS name")
     parser.add_argument("--clip-weights", default=None, help="local open_clip checkpoint for --reranker clip")
     parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for --reranker clip")
@@ -31,10 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-scale", type=T.non_negative_float, default=1.0)
     parser.add_argument("--caption-method", default="greedy", choices=["greedy", "beam", "sample"])
     parser.add_argument("--num-beams", type=T.positive_int, default=4)
-    parser.add_argument("--fid-extractor", default=None, choices=["shapes", "inception"],
-                        help="FID feature space (default: the recipe's Evaluate stage's, else shapes)")
-    parser.add_argument("--fid-weights", default=None,
-                        help="Inception .pth file or Shapes extractor folder (default: the Evaluate stage's)")
+    parser.add_argument(
+        "--fid-extractor",
+        default=None,
+        choices=["shapes", "inception"],
+        help="FID feature space (default: the recipe's Evaluate stage's, else shapes)",
+    )
+    parser.add_argument(
+        "--fid-weights",
+        default=None,
+        help="Inception .pth file or Shapes extractor folder (default: the Evaluate stage's)",
+    )
     parser.add_argument("--seed", type=T.seed, default=0)
     parser.add_argument("--examples", type=T.non_negative_int, default=8, help="samples per task shown in the report")
     parser.add_argument("--device", default="auto", type=T.device, help="auto, cpu, cuda or cuda:N")
@@ -60,8 +72,10 @@ def build_reranker(name: str, clip_weights: str | None = None, clip_model: str =
         if importlib.util.find_spec("open_clip") is None:
             raise VilgkitError(f"--reranker {name} needs open_clip: pip install 'vilgkit[clip]' (or open_clip_torch)")
         if not clip_weights or not Path(clip_weights).is_file():
-            raise VilgkitError(f"--reranker {name} needs --clip-weights FILE, a local open_clip checkpoint "
-                               f"(nothing is downloaded); got {clip_weights or 'none'}")  # fmt: skip
+            raise VilgkitError(
+                f"--reranker {name} needs --clip-weights FILE, a local open_clip checkpoint "
+                f"(nothing is downloaded); got {clip_weights or 'none'}"
+            )
         return cls(weights_path=clip_weights, model_name=clip_model)
     return cls()
 
@@ -86,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
     import vilgkit.builtins  # noqa: F401
     from vilgkit.artifacts import RESOLVED_RECIPE, RunDir, record_tree
     from vilgkit.commands._infer import make_out_dir
-    from vilgkit.metrics.harness import RESULTS_FILE, REPORT_FILE
+    from vilgkit.metrics.harness import REPORT_FILE, RESULTS_FILE
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -96,7 +110,9 @@ def main(args: argparse.Namespace) -> int:
 
     unknown = [m for m in metrics if m not in METRIC_KEYS]
     if not metrics or unknown:
-        raise VilgkitError(f"unknown metric(s) {unknown or '(none given)'}; choose from {', '.join(sorted(METRIC_KEYS))}")
+        raise VilgkitError(
+            f"unknown metric(s) {unknown or '(none given)'}; choose from {', '.join(sorted(METRIC_KEYS))}"
+        )
     reranker = build_reranker(args.reranker, args.clip_weights, args.clip_model)  # before any work: fails early
     out = Path(args.out) if args.out else run_dir / "eval"
     if out.exists() and not out.is_dir():
@@ -127,20 +143,42 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
-def _evaluate(args: argparse.Namespace, run_dir: Path, out: Path, metrics: list[str], reranker,
-              fid_extractor: str, fid_weights: str | None):  # fmt: skip
+def _evaluate(
+    args: argparse.Namespace,
+    run_dir: Path,
+    out: Path,
+    metrics: list[str],
+    reranker,
+    fid_extractor: str,
+    fid_weights: str | None,
+):
     from vilgkit.metrics.harness import SamplingSettings
     from vilgkit.stages.evaluate import run_evaluation
 
-    sampling = SamplingSettings(num_candidates=args.num_candidates, temperature=args.temperature, top_k=args.top_k or None,
-                                top_p=args.top_p, cfg_scale=args.cfg_scale, caption_method=args.caption_method,
-                                num_beams=args.num_beams)  # fmt: skip
+    sampling = SamplingSettings(
+        num_candidates=args.num_candidates,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        cfg_scale=args.cfg_scale,
+        caption_method=args.caption_method,
+        num_beams=args.num_beams,
+    )
     try:
         return run_evaluation(
-            run_dir, out, metrics=metrics, stage=args.stage, num_samples=args.num_samples, batch_size=args.batch_size,
-            sampling=sampling, reranker=reranker,
-            seed=args.seed, fid_extractor=fid_extractor, fid_weights=fid_weights,
-            report_examples=args.examples, device=args.device,
-        )  # fmt: skip
+            run_dir,
+            out,
+            metrics=metrics,
+            stage=args.stage,
+            num_samples=args.num_samples,
+            batch_size=args.batch_size,
+            sampling=sampling,
+            reranker=reranker,
+            seed=args.seed,
+            fid_extractor=fid_extractor,
+            fid_weights=fid_weights,
+            report_examples=args.examples,
+            device=args.device,
+        )
     except (ValueError, KeyError) as err:
         raise VilgkitError(str(err)) from None

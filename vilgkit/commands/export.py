@@ -10,6 +10,7 @@ verified against the run's manifest first), the resolved recipe is written with 
 SingleDevice`` so the result loads on one device, and ``DIR/artifacts.json`` hashes every file of
 the export (the consolidated weights included), so loading the export verifies it too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ SPLIT = ("generator", "reconstructor")  # GeneratorTrainable's children, saved a
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory (holds recipe.resolved.yaml and stage folders)")
-    parser.add_argument("--stage", default=None, help="stage whose checkpoint to export (default: the last one with one)")
+    parser.add_argument(
+        "--stage", default=None, help="stage whose checkpoint to export (default: the last one with one)"
+    )
     parser.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
 
 
@@ -71,8 +74,11 @@ def export(run: Path, out: Path, stage: str | None = None) -> Path:
     for child in folders:
         source.verify_tree(child)
     # top-level files the run wrote besides its recipe and manifest (e.g. the evaluated inference settings)
-    top_files = [f for f in sorted(source.path.iterdir())
-                 if f.is_file() and not f.name.startswith(".") and f.name not in (RESOLVED_RECIPE, MANIFEST)]  # fmt: skip
+    top_files = [
+        f
+        for f in sorted(source.path.iterdir())
+        if f.is_file() and not f.name.startswith(".") and f.name not in (RESOLVED_RECIPE, MANIFEST)
+    ]
     source.verify(*top_files)
     with target.locked("vilgkit export"):
         for child in folders:
@@ -101,8 +107,13 @@ def export(run: Path, out: Path, stage: str | None = None) -> Path:
         versions = recipe.pop("_versions", None)
         recipe["strategy"] = {"class_path": "vilgkit_parallel.single.SingleDevice", "init_args": {"device": "auto"}}
         target.write_recipe(recipe, versions)
-        record = {"source": str(checkpoint), "step": _step(checkpoint), "stage": stage, "files": written,
-                  "saved_world_size": marker.get("world_size")}
+        record = {
+            "source": str(checkpoint),
+            "step": _step(checkpoint),
+            "stage": stage,
+            "files": written,
+            "saved_world_size": marker.get("world_size"),
+        }
         target.write_json(stage_out / EXPORT_RECORD, record)
     return stage_out
 

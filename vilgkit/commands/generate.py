@@ -4,6 +4,7 @@ Writes one PNG per prompt (``prompt_000.png``, the best candidate; with ``--all`
 ``prompt_000_cand_00.png``), a ``grid.png`` with the prompts under the images, and
 ``generate.json`` with the prompts, files and exact sampling settings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vilgkit.pictures import make_grid
     from vilgkit.commands._infer import effective_settings, load_pipeline, out_dir, read_lines, save_image, write_json
     from vilgkit.errors import VilgkitError
+    from vilgkit.pictures import make_grid
 
     prompts = list(args.prompts) + read_lines(args.prompts_file)
     if not prompts:
@@ -47,14 +48,22 @@ def main(args: argparse.Namespace) -> int:
     used = effective_settings(args, pipe.settings, names)
     codes = int(pipe.image_tokenizer.codebook_size)
     if (used["top_k"] or 0) > codes:
-        raise VilgkitError(f"--top-k {used['top_k']}: at most the image vocabulary of this run ({codes} codes); 0 is off")
+        raise VilgkitError(
+            f"--top-k {used['top_k']}: at most the image vocabulary of this run ({codes} codes); 0 is off"
+        )
     out = out_dir(args)
     results = pipe.text_to_image(
-        prompts, num_candidates=used["num_candidates"], reranker=used["reranker"], seed=args.seed,
-        temperature=used["temperature"], top_k=used["top_k"] or 0,  # 0 / 1.0: off, not "the run's value"
-        top_p=1.0 if used["top_p"] is None else used["top_p"], cfg_scale=used["cfg_scale"], truncate=args.truncate,
+        prompts,
+        num_candidates=used["num_candidates"],
+        reranker=used["reranker"],
+        seed=args.seed,
+        temperature=used["temperature"],
+        top_k=used["top_k"] or 0,  # 0 / 1.0: off, not "the run's value"
+        top_p=1.0 if used["top_p"] is None else used["top_p"],
+        cfg_scale=used["cfg_scale"],
+        truncate=args.truncate,
         return_all=True,
-    )  # fmt: skip
+    )
     files, best = [], []
     for i, candidates in enumerate(results):
         path = out / f"prompt_{i:03d}.png"
@@ -66,7 +75,15 @@ def main(args: argparse.Namespace) -> int:
                 save_image(img, out / f"prompt_{i:03d}_cand_{j:02d}.png")
     save_image(make_grid(best, ncol=min(len(best), 8), captions=prompts), out / "grid.png")
     settings = {**used, "seed": args.seed, "truncate": args.truncate, "from_run": pipe.settings.saved}
-    write_json(out / "generate.json", {"run_dir": str(args.run_dir), "stage": str(pipe.stage_dir), "prompts": prompts,
-                                       "files": files, "settings": settings})  # fmt: skip
+    write_json(
+        out / "generate.json",
+        {
+            "run_dir": str(args.run_dir),
+            "stage": str(pipe.stage_dir),
+            "prompts": prompts,
+            "files": files,
+            "settings": settings,
+        },
+    )
     print(f"vilgkit generate: {len(files)} image(s) and grid.png written to {out}")
     return 0

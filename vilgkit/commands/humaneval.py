@@ -17,12 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vilgkit.commands.serve import add_server_arguments
     from vilgkit.humaneval.protocols import PROTOCOLS
 
-    sub = parser.add_subparsers(
-        dest="action", metavar="ACTION", parser_class=type(parser)
-    )
-    create = sub.add_parser(
-        "create", help="build a campaign file from one run (or two: blind A/B)"
-    )
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
+    create = sub.add_parser("create", help="build a campaign file from one run (or two: blind A/B)")
     create.add_argument(
         "campaign",
         help="the campaign file to write (SQLite, e.g. campaigns/t2i.sqlite)",
@@ -39,9 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="shapes",
         help="'shapes' (the run's held-out scenes) or a JSONL file",
     )
-    create.add_argument(
-        "--num-items", type=int, default=50, help="inputs to take (default: 50)"
-    )
+    create.add_argument("--num-items", type=int, default=50, help="inputs to take (default: 50)")
     create.add_argument(
         "--raters-per-item",
         type=int,
@@ -54,9 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="sampling seed and the raters' random orders",
     )
-    create.add_argument(
-        "--batch-size", type=int, default=8, help="inputs generated per batch"
-    )
+    create.add_argument("--batch-size", type=int, default=8, help="inputs generated per batch")
     create.add_argument("--device", default="auto")
     serve = sub.add_parser("serve", help="serve the rating page for a campaign")
     serve.add_argument("campaign", help="the campaign file")
@@ -67,19 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1000,
         help="bootstrap rounds of the report's intervals",
     )
-    report = sub.add_parser(
-        "report", help="the campaign's tables (Markdown + JSON) with agreement and CIs"
-    )
+    report = sub.add_parser("report", help="the campaign's tables (Markdown + JSON) with agreement and CIs")
     report.add_argument("campaign", help="the campaign file")
-    report.add_argument(
-        "--out", default=None, help="output folder (default: next to the campaign file)"
-    )
-    report.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap rounds (default: 1000)"
-    )
-    report.add_argument(
-        "--confidence", type=float, default=0.95, help="interval level (default: 0.95)"
-    )
+    report.add_argument("--out", default=None, help="output folder (default: next to the campaign file)")
+    report.add_argument("--bootstrap", type=int, default=1000, help="bootstrap rounds (default: 1000)")
+    report.add_argument("--confidence", type=float, default=0.95, help="interval level (default: 0.95)")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
 
 
@@ -113,9 +97,7 @@ def main(args: argparse.Namespace) -> int:
         from vilgkit.humaneval.report import write_report
 
         if not 0 < args.confidence < 1:
-            raise VilgkitError(
-                f"--confidence must be between 0 and 1, got {args.confidence}"
-            )
+            raise VilgkitError(f"--confidence must be between 0 and 1, got {args.confidence}")
         out = Path(args.out) if args.out else Path(args.campaign).with_suffix("")
         _, markdown = write_report(
             campaign,

@@ -24,15 +24,9 @@ ACCEPTS_OVERRIDES = True
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_arguments(parser)
-    parser.add_argument(
-        "--nodes", type=int, default=1, help="number of hosts (default 1)"
-    )
-    parser.add_argument(
-        "--gpus-per-node", type=int, default=8, help="GPUs (ranks) per host (default 8)"
-    )
-    parser.add_argument(
-        "--gpu-memory", default="80GiB", help="memory per GPU (default 80GiB)"
-    )
+    parser.add_argument("--nodes", type=int, default=1, help="number of hosts (default 1)")
+    parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs (ranks) per host (default 8)")
+    parser.add_argument("--gpu-memory", default="80GiB", help="memory per GPU (default 80GiB)")
     parser.add_argument(
         "--host-memory",
         default=None,
@@ -71,17 +65,12 @@ def render(report: R.PlanReport) -> str:
     out.append("compute")
     if report.tokens_per_sample:
         tokens = report.micro_batch * report.tokens_per_sample
+        out.append(f"  tokens per sample      {report.tokens_per_sample} (text→image + image→text streams)")
         out.append(
-            f"  tokens per sample      {report.tokens_per_sample} (text→image + image→text streams)"
-        )
-        out.append(
-            f"  micro-batch per rank   {report.micro_batch} samples = {tokens:,} tokens; "
-            f"grad_accum {report.grad_accum}"
+            f"  micro-batch per rank   {report.micro_batch} samples = {tokens:,} tokens; grad_accum {report.grad_accum}"
         )
     else:
-        out.append(
-            f"  micro-batch per rank   {report.micro_batch} samples; grad_accum {report.grad_accum}"
-        )
+        out.append(f"  micro-batch per rank   {report.micro_batch} samples; grad_accum {report.grad_accum}")
     if report.keys_per_layer:
         k = report.keys_per_layer
         out.append(
@@ -99,8 +88,7 @@ def render(report: R.PlanReport) -> str:
     where = "CPU rank" if hw.device_type == "cpu" else "GPU"
     out.append(f"memory per {where} and per rank on the host (GiB)")
     out.append(
-        f"  {'setting':<28} {'params':>8} {'grads':>8} {'optim':>8} {'activ.':>8} {'device':>8} "
-        f"{'host':>8}  fits"
+        f"  {'setting':<28} {'params':>8} {'grads':>8} {'optim':>8} {'activ.':>8} {'device':>8} {'host':>8}  fits"
     )
     for row in report.rows:
         p = row.plan
@@ -112,9 +100,7 @@ def render(report: R.PlanReport) -> str:
     out.append("")
     out.append("the run's phases per rank (GiB), recipe setting")
     for phase in report.phases:
-        out.append(
-            f"  {phase.name:<10} host {P.gib(phase.host):>8}   device {P.gib(phase.device):>8}"
-        )
+        out.append(f"  {phase.name:<10} host {P.gib(phase.host):>8}   device {P.gib(phase.device):>8}")
     out.append(f"  peak: {report.peak().name}")
     out.append("")
     first = report.rows[0]
@@ -154,8 +140,6 @@ def main(args: argparse.Namespace) -> int:
     from vilgkit.engine.runner import resolve
 
     recipe = resolve([args.recipe, *args.config], args.overrides)
-    report = R.plan_recipe(
-        recipe, hardware_from_args(args), stage=args.stage, title=args.recipe
-    )
+    report = R.plan_recipe(recipe, hardware_from_args(args), stage=args.stage, title=args.recipe)
     print(json.dumps(report.to_json(), indent=1) if args.json else render(report))
     return 0

@@ -1,4 +1,5 @@
 """``vilgkit plugins``: every registered component per registry, its plugin, and broken plugins."""
+
 from __future__ import annotations
 
 import argparse

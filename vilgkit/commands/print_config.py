@@ -1,4 +1,5 @@
 """``vilgkit print-config RECIPE [overrides]``: the fully resolved recipe as YAML."""
+
 from __future__ import annotations
 
 import argparse

@@ -6,20 +6,14 @@ import argparse
 
 from vilgkit.commands._recipe_args import add_recipe_arguments
 
-HELP = (
-    "run a recipe's stages (train tokenizer, train generator, fine-tune, evaluate...)"
-)
+HELP = "run a recipe's stages (train tokenizer, train generator, fine-tune, evaluate...)"
 ACCEPTS_OVERRIDES = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_arguments(parser)
-    parser.add_argument(
-        "--stages", default=None, help="comma-separated subset of the recipe's stages"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the latest checkpoints"
-    )
+    parser.add_argument("--stages", default=None, help="comma-separated subset of the recipe's stages")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
     parser.add_argument(
         "--skip-preflight",
         action="store_true",
@@ -30,11 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from vilgkit.engine.runner import run
 
-    stages = (
-        [s.strip() for s in args.stages.split(",") if s.strip()]
-        if args.stages
-        else None
-    )
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     ctx = run(
         [args.recipe, *args.config],
         args.overrides,

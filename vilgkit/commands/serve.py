@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = (
-    "serve a trained run over HTTP: a JSON API and a page (text→image, captions, VQA)"
-)
+HELP = "serve a trained run over HTTP: a JSON API and a page (text→image, captions, VQA)"
 ACCEPTS_OVERRIDES = False
 
 
@@ -18,9 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vilgkit.serve.limits import Limits
 
     d = Limits()
-    parser.add_argument(
-        "run_dir", help="a finished run directory (holds recipe.resolved.yaml)"
-    )
+    parser.add_argument("run_dir", help="a finished run directory (holds recipe.resolved.yaml)")
     add_server_arguments(parser, default_port=8000)
     parser.add_argument(
         "--stage",
@@ -68,9 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_server_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
     """``--host`` / ``--port`` (shared with ``vilgkit humaneval serve``)."""
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: localhost only)"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     parser.add_argument(
         "--port",
         type=int,
@@ -86,9 +80,7 @@ def check_server_arguments(args: argparse.Namespace, command: str) -> None:
     from vilgkit.errors import VilgkitError
 
     if not 0 <= args.port <= 65535:
-        raise VilgkitError(
-            f"vilgkit {command}: --port must be 0 to 65535, got {args.port}"
-        )
+        raise VilgkitError(f"vilgkit {command}: --port must be 0 to 65535, got {args.port}")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
             f"vilgkit {command}: warning: listening on {args.host}: anyone who can reach it can use the server "
@@ -105,17 +97,14 @@ def require_serve_extra(command: str) -> None:
     missing = [m for m in ("fastapi", "uvicorn", "multipart") if find_spec(m) is None]
     if missing:
         raise VilgkitError(
-            f"vilgkit {command} needs the [serve] extra (missing: {', '.join(missing)}): "
-            "pip install 'vilgkit[serve]'"
+            f"vilgkit {command} needs the [serve] extra (missing: {', '.join(missing)}): pip install 'vilgkit[serve]'"
         )
 
 
 def run_server(app, host: str, port: int, what: str) -> None:
     import uvicorn
 
-    print(
-        f"vilgkit: serving {what} on http://{host}:{port}/ (Ctrl+C stops)", flush=True
-    )
+    print(f"vilgkit: serving {what} on http://{host}:{port}/ (Ctrl+C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -134,9 +123,7 @@ def main(args: argparse.Namespace) -> int:
         "max_batch",
     ):
         if getattr(args, flag) < 1:
-            raise VilgkitError(
-                f"vilgkit serve: --{flag.replace('_', '-')} must be at least 1"
-            )
+            raise VilgkitError(f"vilgkit serve: --{flag.replace('_', '-')} must be at least 1")
     if args.batch_window_ms < 0:
         raise VilgkitError("vilgkit serve: --batch-window-ms must be ≥ 0")
     from vilgkit.serve import create_app

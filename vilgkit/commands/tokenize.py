@@ -8,6 +8,7 @@ source is read once (each tar of a WebDataset once, whatever ``repeat`` says), `
 processes encode its shards in parallel, and ``--resume`` continues a killed run (see
 :mod:`vilgkit.data.code_shard_writer`). Training then reads the shards with ``CodeShardDataset``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,16 @@ ACCEPTS_OVERRIDES = True
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_arguments(parser, "recipe YAML file (its `data` is encoded)")
     parser.add_argument("--out", required=True, help="output folder for the shards (new or empty)")
-    parser.add_argument("--image-tokenizer-from", default="train_tokenizer",
-                        help="stage name or path of the trained image tokenizer, or `recipe` (the recipe's, as built)")
-    parser.add_argument("--text-tokenizer-from", default="fit_text_tokenizer",
-                        help="stage name or path of the fitted text tokenizer, or `recipe` (the recipe's, as built)")
+    parser.add_argument(
+        "--image-tokenizer-from",
+        default="train_tokenizer",
+        help="stage name or path of the trained image tokenizer, or `recipe` (the recipe's, as built)",
+    )
+    parser.add_argument(
+        "--text-tokenizer-from",
+        default="fit_text_tokenizer",
+        help="stage name or path of the fitted text tokenizer, or `recipe` (the recipe's, as built)",
+    )
     parser.add_argument("--shard-size", type=int, default=1024, help="samples per shard")
     parser.add_argument("--batch-size", type=int, default=32, help="images encoded per forward pass")
     parser.add_argument("--limit", type=int, default=None, help="encode at most this many samples")
@@ -55,8 +62,10 @@ def main(args: argparse.Namespace) -> int:
     if args.text_tokenizer_from == "recipe":
         text_tokenizer = ctx.component("text_tokenizer")
         if not text_tokenizer.is_fitted:
-            raise VilgkitError("--text-tokenizer-from recipe needs a ready tokenizer (e.g. a vocab_file); "
-                               "this one must be fitted first: run the FitTextTokenizer stage")
+            raise VilgkitError(
+                "--text-tokenizer-from recipe needs a ready tokenizer (e.g. a vocab_file); "
+                "this one must be fitted first: run the FitTextTokenizer stage"
+            )
     else:
         text_tokenizer = load_text_tokenizer(ctx, args.text_tokenizer_from)
     if args.image_tokenizer_from == "recipe":

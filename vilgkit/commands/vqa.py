@@ -4,6 +4,7 @@
 them. Prints the answers and writes ``answers.json`` and ``grid.png`` (question → answer under each
 image) into ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vilgkit.pictures import load_images, make_grid, to_pil
     from vilgkit.commands._infer import effective_settings, load_pipeline, out_dir, save_image, write_json
     from vilgkit.errors import VilgkitError
+    from vilgkit.pictures import load_images, make_grid, to_pil
 
     images, questions = list(args.image), list(args.question)
     if len(images) == 1 and len(questions) > 1:
@@ -40,14 +41,23 @@ def main(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     pixels = load_images(images, pipe.image_size)
     used = effective_settings(args, pipe.settings, ["answer_method", "num_beams"])
-    answers = pipe.answer(list(pixels), questions, method=used["answer_method"], num_beams=used["num_beams"],
-                          truncate=args.truncate)  # fmt: skip
+    answers = pipe.answer(
+        list(pixels), questions, method=used["answer_method"], num_beams=used["num_beams"], truncate=args.truncate
+    )
     out = out_dir(args)
     for q, a in zip(questions, answers):
         print(f"{q}\t{a}")
     labels = [f"Q: {q} A: {a}" for q, a in zip(questions, answers)]
-    save_image(make_grid(to_pil(pixels), ncol=min(len(labels), 6), captions=labels, caption_width=200), out / "grid.png")
-    write_json(out / "answers.json", {"run_dir": str(args.run_dir), "stage": str(pipe.stage_dir),
-                                      "settings": {**used, "from_run": pipe.settings.saved},
-                                      "answers": [{"image": i, "question": q, "answer": a} for i, q, a in zip(images, questions, answers)]})  # fmt: skip
+    save_image(
+        make_grid(to_pil(pixels), ncol=min(len(labels), 6), captions=labels, caption_width=200), out / "grid.png"
+    )
+    write_json(
+        out / "answers.json",
+        {
+            "run_dir": str(args.run_dir),
+            "stage": str(pipe.stage_dir),
+            "settings": {**used, "from_run": pipe.settings.saved},
+            "answers": [{"image": i, "question": q, "answer": a} for i, q, a in zip(images, questions, answers)],
+        },
+    )
     return 0

@@ -4,6 +4,7 @@ Importing this package registers the data sets in ``DATASETS``: ``ShapesDataset`
 ``ImageTextFolder`` (JSONL/CSV index + images), ``WebDatasetReader`` (img2dataset tar shards) and
 ``CodeShardDataset`` (pre-tokenized codes written by ``vilgkit tokenize``).
 """
+
 from vilgkit.data.code_shard_writer import write_code_shards
 from vilgkit.data.code_shards import CodeShardDataset, TokenizerMismatchError
 from vilgkit.data.collate import collate

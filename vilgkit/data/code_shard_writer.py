@@ -121,8 +121,12 @@ def _encode_unit(k: int, quota: int | None = None) -> dict[str, Any]:
             pending = []
     if pending:
         encode(pending)
-    record: dict[str, Any] = {"unit": k, "name": name, "num_samples": len(extras),
-                              "skipped": dict(_skip_counts(dataset) - skipped_before)}  # fmt: skip
+    record: dict[str, Any] = {
+        "unit": k,
+        "name": name,
+        "num_samples": len(extras),
+        "skipped": dict(_skip_counts(dataset) - skipped_before),
+    }
     if extras:
         code_dtype = job["code_dtype"]
         tensors = {"codes": torch.cat(codes).to(code_dtype)}
@@ -141,13 +145,15 @@ def _encode_unit(k: int, quota: int | None = None) -> dict[str, Any]:
             for extra in extras:
                 f.write(json.dumps(extra, ensure_ascii=False) + "\n")
         tmp.replace(out / f"{name}.jsonl")
-        record.update({
-            "grid": list(tensors["codes"].shape[1:]),
-            "truncated": truncated,
-            "sha256": _sha256(out / f"{name}.safetensors"),
-            "jsonl_sha256": _sha256(out / f"{name}.jsonl"),
-            "widths": {f: int(tensors[f"{f}_ids"].shape[1]) for f in texts},
-        })  # fmt: skip
+        record.update(
+            {
+                "grid": list(tensors["codes"].shape[1:]),
+                "truncated": truncated,
+                "sha256": _sha256(out / f"{name}.safetensors"),
+                "jsonl_sha256": _sha256(out / f"{name}.jsonl"),
+                "widths": {f: int(tensors[f"{f}_ids"].shape[1]) for f in texts},
+            }
+        )
     from vilgkit.sharded import write_json_atomic
 
     write_json_atomic(out / f"{name}.done.json", record)  # last: the unit is complete
@@ -241,8 +247,16 @@ def write_code_shards(
     _check_resumable(out, plan, resume)
     code_dtype = torch.int16 if image_tokenizer.codebook_size <= 2**15 else torch.int32
     _JOB.clear()
-    _JOB.update(dataset=dataset, image_tokenizer=image_tokenizer, text_tokenizer=text_tokenizer, out=out, units=units,
-                batch_size=batch_size, max_text_len=max_text_len, code_dtype=code_dtype)  # fmt: skip
+    _JOB.update(
+        dataset=dataset,
+        image_tokenizer=image_tokenizer,
+        text_tokenizer=text_tokenizer,
+        out=out,
+        units=units,
+        batch_size=batch_size,
+        max_text_len=max_text_len,
+        code_dtype=code_dtype,
+    )
     records: dict[int, dict[str, Any]] = {}
     for k in range(len(units)):
         marker = out / f"shard-{k:05d}.done.json"

@@ -12,6 +12,7 @@ SHA-256. A folder without a manifest is an interrupted write and is refused.
 :class:`CodeShardDataset` reads them; given the tokenizers a recipe uses (or their fingerprints)
 it refuses shards made with different ones, saying which differs.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -121,10 +122,14 @@ class CodeShardDataset(Dataset):
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"{self.path} has no {MANIFEST}: not code shards, or an interrupted `vilgkit tokenize`")
+            raise FileNotFoundError(
+                f"{self.path} has no {MANIFEST}: not code shards, or an interrupted `vilgkit tokenize`"
+            )
         self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path}: unsupported format {self.manifest.get('format')!r} (this vilgkit reads {FORMAT})")
+            raise ValueError(
+                f"{manifest_path}: unsupported format {self.manifest.get('format')!r} (this vilgkit reads {FORMAT})"
+            )
         self.check_fingerprints(expect_image_tokenizer, expect_text_tokenizer)
         self.shards = self.manifest["shards"]
         self.offsets = [0]
@@ -134,7 +139,9 @@ class CodeShardDataset(Dataset):
             for shard in self.shards:
                 for suffix, key in ((".safetensors", "sha256"), (".jsonl", "jsonl_sha256")):
                     if _sha256(self.path / f"{shard['name']}{suffix}") != shard[key]:
-                        raise ValueError(f"{self.path / shard['name']}{suffix} does not match its checksum in the manifest")
+                        raise ValueError(
+                            f"{self.path / shard['name']}{suffix} does not match its checksum in the manifest"
+                        )
         # ids are padded to the widest shard so that samples from different shards stack
         self.widths = {f: max(sh["widths"][f] for sh in self.shards) for f in ("caption", "question", "answer")}
         self.pad_id = int(self.manifest["text_tokenizer"]["special_ids"]["pad"] or 0)

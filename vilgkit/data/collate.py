@@ -1,4 +1,5 @@
 """Batching for dict samples: tensors are stacked, everything else is kept as a list."""
+
 from __future__ import annotations
 
 from typing import Any

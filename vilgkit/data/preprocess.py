@@ -7,6 +7,7 @@
   ``bad_row``…); above ``max_skip_fraction`` of the samples seen the reader stops with a
   :class:`DataQualityError` naming the shard or file where it happened.
 """
+
 from __future__ import annotations
 
 import io

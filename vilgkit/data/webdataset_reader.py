@@ -200,8 +200,10 @@ class WebDatasetReader(IterableDataset):
         if num_workers > per_rank:
             # a worker without a shard ends at once, and the loader's round-robin over workers (which
             # exact resume relies on) would change: refuse rather than silently resume elsewhere
-            raise ValueError(f"{len(self.urls)} shard(s) give rank {self.rank} {per_rank} shard(s) for "
-                             f"{num_workers} loader workers: use at most {per_rank} workers or more shards")
+            raise ValueError(
+                f"{len(self.urls)} shard(s) give rank {self.rank} {per_rank} shard(s) for "
+                f"{num_workers} loader workers: use at most {per_rank} workers or more shards"
+            )
         role = (worker + self._batches) % num_workers
         epoch, shard_pos, sample_pos = self._start.get(role, (self.epoch, 0, 0))
         self._end = (epoch, shard_pos, sample_pos)
@@ -272,8 +274,14 @@ class WebDatasetReader(IterableDataset):
             self.stats.skip(reason, where)
             return None
         self.stats.ok()
-        return {"image": image, "caption": caption, "question": "", "answer": "",
-                "lang": detect_language(caption), "key": key}  # fmt: skip
+        return {
+            "image": image,
+            "caption": caption,
+            "question": "",
+            "answer": "",
+            "lang": detect_language(caption),
+            "key": key,
+        }
 
     def iter_shard(self, index: int) -> Iterator[dict[str, Any]]:
         """The decoded samples of shard ``urls[index]`` in tar order, once (bad samples skipped and

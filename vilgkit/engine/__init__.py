@@ -5,6 +5,7 @@ Public API: :class:`Trainer` (the loop), :class:`StatefulLoader` (resumable batc
 exported ``model.safetensors``) and :class:`NonFiniteLossError`. Imported lazily so that
 ``import vilgkit.engine.config`` stays cheap.
 """
+
 from __future__ import annotations
 
 import importlib

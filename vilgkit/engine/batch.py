@@ -1,4 +1,5 @@
 """Helpers for collated batches: moving them to a device, counting and naming their samples."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -9,6 +9,7 @@ are read only as safetensors, JSON or ``torch.load(weights_only=True)``: nothing
 
 The helpers at the bottom (model/optimizer/JSON files) are what strategies use to write their part.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,26 +19,30 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from vilgkit import artifacts
-from vilgkit.errors import VilgkitError
 from vilgkit.artifacts import (  # noqa: F401  (the file helpers strategies import from here)
     CHECKPOINT_MANIFEST as MANIFEST,
+)
+from vilgkit.artifacts import (
     CHECKPOINT_META as META,
+)
+from vilgkit.artifacts import (
     DAMAGED_DIR,
     ArtifactError,
     CorruptFileError,
-    load_tensors,
     readable,
     save_tensors,
     sha256_file,
     tensor_shapes,
 )
+from vilgkit.errors import VilgkitError
 
 FORMAT = "vilgkit-checkpoint/1"
 _STEP_RE = re.compile(r"^step_(\d{8,})$")
@@ -75,14 +80,19 @@ def _problem(directory: Path) -> str | None:
         return f"no {MANIFEST}"
     except (OSError, ValueError):
         return f"{MANIFEST} is unreadable"
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or not isinstance(manifest.get("files"), dict)
+    ):
         return f"{MANIFEST} is not a vilgkit checkpoint manifest"
     for rel, info in manifest["files"].items():
         path = directory / rel
         if not path.is_file():
             return f"{rel} is missing"
         if not isinstance(info, dict) or path.stat().st_size != info.get("bytes"):
-            return f"{rel} is {path.stat().st_size} bytes, the manifest says {info.get('bytes') if isinstance(info, dict) else '?'}"
+            listed = info.get("bytes") if isinstance(info, dict) else "?"
+            return f"{rel} is {path.stat().st_size} bytes, the manifest says {listed}"
     return None
 
 
@@ -103,7 +113,9 @@ def verify(directory: Path) -> dict[str, Any]:
     manifest = json.loads((directory / MANIFEST).read_text())
     bad = [rel for rel, info in manifest["files"].items() if sha256_file(directory / rel) != info.get("sha256")]
     if bad:
-        raise DamagedCheckpointError(f"{directory}: hash mismatch in {', '.join(sorted(bad))} (the files changed after saving)")
+        raise DamagedCheckpointError(
+            f"{directory}: hash mismatch in {', '.join(sorted(bad))} (the files changed after saving)"
+        )
     return manifest
 
 
@@ -175,8 +187,10 @@ class CheckpointManager:
             target = target_dir / f"{path.name}.{n}"
         os.replace(path, target)
         _fsync_path(self.root)
-        self.warn(f"checkpoint {path} is not usable ({reason}); moved it to {target} (kept for inspection, "
-                  "delete it when done)")
+        self.warn(
+            f"checkpoint {path} is not usable ({reason}); moved it to {target} (kept for inspection, "
+            "delete it when done)"
+        )
         return target
 
     def set_aside_incomplete(self) -> list[Path]:

@@ -8,10 +8,12 @@ width, a batch size, a learning rate, the data...) stops the resume with the ful
 Only this stage's entry of ``stages`` is compared: editing a later stage never blocks resuming an
 earlier one. Stages may pass extra safe patterns (e.g. their own ``sample_every``).
 """
+
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from vilgkit.errors import VilgkitError
 
@@ -37,7 +39,15 @@ SAFE_RESUME_KEYS: tuple[str, ...] = (
 )
 
 #: TrainerConfig fields that may change between the checkpoint and the resume
-SAFE_CONFIG_FIELDS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "num_workers", "nonfinite", "max_skipped")
+SAFE_CONFIG_FIELDS = (
+    "steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "num_workers",
+    "nonfinite",
+    "max_skipped",
+)
 
 
 class IncompatibleResumeError(VilgkitError):
@@ -126,7 +136,9 @@ def check_resume(
         unsafe, allowed = recipe_differences(saved_recipe, current_recipe, stage_name=stage_name, safe=safe)
     # the trainer's own settings, also when they did not come from the recipe (reported once)
     listed = {d.split(":")[0].split(".trainer.")[-1] for d in unsafe if ".trainer." in d}
-    unsafe += [d for d in config_differences(saved_config, current_config) if d.split(":")[0][len("trainer."):] not in listed]
+    unsafe += [
+        d for d in config_differences(saved_config, current_config) if d.split(":")[0][len("trainer.") :] not in listed
+    ]
     if unsafe:
         raise IncompatibleResumeError(
             f"cannot resume from {checkpoint}: the recipe changed in ways the checkpoint cannot continue:\n  "

@@ -1,4 +1,5 @@
 """Training settings shared by every training stage (a dataclass, so recipes validate it)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -29,11 +29,13 @@ world_size)`` is told the loader's rank first (data sets are built before the pr
 For bit-exact resume with ``num_workers > 0``, a data set's randomness should derive from the
 sample index (the Shapes world does); worker processes restart on resume.
 """
+
 from __future__ import annotations
 
 import itertools
 import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -47,7 +49,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class _EpochBatches:
     """Batch sampler over all epochs from ``(start_epoch, start_batch)`` onward (endless)."""
 
-    def __init__(self, loader: "StatefulLoader", start_epoch: int, start_batch: int) -> None:
+    def __init__(self, loader: StatefulLoader, start_epoch: int, start_batch: int) -> None:
         self.loader, self.start_epoch, self.start_batch = loader, start_epoch, start_batch
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -130,12 +132,16 @@ class StatefulLoader:
     def _sample_lengths(self) -> list[int]:
         lengths = getattr(self.dataset, "sample_lengths", None)
         if self.iterable or not callable(lengths):
-            raise ValueError(f"group_by_length needs a map-style data set with sample_lengths() (the generator "
-                             f"stages' tokenized data has one); {type(self.dataset).__name__} has none")
+            raise ValueError(
+                f"group_by_length needs a map-style data set with sample_lengths() (the generator "
+                f"stages' tokenized data has one); {type(self.dataset).__name__} has none"
+            )
         out = [int(n) for n in lengths()]
         if len(out) != len(self.dataset):
-            raise ValueError(f"{type(self.dataset).__name__}.sample_lengths() gave {len(out)} lengths for "
-                             f"{len(self.dataset)} samples")
+            raise ValueError(
+                f"{type(self.dataset).__name__}.sample_lengths() gave {len(out)} lengths for "
+                f"{len(self.dataset)} samples"
+            )
         return out
 
     # ------------------------------------------------------------------ map-style order
@@ -228,7 +234,7 @@ class StatefulLoader:
             # the epoch ended: the next one starts at sample 0
             yield _EPOCH_END
 
-    def __iter__(self) -> "StatefulLoader":
+    def __iter__(self) -> StatefulLoader:
         return self
 
     def __next__(self) -> Any:
@@ -245,8 +251,10 @@ class StatefulLoader:
             self.position += _batch_len(batch, self.batch_size)
             if self._tracker is not None:
                 if not (isinstance(batch, dict) and "position" in batch):
-                    raise ValueError(f"{type(self.dataset).__name__} has state_dict()/load_state_dict() but its "
-                                     "batches carry no 'position': cannot follow the stream for exact resume")
+                    raise ValueError(
+                        f"{type(self.dataset).__name__} has state_dict()/load_state_dict() but its "
+                        "batches carry no 'position': cannot follow the stream for exact resume"
+                    )
                 self._tracker.update(batch)
         else:
             self.position += 1
@@ -284,7 +292,8 @@ class StatefulLoader:
         otherwise it rounds down (up to one global batch is seen again) with a warning.
         """
         strict = ("unit", "dataset_len", "group_by_length") + (
-            ("seed", "shuffle") if not self.iterable else ("batch_size", "world_size"))
+            ("seed", "shuffle") if not self.iterable else ("batch_size", "world_size")
+        )
         if self.group_by_length:  # windows are cut per rank and batch size: no conversion between them
             strict += ("batch_size", "world_size")
         state = {"group_by_length": 0, **state}  # checkpoints from before the setting
@@ -302,7 +311,8 @@ class StatefulLoader:
             if rest:
                 warnings.warn(
                     f"resuming with {self.world_size} rank(s) x batch {self.batch_size} from a position of "
-                    f"{consumed} samples into epoch {self.epoch}: {rest} sample(s) will be seen again", stacklevel=2
+                    f"{consumed} samples into epoch {self.epoch}: {rest} sample(s) will be seen again",
+                    stacklevel=2,
                 )
             if self.position >= self.batches_per_epoch:
                 self.epoch, self.position = self.epoch + 1, 0

@@ -20,6 +20,7 @@ batched matmul. A transformer's blocks have a handful of shapes, so this makes 4
 matmuls — the iteration was ≈ 18 % of a small model's CPU step when run one matrix at a time.
 A shape held by a single matrix takes exactly PyTorch's 2-D path (bit-equal to ``torch.optim.Muon``).
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -67,8 +68,13 @@ class MuonAdamW(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, param_groups: list[dict[str, Any]], *, lr: float, betas: tuple[float, float],
-        momentum: float = MUON_MOMENTUM, ns_steps: int = MUON_NS_STEPS,
+        self,
+        param_groups: list[dict[str, Any]],
+        *,
+        lr: float,
+        betas: tuple[float, float],
+        momentum: float = MUON_MOMENTUM,
+        ns_steps: int = MUON_NS_STEPS,
     ) -> None:
         muon_groups = [dict(g) for g in param_groups if g.get("use_muon")]
         adam_groups = [dict(g) for g in param_groups if not g.get("use_muon")]
@@ -80,7 +86,8 @@ class MuonAdamW(torch.optim.Optimizer):
         # same dicts, so whatever sets group["lr"] on this optimizer sets it for the inner step.
         self._muon = (
             torch.optim.Muon(muon_groups, lr=lr, momentum=momentum, ns_steps=ns_steps, adjust_lr_fn="match_rms_adamw")
-            if muon_groups else None
+            if muon_groups
+            else None
         )
         self._adamw = torch.optim.AdamW(adam_groups, lr=lr, betas=tuple(betas)) if adam_groups else None
         inner = (self._muon.param_groups if self._muon else []) + (self._adamw.param_groups if self._adamw else [])

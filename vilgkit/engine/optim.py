@@ -11,9 +11,11 @@ Decay is **not** applied to (decided per parameter, in this order):
 
 Everything else (weight matrices, convolution kernels) decays.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,11 +32,7 @@ EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 
 def _is_no_decay_owner(module: nn.Module) -> bool:
     name = type(module).__name__
-    return (
-        isinstance(module, NORM_TYPES + EMBEDDING_TYPES)
-        or name.endswith("Norm")
-        or name.endswith("Embedding")
-    )
+    return isinstance(module, NORM_TYPES + EMBEDDING_TYPES) or name.endswith("Norm") or name.endswith("Embedding")
 
 
 def listed_parameter_names(model: nn.Module, hook_name: str) -> set[str]:
@@ -61,9 +59,7 @@ def no_decay_parameter_names(model: nn.Module) -> set[str]:
     return names
 
 
-def split_decay(
-    model: nn.Module, params: Iterable[nn.Parameter]
-) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+def split_decay(model: nn.Module, params: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Split ``params`` (a subset of ``model``'s) into ``(decay, no_decay)`` lists, order kept."""
     names = no_decay_parameter_names(model)
     no_decay_ids = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n in names}

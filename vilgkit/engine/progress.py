@@ -4,6 +4,7 @@ Only the main rank reports. On resume, metric lines written after the resumed ch
 run that was interrupted) are dropped from ``metrics.jsonl`` and TensorBoard purges its events past
 that step, so both logs read as one uninterrupted run.
 """
+
 from __future__ import annotations
 
 import json

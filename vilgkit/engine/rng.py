@@ -3,11 +3,13 @@
 States are split into JSON-safe data (Python's and NumPy's, as lists of ints) and tensors (torch's
 byte states, saved as safetensors), so restoring them never unpickles anything.
 """
+
 from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -1,4 +1,5 @@
 """``vilgkit run``: parse a recipe, save it resolved, run its stages in order."""
+
 from __future__ import annotations
 
 import platform
@@ -64,8 +65,15 @@ def check_run_dir(run_dir: Path, stages: list[Stage], recipe: dict[str, Any], re
             meta = read_meta(path)
         except DamagedCheckpointError:
             continue  # the Trainer sets it aside and looks at the older ones
-        check_resume(str(path), meta.get("recipe"), recipe, {}, {}, stage_name=stage.name,
-                     safe=tuple(getattr(stage, "safe_resume_keys", ()) or ()))
+        check_resume(
+            str(path),
+            meta.get("recipe"),
+            recipe,
+            {},
+            {},
+            stage_name=stage.name,
+            safe=tuple(getattr(stage, "safe_resume_keys", ()) or ()),
+        )
 
 
 def select_stages(stages: list[Stage], subset: list[str] | None) -> list[Stage]:
@@ -125,7 +133,9 @@ def run(
         build_recipe = artifacts.adopt_external_files(recipe, write=main)
         ctx = RunContext(
             run_dir=run_dir,
-            components=ComponentStore(build_recipe, on_built=lambda k, c: notify("vilgkit_component_built", key=k, component=c)),
+            components=ComponentStore(
+                build_recipe, on_built=lambda k, c: notify("vilgkit_component_built", key=k, component=c)
+            ),
             recipe=recipe,
             seed=int(recipe.get("seed", 0)),
             resume=resume,

@@ -3,6 +3,7 @@
 The schedule is a pure function of the optimizer step, so resuming needs only the step counter
 (the scheduler's own state is saved too, but nothing in it is random).
 """
+
 from __future__ import annotations
 
 import math

@@ -12,6 +12,7 @@ The training pass is the wrapped module's call, ``wrapped(batch, group, step)`` 
 ``forward``), so DDP's and FSDP's hooks run; the module's ``training_losses(outputs, batch, group,
 step)`` then turns the outputs into named losses (:class:`~vilgkit.interfaces.Trainable`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,15 +23,17 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vilgkit.engine import rng
 from vilgkit import artifacts
+from vilgkit.engine import rng
+from vilgkit.engine.batch import batch_size, move_to, sample_ids
 from vilgkit.engine.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -41,7 +44,6 @@ from vilgkit.engine.checkpoint import (
     verify,
 )
 from vilgkit.engine.compat import check_resume
-from vilgkit.engine.batch import batch_size, move_to, sample_ids
 from vilgkit.engine.config import TrainerConfig, validate_config
 from vilgkit.engine.loader import StatefulLoader
 from vilgkit.engine.muon import muon_factory, muon_param_groups
@@ -81,7 +83,9 @@ def default_strategy() -> ParallelStrategy:
 
     cls = PARALLEL_STRATEGIES.get("SingleDevice") if "SingleDevice" in PARALLEL_STRATEGIES.module_dict else None
     if cls is None:
-        raise VilgkitError("no strategy in the recipe and the SingleDevice strategy (plugin vilgkit_parallel) is not loaded")
+        raise VilgkitError(
+            "no strategy in the recipe and the SingleDevice strategy (plugin vilgkit_parallel) is not loaded"
+        )
     return cls()
 
 
@@ -158,9 +162,11 @@ class Trainer:
             raise VilgkitError(f"need eval_every >= 0 and eval_batches >= 1, got {eval_every}, {eval_batches}")
         if config.optimizer == "muon" and strategy.layout().sharding != "none":
             # Muon orthogonalises whole matrices; a sharded strategy hands each rank a slice
-            raise VilgkitError(f"trainer.optimizer: muon needs whole weight matrices on every rank, but "
-                               f"{type(strategy).__name__} shards them; use optimizer: adamw with it, or a "
-                               "replicating strategy (SingleDevice, DDP)")
+            raise VilgkitError(
+                f"trainer.optimizer: muon needs whole weight matrices on every rank, but "
+                f"{type(strategy).__name__} shards them; use optimizer: adamw with it, or a "
+                "replicating strategy (SingleDevice, DDP)"
+            )
         self.eval_dataset, self.eval_every, self.eval_batches = eval_dataset, eval_every, eval_batches
         self.seed = rng.derive_seed(run_seed, config.seed)
         self.step = 0
@@ -173,7 +179,7 @@ class Trainer:
     @classmethod
     def for_stage(
         cls, ctx: RunContext, stage: Stage, module: nn.Module, dataset: Dataset, config: TrainerConfig, **kwargs: Any
-    ) -> "Trainer":
+    ) -> Trainer:
         """A trainer writing into ``ctx.stage_dir(stage.name)`` with the recipe's strategy
         (``SingleDevice`` when the recipe has none), recipe and seed. Call ``.fit(ctx.resume)``."""
         strategy = run_strategy(ctx)
@@ -214,17 +220,33 @@ class Trainer:
                 param_groups = adamw_param_groups(self.module, spec["params"], wd)
             self.optimizers[name] = strategy.build_optimizer(param_groups, factory)
             self.schedulers[name] = build_scheduler(
-                self.optimizers[name], warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio
+                self.optimizers[name],
+                warmup_steps=cfg.warmup_steps,
+                total_steps=cfg.steps,
+                min_lr_ratio=cfg.min_lr_ratio,
             )
         self.loader = StatefulLoader(
-            self.dataset, cfg.batch_size, self.collate_fn, seed=self.seed, shuffle=self.shuffle,
-            num_workers=cfg.num_workers, rank=strategy.rank, world_size=strategy.world_size,
-            pin_memory=self.device.type == "cuda", group_by_length=cfg.group_by_length,
+            self.dataset,
+            cfg.batch_size,
+            self.collate_fn,
+            seed=self.seed,
+            shuffle=self.shuffle,
+            num_workers=cfg.num_workers,
+            rank=strategy.rank,
+            world_size=strategy.world_size,
+            pin_memory=self.device.type == "cuda",
+            group_by_length=cfg.group_by_length,
         )
         self.ckpt = CheckpointManager(self.checkpoint_dir, strategy, keep=cfg.keep_checkpoints)
 
     def _state(self) -> dict[str, Any]:
-        return {"model": self.model, "optimizers": self.optimizers, "schedulers": self.schedulers, "trainer": {}, "rng": {}}
+        return {
+            "model": self.model,
+            "optimizers": self.optimizers,
+            "schedulers": self.schedulers,
+            "trainer": {},
+            "rng": {},
+        }
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -265,8 +287,13 @@ class Trainer:
                 verify(path)
                 meta = read_meta(path)
                 allowed = check_resume(
-                    str(path), meta.get("recipe"), self.recipe, meta.get("config", {}), dataclasses.asdict(self.config),
-                    stage_name=self.stage_name, safe=self.safe_resume_keys,
+                    str(path),
+                    meta.get("recipe"),
+                    self.recipe,
+                    meta.get("config", {}),
+                    dataclasses.asdict(self.config),
+                    stage_name=self.stage_name,
+                    safe=self.safe_resume_keys,
                 )
                 if allowed and self.strategy.is_main:
                     print(f"vilgkit: resuming {path} with allowed changes: " + "; ".join(allowed))
@@ -275,7 +302,11 @@ class Trainer:
                     self.strategy.load_checkpoint(path, state)
                     trainer = state["trainer"]
                     step_loaded = int(trainer["step"])
-                    counters, metrics, loader_state = trainer.get("counters", {}), trainer.get("metrics", {}), trainer["loader"]
+                    counters, metrics, loader_state = (
+                        trainer.get("counters", {}),
+                        trainer.get("metrics", {}),
+                        trainer["loader"],
+                    )
                     rng_data = trainer["rng"]
             except DamagedCheckpointError as err:
                 damaged.append(str(err))
@@ -342,8 +373,13 @@ class Trainer:
                 "them, or use another run_dir to start over"
             )
         logger = RunLogger(
-            self.out_dir, cfg.steps, self.step, enabled=self.strategy.is_main, tensorboard=self.tensorboard,
-            progress=self.progress, name=self.stage_name or "train",
+            self.out_dir,
+            cfg.steps,
+            self.step,
+            enabled=self.strategy.is_main,
+            tensorboard=self.tensorboard,
+            progress=self.progress,
+            name=self.stage_name or "train",
         )
         saved_at = self.step if resumed is not None else None
         try:
@@ -369,7 +405,9 @@ class Trainer:
             logger.close()
         return {**self.metrics, "step": self.step, **{k: float(v) for k, v in self.counters.items()}}
 
-    def _report(self, logger: RunLogger, step_metrics: dict[str, float], window: tuple[float, int]) -> tuple[float, int]:
+    def _report(
+        self, logger: RunLogger, step_metrics: dict[str, float], window: tuple[float, int]
+    ) -> tuple[float, int]:
         """Evaluate and log when due; returns the throughput window ``(start time, samples)``."""
         cfg, last = self.config, self.step == self.config.steps
         val: dict[str, float] = {}
@@ -414,8 +452,10 @@ class Trainer:
         """A ``rebuild()`` copy on the strategy's device; with ``weights`` it is built on ``meta`` and
         takes them over (``assign``), so the host never holds the model twice."""
         if self.rebuild is None:
-            raise VilgkitError(f"{type(self.strategy).__name__} shards {type(self.module).__name__} in place: give the "
-                               "Trainer rebuild= (a factory of an unwrapped copy) to use the trained module on one rank")
+            raise VilgkitError(
+                f"{type(self.strategy).__name__} shards {type(self.module).__name__} in place: give the "
+                "Trainer rebuild= (a factory of an unwrapped copy) to use the trained module on one rank"
+            )
         fresh = None
         if weights is not None:
             with torch.device("meta"):
@@ -467,7 +507,9 @@ class Trainer:
         if main_only and not self._intact():
             if self.rebuild is None:  # cannot run a sharded module on one rank: skip, say so once
                 if self.strategy.is_main and not self._warned_callbacks:
-                    warnings.warn("callbacks skipped: the module is sharded and the Trainer has no rebuild=", stacklevel=2)
+                    warnings.warn(
+                        "callbacks skipped: the module is sharded and the Trainer has no rebuild=", stacklevel=2
+                    )
                 self._warned_callbacks = True
                 due = [cb for cb in due if cb not in main_only]
             else:
@@ -484,8 +526,9 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, float]:
         """Mean ``validation_metrics`` over the first ``eval_batches`` held-out batches (RNG-neutral)."""
-        loader = torch.utils.data.DataLoader(self.eval_dataset, batch_size=self.config.batch_size,
-                                             collate_fn=self.collate_fn, shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            self.eval_dataset, batch_size=self.config.batch_size, collate_fn=self.collate_fn, shuffle=False
+        )
         totals: dict[str, float] = defaultdict(float)
         count = 0
         dtype = torch.bfloat16 if self.config.precision == "bf16" else None
@@ -514,9 +557,11 @@ class Trainer:
                     with strategy.autocast(dtype):
                         losses = self._call(name, move_to(batch, self.device))
                     if "loss" not in losses:
-                        raise KeyError(f"{type(self.module).__name__}.training_losses(..., group={name!r}) returned no "
-                                       "'loss' "
-                                       f"(keys: {sorted(losses)})")
+                        raise KeyError(
+                            f"{type(self.module).__name__}.training_losses(..., group={name!r}) returned no "
+                            "'loss' "
+                            f"(keys: {sorted(losses)})"
+                        )
                     (losses["loss"] / len(batches)).backward()
                 for key, value in losses.items():
                     values[key].append(torch.as_tensor(value).detach().float().mean())
@@ -572,7 +617,8 @@ class Trainer:
             )
         self.counters["skipped_steps"] += 1
         if self.strategy.is_main:
-            warnings.warn(f"skipping: {where} [{self.counters['skipped_steps']}/{self.config.max_skipped}]", stacklevel=2)
+            warnings.warn(
+                f"skipping: {where} [{self.counters['skipped_steps']}/{self.config.max_skipped}]", stacklevel=2
+            )
         if self.counters["skipped_steps"] > self.config.max_skipped:
             raise NonFiniteLossError(f"{where}; more than max_skipped={self.config.max_skipped} skipped updates")
-

@@ -31,9 +31,7 @@ def coincidences(units: Sequence[Sequence[float]]) -> dict[tuple[float, float], 
         counts = Counter(values)
         for c, nc in counts.items():
             for k, nk in counts.items():
-                pairs = (
-                    nc * (nc - 1) if c == k else nc * nk
-                )  # ordered pairs of different raters
+                pairs = nc * (nc - 1) if c == k else nc * nk  # ordered pairs of different raters
                 o[(c, k)] += pairs / (m - 1)
     return dict(o)
 
@@ -55,9 +53,7 @@ def _delta2(level: str, values: list[float], n_c: Mapping[float, float]):
     raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
 
 
-def krippendorff_alpha(
-    units: Sequence[Sequence[float]], level: str = "interval"
-) -> float | None:
+def krippendorff_alpha(units: Sequence[Sequence[float]], level: str = "interval") -> float | None:
     """Krippendorff's alpha of ``units`` (one list of values per rated item) at ``level``."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
@@ -71,7 +67,5 @@ def krippendorff_alpha(
         return None
     delta2 = _delta2(level, values, n_c)
     d_o = sum(count * delta2(c, k) for (c, k), count in o.items()) / n
-    d_e = sum(n_c[c] * n_c[k] * delta2(c, k) for c in values for k in values) / (
-        n * (n - 1)
-    )
+    d_e = sum(n_c[c] * n_c[k] * delta2(c, k) for c in values for k in values) / (n * (n - 1))
     return 1.0 - d_o / d_e

@@ -39,9 +39,7 @@ def png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def read_jsonl_inputs(
-    path: str | Path, protocol: str, limit: int | None = None
-) -> list[dict[str, Any]]:
+def read_jsonl_inputs(path: str | Path, protocol: str, limit: int | None = None) -> list[dict[str, Any]]:
     """A user's inputs; a bad line is an error naming the file, the line and what is allowed."""
     path = Path(path)
     if not path.is_file():
@@ -56,17 +54,9 @@ def read_jsonl_inputs(
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise VilgkitError(f"{where}: not JSON ({err.msg})") from None
-        if (
-            not isinstance(obj, dict)
-            or not required <= set(obj)
-            or set(obj) - required - optional
-        ):
-            allowed = ", ".join(sorted(required)) + (
-                f" (optional: {', '.join(sorted(optional))})" if optional else ""
-            )
-            raise VilgkitError(
-                f"{where}: a {protocol} input is an object with the keys {allowed}"
-            )
+        if not isinstance(obj, dict) or not required <= set(obj) or set(obj) - required - optional:
+            allowed = ", ".join(sorted(required)) + (f" (optional: {', '.join(sorted(optional))})" if optional else "")
+            raise VilgkitError(f"{where}: a {protocol} input is an object with the keys {allowed}")
         if any(not isinstance(v, str) or not v.strip() for v in obj.values()):
             raise VilgkitError(f"{where}: every value must be a non-empty string")
         row: dict[str, Any] = {
@@ -80,9 +70,7 @@ def read_jsonl_inputs(
                 with Image.open(image_path) as img:
                     row["image"] = png_bytes(img.convert("RGB"))
             except (OSError, ValueError) as err:
-                raise VilgkitError(
-                    f"{where}: cannot read the image {image_path}: {err}"
-                ) from None
+                raise VilgkitError(f"{where}: cannot read the image {image_path}: {err}") from None
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break
@@ -95,28 +83,20 @@ def shapes_inputs(run_dir: Path, protocol: str, num_items: int) -> list[dict[str
     """Held-out scenes of the run's data (its ``test`` split): captions as prompts, images, VQA pairs."""
     import yaml
 
-    from vilgkit.pictures import to_pil
     from vilgkit.engine.runner import RESOLVED_RECIPE
     from vilgkit.interfaces import RunContext
+    from vilgkit.pictures import to_pil
     from vilgkit.stages.evaluate import default_eval_data
 
-    recipe = {
-        k: v
-        for k, v in yaml.safe_load((run_dir / RESOLVED_RECIPE).read_text()).items()
-        if k != "_versions"
-    }
+    recipe = {k: v for k, v in yaml.safe_load((run_dir / RESOLVED_RECIPE).read_text()).items() if k != "_versions"}
     try:
-        data, _ = default_eval_data(
-            RunContext(run_dir=run_dir, components={}, recipe=recipe), num_items
-        )
+        data, _ = default_eval_data(RunContext(run_dir=run_dir, components={}, recipe=recipe), num_items)
     except KeyError as err:
         raise VilgkitError(f"--items shapes: {err.args[0]}") from None
     rows = []
     for i in range(min(num_items, len(data))):
         sample = data[i]
-        row: dict[str, Any] = {
-            "text": sample["caption"] if protocol == "text2image" else None
-        }
+        row: dict[str, Any] = {"text": sample["caption"] if protocol == "text2image" else None}
         if protocol != "text2image":
             row["image"] = png_bytes(to_pil(sample["image"][None])[0])
         if protocol == "vqa":
@@ -127,16 +107,11 @@ def shapes_inputs(run_dir: Path, protocol: str, num_items: int) -> list[dict[str
 
 def _outputs(pipe, protocol: str, rows: list[Any], seed: int) -> list[dict[str, Any]]:
     if protocol == "text2image":
-        return [
-            {"image": png_bytes(img)}
-            for img in pipe.text_to_image([r["text"] for r in rows], seed=seed)
-        ]
+        return [{"image": png_bytes(img)} for img in pipe.text_to_image([r["text"] for r in rows], seed=seed)]
     images = [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in rows]
     if protocol == "caption":
         return [{"output_text": c} for c in pipe.image_to_text(images)]
-    return [
-        {"output_text": a} for a in pipe.answer(images, [r["question"] for r in rows])
-    ]
+    return [{"output_text": a} for a in pipe.answer(images, [r["question"] for r in rows])]
 
 
 def create_campaign(
@@ -160,13 +135,8 @@ def create_campaign(
     if not 1 <= len(runs) <= 2:
         raise VilgkitError("give one run, or two for a blind A/B comparison")
     if raters_per_item < 1 or num_items < 1 or batch_size < 1:
-        raise VilgkitError(
-            "--raters-per-item, --num-items and --batch-size must be at least 1"
-        )
-    pipes = {
-        label: Pipeline.from_run_dir(run, device=device)
-        for label, run in zip("AB", runs)
-    }
+        raise VilgkitError("--raters-per-item, --num-items and --batch-size must be at least 1")
+    pipes = {label: Pipeline.from_run_dir(run, device=device) for label, run in zip("AB", runs)}
     rows = (
         read_jsonl_inputs(items, protocol, num_items)
         if items != "shapes"
@@ -180,9 +150,7 @@ def create_campaign(
         }
         for (label, pipe), run in zip(pipes.items(), runs)
     }
-    if protocol == "vqa" and all(
-        r.get("truth") for r in rows
-    ):  # rated blind beside the model's, as in Table 6
+    if protocol == "vqa" and all(r.get("truth") for r in rows):  # rated blind beside the model's, as in Table 6
         systems["human"] = {"name": "human answers (the data's ground truth)"}
     meta = {
         "protocol": protocol,
@@ -201,19 +169,12 @@ def create_campaign(
         stored = [dict(r) for r in campaign.inputs(ids)]
         out: list[dict[str, Any]] = []
         for label, pipe in pipes.items():
-            for row, result in zip(
-                stored, _outputs(pipe, protocol, stored, seed + ids[0])
-            ):
+            for row, result in zip(stored, _outputs(pipe, protocol, stored, seed + ids[0])):
                 out.append({"input_id": row["id"], "system": label, **result})
         if "human" in systems:
-            out += [
-                {"input_id": row["id"], "system": "human", "output_text": row["truth"]}
-                for row in stored
-            ]
+            out += [{"input_id": row["id"], "system": "human", "output_text": row["truth"]} for row in stored]
         campaign.add_items(ids, out)
-        log(
-            f"humaneval create: {min(start + batch_size, len(todo))}/{len(todo)} inputs done"
-        )
+        log(f"humaneval create: {min(start + batch_size, len(todo))}/{len(todo)} inputs done")
     counts = campaign.counts()
     log(
         f"humaneval create: {campaign.path}: {counts['items']} items ({protocol}, systems {', '.join(systems)}), "

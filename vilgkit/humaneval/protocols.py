@@ -31,14 +31,8 @@ class Criterion:
 
     def check(self, score: object) -> int:
         """The score as an int, or ``ValueError`` naming the allowed ones."""
-        if (
-            isinstance(score, bool)
-            or not isinstance(score, int)
-            or not self.low <= score <= self.high
-        ):
-            raise ValueError(
-                f"{self.key}: {score!r}; allowed: an integer from {self.low} to {self.high}"
-            )
+        if isinstance(score, bool) or not isinstance(score, int) or not self.low <= score <= self.high:
+            raise ValueError(f"{self.key}: {score!r}; allowed: an integer from {self.low} to {self.high}")
         return score
 
 
@@ -64,9 +58,7 @@ TEXT2IMAGE = Protocol(
     "Table 2 (average scores, 1–5)",
     (
         Criterion("clarity", "Image clarity", "How clear is the image?", 1, 5),
-        Criterion(
-            "texture", "Texture quality", "How good is the texture of the image?", 1, 5
-        ),
+        Criterion("texture", "Texture quality", "How good is the texture of the image?", 1, 5),
         Criterion(
             "relevance",
             "Relevance to the text",

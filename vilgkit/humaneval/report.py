@@ -24,21 +24,15 @@ from vilgkit.humaneval.store import Campaign
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 
 
-def _bootstrap(
-    values: np.ndarray, rng: np.random.Generator, rounds: int, confidence: float
-) -> list[float] | None:
+def _bootstrap(values: np.ndarray, rng: np.random.Generator, rounds: int, confidence: float) -> list[float] | None:
     if len(values) < 2 or rounds < 1:
         return None
-    means = values[rng.integers(0, len(values), size=(rounds, len(values)))].mean(
-        axis=1
-    )
+    means = values[rng.integers(0, len(values), size=(rounds, len(values)))].mean(axis=1)
     tail = (1 - confidence) / 2 * 100
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
 
-def _stat(
-    values: list[float], rng, rounds: int, confidence: float, scale: float = 1.0
-) -> dict[str, Any]:
+def _stat(values: list[float], rng, rounds: int, confidence: float, scale: float = 1.0) -> dict[str, Any]:
     arr = np.asarray(values, dtype=float)
     ci = _bootstrap(arr, rng, rounds, confidence)
     return {
@@ -56,9 +50,7 @@ def campaign_report(
     rng = np.random.default_rng(seed)
     keys = [c.key for c in protocol.criteria]
     # per (system, criterion): item → its ratings
-    by_item: dict[tuple[str, str], dict[int, list[int]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
+    by_item: dict[tuple[str, str], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     item_input: dict[int, int] = {}
     for r in ratings:
         by_item[(r["system"], r["criterion"])][r["item"]].append(r["score"])
@@ -70,12 +62,8 @@ def campaign_report(
         for key in keys:
             items = by_item.get((system, key), {})
             means = [float(np.mean(v)) for v in items.values()]
-            scale = (
-                100.0 if key == "turing" else 1.0
-            )  # the Turing test is a passing rate in %
-            row["turing_pass_rate" if key == "turing" else key] = _stat(
-                means, rng, rounds, confidence, scale
-            )
+            scale = 100.0 if key == "turing" else 1.0  # the Turing test is a passing rate in %
+            row["turing_pass_rate" if key == "turing" else key] = _stat(means, rng, rounds, confidence, scale)
         if protocol.name != "vqa":  # Tables 2 and 5 also average the criteria
             per_item: dict[int, list[float]] = defaultdict(list)
             for key in keys:
@@ -90,14 +78,10 @@ def campaign_report(
         results[system] = row
     agreement = {}
     for key in keys:
-        units = [
-            v for (_, k), items in by_item.items() if k == key for v in items.values()
-        ]
+        units = [v for (_, k), items in by_item.items() if k == key for v in items.values()]
         levels = ("nominal",) if key == "turing" else ("ordinal", "interval")
         agreement[key] = {level: krippendorff_alpha(units, level) for level in levels}
-        agreement[key]["items_with_2_or_more_ratings"] = sum(
-            1 for u in units if len(u) >= 2
-        )
+        agreement[key]["items_with_2_or_more_ratings"] = sum(1 for u in units if len(u) >= 2)
     comparison = None
     runs = [s for s in systems if s in ("A", "B")]
     if runs == ["A", "B"]:
@@ -131,11 +115,7 @@ def campaign_report(
 def _fmt(stat: dict[str, Any] | None, digits: int = 2) -> str:
     if not stat or stat["mean"] is None:
         return "—"
-    ci = (
-        f" [{stat['ci'][0]:.{digits}f}, {stat['ci'][1]:.{digits}f}]"
-        if stat["ci"]
-        else ""
-    )
+    ci = f" [{stat['ci'][0]:.{digits}f}, {stat['ci'][1]:.{digits}f}]" if stat["ci"] else ""
     return f"{stat['mean']:.{digits}f}{ci}"
 
 
@@ -146,16 +126,11 @@ def to_markdown(report: dict[str, Any]) -> str:
     protocol = PROTOCOLS[report["protocol"]]
     pct = int(round(report["confidence"] * 100))
     columns = [
-        ("turing_pass_rate", "Turing test passing rate (%)")
-        if c.key == "turing"
-        else (c.key, c.label)
+        ("turing_pass_rate", "Turing test passing rate (%)") if c.key == "turing" else (c.key, c.label)
         for c in protocol.criteria
     ] + ([] if protocol.name == "vqa" else [("average", "average score")])
     if protocol.name == "vqa":
-        columns = [
-            (k, "Quality evaluation avg. score" if k == "quality" else label)
-            for k, label in columns
-        ]
+        columns = [(k, "Quality evaluation avg. score" if k == "quality" else label) for k, label in columns]
     lines = [
         f"# Human evaluation: {protocol.title} — {report['table']}",
         "",
@@ -180,8 +155,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for key, levels in report["agreement"].items():
         cells = [
-            f"{levels[lv]:.3f}" if levels.get(lv) is not None else "—"
-            for lv in ("ordinal", "interval", "nominal")
+            f"{levels[lv]:.3f}" if levels.get(lv) is not None else "—" for lv in ("ordinal", "interval", "nominal")
         ]
         lines.append(
             f"| {protocol.criterion(key).label} | "
@@ -197,22 +171,16 @@ def to_markdown(report: dict[str, Any]) -> str:
             "| --- | ---: | ---: |",
         ]
         for key, stat in report["comparison_b_minus_a"].items():
-            lines.append(
-                f"| {protocol.criterion(key).label} | {_fmt(stat)} | {stat['items']} |"
-            )
+            lines.append(f"| {protocol.criterion(key).label} | {_fmt(stat)} | {stat['items']} |")
     return "\n".join(lines) + "\n"
 
 
-def write_report(
-    campaign: Campaign, out_dir: str | Path, **kwargs: Any
-) -> tuple[dict[str, Any], str]:
+def write_report(campaign: Campaign, out_dir: str | Path, **kwargs: Any) -> tuple[dict[str, Any], str]:
     """Write ``report.json`` and ``report.md`` into ``out_dir``; returns both."""
     report = campaign_report(campaign, **kwargs)
     markdown = to_markdown(report)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_JSON).write_text(
-        json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    (out / REPORT_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / REPORT_MD).write_text(markdown, encoding="utf-8")
     return report, markdown

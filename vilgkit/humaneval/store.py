@@ -49,12 +49,7 @@ class CampaignError(VilgkitError):
 
 def check_rater(rater: Any) -> str:
     """A rater's name: 1–64 printable characters (it is stored, and shown in the report's counts only)."""
-    if (
-        not isinstance(rater, str)
-        or not rater.strip()
-        or len(rater.strip()) > 64
-        or not rater.strip().isprintable()
-    ):
+    if not isinstance(rater, str) or not rater.strip() or len(rater.strip()) > 64 or not rater.strip().isprintable():
         raise CampaignError("rater: give a name of 1 to 64 printable characters")
     return rater.strip()
 
@@ -67,13 +62,8 @@ class Campaign:
         if not self.path.is_file():
             raise CampaignError(f"campaign not found: {self.path}", status=404)
         meta = self._read_meta()
-        if (
-            meta.get("schema") != SCHEMA_VERSION
-            or meta.get("protocol") not in PROTOCOLS
-        ):
-            raise CampaignError(
-                f"{self.path} is not a vilgkit campaign (schema {SCHEMA_VERSION})"
-            )
+        if meta.get("schema") != SCHEMA_VERSION or meta.get("protocol") not in PROTOCOLS:
+            raise CampaignError(f"{self.path} is not a vilgkit campaign (schema {SCHEMA_VERSION})")
         self.meta = meta
         self.protocol: Protocol = PROTOCOLS[meta["protocol"]]
 
@@ -88,9 +78,7 @@ class Campaign:
                 k: v for k, v in meta.items() if k != "created"
             }
             if not same:
-                raise CampaignError(
-                    f"{path} already holds a different campaign; choose another file"
-                )
+                raise CampaignError(f"{path} already holds a different campaign; choose another file")
             return existing
         path.parent.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(path)) as conn, conn:
@@ -111,23 +99,14 @@ class Campaign:
     def _read_meta(self) -> dict[str, Any]:
         try:
             with closing(sqlite3.connect(self.path, timeout=30)) as conn:
-                return {
-                    k: json.loads(v)
-                    for k, v in conn.execute("SELECT key, value FROM meta")
-                }
+                return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
         except sqlite3.DatabaseError as err:
-            raise CampaignError(
-                f"{self.path} is not a vilgkit campaign ({err})"
-            ) from None
+            raise CampaignError(f"{self.path} is not a vilgkit campaign ({err})") from None
 
     # ------------------------------------------------------------------ building
 
     def input_ids(self, done: bool | None = None) -> list[int]:
-        query = (
-            "SELECT id FROM inputs"
-            + ("" if done is None else f" WHERE done = {int(done)}")
-            + " ORDER BY id"
-        )
+        query = "SELECT id FROM inputs" + ("" if done is None else f" WHERE done = {int(done)}") + " ORDER BY id"
         with closing(self.connect()) as conn:
             return [r[0] for r in conn.execute(query)]
 
@@ -138,20 +117,13 @@ class Campaign:
                 return  # resuming: the inputs were stored by the first `create`
             conn.executemany(
                 "INSERT INTO inputs (text, question, truth, image) VALUES (?, ?, ?, ?)",
-                [
-                    (r.get("text"), r.get("question"), r.get("truth"), r.get("image"))
-                    for r in rows
-                ],
+                [(r.get("text"), r.get("question"), r.get("truth"), r.get("image")) for r in rows],
             )
 
     def inputs(self, ids: list[int]) -> list[sqlite3.Row]:
         with closing(self.connect()) as conn:
             marks = ",".join("?" * len(ids))
-            return list(
-                conn.execute(
-                    f"SELECT * FROM inputs WHERE id IN ({marks}) ORDER BY id", ids
-                )
-            )
+            return list(conn.execute(f"SELECT * FROM inputs WHERE id IN ({marks}) ORDER BY id", ids))
 
     def add_items(self, input_ids: list[int], items: list[dict[str, Any]]) -> None:
         """The outputs for ``input_ids`` (``input_id``, ``system``, ``output_text``, ``image``), in one
@@ -164,22 +136,15 @@ class Campaign:
         with closing(self.connect()) as conn, conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO items (input_id, system, output_text, image) VALUES (?, ?, ?, ?)",
-                [
-                    (i["input_id"], i["system"], i.get("output_text"), i.get("image"))
-                    for i in rows
-                ],
+                [(i["input_id"], i["system"], i.get("output_text"), i.get("image")) for i in rows],
             )
-            conn.executemany(
-                "UPDATE inputs SET done = 1 WHERE id = ?", [(i,) for i in input_ids]
-            )
+            conn.executemany("UPDATE inputs SET done = 1 WHERE id = ?", [(i,) for i in input_ids])
 
     # ------------------------------------------------------------------ rating
 
     def _order_key(self, rater: str, item_id: int) -> str:
         # Each rater sees the items in their own random order, fixed by the campaign seed and the name.
-        return hashlib.sha256(
-            f"{self.meta['seed']}|{rater}|{item_id}".encode()
-        ).hexdigest()
+        return hashlib.sha256(f"{self.meta['seed']}|{rater}|{item_id}".encode()).hexdigest()
 
     def next_item(self, rater: str) -> dict[str, Any] | None:
         """The rater's next item (blind: no system), or ``None`` when nothing is left for them."""
@@ -218,8 +183,7 @@ class Campaign:
         """The PNG shown with an item: the generated image (text→image) or the input image."""
         with closing(self.connect()) as conn:
             row = conn.execute(
-                "SELECT COALESCE(i.image, n.image) FROM items i JOIN inputs n ON n.id = i.input_id "
-                "WHERE i.id = ?",
+                "SELECT COALESCE(i.image, n.image) FROM items i JOIN inputs n ON n.id = i.input_id WHERE i.id = ?",
                 (item_id,),
             ).fetchone()
         if row is None or row[0] is None:
@@ -230,40 +194,27 @@ class Campaign:
         """Store one rater's scores for one item, every criterion of the protocol, in one transaction."""
         rater = check_rater(rater)
         if not isinstance(scores, dict):
-            raise CampaignError(
-                "scores: give an object mapping each criterion to a score"
-            )
+            raise CampaignError("scores: give an object mapping each criterion to a score")
         expected = [c.key for c in self.protocol.criteria]
         if sorted(scores) != sorted(expected):
             raise CampaignError(
                 f"scores: give exactly the criteria {', '.join(expected)}; got {', '.join(scores) or 'none'}"
             )
         try:
-            checked = {
-                key: self.protocol.criterion(key).check(value)
-                for key, value in scores.items()
-            }
+            checked = {key: self.protocol.criterion(key).check(value) for key, value in scores.items()}
         except ValueError as err:
             raise CampaignError(f"scores: {err}") from None
         now = time.time()
         with closing(self.connect()) as conn, conn:
-            if (
-                conn.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone()
-                is None
-            ):
+            if conn.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is None:
                 raise CampaignError(f"item {item_id}: no such item", status=404)
             try:
                 conn.executemany(
                     "INSERT INTO ratings VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (item_id, rater, key, value, now)
-                        for key, value in checked.items()
-                    ],
+                    [(item_id, rater, key, value, now) for key, value in checked.items()],
                 )
             except sqlite3.IntegrityError:
-                raise CampaignError(
-                    f"item {item_id}: {rater} has already rated it", status=409
-                ) from None
+                raise CampaignError(f"item {item_id}: {rater} has already rated it", status=409) from None
 
     # ------------------------------------------------------------------ reading
 
@@ -291,9 +242,7 @@ class Campaign:
         """Items, ratings needed (items × raters per item), ratings given (by ``rater``, when named)."""
         with closing(self.connect()) as conn:
             items = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            given = conn.execute(
-                "SELECT COUNT(DISTINCT item_id || '|' || rater) FROM ratings"
-            ).fetchone()[0]
+            given = conn.execute("SELECT COUNT(DISTINCT item_id || '|' || rater) FROM ratings").fetchone()[0]
             mine = (
                 conn.execute(
                     "SELECT COUNT(DISTINCT item_id) FROM ratings WHERE rater = ?",

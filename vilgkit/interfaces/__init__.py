@@ -1,4 +1,5 @@
 """The abstract interfaces of docs/architecture.md §3. Core depends only on these; plugins implement them."""
+
 from vilgkit.interfaces.attention import AttentionPattern
 from vilgkit.interfaces.decode_cache import DecodeCache
 from vilgkit.interfaces.generator import Generator, GeneratorOutput

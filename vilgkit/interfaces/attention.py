@@ -6,6 +6,7 @@ path must agree with it. Layers are identified by ``(layer, num_layers)`` so tha
 
 Shapes (dimension key): B batch, H heads, N sequence length, D head dim, K gathered keys.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

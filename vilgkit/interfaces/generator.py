@@ -1,4 +1,5 @@
 """The generator interface: one transformer, both directions (paper §3.1.2)."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

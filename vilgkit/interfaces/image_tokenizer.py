@@ -1,4 +1,5 @@
 """The image tokenizer interface: pixels ⇄ a grid of discrete codes."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

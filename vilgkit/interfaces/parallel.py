@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -72,9 +73,7 @@ class MemoryPlan:
 
     @property
     def device_total(self) -> int:
-        return (
-            self.parameters + self.gradients + self.optimizer_states + self.activations
-        )
+        return self.parameters + self.gradients + self.optimizer_states + self.activations
 
 
 class ParallelStrategy(ABC):
@@ -103,9 +102,7 @@ class ParallelStrategy(ABC):
     def wrap(self, model: nn.Module) -> nn.Module:
         """Apply the strategy to ``model`` (moved to ``device``); returns the module to train."""
 
-    def build_optimizer(
-        self, params: list[nn.Parameter] | list[dict[str, Any]], factory: Any
-    ) -> torch.optim.Optimizer:
+    def build_optimizer(self, params: list[nn.Parameter] | list[dict[str, Any]], factory: Any) -> torch.optim.Optimizer:
         """Build an optimizer for wrapped parameters; ``factory(params) -> Optimizer``."""
         return factory(params)
 
@@ -120,9 +117,7 @@ class ParallelStrategy(ABC):
     def barrier(self) -> None:
         """Wait for every rank (no-op on one device)."""
 
-    def clip_grad_norm_(
-        self, model: nn.Module, params: list[nn.Parameter], max_norm: float
-    ) -> torch.Tensor:
+    def clip_grad_norm_(self, model: nn.Module, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
         """Clip the gradients to a total norm of ``max_norm`` (``inf``: measure only); returns the
         total norm before clipping, the same on every rank. Called on every rank after backward.
 
@@ -171,9 +166,7 @@ class ParallelStrategy(ABC):
 
     def memory_plan(self, model: nn.Module, tokens_per_device: int) -> MemoryPlan:
         """Estimated memory per device for training ``model`` under this strategy."""
-        raise NotImplementedError(
-            f"{type(self).__name__} does not report a memory plan"
-        )
+        raise NotImplementedError(f"{type(self).__name__} does not report a memory plan")
 
     @contextlib.contextmanager
     def autocast(self, dtype: torch.dtype | None) -> Iterator[None]:

@@ -1,4 +1,5 @@
 """The reconstructor interface: codes or generator hidden states → pixels (paper §3.1.3)."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

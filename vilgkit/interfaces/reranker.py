@@ -5,6 +5,7 @@ them: rows ``b*N .. b*N+N-1`` belong to prompt ``b``. A reranker scores every ca
 better) and the best per prompt is kept. Implementations live in plugins (``vilgkit_rerank``:
 ``SelfReranker``, ``ClipReranker``, ``NoReranker``) and register in ``RERANKERS``.
 """
+
 from __future__ import annotations
 
 import time

@@ -56,9 +56,7 @@ class RunContext:
     def component(self, key: str) -> Any:
         """A recipe component, with a clear error when the recipe lacks it."""
         if key not in self.components or self.components[key] is None:
-            raise KeyError(
-                f"this stage needs '{key}' but the recipe does not define it"
-            )
+            raise KeyError(f"this stage needs '{key}' but the recipe does not define it")
         return self.components[key]
 
 
@@ -84,9 +82,7 @@ class Stage(ABC):
 
 def stage_name(node: dict[str, Any]) -> str:
     """The name a recipe's stage entry ``{class_path, init_args}`` runs under (without building it)."""
-    return (node.get("init_args") or {}).get("name") or _snake(
-        node["class_path"].rsplit(".", 1)[-1]
-    )
+    return (node.get("init_args") or {}).get("name") or _snake(node["class_path"].rsplit(".", 1)[-1])
 
 
 def _snake(name: str) -> str:

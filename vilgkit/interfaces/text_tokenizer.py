@@ -1,4 +1,5 @@
 """The text tokenizer interface: strings ⇄ integer ids."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 
-class Trainable(ABC):
+class Trainable(ABC):  # noqa: B024 (an interface whose every method has a default)
     """Mixin for ``nn.Module`` subclasses the training engine can drive.
 
     The engine, for every optimizer group name in :meth:`optimizer_groups` order, calls the
@@ -35,9 +35,7 @@ class Trainable(ABC):
         assert isinstance(self, nn.Module)
         return {"main": [p for p in self.parameters() if p.requires_grad]}
 
-    def training_losses(
-        self, outputs: Any, batch: Any, group: str, step: int
-    ) -> dict[str, torch.Tensor]:
+    def training_losses(self, outputs: Any, batch: Any, group: str, step: int) -> dict[str, torch.Tensor]:
         """Named losses of ``forward``'s ``outputs`` for optimizer ``group`` at global ``step``;
         ``"loss"`` is back-propagated. The default: ``outputs`` is that dict already."""
         if not isinstance(outputs, dict) or "loss" not in outputs:

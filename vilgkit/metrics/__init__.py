@@ -3,6 +3,7 @@
 ``metrics_for(keys)`` builds the metrics that ``vilgkit eval --metrics fid,caption,vqa,shapes``
 names; every metric follows :class:`vilgkit.metrics.base.Metric`.
 """
+
 from vilgkit.metrics.base import TASKS, Metric
 from vilgkit.metrics.caption import CaptionMetrics, caption_scores, char_tokenize
 from vilgkit.metrics.fid import FID, build_feature_extractor

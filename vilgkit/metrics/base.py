@@ -11,6 +11,7 @@ selected metric from one generation pass without knowing the metric::
 ``key`` groups metrics under the names ``vilgkit eval --metrics`` accepts (``fid``, ``caption``,
 ``vqa``, ``shapes``).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -10,6 +10,7 @@ Two tokenisation modes, as the paper's Tables 3–4 use:
 METEOR and the PTB tokenizer run Java subprocesses (``java`` must be on ``PATH``). One METEOR process
 is kept per Python process (it takes seconds to start); if its pipe breaks it is restarted once.
 """
+
 from __future__ import annotations
 
 import re

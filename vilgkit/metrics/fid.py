@@ -1,4 +1,5 @@
 """The FID metric (paper §4.2): streaming feature statistics of real and generated images."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -65,7 +66,7 @@ class FID(Metric):
         self.reset()
 
     @classmethod
-    def with_extractor(cls, extractor: FeatureExtractor, **kwargs: Any) -> "FID":
+    def with_extractor(cls, extractor: FeatureExtractor, **kwargs: Any) -> FID:
         """An FID metric over an already-built feature extractor (any :class:`FeatureExtractor`)."""
         metric = cls(**kwargs)
         metric._extractor = extractor.eval()
@@ -86,8 +87,10 @@ class FID(Metric):
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Features ``[B, D]`` of images ``[B, 3, H, W]`` in [-1, 1], computed in chunks."""
-        out = [self.extractor(images[i : i + self.batch_size].to(self.device)).float().cpu()
-               for i in range(0, images.shape[0], self.batch_size)]  # fmt: skip
+        out = [
+            self.extractor(images[i : i + self.batch_size].to(self.device)).float().cpu()
+            for i in range(0, images.shape[0], self.batch_size)
+        ]
         return torch.cat(out)
 
     def _accumulate(self, stats: FeatureStats | None, images: torch.Tensor) -> FeatureStats:
@@ -106,9 +109,16 @@ class FID(Metric):
     def compute(self) -> dict[str, float]:
         if self.fake_stats is None or self.real_stats is None:
             raise ValueError("FID needs both generated and real images (or reference_stats)")
-        return {"fid": fid_from_stats(self.real_stats, self.fake_stats), "fid_num_generated": float(self.fake_stats.count)}
+        return {
+            "fid": fid_from_stats(self.real_stats, self.fake_stats),
+            "fid_num_generated": float(self.fake_stats.count),
+        }
 
     def settings(self) -> dict[str, Any]:
         name = self._extractor.name if self._extractor is not None else self.extractor_kind
-        return {"extractor": name, "weights": self.weights, "reference_stats": self.reference_stats,
-                "num_real": self.real_stats.count if self.real_stats else 0}  # fmt: skip
+        return {
+            "extractor": name,
+            "weights": self.weights,
+            "reference_stats": self.reference_stats,
+            "num_real": self.real_stats.count if self.real_stats else 0,
+        }

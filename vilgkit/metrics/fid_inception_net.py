@@ -4,6 +4,7 @@ Kept apart from :mod:`vilgkit.metrics.inception` so that importing the metrics p
 import torchvision (about two seconds on a small CPU); this module loads only when FID with the
 Inception extractor is actually used.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,7 +52,17 @@ class _FIDInceptionE(tv.InceptionE):
 
 def build_fid_inception() -> tv.Inception3:
     """InceptionV3 in the FID graph's variant, randomly initialised, 1008 classes, no aux head."""
-    blocks = [tv.BasicConv2d, _FIDInceptionA, tv.InceptionB, _FIDInceptionC, tv.InceptionD, _FIDInceptionE, tv.InceptionAux]
-    net = tv.Inception3(num_classes=1008, aux_logits=False, transform_input=False, inception_blocks=blocks, init_weights=False)
+    blocks = [
+        tv.BasicConv2d,
+        _FIDInceptionA,
+        tv.InceptionB,
+        _FIDInceptionC,
+        tv.InceptionD,
+        _FIDInceptionE,
+        tv.InceptionAux,
+    ]
+    net = tv.Inception3(
+        num_classes=1008, aux_logits=False, transform_input=False, inception_blocks=blocks, init_weights=False
+    )
     net.Mixed_7c = _FIDInceptionE(2048, max_pool=True)
     return net

@@ -8,6 +8,7 @@ feature vectors of real and generated images::
 ``FeatureStats`` accumulates mean and covariance batch by batch (Chan et al.'s parallel update of
 the mean and the co-moment matrix), so 30k images never need to be held in memory.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,8 +41,10 @@ class FeatureStats:
 
     def update(self, features: torch.Tensor | np.ndarray) -> None:
         """Add a batch of features ``[N, D]``."""
-        x = features.detach().to("cpu", torch.float64).numpy() if isinstance(features, torch.Tensor) else np.asarray(
-            features, dtype=np.float64
+        x = (
+            features.detach().to("cpu", torch.float64).numpy()
+            if isinstance(features, torch.Tensor)
+            else np.asarray(features, dtype=np.float64)
         )
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected features of shape [N, {self.dim}], got {list(x.shape)}")
@@ -59,7 +62,7 @@ class FeatureStats:
         self._comoment += comoment_b + np.outer(delta, delta) * (n_a * n_b / total)
         self.count = total
 
-    def merge(self, other: "FeatureStats") -> None:
+    def merge(self, other: FeatureStats) -> None:
         """Fold another accumulator's statistics into this one (e.g. from another rank)."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge stats of dimension {other.dim} into {self.dim}")
@@ -91,7 +94,7 @@ class FeatureStats:
         np.savez(Path(path), mu=self.mean, sigma=self.covariance, count=np.int64(self.count))
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureStats":
+    def load(cls, path: str | Path) -> FeatureStats:
         """Read stats written by :meth:`save` (or a pytorch-fid ``.npz`` with ``mu``/``sigma``)."""
         with np.load(Path(path), allow_pickle=False) as data:  # statistics only: never unpickle
             mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)

@@ -12,10 +12,11 @@ The record (``eval.json``) holds the numbers, the exact sampling settings and se
 the checkpoint (path + SHA-256) and the data, so a result can be reproduced; ``report.html`` shows
 picture grids next to the numbers.
 """
+
 from __future__ import annotations
 
-import platform
 import itertools
+import platform
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -158,8 +159,11 @@ def evaluate(
         if "image2text" in tasks:
             fields["image2text"] = _image_to_text(pipe, batch, sampling, seed + b, timing, examples)
             if "caption" in metrics:
-                for pred, refs, lang in zip(fields["image2text"]["predictions"], fields["image2text"]["references"],
-                                            batch.get("lang") or ["en"] * len(batch["caption"])):  # fmt: skip
+                for pred, refs, lang in zip(
+                    fields["image2text"]["predictions"],
+                    fields["image2text"]["references"],
+                    batch.get("lang") or ["en"] * len(batch["caption"]),
+                ):
                     captioners.setdefault(lang, CaptionMetrics(mode="char" if lang == "zh" else "word"))
                     captioners[lang].update([pred], [refs])
         if "vqa" in tasks:
@@ -187,7 +191,11 @@ def evaluate(
     record = {
         "metrics": results,
         "sampling": asdict(sampling),
-        "seed": {"base": seed, "rule": "batch i samples with torch.Generator seeded seed + i", "batch_size": batch_size},
+        "seed": {
+            "base": seed,
+            "rule": "batch i samples with torch.Generator seeded seed + i",
+            "batch_size": batch_size,
+        },
         "reranker": reranker_record(reranker),
         "num_samples": num_samples,
         "metric_settings": metric_settings,
@@ -230,8 +238,16 @@ def _text_to_image(pipe, batch, sampling: SamplingSettings, reranker, seed: int,
     prompts = list(batch["caption"])
     n = sampling.num_candidates
     t = time.perf_counter()
-    codes, ids, mask = pipe.sample_codes(prompts, n, seed=seed, temperature=sampling.temperature, top_k=sampling.top_k,
-                                         top_p=sampling.top_p, cfg_scale=sampling.cfg_scale, truncate=True)  # fmt: skip
+    codes, ids, mask = pipe.sample_codes(
+        prompts,
+        n,
+        seed=seed,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        cfg_scale=sampling.cfg_scale,
+        truncate=True,
+    )
     timing["generation_s"] += time.perf_counter() - t
     scores = None
     best = torch.zeros(len(prompts), dtype=torch.long)
@@ -242,9 +258,17 @@ def _text_to_image(pipe, batch, sampling: SamplingSettings, reranker, seed: int,
         all_images = pipe.decode_codes(codes, ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)).cpu()
         timing["decode_s" if not need_all else "rerank_s"] += time.perf_counter() - t
     if reranker is not None and n > 1:
-        result = reranker.rerank(RerankInputs(num_candidates=n, codes=codes, text_ids=ids.to(codes.device),
-                                              text_mask=mask.to(codes.device), prompts=prompts,
-                                              images=all_images, generator=pipe.generator))  # fmt: skip
+        result = reranker.rerank(
+            RerankInputs(
+                num_candidates=n,
+                codes=codes,
+                text_ids=ids.to(codes.device),
+                text_mask=mask.to(codes.device),
+                prompts=prompts,
+                images=all_images,
+                generator=pipe.generator,
+            )
+        )
         timing["rerank_s"] += result.seconds
         best, scores = result.best, result.scores
     rows = torch.arange(len(prompts)) * n + best
@@ -257,12 +281,14 @@ def _text_to_image(pipe, batch, sampling: SamplingSettings, reranker, seed: int,
     for i, prompt in enumerate(prompts):
         if len(examples.text2image) >= examples.limit or all_images is None:
             break
-        examples.text2image.append({
-            "prompt": prompt,
-            "candidates": all_images[i * n : (i + 1) * n],
-            "best": int(best[i]),
-            "scores": scores[i].tolist() if scores is not None else None,
-        })  # fmt: skip
+        examples.text2image.append(
+            {
+                "prompt": prompt,
+                "candidates": all_images[i * n : (i + 1) * n],
+                "best": int(best[i]),
+                "scores": scores[i].tolist() if scores is not None else None,
+            }
+        )
     return {"generated": images, "real": batch["image"], "prompts": prompts, "scenes": batch.get("scene")}
 
 
@@ -272,9 +298,12 @@ def _image_to_text(pipe, batch, sampling: SamplingSettings, seed: int, timing, e
     with torch.no_grad():
         codes = pipe.image_tokenizer.encode(images.to(pipe.device))
         out = pipe.generator.generate_text(
-            codes, max_length=pipe._max_length(sampling.max_text_length), method=sampling.caption_method,
-            num_beams=sampling.num_beams, generator=torch.Generator(device=pipe.device).manual_seed(seed),
-        )  # fmt: skip
+            codes,
+            max_length=pipe._max_length(sampling.max_text_length),
+            method=sampling.caption_method,
+            num_beams=sampling.num_beams,
+            generator=torch.Generator(device=pipe.device).manual_seed(seed),
+        )
     captions = _decode(pipe, out)
     timing["caption_s"] += time.perf_counter() - t
     references = [list(r) for r in batch["references"]] if "references" in batch else [[c] for c in batch["caption"]]
@@ -295,14 +324,21 @@ def _answer(pipe, batch, sampling: SamplingSettings, timing, examples) -> dict[s
     q_ids, q_mask, _ = encode_texts(pipe.text_tokenizer, questions, pipe.max_text_len, truncate=True, what="question")
     with torch.no_grad():
         codes = pipe.image_tokenizer.encode(images.to(pipe.device))
-        out = pipe.generator.generate_text(codes, max_length=pipe._max_length(sampling.max_text_length), method="greedy",
-                                           question_ids=q_ids.to(pipe.device), question_mask=q_mask.to(pipe.device))  # fmt: skip
+        out = pipe.generator.generate_text(
+            codes,
+            max_length=pipe._max_length(sampling.max_text_length),
+            method="greedy",
+            question_ids=q_ids.to(pipe.device),
+            question_mask=q_mask.to(pipe.device),
+        )
     answers = _decode(pipe, out)
     timing["vqa_s"] += time.perf_counter() - t
     for i, answer in enumerate(answers):
         if len(examples.vqa) >= examples.limit:
             break
-        examples.vqa.append({"image": images[i], "question": questions[i], "answer": answer, "truth": batch["answer"][i]})
+        examples.vqa.append(
+            {"image": images[i], "question": questions[i], "answer": answer, "truth": batch["answer"][i]}
+        )
     return {"predictions": answers, "answers": list(batch["answer"]), "questions": questions}
 
 

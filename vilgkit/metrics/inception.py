@@ -10,6 +10,7 @@ then load either file with ``torch.load(weights_only=True)``. Nothing is ever do
 
 Dimension key: B batch, C channels, H/W height/width, D feature dimension.
 """
+
 from __future__ import annotations
 
 import os
@@ -91,8 +92,25 @@ class InceptionFeatureExtractor(FeatureExtractor):
         net = self.net
         # pytorch-fid's input path: bilinear resize to 299 (the TF graph then sees [-1, 1]).
         x = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
-        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-                     "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):  # fmt: skip
+        for name in (
+            "Conv2d_1a_3x3",
+            "Conv2d_2a_3x3",
+            "Conv2d_2b_3x3",
+            "maxpool1",
+            "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3",
+            "maxpool2",
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+            "Mixed_7c",
+        ):
             x = getattr(net, name)(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)

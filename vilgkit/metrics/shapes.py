@@ -7,6 +7,7 @@ They wrap the data package's detector-based scorers (``vilgkit.data.shapes``):
 * ``ShapesCaptionAccuracy`` (image→text): per-attribute accuracy of generated captions and the
   fraction of captions that state every object's attributes correctly.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar

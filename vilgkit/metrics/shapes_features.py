@@ -8,6 +8,7 @@ with safetensors, and the reconstruction ablation (paper Table 7) reuses it.
 
 Dimension key: B batch, C channels, H/W height/width, D feature dimension, K grid cells (9).
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,14 @@ class ShapesFeatureExtractor(FeatureExtractor):
         c = width
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.GELU(),
-                                 nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.GELU())  # fmt: skip
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.GELU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.GELU(),
+            )
 
         self.cnn = nn.Sequential(block(3, c), block(c, 2 * c), block(2 * c, 4 * c))
         self.pool = nn.AdaptiveAvgPool2d(3)  # one position per cell of the 3×3 Shapes grid
@@ -95,7 +102,7 @@ class ShapesFeatureExtractor(FeatureExtractor):
         return directory / WEIGHTS_FILE
 
     @classmethod
-    def load(cls, path: str | Path) -> "ShapesFeatureExtractor":
+    def load(cls, path: str | Path) -> ShapesFeatureExtractor:
         """Load from a directory written by :meth:`save` (or the ``.safetensors`` file inside it)."""
         from vilgkit import artifacts
 
@@ -184,7 +191,8 @@ def train_shapes_feature_extractor(
             shape, color, size = model.logits(model(images))
         target = scene_targets(scenes)
         loss = sum(
-            F.cross_entropy(lg.float().flatten(0, 1), target[..., i].flatten()) for i, lg in enumerate((shape, color, size))
+            F.cross_entropy(lg.float().flatten(0, 1), target[..., i].flatten())
+            for i, lg in enumerate((shape, color, size))
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,6 +10,7 @@ evaluation script, extended to Chinese:
   ``"三"``/``"三个"`` → ``"3"``);
 * whitespace collapsed.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,7 +27,20 @@ _EN_NUMBERS = {
         "sixteen seventeen eighteen nineteen twenty".split()
     )
 }
-_ZH_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_ZH_DIGITS = {
+    "零": 0,
+    "〇": 0,
+    "一": 1,
+    "二": 2,
+    "两": 2,
+    "三": 3,
+    "四": 4,
+    "五": 5,
+    "六": 6,
+    "七": 7,
+    "八": 8,
+    "九": 9,
+}
 _ARTICLES = {"a", "an", "the"}
 # A Chinese numeral (up to 99) optionally followed by a measure word: 三, 三个, 十二, 二十, 两个.
 _ZH_NUMBER = re.compile(r"([零〇一二两三四五六七八九十]+)(个|只|件|块|颗)?")

@@ -1,4 +1,5 @@
 """Core generator models (registered in ``GENERATORS`` on import)."""
+
 from vilgkit.models.cache import KVCache
 from vilgkit.models.dense_attention import DenseAttention
 from vilgkit.models.unified import UnifiedTransformer

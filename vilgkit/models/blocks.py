@@ -10,6 +10,7 @@ One block serves three call paths with the same weights:
 Dimension key:
     B batch (rows), N sequence length, C hidden size, H heads, D head dim (C // H),
 """
+
 from __future__ import annotations
 
 import torch
@@ -106,9 +107,7 @@ class Block(nn.Module):
         h = self.ln2(x)
         return x + (self.mlp.decode(h) if decoding else self.mlp(h))
 
-    def forward(
-        self, x: torch.Tensor, layout: Layout, key_padding_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: Layout, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced pass over a whole stream.
 
         Args:
@@ -125,9 +124,7 @@ class Block(nn.Module):
         )
         return self._finish(x, attn)
 
-    def prefill(
-        self, x: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def prefill(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The source part of a stream, with an explicit mask.
 
         The source never attends to the target (docs/architecture.md §2), so the source rows of the oracle

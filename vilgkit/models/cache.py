@@ -62,11 +62,7 @@ class KVCache(DecodeCache):
         """
         if self._valid is None:
             padded = bool(self.key_padding.any())  # one check per prefill, not per step
-            self._valid = (
-                ~self.key_padding[:, None, None, :]
-                if padded
-                else self.key_padding.new_ones(0)
-            )
+            self._valid = ~self.key_padding[:, None, None, :] if padded else self.key_padding.new_ones(0)
         return self._valid if self._valid.numel() else None
 
     def key_index(self, layer: int, position: int) -> torch.Tensor | None:

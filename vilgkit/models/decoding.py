@@ -9,6 +9,7 @@ Dimension key:
     B prompts / images, Nc candidates per prompt, R decoding rows, S source length, T target slots,
     N stream length, C hidden size, V vocabulary, K beams.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,11 +56,14 @@ class DecodingMixin:
     def _source_mask(self, layer: int, layout: Layout, device: torch.device) -> torch.Tensor:
         """``Bool[S, S]``: the oracle restricted to the source (the source never sees the target)."""
         S = layout.source_length
-        return self._memo(("src", layer, layout, str(device)),
-                          lambda: self.attention.allowed(layer, self.num_layers, layout)[:S, :S].to(device))
+        return self._memo(
+            ("src", layer, layout, str(device)),
+            lambda: self.attention.allowed(layer, self.num_layers, layout)[:S, :S].to(device),
+        )
 
     def _key_plan(self, layout: Layout, device: torch.device) -> list[list[torch.Tensor | None] | None]:
         """Per layer, per target step: the keys a decoding step attends (``None`` = a sliced prefix)."""
+
         def build() -> list[list[torch.Tensor | None] | None]:
             pattern: AttentionPattern = self.attention
             custom = type(pattern).decode_keys is not AttentionPattern.decode_keys
@@ -77,10 +81,16 @@ class DecodingMixin:
                     steps.append(None if idx is None else idx.to(device=device, dtype=torch.long))
                 plans.append(None if all(s is None for s in steps) else steps)
             return plans
+
         return self._memo(("plan", layout, str(device)), build)
 
-    def new_cache(self, batch_size: int, layout: Layout, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> DecodeCache:
+    def new_cache(
+        self,
+        batch_size: int,
+        layout: Layout,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> DecodeCache:
         """An empty decoding cache for ``batch_size`` rows of ``layout``.
 
         The attention pattern's own cache when it has one (:meth:`AttentionPattern.decode_cache`:
@@ -96,8 +106,9 @@ class DecodingMixin:
         device = torch.device(device) if device is not None else ref.device
         dtype = dtype or ref.dtype
         heads, head_dim = self.num_heads, self.hidden_size // self.num_heads
-        own = self.attention.decode_cache(layout, self.num_layers, batch_size, heads, head_dim,
-                                          device=device, dtype=dtype)
+        own = self.attention.decode_cache(
+            layout, self.num_layers, batch_size, heads, head_dim, device=device, dtype=dtype
+        )
         if own is not None:
             return own
         shape = (batch_size, heads, layout.length, head_dim)
@@ -197,9 +208,13 @@ class DecodingMixin:
         return out.view(B * Nc, h, w)
 
     # ----------------------------------------------------------------- image → text
-    def _text_source(self, codes: torch.Tensor, question_ids: torch.Tensor | None,
-                     question_mask: torch.Tensor | None, max_length: int
-                     ) -> tuple[Layout, torch.Tensor, torch.Tensor]:
+    def _text_source(
+        self,
+        codes: torch.Tensor,
+        question_ids: torch.Tensor | None,
+        question_mask: torch.Tensor | None,
+        max_length: int,
+    ) -> tuple[Layout, torch.Tensor, torch.Tensor]:
         """Embedded source ``[B, S, C]``, its padding ``Bool[B, S]`` and the layout (target = max_length)."""
         self._check_codes(codes)
         B, h, w = codes.shape
@@ -270,8 +285,13 @@ class DecodingMixin:
             steps = []
             for _ in range(max_length):
                 logits = self._text_logits(prev, cache, slots)
-                prev = sample_next(logits, temperature=0.0 if method == "greedy" else temperature,
-                                   top_k=top_k, top_p=top_p, generator=generator)
+                prev = sample_next(
+                    logits,
+                    temperature=0.0 if method == "greedy" else temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    generator=generator,
+                )
                 prev = prev.masked_fill(done, self.eos_id)  # finished rows keep emitting EOS
                 steps.append(prev)
                 done |= prev == self.eos_id
@@ -282,8 +302,9 @@ class DecodingMixin:
     def _strip(self, seq: list[int]) -> list[int]:
         return seq[: seq.index(self.eos_id)] if self.eos_id in seq else seq
 
-    def _beam_search(self, cache: DecodeCache, slots: torch.Tensor, B: int, K: int, max_length: int,
-                     length_penalty: float) -> list[list[int]]:
+    def _beam_search(
+        self, cache: DecodeCache, slots: torch.Tensor, B: int, K: int, max_length: int, length_penalty: float
+    ) -> list[list[int]]:
         """Beam search; finished beams stay in the beam with their score frozen (extended by EOS at 0)."""
         device = slots.device
         scores = torch.full((B, K), float("-inf"), device=device)

@@ -12,8 +12,8 @@ the weight is read. On the CPU, ``F.linear`` with one row runs on a single threa
 * **More rows, or one thread and one or two rows — transposed copy.** ``Wᵀ`` stored as
   ``[T, I, O/T]`` (one column slice per thread) and multiplied with ``bmm``: at 8 rows ≈ 1.3× the
   row split's tokens/s; on one thread ≈ 15–16 GB/s against ≈ 11.6 for ``F.linear`` (on that EPYC,
-  from 4 rows on one thread ``F.linear`` was faster: the dispatch probe finds that). The copy is cached next to the module and
-  rebuilt whenever the weight changes (new storage, dtype, device, or an in-place update such as an
+  from 4 rows on one thread ``F.linear`` was faster: the dispatch probe finds that). The copy is
+  cached next to the module and rebuilt whenever the weight changes (new storage, dtype, device, or an in-place update such as an
   optimizer step or ``load_state_dict``); it doubles the memory of the layers it serves.
 
 Whether the split layouts beat ``F.linear`` depends on the CPU (on a 2-core Intel Xeon with AMX
@@ -23,6 +23,7 @@ per CPU model / torch version / thread count (``VILGKIT_DISPATCH=gemv_few=linear
 
 Dimension key: R rows, I input features, O output features, T slices (≤ threads).
 """
+
 from __future__ import annotations
 
 import torch
@@ -95,8 +96,12 @@ def decode_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """
     w = linear.weight
     rows = x.numel() // x.shape[-1]
-    if (x.device.type != "cpu" or rows > MAX_ROWS or w.numel() < MIN_WEIGHT_NUMEL
-            or (torch.is_grad_enabled() and w.requires_grad)):
+    if (
+        x.device.type != "cpu"
+        or rows > MAX_ROWS
+        or w.numel() < MIN_WEIGHT_NUMEL
+        or (torch.is_grad_enabled() and w.requires_grad)
+    ):
         return linear(x)
     if dispatch.choose("gemv_few" if rows <= FEW_ROWS else "gemv_many") == "linear":
         return linear(x)

@@ -23,21 +23,15 @@ CHUNK_ROWS = 256
 
 class _TokenCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
-    ) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
         valid = labels != ignore_index
         safe = labels.masked_fill(~valid, 0)
         lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         for start in range(0, logits.shape[0], CHUNK_ROWS):
-            lse[start : start + CHUNK_ROWS] = torch.logsumexp(
-                logits[start : start + CHUNK_ROWS].float(), dim=-1
-            )
+            lse[start : start + CHUNK_ROWS] = torch.logsumexp(logits[start : start + CHUNK_ROWS].float(), dim=-1)
         picked = logits.gather(1, safe[:, None]).squeeze(1).float()
         count = valid.sum()
-        loss = (
-            (lse - picked) * valid
-        ).sum() / count  # count 0: nan, as F.cross_entropy's mean
+        loss = ((lse - picked) * valid).sum() / count  # count 0: nan, as F.cross_entropy's mean
         ctx.save_for_backward(logits, safe, valid, lse, count)
         return loss
 
@@ -56,17 +50,13 @@ class _TokenCrossEntropy(torch.autograd.Function):
         return out, None, None
 
 
-def token_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
-) -> torch.Tensor:
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean cross-entropy of ``logits [..., V]`` against ``labels [...]`` over the non-ignored positions.
 
     Equal to ``F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=...)``;
     the gradient comes back in the logits' dtype.
     """
     if logits.shape[:-1] != labels.shape:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match"
-        )
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match")
     flat = logits.reshape(-1, logits.shape[-1])
     return _TokenCrossEntropy.apply(flat.contiguous(), labels.reshape(-1), ignore_index)

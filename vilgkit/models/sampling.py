@@ -2,6 +2,7 @@
 
 Dimension key: R rows, V vocabulary.
 """
+
 from __future__ import annotations
 
 import torch

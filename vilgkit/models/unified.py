@@ -18,6 +18,7 @@ Dimension key:
     B batch, L text length (ids), Lq question length, La answer length, h, w image grid,
     T target slots, S source length, N stream length (S + T), C hidden size, V vocabulary.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,9 +86,15 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         eos_id: int = 3,
     ) -> None:
         super().__init__()
-        for name, value in (("text_vocab_size", text_vocab_size), ("image_vocab_size", image_vocab_size),
-                            ("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
-                            ("max_text_len", max_text_len), ("max_image_grid", max_image_grid)):
+        for name, value in (
+            ("text_vocab_size", text_vocab_size),
+            ("image_vocab_size", image_vocab_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+            ("num_heads", num_heads),
+            ("max_text_len", max_text_len),
+            ("max_image_grid", max_image_grid),
+        ):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if max_text_len < 2:
@@ -131,8 +138,15 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
     @classmethod
     def conformance_args(cls) -> dict[str, Any]:
         """Tiny init kwargs for the registry-wide conformance tests."""
-        return dict(text_vocab_size=40, image_vocab_size=24, hidden_size=32, num_layers=2, num_heads=2,
-                    max_text_len=12, max_image_grid=4)
+        return dict(
+            text_vocab_size=40,
+            image_vocab_size=24,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            max_text_len=12,
+            max_image_grid=4,
+        )
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -167,11 +181,15 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
     def _check_text(self, ids: torch.Tensor, mask: torch.Tensor | None, name: str) -> torch.Tensor:
         """Validate a BOS … EOS id batch; returns its mask (``ids != pad_id`` when not given)."""
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
-            raise ValueError(f"{name}_ids must be a Long tensor [B, L], got "
-                             f"{getattr(ids, 'dtype', type(ids))} {tuple(getattr(ids, 'shape', ()))}")
+            raise ValueError(
+                f"{name}_ids must be a Long tensor [B, L], got "
+                f"{getattr(ids, 'dtype', type(ids))} {tuple(getattr(ids, 'shape', ()))}"
+            )
         if ids.shape[1] > self.max_text_len:
-            raise ValueError(f"{name}_ids has length {ids.shape[1]} > max_text_len={self.max_text_len}; "
-                             "truncate the text or build the generator with a larger max_text_len")
+            raise ValueError(
+                f"{name}_ids has length {ids.shape[1]} > max_text_len={self.max_text_len}; "
+                "truncate the text or build the generator with a larger max_text_len"
+            )
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.text_vocab_size):
             raise ValueError(f"{name}_ids contain ids outside [0, {self.text_vocab_size})")
         if mask is None:
@@ -186,8 +204,10 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
 
     def _check_codes(self, codes: torch.Tensor) -> None:
         if not isinstance(codes, torch.Tensor) or codes.dim() != 3 or codes.dtype != torch.long:
-            raise ValueError(f"codes must be a Long tensor [B, h, w], got "
-                             f"{getattr(codes, 'dtype', type(codes))} {tuple(getattr(codes, 'shape', ()))}")
+            raise ValueError(
+                f"codes must be a Long tensor [B, h, w], got "
+                f"{getattr(codes, 'dtype', type(codes))} {tuple(getattr(codes, 'shape', ()))}"
+            )
         h, w = codes.shape[1:]
         if h > self.max_image_grid or w > self.max_image_grid:
             raise ValueError(f"image grid {h}x{w} exceeds max_image_grid={self.max_image_grid}")
@@ -230,8 +250,9 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         drop = torch.rand(ids.shape[0], 1, device=ids.device) < self.text_dropout
         return torch.where(drop, empty_ids, ids), torch.where(drop, empty_mask, mask)
 
-    def empty_prompt(self, batch_size: int, length: int, device: torch.device | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    def empty_prompt(
+        self, batch_size: int, length: int, device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The unconditional prompt ``[BOS, EOS, pad…]`` (ids ``[B, L]``, mask ``[B, L]``), ``L >= 2``."""
         if length < 2:
             raise ValueError(f"the empty prompt needs a text length >= 2, got {length}")
@@ -303,8 +324,9 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         if "codes" in batch and "question_ids" in batch and "answer_ids" in batch:
             dirs.append("vqa")
         if not dirs:
-            raise ValueError("the batch has neither text_ids+codes nor codes+question_ids+answer_ids; "
-                             f"got keys {sorted(batch)}")
+            raise ValueError(
+                f"the batch has neither text_ids+codes nor codes+question_ids+answer_ids; got keys {sorted(batch)}"
+            )
         return dirs
 
     # ----------------------------------------------------------------- training
@@ -326,7 +348,7 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         image_hidden = None
         for direction in self._directions(batch):
             x, pad, layout, labels = self._stream(direction, batch, drop_text=direction == "txt2img")
-            hidden = self._encode(x, layout, pad)[:, layout.source_length:]  # [B, T, C]
+            hidden = self._encode(x, layout, pad)[:, layout.source_length :]  # [B, T, C]
             head = self.image_head if direction == "txt2img" else self.text_head
             out = head(hidden)
             if direction == "txt2img":
@@ -336,8 +358,9 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
         losses["loss"] = sum(losses.values())
         return GeneratorOutput(losses=losses, image_hidden=image_hidden, logits=logits, labels=targets)
 
-    def training_losses(self, outputs: GeneratorOutput, batch: dict[str, Any], group: str,
-                        step: int) -> dict[str, torch.Tensor]:
+    def training_losses(
+        self, outputs: GeneratorOutput, batch: dict[str, Any], group: str, step: int
+    ) -> dict[str, torch.Tensor]:
         return outputs.losses
 
     @torch.no_grad()
@@ -351,34 +374,44 @@ class UnifiedTransformer(DecodingMixin, Generator, Trainable):
             metrics[f"val_{direction}_acc"] = float((logit.argmax(-1) == labels)[real].float().mean())
         return metrics
 
-    def image_hidden_states(self, text_ids: torch.Tensor, text_mask: torch.Tensor | None,
-                            codes: torch.Tensor) -> torch.Tensor:
+    def image_hidden_states(
+        self, text_ids: torch.Tensor, text_mask: torch.Tensor | None, codes: torch.Tensor
+    ) -> torch.Tensor:
         """One teacher-forced text→image pass → final hidden states of the image slots ``[B, h*w, C]``.
 
         Slot k's state is the one that predicts code k. Gradient mode and train/eval mode are the
         caller's (the end-to-end reconstructor trains through it).
         """
         x, pad, layout, _ = self._stream("txt2img", {"text_ids": text_ids, "text_mask": text_mask, "codes": codes})
-        return self._encode(x, layout, pad)[:, layout.source_length:]
+        return self._encode(x, layout, pad)[:, layout.source_length :]
 
-    def text_log_likelihood(self, codes: torch.Tensor, text_ids: torch.Tensor,
-                            text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def text_log_likelihood(
+        self, codes: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``log P(text | image codes)`` per row ``Float[B]``: sum over real target ids (EOS included).
 
         Runs in eval mode without gradients (it scores candidates for self-reranking).
         """
         with self._inference():
-            x, pad, layout, labels = self._stream("img2txt", {"codes": codes, "text_ids": text_ids,
-                                                              "text_mask": text_mask})
-            hidden = self._encode(x, layout, pad)[:, layout.source_length:]
+            x, pad, layout, labels = self._stream(
+                "img2txt", {"codes": codes, "text_ids": text_ids, "text_mask": text_mask}
+            )
+            hidden = self._encode(x, layout, pad)[:, layout.source_length :]
             logp = self.text_head(hidden).float().log_softmax(-1)  # [B, T, V]
             real = labels != -100
             picked = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
             return (picked * real).sum(-1)
 
-    def dummy_batch(self, batch_size: int = 2, text_len: int = 6, grid: tuple[int, int] = (2, 2),
-                    vqa: bool = False, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def dummy_batch(
+        self,
+        batch_size: int = 2,
+        text_len: int = 6,
+        grid: tuple[int, int] = (2, 2),
+        vqa: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         """A random, correctly formatted batch (BOS … EOS with some padding) for tests and benchmarks."""
+
         def text(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             lengths = torch.randint(2, n + 1, (batch_size,), generator=generator)
             lengths[0] = n  # at least one full row, so the batch really has length n

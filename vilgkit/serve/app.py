@@ -72,18 +72,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": err.message}, status_code=err.status)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(
-        _: Request, err: RequestValidationError
-    ) -> JSONResponse:
+    async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
         parts = []
         for e in err.errors():
-            where = ".".join(
-                str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path")
-            )
+            where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
             parts.append(f"{where or 'request'}: {e.get('msg', 'invalid')}")
-        return JSONResponse(
-            {"error": "; ".join(parts) or "invalid request"}, status_code=422
-        )
+        return JSONResponse({"error": "; ".join(parts) or "invalid request"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -98,13 +92,9 @@ def install_body_limit(app: FastAPI, max_bytes: int) -> None:
     async def _limit(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is None and "chunked" in request.headers.get("transfer-encoding", "").lower():
-            return JSONResponse(
-                {"error": "send the request body with a Content-Length"}, status_code=411
-            )
+            return JSONResponse({"error": "send the request body with a Content-Length"}, status_code=411)
         if length is not None and (not length.isdigit() or int(length) > max_bytes):
-            return JSONResponse(
-                {"error": f"request body over {max_bytes} bytes"}, status_code=413
-            )
+            return JSONResponse({"error": f"request body over {max_bytes} bytes"}, status_code=413)
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
@@ -114,17 +104,11 @@ async def wait_for(job: Job, timeout_s: float) -> Any:
     """The job's result once the worker finishes it, or its error as an exception."""
     loop = asyncio.get_running_loop()
     finished = loop.create_future()
-    job.on_done(
-        lambda: loop.call_soon_threadsafe(
-            lambda: finished.done() or finished.set_result(None)
-        )
-    )
+    job.on_done(lambda: loop.call_soon_threadsafe(lambda: finished.done() or finished.set_result(None)))
     try:
         await asyncio.wait_for(finished, timeout_s)
     except asyncio.TimeoutError:
-        raise RequestError(
-            504, f"the request took over {timeout_s:g} s; poll /api/jobs/{job.id}"
-        ) from None
+        raise RequestError(504, f"the request took over {timeout_s:g} s; poll /api/jobs/{job.id}") from None
     if job.error is not None:
         raise job.error
     return job.result
@@ -151,9 +135,7 @@ def run_info(pipe, limits: Limits) -> dict[str, Any]:
     return {
         "name": (recipe or {}).get("name") or (run_dir.name if run_dir else "pipeline"),
         "run_dir": str(run_dir) if run_dir else None,
-        "stage": Path(pipe.stage_dir).name
-        if getattr(pipe, "stage_dir", None)
-        else None,
+        "stage": Path(pipe.stage_dir).name if getattr(pipe, "stage_dir", None) else None,
         "image_size": pipe.image_size,
         "grid": list(pipe.grid),
         "max_text_len": pipe.max_text_len,
@@ -182,14 +164,12 @@ def create_app(
         request_timeout_s: a waiting request gives up (504) after this long; the job goes on.
     """
     from vilgkit.errors import InputError
-    from vilgkit.text_encoding import encode_texts
     from vilgkit.serve.inference import ModelRunner
+    from vilgkit.text_encoding import encode_texts
 
     limits = limits or Limits()
     runner = ModelRunner(pipe)
-    queue = BatchQueue(
-        runner, window_s=window_s, max_batch=max_batch, max_pending=limits.max_pending
-    )
+    queue = BatchQueue(runner, window_s=window_s, max_batch=max_batch, max_pending=limits.max_pending)
     info = run_info(pipe, limits)
     app = FastAPI(
         title=f"vilgkit serve: {info['name']}",
@@ -200,20 +180,14 @@ def create_app(
     )
     app.state.queue, app.state.pipe, app.state.info = queue, pipe, info
     install_error_handlers(app)
-    install_body_limit(
-        app, limits.max_upload_bytes + 64 * 1024
-    )  # the image plus the form fields
+    install_body_limit(app, limits.max_upload_bytes + 64 * 1024)  # the image plus the form fields
     install_page_routes(app)
 
     def check_tokens(text: str, what: str) -> None:
         try:
             encode_texts(pipe.text_tokenizer, [text], pipe.max_text_len, what=what)
         except InputError as err:
-            message = (
-                str(err)
-                .replace(f"{what} 0", what)
-                .split(" Shorten it or pass truncate")[0]
-            )
+            message = str(err).replace(f"{what} 0", what).split(" Shorten it or pass truncate")[0]
             raise RequestError(422, message) from None
 
     def submit_generate(req: GenerateRequest) -> Job:
@@ -225,9 +199,7 @@ def create_app(
             limits,
             int(pipe.generator.image_vocab_size),
         )
-        runner.reranker(
-            settings["reranker"]
-        )  # an unknown reranker is the client's error, before queueing
+        runner.reranker(settings["reranker"])  # an unknown reranker is the client's error, before queueing
         return queue.submit(
             "generate",
             tuple(sorted(settings.items())),
@@ -275,9 +247,7 @@ def create_app(
         method: str | None = Form(None),
         num_beams: int | None = Form(None),
     ) -> Any:
-        settings = text_settings(
-            {"method": method, "num_beams": num_beams}, pipe.settings, limits, vqa=False
-        )
+        settings = text_settings({"method": method, "num_beams": num_beams}, pipe.settings, limits, vqa=False)
         payload = {"image": await image_field(image), "settings": settings}
         return await wait_for(
             queue.submit("caption", tuple(sorted(settings.items())), payload),
@@ -293,9 +263,7 @@ def create_app(
     ) -> Any:
         question = check_text(question, "question", limits)
         check_tokens(question, "question")
-        settings = text_settings(
-            {"method": method, "num_beams": num_beams}, pipe.settings, limits, vqa=True
-        )
+        settings = text_settings({"method": method, "num_beams": num_beams}, pipe.settings, limits, vqa=True)
         payload = {
             "image": await image_field(image),
             "question": question,
@@ -309,15 +277,9 @@ def create_app(
     @app.get("/report", response_class=HTMLResponse)
     async def report() -> Response:
         ev = info["evaluation"]
-        path = (
-            Path(info["run_dir"]) / Path(ev["report"]).parent / "report.html"
-            if ev
-            else None
-        )
+        path = Path(info["run_dir"]) / Path(ev["report"]).parent / "report.html" if ev else None
         if path is None or not path.is_file():
-            raise RequestError(
-                404, "this run has no evaluation report (run its Evaluate stage)"
-            )
+            raise RequestError(404, "this run has no evaluation report (run its Evaluate stage)")
         return HTMLResponse(path.read_text(encoding="utf-8"))
 
     return app

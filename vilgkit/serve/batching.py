@@ -104,9 +104,7 @@ class BatchQueue:
         keep_finished: int = 1024,
     ) -> None:
         if window_s < 0 or max_batch < 1 or max_pending < 1:
-            raise ValueError(
-                "window_s ≥ 0, max_batch ≥ 1 and max_pending ≥ 1 are required"
-            )
+            raise ValueError("window_s ≥ 0, max_batch ≥ 1 and max_pending ≥ 1 are required")
         self.runner, self.window_s, self.max_batch, self.max_pending = (
             runner,
             window_s,
@@ -118,9 +116,7 @@ class BatchQueue:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name="vilgkit-serve-worker", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop, name="vilgkit-serve-worker", daemon=True)
         self.batches_run = 0
         self._thread.start()
 
@@ -168,9 +164,7 @@ class BatchQueue:
         except queue.Empty:
             return []
         jobs, deadline = [first], time.monotonic() + self.window_s
-        while (
-            len(jobs) < self.max_batch * 4
-        ):  # a few groups' worth; each group is cut to max_batch below
+        while len(jobs) < self.max_batch * 4:  # a few groups' worth; each group is cut to max_batch below
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -201,17 +195,9 @@ class BatchQueue:
                 job.finish(error=err)
         except Exception as err:  # noqa: BLE001 - a failed batch must not stop the worker; the client is told
             for job in group:
-                job.finish(
-                    error=RequestError(
-                        500, f"{kind} failed: {type(err).__name__}: {err}"
-                    )
-                )
+                job.finish(error=RequestError(500, f"{kind} failed: {type(err).__name__}: {err}"))
         finally:
             self.batches_run += 1
-            for job in (
-                group
-            ):  # a runner that forgot one must not leave its client waiting forever
+            for job in group:  # a runner that forgot one must not leave its client waiting forever
                 if not job.done.is_set():
-                    job.finish(
-                        error=RequestError(500, f"{kind}: no result was produced")
-                    )
+                    job.finish(error=RequestError(500, f"{kind}: no result was produced"))

@@ -62,9 +62,7 @@ class ModelRunner:
 
     def __call__(self, kind: str, jobs: list[Job]) -> None:
         with torch.inference_mode():
-            {"generate": self.generate, "caption": self.caption, "vqa": self.vqa}[kind](
-                jobs
-            )
+            {"generate": self.generate, "caption": self.caption, "vqa": self.vqa}[kind](jobs)
 
     def reranker(self, name: str) -> Any:
         if name not in self._rerankers:
@@ -121,9 +119,7 @@ class ModelRunner:
                 }
                 for rank, j in enumerate(ranking)
             ]
-            job.finish(
-                {"prompt": prompts[b], "settings": settings, "candidates": candidates}
-            )
+            job.finish({"prompt": prompts[b], "settings": settings, "candidates": candidates})
 
     def caption(self, jobs: list[Job]) -> None:
         settings = jobs[0].payload["settings"]

@@ -67,9 +67,7 @@ def check_text(text: Any, field: str, limits: Limits) -> str:
     return text.strip()
 
 
-def image_settings(
-    request: dict[str, Any], saved: InferenceSettings, limits: Limits, vocab: int
-) -> dict[str, Any]:
+def image_settings(request: dict[str, Any], saved: InferenceSettings, limits: Limits, vocab: int) -> dict[str, Any]:
     """Text→image settings: the request's values where given (checked), else the run's saved ones."""
 
     def pick(name: str) -> Any:
@@ -78,9 +76,7 @@ def image_settings(
 
     n = pick("num_candidates")
     if not isinstance(n, int) or not 1 <= n <= limits.max_candidates:
-        raise RequestError(
-            422, f"num_candidates: {n!r}; allowed: 1 to {limits.max_candidates}"
-        )
+        raise RequestError(422, f"num_candidates: {n!r}; allowed: 1 to {limits.max_candidates}")
     temperature = float(pick("temperature"))
     if not 0 <= temperature <= limits.max_temperature:
         raise RequestError(
@@ -89,15 +85,11 @@ def image_settings(
         )
     top_k = pick("top_k") or None  # 0: off
     if top_k is not None and not 1 <= int(top_k) <= vocab:
-        raise RequestError(
-            422, f"top_k: {top_k}; allowed: 0 (off) or 1 to the code book size {vocab}"
-        )
+        raise RequestError(422, f"top_k: {top_k}; allowed: 0 (off) or 1 to the code book size {vocab}")
     top_p = pick("top_p")
     top_p = None if top_p is None or float(top_p) == 1.0 else float(top_p)
     if top_p is not None and not 0 < top_p <= 1:
-        raise RequestError(
-            422, f"top_p: {top_p}; allowed: more than 0, at most 1 (1: off)"
-        )
+        raise RequestError(422, f"top_p: {top_p}; allowed: more than 0, at most 1 (1: off)")
     cfg_scale = float(pick("cfg_scale"))
     if not 0 <= cfg_scale <= limits.max_cfg_scale:
         raise RequestError(
@@ -120,22 +112,16 @@ def image_settings(
     }
 
 
-def text_settings(
-    request: dict[str, Any], saved: InferenceSettings, limits: Limits, *, vqa: bool
-) -> dict[str, Any]:
+def text_settings(request: dict[str, Any], saved: InferenceSettings, limits: Limits, *, vqa: bool) -> dict[str, Any]:
     """Caption / answer decoding: the request's ``method``/``num_beams`` where given, else the run's."""
     methods = ANSWER_METHODS if vqa else CAPTION_METHODS
-    method = request.get("method") or (
-        saved.answer_method if vqa else saved.caption_method
-    )
+    method = request.get("method") or (saved.answer_method if vqa else saved.caption_method)
     if method not in methods:
         raise RequestError(422, f"method: {method!r}; allowed: {', '.join(methods)}")
     beams = request.get("num_beams")
     beams = saved.num_beams if beams is None else beams
     if not isinstance(beams, int) or not 1 <= beams <= limits.max_beams:
-        raise RequestError(
-            422, f"num_beams: {beams!r}; allowed: 1 to {limits.max_beams}"
-        )
+        raise RequestError(422, f"num_beams: {beams!r}; allowed: 1 to {limits.max_beams}")
     return {"method": method, "num_beams": beams}
 
 

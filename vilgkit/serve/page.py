@@ -42,9 +42,7 @@ def install_static(
 
     @app.get("/", response_class=HTMLResponse)
     async def index_page() -> Response:
-        return HTMLResponse(
-            page, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"}
-        )
+        return HTMLResponse(page, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
 
     @app.get("/static/{name}")
     async def static_file(name: str) -> Response:
@@ -53,13 +51,9 @@ def install_static(
         if name not in files:
             raise RequestError(404, f"no static file {name!r}")
         media = STATIC_TYPES[name[name.rindex(".") :]]
-        return Response(
-            files[name], media_type=media, headers={"Content-Security-Policy": CSP}
-        )
+        return Response(files[name], media_type=media, headers={"Content-Security-Policy": CSP})
 
 
 def install_page_routes(app: FastAPI) -> None:
     """The model page: prompt → candidate grid, image → caption, image + question → answer."""
-    install_static(
-        app, "vilgkit.serve", "index.html", ("app.js", "style.css", "common.js")
-    )
+    install_static(app, "vilgkit.serve", "index.html", ("app.js", "style.css", "common.js"))

@@ -1,4 +1,5 @@
 """Built-in recipe stages. Every module in this package is imported so its stages register in ``STAGES``."""
+
 import importlib
 import pkgutil
 

@@ -9,6 +9,7 @@ A recipe's last stage, e.g.::
         num_candidates: 8
         reranker: {class_path: SelfReranker}
 """
+
 from __future__ import annotations
 
 import copy
@@ -135,8 +136,15 @@ class Evaluate(Stage):
         self.reranker = reranker
         from vilgkit.metrics.harness import SamplingSettings
 
-        self.sampling = SamplingSettings(num_candidates=num_candidates, temperature=temperature, top_k=top_k, top_p=top_p,
-                                         cfg_scale=cfg_scale, caption_method=caption_method, num_beams=num_beams)  # fmt: skip
+        self.sampling = SamplingSettings(
+            num_candidates=num_candidates,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            cfg_scale=cfg_scale,
+            caption_method=caption_method,
+            num_beams=num_beams,
+        )
         self.fid_extractor, self.fid_weights = fid_extractor, fid_weights
         self.report_examples, self.seed, self.device = report_examples, seed, device
 
@@ -148,12 +156,22 @@ class Evaluate(Stage):
         from vilgkit.metrics.harness import RESULTS_FILE
 
         metrics = run_evaluation(
-            ctx.run_dir, ctx.stage_dir(self.name), metrics=self.metrics, stage=self.generator_from,
-            data=self.data, recipe=ctx.recipe, num_samples=self.num_samples, batch_size=self.batch_size,
-            sampling=self.sampling, reranker=self.reranker, seed=ctx.seed if self.seed is None else self.seed,
-            fid_extractor=self.fid_extractor, fid_weights=self.fid_weights, report_examples=self.report_examples,
+            ctx.run_dir,
+            ctx.stage_dir(self.name),
+            metrics=self.metrics,
+            stage=self.generator_from,
+            data=self.data,
+            recipe=ctx.recipe,
+            num_samples=self.num_samples,
+            batch_size=self.batch_size,
+            sampling=self.sampling,
+            reranker=self.reranker,
+            seed=ctx.seed if self.seed is None else self.seed,
+            fid_extractor=self.fid_extractor,
+            fid_weights=self.fid_weights,
+            report_examples=self.report_examples,
             device=self.device,
-        )["metrics"]  # fmt: skip
+        )["metrics"]
         # The run now carries the settings its numbers were measured with: Pipeline, the CLI and
         # `vilgkit serve` default to them (issue: users got worse images than the report showed).
         save_inference_settings(ctx.run_dir, self.inference_settings(f"{self.name}/{RESULTS_FILE}"))
@@ -163,10 +181,18 @@ class Evaluate(Stage):
         """The settings this stage evaluates with, as the run's inference defaults."""
         s = self.sampling
         return InferenceSettings(
-            num_candidates=s.num_candidates, reranker=reranker_name(self.reranker), temperature=s.temperature,
-            top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale, caption_method=s.caption_method,
-            num_beams=s.num_beams, max_text_length=s.max_text_length, evaluated_by=self.name, report=report,
-        )  # fmt: skip
+            num_candidates=s.num_candidates,
+            reranker=reranker_name(self.reranker),
+            temperature=s.temperature,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            cfg_scale=s.cfg_scale,
+            caption_method=s.caption_method,
+            num_beams=s.num_beams,
+            max_text_length=s.max_text_length,
+            evaluated_by=self.name,
+            report=report,
+        )
 
 
 def run_evaluation(
@@ -210,11 +236,26 @@ def run_evaluation(
         "manifest": read_json(manifest_path) if manifest_path.is_file() else None,
     }
     return evaluate(
-        pipe, data, metrics=metrics, out_dir=out_dir, num_samples=num_samples, batch_size=batch_size,
-        sampling=sampling, reranker=reranker, seed=seed, fid_extractor=fid_extractor, fid_weights=fid_weights,
-        report_examples=report_examples, log=log,
-        extra_record={"checkpoint": checkpoint, "data": data_node, "run_dir": str(run_dir), "metrics_selected": metrics},
-    )  # fmt: skip
+        pipe,
+        data,
+        metrics=metrics,
+        out_dir=out_dir,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        sampling=sampling,
+        reranker=reranker,
+        seed=seed,
+        fid_extractor=fid_extractor,
+        fid_weights=fid_weights,
+        report_examples=report_examples,
+        log=log,
+        extra_record={
+            "checkpoint": checkpoint,
+            "data": data_node,
+            "run_dir": str(run_dir),
+            "metrics_selected": metrics,
+        },
+    )
 
 
 @STAGES.register_module()
@@ -231,8 +272,15 @@ class TrainShapesFeatures(Stage):
         seed: scene and initialisation seed.
     """
 
-    def __init__(self, name: str | None = None, image_size: int = 64, steps: int = 500, batch_size: int = 64,
-                 lr: float = 3e-3, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str | None = None,
+        image_size: int = 64,
+        steps: int = 500,
+        batch_size: int = 64,
+        lr: float = 3e-3,
+        seed: int = 0,
+    ) -> None:
         super().__init__(name)
         if image_size < 12 or steps <= 0 or batch_size <= 0 or lr <= 0:
             raise ValueError("image_size ≥ 12 and positive steps, batch_size, lr are required")
@@ -246,7 +294,11 @@ class TrainShapesFeatures(Stage):
             return {}
 
         _, metrics = train_shapes_feature_extractor(
-            image_size=self.image_size, steps=self.steps, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+            image_size=self.image_size,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed,
             out_dir=ctx.stage_dir(self.name),
-        )  # fmt: skip
+        )
         return metrics

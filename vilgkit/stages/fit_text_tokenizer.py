@@ -3,6 +3,7 @@
 Later stages call :func:`load_text_tokenizer` to get the fitted tokenizer back, either from this
 run (a stage name) or from any directory a previous run wrote.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -20,7 +21,9 @@ DEFAULT_FIELDS = ("caption", "question", "answer")
 SUMMARY_FILE = artifacts.FIT_SUMMARY
 
 
-def corpus_from_dataset(dataset: Any, fields: Iterable[str] = DEFAULT_FIELDS, limit: int | None = None) -> Iterator[str]:
+def corpus_from_dataset(
+    dataset: Any, fields: Iterable[str] = DEFAULT_FIELDS, limit: int | None = None
+) -> Iterator[str]:
     """The texts of a data set, for tokenizer fitting.
 
     A data set with an ``iter_texts(limit)`` method (Shapes: every caption phrasing and every QA
@@ -76,8 +79,10 @@ class FitTextTokenizer(Stage):
         if not is_main_process():  # exactly one barrier on every rank, whichever path the main rank takes
             stage_barrier(ctx)
             if not (out / SUMMARY_FILE).is_file():
-                raise FileNotFoundError(f"stage {self.name}: the main rank wrote no {SUMMARY_FILE} in {out} "
-                                        "(a multi-process launch needs a recipe strategy for the barrier)")
+                raise FileNotFoundError(
+                    f"stage {self.name}: the main rank wrote no {SUMMARY_FILE} in {out} "
+                    "(a multi-process launch needs a recipe strategy for the barrier)"
+                )
             _load_into(tokenizer, out)
             return artifacts.read_json(out / SUMMARY_FILE)
         summary = self._fit_and_save(ctx, tokenizer, out)
@@ -92,12 +97,18 @@ class FitTextTokenizer(Stage):
         given = getattr(tokenizer, "vocab_file", None)
         if given is not None and getattr(tokenizer, "is_fitted", False):
             # a published vocabulary is the model's contract with its data: never replace it by a fitted one
-            print(f"{self.name}: text_tokenizer has vocab_file {given} ({tokenizer.vocab_size} tokens): used as it is, "
-                  "not fitted")
+            print(
+                f"{self.name}: text_tokenizer has vocab_file {given} ({tokenizer.vocab_size} tokens): used as it is, "
+                "not fitted"
+            )
             tokenizer.save(out)
             artifacts.record_tree(out)
-            summary = {"fitted": False, "vocab_file": str(given), "vocab_size": tokenizer.vocab_size,
-                       "directory": str(out)}  # fmt: skip
+            summary = {
+                "fitted": False,
+                "vocab_file": str(given),
+                "vocab_size": tokenizer.vocab_size,
+                "directory": str(out),
+            }
             if hasattr(tokenizer, "fingerprint"):
                 summary["fingerprint"] = tokenizer.fingerprint()
             artifacts.write_json(out / SUMMARY_FILE, summary, indent=1, sort_keys=True)

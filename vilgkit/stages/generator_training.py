@@ -14,6 +14,7 @@
 
 Shapes (dimension key): B batch, L text length, h/w code grid, N samples in the data set.
 """
+
 from __future__ import annotations
 
 import copy
@@ -215,7 +216,9 @@ def _trim_text_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     """Drop, in place, the text columns that are padding in every row of ``batch``; returns it."""
     for _, prefix in TEXT_FIELDS:
         if f"{prefix}_ids" in batch:
-            batch[f"{prefix}_ids"], batch[f"{prefix}_mask"] = trim_padding(batch[f"{prefix}_ids"], batch[f"{prefix}_mask"])
+            batch[f"{prefix}_ids"], batch[f"{prefix}_mask"] = trim_padding(
+                batch[f"{prefix}_ids"], batch[f"{prefix}_mask"]
+            )
     return batch
 
 
@@ -343,8 +346,9 @@ class GeneratorTrainable(nn.Module, Trainable):
         return losses
 
 
-def _check_per_direction(values: dict[str, float] | None, directions: Sequence[str], name: str,
-                         valid: Callable[[float], bool], rule: str) -> dict[str, float]:
+def _check_per_direction(
+    values: dict[str, float] | None, directions: Sequence[str], name: str, valid: Callable[[float], bool], rule: str
+) -> dict[str, float]:
     """A ``{direction: number}`` setting: only trained directions, each value passing ``valid``."""
     values = dict(values or {})
     for direction, value in values.items():
@@ -362,8 +366,9 @@ def check_direction_fractions(fractions: dict[str, float] | None, directions: Se
 
 def check_direction_weights(weights: dict[str, float] | None, directions: Sequence[str]) -> dict[str, float]:
     """Validate ``direction_weights``: known, trained directions, each weight finite and > 0."""
-    return _check_per_direction(weights, directions, "direction_weights", lambda v: 0.0 < v < float("inf"),
-                                "a finite number > 0")
+    return _check_per_direction(
+        weights, directions, "direction_weights", lambda v: 0.0 < v < float("inf"), "a finite number > 0"
+    )
 
 
 class SampleGrids:
@@ -403,8 +408,12 @@ class SampleGrids:
             images, captions = self._sample(generator)
         finally:
             generator.train(was_training)
-        make_grid(to_pil(images), ncol=len(self.prompts), captions=self.prompts).save(folder / f"step_{step:06d}_images.png")
-        make_grid(to_pil(self.images), ncol=len(captions), captions=captions).save(folder / f"step_{step:06d}_captions.png")
+        make_grid(to_pil(images), ncol=len(self.prompts), captions=self.prompts).save(
+            folder / f"step_{step:06d}_images.png"
+        )
+        make_grid(to_pil(self.images), ncol=len(captions), captions=captions).save(
+            folder / f"step_{step:06d}_captions.png"
+        )
         with open(folder / "captions.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"step": step, "captions": captions}, ensure_ascii=False) + "\n")
 
@@ -415,10 +424,11 @@ class SampleGrids:
         ids, mask, _ = encode_texts(self.text_tokenizer, self.prompts, generator.max_text_len, truncate=True)
         rng = torch.Generator(device=device).manual_seed(self.seed)
         with _no_autocast(device):
-            codes = generator.sample_images(ids.to(device), mask.to(device), grid=self.grid, num_candidates=1, generator=rng)
+            codes = generator.sample_images(
+                ids.to(device), mask.to(device), grid=self.grid, num_candidates=1, generator=rng
+            )
             images = tok.decode(codes).cpu()
             own = encode_codes(tok, self.images)
             out = generator.generate_text(own, max_length=generator.max_text_len, method="greedy")
         size = self.text_tokenizer.vocab_size  # ids past the fitted vocabulary are untrained: drop them
         return images, self.text_tokenizer.decode([[i for i in row if i < size] for row in out])
-

@@ -13,6 +13,7 @@ what :class:`vilgkit.Pipeline` needs into the stage folder:
 Text rows are ``[BOS] ids… [EOS]`` padded with the tokenizer's pad id; texts longer than the
 generator's ``max_text_len`` (BOS and EOS included) are truncated, and their number is logged.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,10 @@ def load_tokenizers(ctx: RunContext, text_from: str, image_from: str):
     if text_from == FROM_RECIPE:
         text_tok = ctx.component("text_tokenizer")
         if not text_tok.is_fitted:
-            raise VilgkitError("text_tokenizer_from: recipe needs a ready text tokenizer (e.g. WordPieceTokenizer "
-                               "with a vocab_file); this one must be fitted: add a FitTextTokenizer stage")
+            raise VilgkitError(
+                "text_tokenizer_from: recipe needs a ready text tokenizer (e.g. WordPieceTokenizer "
+                "with a vocab_file); this one must be fitted: add a FitTextTokenizer stage"
+            )
     else:
         text_tok = artifacts.load_text_tokenizer(ctx.components, ctx.source_dir(text_from))
     if image_from == FROM_RECIPE:
@@ -72,7 +75,11 @@ def load_tokenizers(ctx: RunContext, text_from: str, image_from: str):
 
 def _image_tokenizer_path(ctx: RunContext, source: str) -> Path:
     path = Path(source).expanduser()
-    return path if path.is_file() and path.suffix == ".safetensors" else ctx.source_dir(source) / artifacts.IMAGE_TOKENIZER_WEIGHTS
+    return (
+        path
+        if path.is_file() and path.suffix == ".safetensors"
+        else ctx.source_dir(source) / artifacts.IMAGE_TOKENIZER_WEIGHTS
+    )
 
 
 def _source_record(ctx: RunContext, source: str) -> str:
@@ -177,8 +184,10 @@ class _GeneratorStage(Stage):
 
             if streamed and self.precompute:
                 # a stream has no length to tokenize ahead: the trainer's steps decide how much is read
-                print(f"{self.name}: the data is a stream ({type(dataset).__name__}): batches are tokenized as they "
-                      "arrive (`vilgkit tokenize` writes code shards once, for data read many times)")
+                print(
+                    f"{self.name}: the data is a stream ({type(dataset).__name__}): batches are tokenized as they "
+                    "arrive (`vilgkit tokenize` writes code shards once, for data read many times)"
+                )
             samples = None if streamed else len(dataset)
             return dataset, _raw_collate, {"samples": samples, "tokenized": False, "streamed": streamed}
         sources = [ctx.source_dir(s) for s in (self.text_tokenizer_from, self.image_tokenizer_from) if s != FROM_RECIPE]
@@ -206,10 +215,15 @@ class _GeneratorStage(Stage):
 
     def _tokenize(self, dataset, text_tok, image_tok, max_len: int, out_dir: Path | None, fingerprint: str):
         """Tokenize ``dataset`` and (with ``out_dir``) write the cache, atomically."""
-        tensors, stats = tokenize_dataset(dataset, text_tok, image_tok, max_text_len=max_len, desc=f"{self.name}: tokenizing")
+        tensors, stats = tokenize_dataset(
+            dataset, text_tok, image_tok, max_text_len=max_len, desc=f"{self.name}: tokenizing"
+        )
         if out_dir is not None:
-            artifacts.save_weights(out_dir / TOKENIZED_FILE, {k: v.contiguous() for k, v in tensors.items()},
-                                   metadata={"fingerprint": fingerprint})  # a rank never reads a half-written cache
+            artifacts.save_weights(
+                out_dir / TOKENIZED_FILE,
+                {k: v.contiguous() for k, v in tensors.items()},
+                metadata={"fingerprint": fingerprint},
+            )  # a rank never reads a half-written cache
         if stats["truncated"]:
             print(f"{self.name}: {stats['truncated']} texts were longer than {max_len - 2} tokens and were truncated")
         return TokenizedDataset(tensors), collate_tokenized, stats
@@ -247,26 +261,45 @@ class _GeneratorStage(Stage):
             generator = run_strategy(ctx).build_module(lambda: ctx.components.build("generator"))
         check_special_ids(generator, text_tok)
         # the trained tokenizer, the generator's width; an end-to-end one continues from generator_from
-        artifacts.attach_reconstructor(reconstructor, image_tok, int(generator.hidden_size),
-                                       ctx.source_dir(self.generator_from) if self.generator_from else None,
-                                       required=False)  # fmt: skip
+        artifacts.attach_reconstructor(
+            reconstructor,
+            image_tok,
+            int(generator.hidden_size),
+            ctx.source_dir(self.generator_from) if self.generator_from else None,
+            required=False,
+        )
         max_len = int(generator.max_text_len)
         dataset, collate, data_stats = self._training_data(ctx, out_dir, text_tok, image_tok, max_len)
         grid = self._grid(dataset, image_tok)
         module = GeneratorTrainable(
-            generator, text_tok, image_tok, self.directions, reconstructor, self.reconstructor_weight,
-            self.direction_fractions, self.direction_weights,
+            generator,
+            text_tok,
+            image_tok,
+            self.directions,
+            reconstructor,
+            self.reconstructor_weight,
+            self.direction_fractions,
+            self.direction_weights,
         )
         trainer = Trainer.for_stage(
-            ctx, self, module, dataset, self.trainer, collate_fn=collate, shuffle=self.shuffle,
+            ctx,
+            self,
+            module,
+            dataset,
+            self.trainer,
+            collate_fn=collate,
+            shuffle=self.shuffle,
             callbacks=self._sample_callback(ctx, dataset, text_tok, image_tok, grid),
             rebuild=lambda: self._fresh_trainable(ctx, text_tok, image_tok, module.reconstructor is not None),
-        )  # fmt: skip
+        )
         metrics = trainer.fit(resume=ctx.resume)
         module = trainer.trained_module()  # plain on every rank, also after a sharding strategy
         _keep_components(ctx, module)
         self._save(ctx, out_dir, trainer, module, grid, image_tok, data_stats, metrics)
-        return {"directions": self.directions, **{k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
+        return {
+            "directions": self.directions,
+            **{k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
+        }
 
     @staticmethod
     def _grid(dataset, image_tok) -> tuple[int, int]:
@@ -286,15 +319,23 @@ class _GeneratorStage(Stage):
         generator = fresh_component(ctx, "generator")
         reconstructor = fresh_component(ctx, "reconstructor") if end_to_end else None
         artifacts.attach_reconstructor(reconstructor, image_tok, int(generator.hidden_size), required=False)
-        return GeneratorTrainable(generator, text_tok, image_tok, self.directions, reconstructor,
-                                  self.reconstructor_weight, self.direction_fractions, self.direction_weights)
+        return GeneratorTrainable(
+            generator,
+            text_tok,
+            image_tok,
+            self.directions,
+            reconstructor,
+            self.reconstructor_weight,
+            self.direction_fractions,
+            self.direction_weights,
+        )
 
     def _save(self, ctx, out_dir, trainer, module, grid, image_tok, data_stats, metrics) -> None:
         if not trainer.strategy.is_main:  # ``module`` is the plain trained copy: the main rank writes alone
             return
         full = module.state_dict()
         for prefix, filename in (("generator.", GENERATOR_FILE), ("reconstructor.", RECONSTRUCTOR_FILE)):
-            part = {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in full.items() if k.startswith(prefix)}
+            part = {k[len(prefix) :]: v.detach().cpu().contiguous() for k, v in full.items() if k.startswith(prefix)}
             if part:
                 artifacts.save_weights(out_dir / filename, part)
         manifest = {
@@ -372,13 +413,36 @@ class FinetuneVQA(_GeneratorStage):
 
     default_directions = ("vqa",)
 
-    def __init__(self, trainer: TrainerConfig | None = None, name: str | None = None,
-                 text_tokenizer_from: str = "fit_text_tokenizer", image_tokenizer_from: str = "train_tokenizer",
-                 generator_from: str | None = "train_generator", data: Dataset | None = None,
-                 directions: list[Direction] | None = None, precompute: bool = True,
-                 reconstructor_weight: float = 1.0, sample_every: int = 0, num_samples: int = 8,
-                 direction_fractions: dict[str, float] | None = None,
-                 direction_weights: dict[str, float] | None = None, shuffle: bool = True) -> None:  # fmt: skip
-        super().__init__(trainer, name, text_tokenizer_from, image_tokenizer_from, generator_from, data,
-                         directions, precompute, reconstructor_weight, sample_every, num_samples,
-                         direction_fractions, direction_weights, shuffle)  # fmt: skip
+    def __init__(
+        self,
+        trainer: TrainerConfig | None = None,
+        name: str | None = None,
+        text_tokenizer_from: str = "fit_text_tokenizer",
+        image_tokenizer_from: str = "train_tokenizer",
+        generator_from: str | None = "train_generator",
+        data: Dataset | None = None,
+        directions: list[Direction] | None = None,
+        precompute: bool = True,
+        reconstructor_weight: float = 1.0,
+        sample_every: int = 0,
+        num_samples: int = 8,
+        direction_fractions: dict[str, float] | None = None,
+        direction_weights: dict[str, float] | None = None,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__(
+            trainer,
+            name,
+            text_tokenizer_from,
+            image_tokenizer_from,
+            generator_from,
+            data,
+            directions,
+            precompute,
+            reconstructor_weight,
+            sample_every,
+            num_samples,
+            direction_fractions,
+            direction_weights,
+            shuffle,
+        )

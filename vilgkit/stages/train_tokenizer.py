@@ -14,6 +14,7 @@ used) and, for Shapes data (samples with a ``scene``), *detector agreement*: the
 which the Shapes detector reads the same objects (shape, colour, size, position) from the
 reconstruction as from the original.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -77,7 +78,9 @@ def write_grid(images: torch.Tensor, reconstructions: torch.Tensor, path: Path, 
 
 
 @torch.no_grad()
-def evaluate_tokenizer(tok: ImageTokenizer, data: Dataset, num_images: int = 256, batch_size: int = 32) -> dict[str, Any]:
+def evaluate_tokenizer(
+    tok: ImageTokenizer, data: Dataset, num_images: int = 256, batch_size: int = 32
+) -> dict[str, Any]:
     """Reconstruction quality of ``tok`` on the first ``num_images`` samples of ``data``.
 
     Returns:
@@ -242,7 +245,9 @@ class TrainTokenizer(Stage):
 
         tok = ctx.component("image_tokenizer")
         if not callable(getattr(tok, "training_losses", None)):
-            raise VilgkitError(f"{type(tok).__name__} is not Trainable: it cannot be trained by the train_tokenizer stage")
+            raise VilgkitError(
+                f"{type(tok).__name__} is not Trainable: it cannot be trained by the train_tokenizer stage"
+            )
         if self.init_from:
             artifacts.load_weights(tok, ctx.source_dir(self.init_from) / WEIGHTS_FILE)
         data = self.data if self.data is not None else ctx.component("data")
@@ -251,8 +256,16 @@ class TrainTokenizer(Stage):
         preview = _images(_collate(first_samples(held_out, self.num_samples)))
         callbacks = [ReconstructionGrid(self.sample_every, preview)] if self.sample_every else []
         # the trainer combines config.seed with the run's seed itself
-        trainer = Trainer.for_stage(ctx, self, tok, data, self.trainer, collate_fn=_collate,
-                                    callbacks=callbacks, rebuild=lambda: fresh_component(ctx, "image_tokenizer"))
+        trainer = Trainer.for_stage(
+            ctx,
+            self,
+            tok,
+            data,
+            self.trainer,
+            collate_fn=_collate,
+            callbacks=callbacks,
+            rebuild=lambda: fresh_component(ctx, "image_tokenizer"),
+        )
         train_metrics = trainer.fit(resume=ctx.resume)
         # a sharding strategy changed tok in place: every rank continues with a plain trained copy
         tok = trainer.trained_module()
@@ -319,8 +332,13 @@ class EvaluateTokenizer(Stage):
             tok.eval()
             images = preview.to(next(tok.parameters()).device)
             write_grid(images, tok.decode(tok.encode(images)), out_dir / "reconstructions.png")
-        manifest = {"stage": self.name, "init": ctx.recipe.get("image_tokenizer"), "image_size": list(preview.shape[-2:]),
-                    "grid": list(tok.grid_size(*preview.shape[-2:])), "eval": evaluation}
+        manifest = {
+            "stage": self.name,
+            "init": ctx.recipe.get("image_tokenizer"),
+            "image_size": list(preview.shape[-2:]),
+            "grid": list(tok.grid_size(*preview.shape[-2:])),
+            "eval": evaluation,
+        }
         save_image_tokenizer(tok, out_dir, manifest)
         artifacts.write_json(out_dir / artifacts.TOKENIZER_EVAL, evaluation)
         _check_bar(evaluation, self.min_detector_agreement, out_dir)

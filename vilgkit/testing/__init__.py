@@ -9,6 +9,7 @@ the interface has one, state-dict round trip, bad arguments rejected). Use it fr
 and restrict it to your plugin with ``pytest --vilgkit-plugin=<entry-point name>``. A component
 builds with no arguments, or from ``cls.conformance_args()`` (a classmethod returning tiny kwargs).
 """
+
 from vilgkit.testing.components import ComponentCase, build_component, registered_components
 
 __all__ = ["ComponentCase", "build_component", "registered_components"]

@@ -4,6 +4,7 @@ Each test receives ``vilgkit_component`` (a :class:`ComponentCase`) from the pyt
 the checks that apply to its interface. They test behaviour every implementation must have, so a
 third-party plugin passing them can be named in a recipe and trained by the engine.
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,7 +63,9 @@ def test_unknown_argument_rejected(vilgkit_component):
     params = inspect.signature(case.cls.__init__).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         pytest.skip("accepts **kwargs")
-    node = {"thing": {"class_path": f"{case.cls.__module__}.{case.cls.__qualname__}", "init_args": {"no_such_arg_xyz": 1}}}
+    node = {
+        "thing": {"class_path": f"{case.cls.__module__}.{case.cls.__qualname__}", "init_args": {"no_such_arg_xyz": 1}}
+    }
     with pytest.raises(RecipeError, match=r"thing\.init_args\.no_such_arg_xyz"):
         resolve_class_paths(node, "conformance.yaml")
     with pytest.raises(TypeError):

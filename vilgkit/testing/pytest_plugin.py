@@ -1,4 +1,5 @@
 """pytest plugin (entry point ``pytest11``): the ``--vilgkit-plugin`` option and component fixtures."""
+
 from __future__ import annotations
 
 import pytest

@@ -164,6 +164,7 @@ def write_taming_checkpoint(
     """A small randomly initialised VQGAN written as taming's ``last.ckpt`` + ``model.yaml``
     (``VQModel`` kind, ``ch_mult`` giving factor ``downsample``); returns ``(checkpoint, config)``."""
     import torch
+
     from vilgkit_vq.taming_export import export_taming_checkpoint
     from vilgkit_vq.vqgan import VQGANTokenizer
 

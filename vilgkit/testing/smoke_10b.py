@@ -28,13 +28,9 @@ def build_smoke_data(folder: str | Path, samples: int = 4) -> list[str]:
     from vilgkit.cli import main as cli
 
     folder = Path(folder)
-    kept = write_img2dataset_shards(
-        folder / "shards", num_shards=1, per_shard=samples, bad_samples=False
-    )
+    kept = write_img2dataset_shards(folder / "shards", num_shards=1, per_shard=samples, bad_samples=False)
     tokens = write_bert_vocab(folder / "vocab.txt", [r["caption"] for r in kept])
-    ckpt, _ = write_taming_checkpoint(
-        folder / "taming", downsample=8, codebook_size=8192, resolution=IMAGE_SIZE
-    )
+    ckpt, _ = write_taming_checkpoint(folder / "taming", downsample=8, codebook_size=8192, resolution=IMAGE_SIZE)
     # the generator's text vocabulary is the file's: ids past it could be sampled but not decoded
     tokenizers = [
         "--text_tokenizer.init_args.vocab_file",
@@ -48,9 +44,24 @@ def build_smoke_data(folder: str | Path, samples: int = 4) -> list[str]:
         "class_path": "WebDatasetReader",
         "init_args": {"urls": str(folder / "shards"), "image_size": IMAGE_SIZE},
     }
-    rc = cli(["tokenize", RECIPE, "--config", SMOKE, *tokenizers, "--out", str(folder / "codes"),
-              "--image-tokenizer-from", "recipe", "--text-tokenizer-from", "recipe", "--data", json.dumps(reader),
-              "--no-progress"])  # fmt: skip
+    rc = cli(
+        [
+            "tokenize",
+            RECIPE,
+            "--config",
+            SMOKE,
+            *tokenizers,
+            "--out",
+            str(folder / "codes"),
+            "--image-tokenizer-from",
+            "recipe",
+            "--text-tokenizer-from",
+            "recipe",
+            "--data",
+            json.dumps(reader),
+            "--no-progress",
+        ]
+    )
     if rc != 0:
         raise RuntimeError(f"vilgkit tokenize failed (exit {rc})")
     overrides = [*tokenizers, "--data.init_args.path", str(folder / "codes")]

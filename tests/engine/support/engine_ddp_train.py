@@ -4,6 +4,7 @@
 
 The batch per rank is 16 // world_size, so every run sees the same global batches.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -23,8 +24,15 @@ def main() -> None:
     module = ToyRegression(4, hidden=16)
     strategy = PARALLEL_STRATEGIES.get(kind)(device="cpu")
     strategy.setup()
-    cfg = TrainerConfig(steps=steps, batch_size=16 // strategy.world_size, lr=0.01, warmup_steps=2, log_every=3,
-                        checkpoint_every=3, grad_accum=2)
+    cfg = TrainerConfig(
+        steps=steps,
+        batch_size=16 // strategy.world_size,
+        lr=0.01,
+        warmup_steps=2,
+        log_every=3,
+        checkpoint_every=3,
+        grad_accum=2,
+    )
     metrics = Trainer(module, ToyRegressionData(128), out, strategy, cfg, progress=False, tensorboard=False).fit(resume)
     if strategy.is_main:
         (out / "final_metrics.json").write_text(json.dumps(metrics))

@@ -3,6 +3,7 @@
 Nothing here is registered: recipes name these classes by dotted path, so the conformance suite
 never picks them up.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,12 @@ class ToyRegression(nn.Module, Trainable):
 
     def __init__(self, dim: int = 4, hidden: int = 0, dropout: float = 0.0, delay: float = 0.0) -> None:
         super().__init__()
-        self.net = nn.Linear(dim, 1) if hidden == 0 else nn.Sequential(
-            nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        self.net = (
+            nn.Linear(dim, 1)
+            if hidden == 0
+            else nn.Sequential(
+                nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+            )
         )
         self.delay = delay
         self.calls: list[tuple[str, int]] = []

@@ -1,4 +1,5 @@
 """Test-only components for the foundation tests (put on sys.path / PYTHONPATH by the tests)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ from vilgkit.registry import STAGES
 class EchoStage(Stage):
     """Writes ``message * times`` (and the mask size of an optional attention pattern) to its stage dir."""
 
-    def __init__(self, name: str | None = None, message: str = "hi", times: int = 1,
-                 attention: AttentionPattern | None = None) -> None:
+    def __init__(
+        self, name: str | None = None, message: str = "hi", times: int = 1, attention: AttentionPattern | None = None
+    ) -> None:
         super().__init__(name)
         self.message, self.times, self.attention = message, times, attention
 

@@ -6,6 +6,7 @@ Public API: :class:`ShapesDataset` (registered in ``DATASETS``), the detector
 :func:`qa_pairs`, :func:`parse_caption`); the world's attributes (:data:`SHAPES`, :data:`COLORS`,
 :data:`POSITIONS`, :data:`SIZES`, :data:`PALETTE`).
 """
+
 from vilgkit.data.shapes.dataset import ShapesDataset
 from vilgkit.data.shapes.detector import classify_shape, detect_objects, snap_to_palette
 from vilgkit.data.shapes.language import (

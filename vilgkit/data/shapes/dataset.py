@@ -1,4 +1,5 @@
 """``ShapesDataset``: the seeded, procedurally rendered Shapes world as a map-style data set."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence

@@ -13,6 +13,7 @@ drop blobs too small to be an object; then, per blob,
   difference) wins. Normalising by the bounding box makes this a comparison of fill geometry
   (fill ratio, where the corners and notches are), independent of scale and jitter.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -79,7 +80,10 @@ def _templates(image_size: int) -> np.ndarray:
     out = []
     for shape in SHAPES:
         per_shape = []
-        for side, r in ((240, 100.0), *((image_size // 3 + 4, RADIUS[s] * image_size / 3.0) for s in ("small", "large"))):
+        for side, r in (
+            (240, 100.0),
+            *((image_size // 3 + 4, RADIUS[s] * image_size / 3.0) for s in ("small", "large")),
+        ):
             img = Image.new("L", (side, side), 0)
             draw_shape(ImageDraw.Draw(img), shape, side / 2, side / 2, r, 255)
             per_shape.append(_normalise(np.asarray(img) > 0))

@@ -6,6 +6,7 @@ lenient so it can score *generated* captions: it splits a caption into clauses a
 clause that names a shape, whichever colour, size and position words it finds (missing ones stay
 ``None``).
 """
+
 from __future__ import annotations
 
 import re
@@ -25,21 +26,40 @@ SHAPE_WORDS = {
 }
 COLOR_WORDS = {
     "en": {c: c for c in COLORS},
-    "zh": {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "purple": "紫色", "cyan": "青色",
-           "white": "白色"},
-}  # fmt: skip
+    "zh": {
+        "red": "红色",
+        "green": "绿色",
+        "blue": "蓝色",
+        "yellow": "黄色",
+        "purple": "紫色",
+        "cyan": "青色",
+        "white": "白色",
+    },
+}
 SIZE_WORDS = {"en": {"small": "small", "large": "large"}, "zh": {"small": "小的", "large": "大的"}}
 #: English position phrases used in sentences ("at the top left")
 POSITION_PHRASES_EN = {
-    "top left": "at the top left", "top": "at the top", "top right": "at the top right",
-    "left": "on the left", "centre": "in the centre", "right": "on the right",
-    "bottom left": "at the bottom left", "bottom": "at the bottom", "bottom right": "at the bottom right",
-}  # fmt: skip
+    "top left": "at the top left",
+    "top": "at the top",
+    "top right": "at the top right",
+    "left": "on the left",
+    "centre": "in the centre",
+    "right": "on the right",
+    "bottom left": "at the bottom left",
+    "bottom": "at the bottom",
+    "bottom right": "at the bottom right",
+}
 POSITION_WORDS_ZH = {
-    "top left": "左上角", "top": "上方", "top right": "右上角",
-    "left": "左边", "centre": "中间", "right": "右边",
-    "bottom left": "左下角", "bottom": "下方", "bottom right": "右下角",
-}  # fmt: skip
+    "top left": "左上角",
+    "top": "上方",
+    "top right": "右上角",
+    "left": "左边",
+    "centre": "中间",
+    "right": "右边",
+    "bottom left": "左下角",
+    "bottom": "下方",
+    "bottom right": "右下角",
+}
 NUMBERS = {"en": ["zero", "one", "two", "three"], "zh": ["没有", "一个", "两个", "三个"]}
 NUMERALS_ZH = ["零", "一", "两", "三"]
 
@@ -47,32 +67,48 @@ NUMERALS_ZH = ["零", "一", "两", "三"]
 # position the longest phrase wins ("top left" before "top", "左上角" before "上方").
 _RECOGNISE = {
     "en": {
-        "shape": {"circle": ["circle", "circles"], "square": ["square", "squares"],
-                  "triangle": ["triangle", "triangles"], "star": ["star", "stars"]},
+        "shape": {
+            "circle": ["circle", "circles"],
+            "square": ["square", "squares"],
+            "triangle": ["triangle", "triangles"],
+            "star": ["star", "stars"],
+        },
         "color": {c: [c] for c in COLORS} | {"purple": ["purple", "violet"]},
         "size": {"small": ["small", "little", "tiny"], "large": ["large", "big"]},
         "position": {
-            "top left": ["top left", "top-left", "upper left"], "top right": ["top right", "top-right", "upper right"],
+            "top left": ["top left", "top-left", "upper left"],
+            "top right": ["top right", "top-right", "upper right"],
             "bottom left": ["bottom left", "bottom-left", "lower left"],
             "bottom right": ["bottom right", "bottom-right", "lower right"],
-            "top": ["top"], "bottom": ["bottom"], "left": ["left"], "right": ["right"],
+            "top": ["top"],
+            "bottom": ["bottom"],
+            "left": ["left"],
+            "right": ["right"],
             "centre": ["centre", "center", "middle"],
         },
     },
     "zh": {
-        "shape": {"circle": ["圆形", "圆"], "square": ["正方形", "方形"], "triangle": ["三角形"],
-                  "star": ["星形", "五角星", "星星"]},
+        "shape": {
+            "circle": ["圆形", "圆"],
+            "square": ["正方形", "方形"],
+            "triangle": ["三角形"],
+            "star": ["星形", "五角星", "星星"],
+        },
         "color": {k: [v, v[0] + "的"] for k, v in COLOR_WORDS["zh"].items()},
         "size": {"small": ["小的", "小"], "large": ["大的", "大"]},
         "position": {
-            "top left": ["左上角", "左上方", "左上"], "top right": ["右上角", "右上方", "右上"],
-            "bottom left": ["左下角", "左下方", "左下"], "bottom right": ["右下角", "右下方", "右下"],
-            "top": ["上方", "上面", "上边", "顶部"], "bottom": ["下方", "下面", "下边", "底部"],
-            "left": ["左边", "左侧", "左方"], "right": ["右边", "右侧", "右方"],
+            "top left": ["左上角", "左上方", "左上"],
+            "top right": ["右上角", "右上方", "右上"],
+            "bottom left": ["左下角", "左下方", "左下"],
+            "bottom right": ["右下角", "右下方", "右下"],
+            "top": ["上方", "上面", "上边", "顶部"],
+            "bottom": ["下方", "下面", "下边", "底部"],
+            "left": ["左边", "左侧", "左方"],
+            "right": ["右边", "右侧", "右方"],
             "centre": ["中间", "中央", "中心", "正中"],
         },
     },
-}  # fmt: skip
+}
 
 
 def _compile(lang: str, attr: str) -> tuple[re.Pattern, dict[str, str]]:
@@ -83,7 +119,9 @@ def _compile(lang: str, attr: str) -> tuple[re.Pattern, dict[str, str]]:
     return pattern, lookup
 
 
-_PATTERNS = {(lang, attr): _compile(lang, attr) for lang in LANGUAGES for attr in ("shape", "color", "size", "position")}
+_PATTERNS = {
+    (lang, attr): _compile(lang, attr) for lang in LANGUAGES for attr in ("shape", "color", "size", "position")
+}
 _CLAUSE_SPLIT = {
     "en": re.compile(r"[,;:.]|\band\b|\bwith\b"),
     "zh": re.compile(r"[，,；;：:。、和与]"),
@@ -206,15 +244,23 @@ def qa_pairs(scene: list[dict[str, Any]], lang: str = "en") -> list[dict[str, st
             out.append({"type": "shape", "question": f"what shape is the object {where_en}?", "answer": o["shape"]})
             out.append({"type": "size", "question": f"is the object {where_en} large or small?", "answer": o["size"]})
         else:
-            out.append({"type": "color", "question": f"{where_zh}的物体是什么颜色？", "answer": COLOR_WORDS["zh"][o["color"]]})
-            out.append({"type": "shape", "question": f"{where_zh}的物体是什么形状？", "answer": SHAPE_WORDS["zh"][o["shape"]]})
-            out.append({"type": "size", "question": f"{where_zh}的物体是大的还是小的？", "answer": SIZE_WORDS["zh"][o["size"]]})
+            out.append(
+                {"type": "color", "question": f"{where_zh}的物体是什么颜色？", "answer": COLOR_WORDS["zh"][o["color"]]}
+            )
+            out.append(
+                {"type": "shape", "question": f"{where_zh}的物体是什么形状？", "answer": SHAPE_WORDS["zh"][o["shape"]]}
+            )
+            out.append(
+                {"type": "size", "question": f"{where_zh}的物体是大的还是小的？", "answer": SIZE_WORDS["zh"][o["size"]]}
+            )
         desc = _unique_description(o, scene, lang)
         if desc is not None:
             if lang == "en":
                 out.append({"type": "position", "question": f"where is the {desc}?", "answer": o["position"]})
             else:
-                out.append({"type": "position", "question": f"{desc}在哪里？", "answer": POSITION_WORDS_ZH[o["position"]]})
+                out.append(
+                    {"type": "position", "question": f"{desc}在哪里？", "answer": POSITION_WORDS_ZH[o["position"]]}
+                )
     n = len(scene)
     if lang == "en":
         out.append({"type": "count", "question": "how many objects are there?", "answer": NUMBERS["en"][n]})
@@ -223,7 +269,9 @@ def qa_pairs(scene: list[dict[str, Any]], lang: str = "en") -> list[dict[str, st
     for color in sorted({o["color"] for o in scene}):
         k = sum(o["color"] == color for o in scene)
         if lang == "en":
-            out.append({"type": "count", "question": f"how many {color} objects are there?", "answer": NUMBERS["en"][k]})
+            out.append(
+                {"type": "count", "question": f"how many {color} objects are there?", "answer": NUMBERS["en"][k]}
+            )
         else:
             word = COLOR_WORDS["zh"][color]
             out.append({"type": "count", "question": f"图中有几个{word}的物体？", "answer": NUMBERS["zh"][k]})

@@ -3,6 +3,7 @@
 Both directions are scored with an optimal one-to-one assignment (Hungarian, scipy) between what
 was asked and what was found, so that object order never matters.
 """
+
 from __future__ import annotations
 
 from collections import Counter

@@ -11,6 +11,7 @@ jittered by at most ``JITTER·c`` per axis; its radius is ``RADIUS[size]·c`` sc
 two objects in neighbouring cells are always at least ``0.11·c`` (≈2.3 px at 64 px) apart and never
 merge, even when they share a colour.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,10 +36,16 @@ COLORS: tuple[str, ...] = tuple(PALETTE)
 BACKGROUND: tuple[int, int, int] = (0, 0, 0)
 #: grid cells in raster order: index = 3·row + col
 POSITIONS: tuple[str, ...] = (
-    "top left", "top", "top right",
-    "left", "centre", "right",
-    "bottom left", "bottom", "bottom right",
-)  # fmt: skip
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "centre",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
 SIZES: tuple[str, ...] = ("small", "large")
 #: radius as a fraction of a cell, per size
 RADIUS: dict[str, float] = {"small": 0.23, "large": 0.38}

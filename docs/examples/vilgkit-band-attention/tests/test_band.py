@@ -1,8 +1,9 @@
 """The example plugin's own tests: vilgkit's conformance suite plus one behaviour check."""
 
+from vilgkit_band import BandAttention
+
 from vilgkit.layout import Layout
 from vilgkit.testing.conformance import *  # noqa: F401,F403  (run with --vilgkit-plugin=band)
-from vilgkit_band import BandAttention
 
 
 def test_band_width_limits_target_keys():

@@ -3,6 +3,7 @@
 Importing this module registers the pattern in ``ATTENTION_PATTERNS``; vilgkit imports it through
 the ``vilgkit`` entry point declared in this distribution's ``pyproject.toml``.
 """
+
 from __future__ import annotations
 
 import torch
