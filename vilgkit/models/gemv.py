@@ -14,7 +14,8 @@ the weight is read. On the CPU, ``F.linear`` with one row runs on a single threa
   row split's tokens/s; on one thread ≈ 15–16 GB/s against ≈ 11.6 for ``F.linear`` (on that EPYC,
   from 4 rows on one thread ``F.linear`` was faster: the dispatch probe finds that). The copy is
   cached next to the module and rebuilt whenever the weight changes (new storage, dtype, device,
-  or an in-place update such as an optimizer step or ``load_state_dict``); it doubles the memory of the layers it serves.
+  or an in-place update such as an optimizer step or ``load_state_dict``); it doubles the memory
+  of the layers it serves.
 
 Whether the split layouts beat ``F.linear`` depends on the CPU (on a 2-core Intel Xeon with AMX
 the row split *lost* 2× at two threads), so :mod:`vilgkit.dispatch` decides per machine:
