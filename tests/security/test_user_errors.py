@@ -92,6 +92,17 @@ def test_eval_clip_reranker_is_checked_before_any_work(tiny_run, tmp_path):
     assert not (tiny_run / "shapes_features").exists()
 
 
+@pytest.mark.parametrize("name", ["clip", "ClipReranker"])
+def test_generate_clip_reranker_is_checked_before_sampling(tiny_run, tmp_path, name):
+    import importlib.util
+
+    out = tmp_path / "gen"
+    res = call_cli(["generate", str(tiny_run), "a red circle", "--reranker", name, "--out", str(out)])
+    needle = "needs open_clip" if importlib.util.find_spec("open_clip") is None else "--clip-weights"
+    assert_user_error(res, f"--reranker {name}", needle)
+    assert not (out / "grid.png").exists()  # refused before any image was sampled
+
+
 RECIPE_ERRORS = [
     (["--stages.9.init_args.trainer.steps", "3"], ["--stages.9.init_args.trainer.steps", "list of 4", "0..3"]),
     (["--seed", "abc"], ["command-line override --seed abc", "seed: expected an integer"]),

@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", nargs="*", type=T.text, help="text prompts")
     parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
     add_setting(parser, "--num-candidates", 8, "candidates sampled per prompt", type=T.positive_int)
-    add_setting(parser, "--reranker", "self", "'self' (log P(prompt|image)), 'none' or a reranker name")
+    add_setting(parser, "--reranker", "self", "'self' (log P(prompt|image)), 'none', 'clip' or a reranker name")
+    parser.add_argument("--clip-weights", default=None, help="local open_clip checkpoint for --reranker clip")
+    parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for --reranker clip")
     add_setting(parser, "--temperature", 1.0, "sampling temperature (0: greedy)", type=T.non_negative_float)
     add_setting(parser, "--top-k", "off", "sample among the k likeliest codes (0: off)", type=T.non_negative_int)
     add_setting(parser, "--top-p", "off", "nucleus sampling mass (1.0: off)", type=T.probability)
@@ -46,6 +48,12 @@ def main(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     names = ["num_candidates", "reranker", "temperature", "top_k", "top_p", "cfg_scale"]
     used = effective_settings(args, pipe.settings, names)
+    reranker = used["reranker"]
+    if isinstance(reranker, str) and reranker.lower() not in ("self", "none"):
+        from vilgkit.commands.eval import build_reranker
+
+        # built (and its needs checked: open_clip, local weights) before any sampling
+        reranker = build_reranker(reranker, args.clip_weights, args.clip_model) or "none"
     codes = int(pipe.image_tokenizer.codebook_size)
     if (used["top_k"] or 0) > codes:
         raise VilgkitError(
@@ -55,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     results = pipe.text_to_image(
         prompts,
         num_candidates=used["num_candidates"],
-        reranker=used["reranker"],
+        reranker=reranker,
         seed=args.seed,
         temperature=used["temperature"],
         top_k=used["top_k"] or 0,  # 0 / 1.0: off, not "the run's value"

@@ -27,16 +27,15 @@ import torch
 from torch import nn
 
 from vilgkit import artifacts
-from vilgkit.artifacts import (  # noqa: F401  (the file helpers strategies import from here)
-    CHECKPOINT_MANIFEST as MANIFEST,
-)
-from vilgkit.artifacts import (
-    CHECKPOINT_META as META,
-)
-from vilgkit.artifacts import (
+
+# the file helpers strategies and tests import from here are re-exported
+from vilgkit.artifacts import CHECKPOINT_MANIFEST as MANIFEST  # noqa: F401
+from vilgkit.artifacts import CHECKPOINT_META as META  # noqa: F401
+from vilgkit.artifacts import (  # noqa: F401
     DAMAGED_DIR,
     ArtifactError,
     CorruptFileError,
+    load_tensors,
     readable,
     save_tensors,
     sha256_file,
