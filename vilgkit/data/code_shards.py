@@ -44,10 +44,13 @@ class TokenizerMismatchError(VilgkitError):
 # ----------------------------------------------------------------------------- fingerprints
 
 
-def image_tokenizer_fingerprint(tokenizer: torch.nn.Module) -> str:
+def image_tokenizer_fingerprint(tokenizer: torch.nn.Module | None) -> str:
     """SHA-256 over the class, the code geometry and every tensor of the state dict — of
     ``tokenizer.inference_state_dict()`` when it has one (a VQGAN's discriminator, freshly built
-    beside a published checkpoint, does not change its codes)."""
+    beside a published checkpoint, does not change its codes). Data that already carries codes
+    needs no tokenizer: ``None`` has its own fingerprint."""
+    if tokenizer is None:
+        return "no-image-tokenizer"
     h = hashlib.sha256(f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}".encode())
     h.update(f"{tokenizer.codebook_size}/{tokenizer.downsample}".encode())
     state = tokenizer.inference_state_dict() if callable(getattr(tokenizer, "inference_state_dict", None)) else None
