@@ -30,7 +30,8 @@ class InferenceSettings:
 
     Attributes:
         num_candidates: images sampled per prompt; the reranker keeps the best.
-        reranker: ``"none"`` (keep the first), ``"self"`` or a registered reranker's name (``RERANKERS``).
+        reranker: ``"none"`` (keep the first), a short name (``"self"``, ``"pmi"``, …:
+            :mod:`vilgkit.reranker_names`) or a registered reranker's name (``RERANKERS``).
         temperature, top_k, top_p, cfg_scale: image-token sampling (``top_k``/``top_p`` ``None``: off).
         caption_method, num_beams: caption decoding (``greedy``, ``beam`` or ``sample``).
         answer_method: VQA decoding (``greedy`` or ``beam``).

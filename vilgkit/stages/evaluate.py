@@ -114,7 +114,9 @@ class Evaluate(Stage):
         num_samples: items evaluated.
         batch_size: prompts / images per generation batch.
         num_candidates: images sampled per prompt; the reranker keeps one.
-        reranker: e.g. ``{class_path: SelfReranker}`` (default: keep the first candidate).
+        reranker: e.g. ``{class_path: SelfReranker}``, or a short name (``self``, ``self_mean``,
+            ``pmi``, ``caption``, ``none``; :mod:`vilgkit.reranker_names`) (default: keep the first
+            candidate).
         temperature, top_k, top_p, cfg_scale: image sampling settings.
         caption_method, num_beams: caption decoding.
         fid_extractor: ``shapes`` (trained on first use, no download) or ``inception``.
@@ -133,7 +135,7 @@ class Evaluate(Stage):
         num_samples: int = 200,
         batch_size: int = 16,
         num_candidates: int = 8,
-        reranker: Reranker | None = None,
+        reranker: Reranker | str | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -159,6 +161,14 @@ class Evaluate(Stage):
             raise ValueError(f"fid_extractor must be 'shapes' or 'inception', got {fid_extractor!r}")
         self.generator_from, self.data = generator_from, data
         self.num_samples, self.batch_size = num_samples, batch_size
+        if isinstance(reranker, str):
+            from vilgkit.errors import VilgkitError
+            from vilgkit.reranker_names import build_named_reranker
+
+            try:
+                reranker = build_named_reranker(reranker)
+            except VilgkitError as err:  # the recipe's constructor error (names the stage and key)
+                raise ValueError(str(err)) from None
         self.reranker = reranker
         from vilgkit.metrics.harness import SamplingSettings
 
