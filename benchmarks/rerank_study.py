@@ -36,15 +36,8 @@ from typing import Any
 
 import torch
 
-#: reranker label → (short name or class name, constructor arguments)
-STUDY_RERANKERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "self": ("self", {}),
-    "self_mean": ("self_mean", {}),
-    "pmi": ("pmi", {}),
-    "pmi_shuffled": ("pmi", {"baseline": "shuffled"}),
-    "caption": ("caption", {}),
-    "caption_agreement": ("caption", {"mode": "agreement"}),
-}
+#: the rerankers compared, by their short names (vilgkit.reranker_names)
+STUDY_RERANKERS = ["self", "self_mean", "pmi", "pmi_shuffled", "caption", "caption_agreement"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("run_dirs", nargs="+", help="trained run directories (e.g. three training seeds)")
     parser.add_argument("--k", type=int, default=200, help="held-out scenes (prompts) per run")
     parser.add_argument("--ns", default="1,4,8,16", help="candidate counts N (comma-separated)")
-    parser.add_argument("--rerankers", default=",".join(STUDY_RERANKERS), help="labels of STUDY_RERANKERS")
+    parser.add_argument("--rerankers", default=",".join(STUDY_RERANKERS), help="short reranker names")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per sampling batch")
     parser.add_argument("--seed", type=int, default=0, help="batch i samples with seed + i")
     parser.add_argument("--temperature", type=float, default=None, help="default: the run's saved setting")
@@ -63,9 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.ns = sorted({int(x) for x in args.ns.split(",") if x.strip()})
     args.rerankers = [r.strip() for r in args.rerankers.split(",") if r.strip()]
-    bad = [r for r in args.rerankers if r not in STUDY_RERANKERS]
+    from vilgkit.reranker_names import RERANKER_ALIASES
+
+    usable = [name for name in RERANKER_ALIASES if name not in ("none", "clip")]  # none: the "first" column
+    bad = [r for r in args.rerankers if r not in usable]
     if bad or not args.ns or min(args.ns) < 1 or args.k < 1 or args.batch_size < 1:
-        parser.error(f"--rerankers from {list(STUDY_RERANKERS)}, positive --ns, --k, --batch-size (bad: {bad})")
+        parser.error(f"--rerankers from {usable}, positive --ns, --k, --batch-size (bad: {bad})")
     return args
 
 
@@ -113,9 +109,7 @@ def study_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict[str, A
     pipe = Pipeline.from_run_dir(run_dir, device=args.device)
     items = eval_items(run_dir, args.k)
     settings = sampling_settings(pipe, args)
-    rerankers = {
-        label: build_named_reranker(STUDY_RERANKERS[label][0], **STUDY_RERANKERS[label][1]) for label in args.rerankers
-    }
+    rerankers = {label: build_named_reranker(label) for label in args.rerankers}
     n_max = max(args.ns)
     matches, diversity, sampling_s = [], {n: [] for n in args.ns}, 0.0
     picks = {(label, n): [] for label in rerankers for n in args.ns}

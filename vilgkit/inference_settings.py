@@ -73,10 +73,11 @@ class InferenceSettings:
 
 
 def reranker_name(reranker: Any) -> str:
-    """A reranker object (or ``None``) → the name :class:`vilgkit.Pipeline` resolves again."""
-    if reranker is None:
-        return "none"
-    return type(reranker).__name__
+    """A reranker object (or ``None``) → the name :class:`vilgkit.Pipeline` resolves again
+    (:func:`vilgkit.reranker_names.saved_name`: a preset such as ``pmi_shuffled`` keeps its arguments)."""
+    from vilgkit.reranker_names import saved_name
+
+    return saved_name(reranker)
 
 
 def load_inference_settings(run_dir: str | Path) -> InferenceSettings:

@@ -273,7 +273,7 @@ class Pipeline:
             if cls_name is None or cls_name == "SelfReranker":
                 return "self" if cls_name else None  # "self": the batched fast path
             try:
-                return build_named_reranker(cls_name)
+                return build_named_reranker(reranker)
             except (TypeError, ValueError, ImportError) as err:  # one that needs settings (ClipReranker's weights)
                 raise InputError(
                     f"reranker {reranker!r} cannot be built from its name alone ({err}); use a short name "

@@ -13,19 +13,22 @@ from typing import Any
 
 from vilgkit.errors import VilgkitError
 
-#: short name → registered class name (``None``: no reranker, the first candidate is kept)
-RERANKER_ALIASES: dict[str, str | None] = {
+#: short name → (registered class name, constructor arguments); ``None``: no reranker, the first
+#: candidate is kept
+RERANKER_ALIASES: dict[str, tuple[str, dict[str, Any]] | None] = {
     "none": None,
-    "self": "SelfReranker",
-    "self_mean": "MeanSelfReranker",
-    "pmi": "PMIReranker",
-    "caption": "CaptionReranker",
-    "clip": "ClipReranker",
+    "self": ("SelfReranker", {}),
+    "self_mean": ("MeanSelfReranker", {}),
+    "pmi": ("PMIReranker", {}),
+    "pmi_shuffled": ("PMIReranker", {"baseline": "shuffled"}),
+    "caption": ("CaptionReranker", {}),
+    "caption_agreement": ("CaptionReranker", {"mode": "agreement"}),
+    "clip": ("ClipReranker", {}),
 }
 
 
-def reranker_class_name(name: str) -> str | None:
-    """A short name or a registered class name → the registered class name (``None`` for ``none``).
+def resolve_reranker_name(name: str) -> tuple[str, dict[str, Any]] | None:
+    """A short name or a registered class name → ``(class name, constructor arguments)``, ``None`` for ``none``.
 
     Raises:
         VilgkitError: an unknown name (the message lists the valid ones).
@@ -35,11 +38,18 @@ def reranker_class_name(name: str) -> str | None:
 
     key = str(name).strip()
     if key.lower() in RERANKER_ALIASES:
-        return RERANKER_ALIASES[key.lower()]
+        alias = RERANKER_ALIASES[key.lower()]
+        return None if alias is None else (alias[0], dict(alias[1]))
     get_plugin_manager()  # rerankers are plugins
     if key in RERANKERS.names():
-        return key
+        return key, {}
     raise VilgkitError(f"unknown reranker {name!r}; use one of {', '.join(known_names())}.{failed_plugins_note()}")
+
+
+def reranker_class_name(name: str) -> str | None:
+    """The registered class a name builds (``None`` for ``none``); raises like :func:`resolve_reranker_name`."""
+    resolved = resolve_reranker_name(name)
+    return None if resolved is None else resolved[0]
 
 
 def known_names() -> list[str]:
@@ -48,16 +58,47 @@ def known_names() -> list[str]:
     from vilgkit.registry import RERANKERS
 
     get_plugin_manager()
-    return list(RERANKER_ALIASES) + [n for n in RERANKERS.names() if n not in RERANKER_ALIASES.values()]
+    return list(RERANKER_ALIASES) + list(RERANKERS.names())
 
 
 def build_named_reranker(name: str, **kwargs: Any) -> Any:
-    """A reranker instance for ``name`` with constructor ``kwargs`` (``None`` for ``none``)."""
+    """A reranker instance for ``name`` (its preset arguments, then ``kwargs``); ``None`` for ``none``."""
     from vilgkit.plugins import get_plugin_manager
     from vilgkit.registry import RERANKERS
 
-    cls_name = reranker_class_name(name)
-    if cls_name is None:
+    resolved = resolve_reranker_name(name)
+    if resolved is None:
         return None
     get_plugin_manager()
-    return RERANKERS.get(cls_name)(**kwargs)
+    cls_name, preset = resolved
+    return RERANKERS.get(cls_name)(**{**preset, **kwargs})
+
+
+def saved_name(reranker: Any) -> str:
+    """The name that rebuilds ``reranker`` (what a run saves in ``inference.json``).
+
+    ``none`` for ``None``; the class name when its default arguments rebuild it; else the short name
+    whose preset does (``PMIReranker(baseline="shuffled")`` → ``pmi_shuffled``); else the class name
+    (other arguments are not kept by a name).
+    """
+    if reranker is None:
+        return "none"
+    cls_name = type(reranker).__name__
+    if _same(reranker, cls_name, {}):
+        return cls_name
+    for short, alias in RERANKER_ALIASES.items():
+        if alias is not None and alias[0] == cls_name and alias[1] and _same(reranker, cls_name, alias[1]):
+            return short
+    return cls_name
+
+
+def _same(reranker: Any, cls_name: str, preset: dict[str, Any]) -> bool:
+    """Whether ``cls_name(**preset)`` has the object's settings (its public attributes)."""
+    from vilgkit.registry import RERANKERS
+
+    try:
+        built = RERANKERS.get(cls_name)(**preset)
+    except Exception:  # noqa: BLE001 - one that cannot be built without arguments (CLIP's weights)
+        return False
+    public = lambda obj: {k: v for k, v in vars(obj).items() if not k.startswith("_")}  # noqa: E731
+    return public(built) == public(reranker)

@@ -13,7 +13,7 @@ import torch
 
 import vilgkit_rerank  # noqa: F401  (registers the rerankers)
 from vilgkit.interfaces import Generator, GeneratorOutput, RerankInputs
-from vilgkit.reranker_names import RERANKER_ALIASES, build_named_reranker
+from vilgkit.reranker_names import RERANKER_ALIASES, build_named_reranker, saved_name
 from vilgkit_rerank import CaptionReranker, MeanSelfReranker, PMIReranker, SelfReranker
 from vilgkit_rerank.caption import ngram_f1
 
@@ -122,12 +122,19 @@ def test_caption_overlap_ties_are_broken_by_the_prompt_likelihood():
 def test_every_short_name_builds_its_reranker_and_bad_arguments_fail():
     from vilgkit.errors import VilgkitError
 
-    for name, cls_name in RERANKER_ALIASES.items():
-        if cls_name in (None, "ClipReranker"):
+    for name, alias in RERANKER_ALIASES.items():
+        if alias is None or alias[0] == "ClipReranker":
             continue
-        assert type(build_named_reranker(name)).__name__ == cls_name
-        assert type(build_named_reranker(name.upper())).__name__ == cls_name  # any case
-    assert build_named_reranker("none") is None
+        built = build_named_reranker(name)
+        assert type(built).__name__ == alias[0] and all(getattr(built, k) == v for k, v in alias[1].items())
+        assert type(build_named_reranker(name.upper())).__name__ == alias[0]  # any case
+        # the name a run saves rebuilds the same reranker
+        again = build_named_reranker(saved_name(built))
+        assert type(again) is type(built) and vars(again) == vars(built)
+    assert build_named_reranker("none") is None and saved_name(None) == "none"
+    assert saved_name(SelfReranker()) == "SelfReranker"  # the class name where the defaults rebuild it
+    assert saved_name(PMIReranker(baseline="shuffled")) == "pmi_shuffled"
+    assert saved_name(PMIReranker(num_distractors=5)) == "PMIReranker"  # no name keeps K = 5
     assert type(build_named_reranker("PMIReranker")).__name__ == "PMIReranker"
     with pytest.raises(VilgkitError, match="unknown reranker 'nope'; use one of none, self, self_mean, pmi"):
         build_named_reranker("nope")

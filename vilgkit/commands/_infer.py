@@ -76,7 +76,8 @@ def effective_settings(args: argparse.Namespace, saved: Any, names: list[str]) -
 def build_reranker(name: str, clip_weights: str | None = None, clip_model: str = "ViT-B-32"):
     """A ``--reranker`` value → a reranker (``None`` for ``none``), its needs checked before any work.
 
-    Short names (``self``, ``self_mean``, ``pmi``, ``caption``, ``clip``, ``none``;
+    Short names (``self``, ``self_mean``, ``pmi``, ``pmi_shuffled``, ``caption``, ``caption_agreement``,
+    ``clip``, ``none``;
     :data:`vilgkit.reranker_names.RERANKER_ALIASES`) or a registered class name. An unknown name, or
     ``clip`` without open_clip or a local ``--clip-weights`` file, is a one-line error (exit 2).
     """
@@ -94,8 +95,8 @@ def build_reranker(name: str, clip_weights: str | None = None, clip_model: str =
                 f"--reranker {name} needs --clip-weights FILE, a local open_clip checkpoint "
                 f"(nothing is downloaded); got {clip_weights or 'none'}"
             )
-        return build_named_reranker(cls_name, weights_path=clip_weights, model_name=clip_model)
-    return None if cls_name is None else build_named_reranker(cls_name)
+        return build_named_reranker(name, weights_path=clip_weights, model_name=clip_model)
+    return None if cls_name is None else build_named_reranker(name)
 
 
 def load_pipeline(args: argparse.Namespace):

@@ -46,7 +46,7 @@ def build_reranker(name: str) -> Any:
             422,
             "reranker: 'ClipReranker' needs CLIP weights, which this server does not load",
         )
-    return None if cls_name is None else build_named_reranker(cls_name)
+    return None if cls_name is None else build_named_reranker(name)
 
 
 class ModelRunner:
