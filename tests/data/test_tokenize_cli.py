@@ -25,6 +25,7 @@ from vilgkit.testing.real_data import (
     write_img2dataset_shards,
     write_taming_checkpoint,
 )
+from vilgkit.testing.tiny import CPU_STRATEGY, generator_section
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,18 +53,8 @@ def real(tmp_path_factory):
             "init_args": {"vocab_file": str(root / "vocab.txt"), "vocab_size": 512},
         },
         "image_tokenizer": {"class_path": "TamingVQGAN", "init_args": {"checkpoint": str(ckpt), "codebook_size": 64}},
-        "generator": {
-            "class_path": "UnifiedTransformer",
-            "init_args": {
-                "hidden_size": 32,
-                "num_layers": 1,
-                "num_heads": 2,
-                "max_text_len": 48,
-                "max_image_grid": 8,
-                "attention": {"class_path": "DenseAttention"},
-            },
-        },
-        "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
+        "generator": generator_section(max_text_len=48, max_image_grid=8),
+        "strategy": CPU_STRATEGY,
         "stages": [{"class_path": "FitTextTokenizer"}],
     }
     path = root / "recipe.yaml"
