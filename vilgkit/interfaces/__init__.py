@@ -1,7 +1,7 @@
 """The abstract interfaces of docs/architecture.md §3. Core depends only on these; plugins implement them."""
 
 from vilgkit.interfaces.attention import AttentionPattern
-from vilgkit.interfaces.decode_cache import DecodeCache
+from vilgkit.interfaces.decode_cache import DecodeCache, StepKeys
 from vilgkit.interfaces.generator import Generator, GeneratorOutput
 from vilgkit.interfaces.image_tokenizer import ImageTokenizer
 from vilgkit.interfaces.parallel import MemoryPlan, ParallelStrategy, StrategyLayout
@@ -25,6 +25,7 @@ __all__ = [
     "Reranker",
     "RunContext",
     "Stage",
+    "StepKeys",
     "StrategyLayout",
     "TextTokenizer",
     "Trainable",
