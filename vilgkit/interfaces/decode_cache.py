@@ -22,6 +22,17 @@ import torch.nn.functional as F
 from vilgkit.layout import Layout
 
 
+class CacheGeometry(NamedTuple):
+    """What sizes a decoding cache: ``batch_size`` rows (R), ``num_heads`` (H) of ``head_dim`` (D),
+    on ``device`` in ``dtype``."""
+
+    batch_size: int
+    num_heads: int
+    head_dim: int
+    device: torch.device
+    dtype: torch.dtype
+
+
 class StepKeys(NamedTuple):
     """Where one decoding step's keys lie in a cache (what :meth:`DecodeCache.write_step` returns).
 
