@@ -36,6 +36,7 @@ from vilgkit_attention.decode import SparseKVCache
 from vilgkit_attention.flex import flex_attend, flex_available
 from vilgkit_attention.masks import (
     IMAGE_KINDS,
+    SparseMask,
     build_allowed,
     check_kind,
     image_segment,
@@ -142,27 +143,15 @@ class SparseAttention(AttentionPattern):
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, where: AttendContext) -> torch.Tensor:
         """Sparse attention ``[B, H, N, D]`` equal to SDPA with :meth:`allowed` (and padding)."""
-        kind = self.kind(where.layer, where.num_layers)
-        layout, key_padding_mask = where.layout, where.key_padding_mask
+        mask = SparseMask(where.layout, self.kind(where.layer, where.num_layers), self.kernel_size)
+        pad = where.key_padding_mask
         backend = self.resolve_backend(q.device)
-        if kind == "dense" or backend == "sdpa":
-            return masked_sdpa(q, k, v, build_allowed(layout, kind, self.kernel_size, q.device), key_padding_mask)
+        if mask.kind == "dense" or backend == "sdpa":
+            return masked_sdpa(q, k, v, build_allowed(*mask, q.device), pad)
         if backend == "flex":
-            return flex_attend(
-                q, k, v, layout=layout, kind=kind, kernel_size=self.kernel_size, key_padding_mask=key_padding_mask
-            )
-        return blockwise_attend(
-            q,
-            k,
-            v,
-            layout=layout,
-            kind=kind,
-            kernel_size=self.kernel_size,
-            key_padding_mask=key_padding_mask,
-            conv_tile=self.conv_tile,
-            lines_per_tile=self.lines_per_tile,
-            recompute=self.recompute,
-        )
+            return flex_attend(q, k, v, mask, pad)
+        tiles = dict(conv_tile=self.conv_tile, lines_per_tile=self.lines_per_tile)
+        return blockwise_attend(q, k, v, mask, pad, **tiles, recompute=self.recompute)
 
     def decode_keys(self, layer: int, num_layers: int, layout: Layout, position: int) -> torch.Tensor | None:
         """Positions the query at ``position`` needs from the KV cache.
