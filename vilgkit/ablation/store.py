@@ -137,11 +137,15 @@ class StageStore:
         if source is not None:
             done = read_marker(source)
             _copy_stage(source, stage_dir)
-            artifacts.write_json_atomic(stage_dir / MARKER, {**done, "copied_from": str(source)})
+            # byte for byte: later stages fingerprint their tokenizer folders by content (the
+            # tokenized-data cache), so a copy must not differ from what it copies
+            shutil.copyfile(source / MARKER, stage_dir / MARKER)
             self._reused(fingerprint, done, name, pair, "copied")
             self.log(f"ablation: {tag}: {name} copied from {source.parent.relative_to(self.root)} (same stage)")
             return
         resume = stage_dir.is_dir()  # a folder without a marker: interrupted, continue its checkpoints
+        if not resume:
+            self._prime_cache(name, stage_dir)
         self.log(f"ablation: {tag}: running {name}" + (" (resuming)" if resume else ""))
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
         run(paths, [*overrides, "--seed", str(seed), "--run_dir", str(here)], stages=[name], resume=resume)
@@ -157,6 +161,21 @@ class StageStore:
         }
         artifacts.write_json_atomic(stage_dir / MARKER, record)
         self.records[fingerprint] = {**record, "ran": True, "reused_by": []}
+
+    def _prime_cache(self, name: str, stage_dir: Path) -> None:
+        """Offer the stage the tokenized data of the same-named stage of another row or seed.
+
+        The generator stages cache their tokenized data set in their folder under a fingerprint of
+        the data and the tokenizers' files, and tokenize again when it does not match; another seed
+        of the same stage reads the same data with the same (copied) tokenizers, so its cache is
+        normally valid and saves tokenizing the whole data set again.
+        """
+        for other in sorted(self.root.glob(f"row*/seed*/{name}/{artifacts.TOKENIZED_CACHE}")):
+            if read_marker(other.parent) is not None:  # from a finished stage only
+                stage_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(other, stage_dir / artifacts.TOKENIZED_CACHE)
+                artifacts.RunDir(stage_dir.parent).record(stage_dir / artifacts.TOKENIZED_CACHE)
+                return
 
     def _reused(self, fingerprint: str, done: dict[str, Any], name: str, pair: tuple[int, int], how: str) -> None:
         entry = self.records.setdefault(
