@@ -51,6 +51,19 @@ def test_rows_times_seeds_share_stages_and_resume(tiny_set, capsys):
     assert "row 1 seed 2: train_tokenizer copied from" in out
 
 
+def test_rows_that_change_only_the_generator_share_the_tokenizer_stages(tiny_set):
+    from vilgkit.ablation import stage_fingerprints
+    from vilgkit.engine.runner import resolve
+
+    paths = [str(tiny_set / "base.yaml"), str(tiny_set / "row1_low_lr.yaml")]
+    plain = stage_fingerprints(resolve(paths))
+    wider = stage_fingerprints(resolve(paths, ["--generator.init_args.hidden_size", "32"]))
+    other_seed = stage_fingerprints(resolve(paths, ["--seed", "1"]))
+    same = [a[0] for a, b in zip(plain, wider) if a[1] == b[1]]
+    assert same == ["fit_text_tokenizer", "train_tokenizer"]  # the generator and its evaluation differ
+    assert all(a[1] != b[1] for a, b in zip(plain, other_seed))  # the seed is part of every stage's key
+
+
 def _summary(mean, low, high, n=3):
     return {"values": [mean] * n, "mean": mean, "std": 0.01, "low": low, "high": high, "counts": None}
 
@@ -100,7 +113,7 @@ def test_bad_sets_are_one_line_errors(tiny_set, capsys, settings, args, message)
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_shipped_sets_parse(tmp_path):
+def test_shipped_sets_parse():
     from pathlib import Path
 
     from vilgkit.engine.runner import resolve
@@ -111,5 +124,10 @@ def test_shipped_sets_parse(tmp_path):
     for folder in folders:
         aset = load_set(folder)
         assert aset.rows and aset.seeds
+        base = yaml.safe_load(aset.base.read_text())["stages"]
         for _, path in aset.rows:
+            row = yaml.safe_load(path.read_text())
+            if "stages" in row:  # a row's list replaces the base's: the shared stages must not drift
+                assert row["stages"][: len(base)] == base, f"{path}: shared stages drifted from base.yaml"
             resolve([str(aset.base), str(path)])
+        assert "How long" in aset.base.read_text() or folder == recipes

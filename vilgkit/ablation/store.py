@@ -35,6 +35,14 @@ from vilgkit.errors import VilgkitError
 MARKER = ".ablation_stage.json"
 #: component keys a stage's fingerprint covers; ``reconstructor`` only for stages that use it
 COMPONENT_KEYS = ("data", "text_tokenizer", "image_tokenizer", "generator", "strategy")
+#: the components the built-in stages that train no generator read (from their ``run``), so that
+#: rows that differ only in the generator or the reconstructor share their tokenizers; any other
+#: stage class is fingerprinted with every component (safe: at worst it runs once more)
+STAGE_READS = {
+    "FitTextTokenizer": ("data", "text_tokenizer"),
+    "TrainTokenizer": ("data", "image_tokenizer", "strategy"),
+    "TrainShapesFeatures": (),
+}
 
 
 def stage_name(node: dict[str, Any]) -> str:
@@ -43,12 +51,16 @@ def stage_name(node: dict[str, Any]) -> str:
     return name(node)
 
 
-def _uses_reconstructor(node: dict[str, Any]) -> bool:
+def _reads(node: dict[str, Any]) -> tuple[str, ...]:
+    """The component keys a stage's output depends on."""
     from vilgkit.stages.train_generator import _GeneratorStage
 
     module, _, attr = node["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), attr)
-    return issubclass(cls, _GeneratorStage) or "reconstructor" in getattr(cls.__init__, "__annotations__", {})
+    if cls.__module__.startswith("vilgkit.") and attr in STAGE_READS:
+        return STAGE_READS[attr]
+    uses = issubclass(cls, _GeneratorStage) or "reconstructor" in getattr(cls.__init__, "__annotations__", {})
+    return COMPONENT_KEYS + (("reconstructor",) if uses else ())
 
 
 def stage_fingerprints(
@@ -64,8 +76,8 @@ def stage_fingerprints(
     for node in recipe.get("stages") or []:
         name = stage_name(node)
         seed = int(recipe.get("seed", 0)) if seed_of is None else seed_of(name)
-        keys = COMPONENT_KEYS + (("reconstructor",) if _uses_reconstructor(node) else ())
-        payload = {"stage": node, "components": {k: recipe.get(k) for k in keys}, "seed": seed, "after": previous}
+        components = {k: recipe.get(k) for k in _reads(node)}
+        payload = {"stage": node, "components": components, "seed": seed, "after": previous}
         previous = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
         out.append((name, previous, seed))
     return out
