@@ -20,6 +20,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from vilgkit.artifacts import SHAPES_FEATURES_DIR  # noqa: F401  (re-exported)
+from vilgkit.errors import VilgkitError
 from vilgkit.inference_settings import InferenceSettings, reranker_name, save_inference_settings
 from vilgkit.interfaces import Reranker, RunContext, Stage
 from vilgkit.registry import STAGES
@@ -73,6 +74,31 @@ def shapes_feature_weights(run_dir: Path, image_size: int, log=print) -> str:
         train_shapes_feature_extractor(image_size=image_size, out_dir=directory, log=log)
         record_tree(directory)
     return str(directory)
+
+
+def check_evaluation_fits(ctx: RunContext, generator_from: str | None) -> None:
+    """Refuse (one line) to load the evaluated generator on the main rank when two fp32 copies of
+    it (the built module and its file's tensors) do not fit the host's available memory now: the
+    ``evaluate`` phase of ``vilgkit plan``, checked when it happens (the other ranks hold no copy)."""
+    from vilgkit.artifacts import GENERATOR_WEIGHTS, stage_names
+    from vilgkit.planning import gib
+    from vilgkit.recipe_plan import available_host_bytes, full_copy_fits
+    from vilgkit.tensor_file import TensorFile
+
+    if generator_from:
+        folders = [ctx.source_dir(generator_from)]
+    else:  # the last stage that saved a generator, as Pipeline.from_run_dir picks it
+        folders = [ctx.run_dir / name for name in reversed(stage_names(ctx.recipe))]
+    path = next((f / GENERATOR_WEIGHTS for f in folders if (f / GENERATOR_WEIGHTS).is_file()), None)
+    if path is None:  # nothing saved yet: loading the pipeline reports what is missing
+        return
+    need = 2 * TensorFile(path).nbytes()
+    if not full_copy_fits(need):
+        raise VilgkitError(
+            f"evaluate: loading {path} on the main rank needs about {gib(need)} GiB (two fp32 copies) but this host "
+            f"has {gib(available_host_bytes())} GiB available; run `vilgkit eval {ctx.run_dir}` on a machine with "
+            "more memory, or drop the Evaluate stage from this launch"
+        )
 
 
 @STAGES.register_module()
@@ -165,6 +191,7 @@ class Evaluate(Stage):
             return {}
         from vilgkit.metrics.harness import RESULTS_FILE
 
+        check_evaluation_fits(ctx, self.generator_from)
         metrics = run_evaluation(
             ctx.run_dir,
             ctx.stage_dir(self.name),
