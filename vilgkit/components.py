@@ -66,3 +66,8 @@ class ComponentStore(Mapping):
     def set(self, key: str, component: Any) -> None:
         """Replace a component (e.g. a tokenizer loaded from an earlier stage's output)."""
         self._cache[key] = component
+
+    def forget(self, key: str) -> None:
+        """Drop the cached instance of ``key``: the next access builds a fresh one from the recipe
+        (after a stage whose strategy sharded the component in place; its weights are on disk)."""
+        self._cache.pop(key, None)

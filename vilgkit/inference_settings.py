@@ -30,7 +30,8 @@ class InferenceSettings:
 
     Attributes:
         num_candidates: images sampled per prompt; the reranker keeps the best.
-        reranker: ``"none"`` (keep the first), ``"self"`` or a registered reranker's name (``RERANKERS``).
+        reranker: ``"none"`` (keep the first), a short name (``"self"``, ``"pmi"``, …:
+            :mod:`vilgkit.reranker_names`) or a registered reranker's name (``RERANKERS``).
         temperature, top_k, top_p, cfg_scale: image-token sampling (``top_k``/``top_p`` ``None``: off).
         caption_method, num_beams: caption decoding (``greedy``, ``beam`` or ``sample``).
         answer_method: VQA decoding (``greedy`` or ``beam``).
@@ -72,10 +73,11 @@ class InferenceSettings:
 
 
 def reranker_name(reranker: Any) -> str:
-    """A reranker object (or ``None``) → the name :class:`vilgkit.Pipeline` resolves again."""
-    if reranker is None:
-        return "none"
-    return type(reranker).__name__
+    """A reranker object (or ``None``) → the name :class:`vilgkit.Pipeline` resolves again
+    (:func:`vilgkit.reranker_names.saved_name`: a preset such as ``pmi_shuffled`` keeps its arguments)."""
+    from vilgkit.reranker_names import saved_name
+
+    return saved_name(reranker)
 
 
 def load_inference_settings(run_dir: str | Path) -> InferenceSettings:

@@ -222,7 +222,8 @@ class Pipeline:
             prompts: the texts.
             num_candidates: candidates sampled per prompt (in one batch through the KV cache).
             reranker: how to pick the best candidate: ``"none"`` (the first), ``"self"`` (highest
-                ``log P(prompt | image)`` from the same generator), a registered reranker's name
+                ``log P(prompt | image)`` from the same generator), ``"self_mean"``, ``"pmi"``,
+                ``"caption"`` (docs/evaluation.md, "Reranking"), a registered reranker's name
                 (``RERANKERS``) or a :class:`~vilgkit.interfaces.Reranker`.
             seed: sampling seed (the same seed gives the same images).
             temperature, top_k, top_p, cfg_scale: sampling settings (``top_k=0``, ``top_p=1.0``: off).
@@ -258,23 +259,25 @@ class Pipeline:
         return images
 
     def _resolve_reranker(self, reranker: Any) -> Any:
-        if reranker is None or (isinstance(reranker, str) and reranker.lower() == "none"):
-            return None
-        if reranker == "self" or reranker == "SelfReranker" or isinstance(reranker, Reranker):
-            return "self" if reranker == "SelfReranker" else reranker  # the batched fast path
+        """``None`` / a name (:mod:`vilgkit.reranker_names`) / a Reranker → ``None``, ``"self"`` or a Reranker."""
+        if reranker is None or isinstance(reranker, Reranker):
+            return reranker
         if isinstance(reranker, str):
-            from vilgkit.plugins import get_plugin_manager
-            from vilgkit.registry import RERANKERS
+            from vilgkit.errors import VilgkitError
+            from vilgkit.reranker_names import build_named_reranker, reranker_class_name
 
-            get_plugin_manager()  # rerankers live in plugins
-            if reranker not in RERANKERS.names():
-                raise InputError(f"unknown reranker {reranker!r}; use 'self' or one of {RERANKERS.names()}")
             try:
-                return RERANKERS.get(reranker)()
+                cls_name = reranker_class_name(reranker)
+            except VilgkitError as err:
+                raise InputError(str(err)) from None
+            if cls_name is None or cls_name == "SelfReranker":
+                return "self" if cls_name else None  # "self": the batched fast path
+            try:
+                return build_named_reranker(reranker)
             except (TypeError, ValueError, ImportError) as err:  # one that needs settings (ClipReranker's weights)
                 raise InputError(
-                    f"reranker {reranker!r} cannot be built from its name alone ({err}); use 'self' or 'none' here, "
-                    "or pass a configured Reranker object from Python"
+                    f"reranker {reranker!r} cannot be built from its name alone ({err}); use a short name "
+                    "(self, self_mean, pmi, caption, none) here, or pass a configured Reranker object from Python"
                 ) from None
         raise InputError(f"reranker must be None, 'self', a reranker name or a Reranker, got {type(reranker).__name__}")
 

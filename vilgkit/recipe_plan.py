@@ -15,9 +15,11 @@ the image tokenizer, each with its own trainer's batch size. Per rank:
 
 Phases of the run (each rank's peak is the largest): ``build`` (on ``meta`` under a sharding
 strategy, else a full fp32 copy per rank), ``train``, ``export`` (shards streamed into safetensors:
-the largest tensor, twice) and ``evaluate`` (what later stages use today: the trained module as a
-plain fp32 copy on every rank's device, :meth:`vilgkit.engine.trainer.Trainer.trained_module`, and
-on the main rank the evaluation's own load of the saved generator: built, then its file read).
+the largest tensor, twice) and ``evaluate``: on the main rank the evaluation's load of the saved
+generator (built, then its file read), while the other ranks hold only their process — a sharding
+strategy's ranks free their shards after training (:meth:`vilgkit.engine.trainer.Trainer.close`);
+an unsharded module stays on every rank's device. When it happens, the stages check the main
+rank's copy against the memory the host has then (:func:`full_copy_fits`).
 """
 
 from __future__ import annotations
@@ -78,6 +80,30 @@ def host_memory_bytes() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def available_host_bytes() -> int:
+    """Memory this host can hand out now (``MemAvailable``; the physical memory where it is unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return host_memory_bytes()
+
+
+#: the share of the host's available memory a main-rank full copy may take (the rest: page cache
+#: the other ranks and the file reads need, and the estimate's own slack)
+FULL_COPY_SHARE = 0.9
+
+
+def full_copy_fits(nbytes: int) -> bool:
+    """The ``evaluate`` phase's check, made when it happens: whether ``nbytes`` more (a plain copy of
+    a trained model on the main rank, with what loading it holds at the same time) fit this host's
+    available memory now. The stages ask it before a main-rank copy of a sharded model."""
+    return nbytes <= FULL_COPY_SHARE * available_host_bytes()
+
+
 def process_bytes() -> int:
     """This process's resident memory now (the baseline every rank pays: Python, torch, plugins)."""
     try:
@@ -109,11 +135,24 @@ def detect_hardware(strategy_device: str | None = None) -> Hardware:
 
 @dataclass
 class Phase:
-    """Bytes per rank during one phase of the run."""
+    """Bytes per rank during one phase of the run.
+
+    Attributes:
+        name: ``build``, ``train``, ``export`` or ``evaluate``.
+        host: host bytes of the busiest rank (the main rank where the ranks differ).
+        device: device bytes of that rank.
+        host_others: host bytes of each other rank when they differ from ``host`` (``None``: the same).
+    """
 
     name: str
     host: int
     device: int
+    host_others: int | None = None
+
+    def host_per_host(self, ranks: int) -> int:
+        """Host bytes of ``ranks`` ranks on one host, the busiest among them."""
+        others = self.host if self.host_others is None else self.host_others
+        return self.host + (ranks - 1) * others
 
 
 @dataclass
@@ -146,18 +185,23 @@ class PlanReport:
     def shortfalls(self, row: PlanRow | None = None, phases: bool = True) -> list[str]:
         """What does not fit, one phrase per resource (empty: it fits)."""
         row = row or self.rows[0]
-        hw = self.hardware
-        host = max([row.host_per_rank] + ([p.host for p in self.phases] if phases and row is self.rows[0] else []))
-        device = max(
-            [row.plan.device_total] + ([p.device for p in self.phases] if phases and row is self.rows[0] else [])
-        )
+        hw, n = self.hardware, self.hardware.devices_per_node
+        checked = self.phases if phases and row is self.rows[0] else []
+        device = max([row.plan.device_total] + [p.device for p in checked])
+        # the busiest host: every rank at the row's training bytes, or a phase (its main rank may differ)
+        host = max([Phase("train", row.host_per_rank, 0)] + checked, key=lambda p: p.host_per_host(n))
         out = []
         if hw.device_type != "cpu" and device > hw.device_memory:
             out.append(f"GPU memory: {P.gib(device)} GiB per GPU needed, {P.gib(hw.device_memory)} GiB per GPU")
-        if hw.host_memory is not None and host * hw.devices_per_node > hw.host_memory:
+        if hw.host_memory is not None and host.host_per_host(n) > hw.host_memory:
+            ranks = (
+                f"{n} rank(s) x {P.gib(host.host)} GiB"
+                if host.host_others is None or n == 1
+                else f"the main rank {P.gib(host.host)} GiB + {n - 1} x {P.gib(host.host_others)} GiB"
+            )
             out.append(
-                f"host memory: {P.gib(host * hw.devices_per_node)} GiB per host needed "
-                f"({hw.devices_per_node} rank(s) x {P.gib(host)} GiB), {P.gib(hw.host_memory)} GiB per host"
+                f"host memory: {P.gib(host.host_per_host(n))} GiB per host needed "
+                f"({ranks}), {P.gib(hw.host_memory)} GiB per host"
             )
         return out
 
@@ -195,6 +239,7 @@ class PlanReport:
                 p.name: {
                     "host_bytes_per_rank": p.host,
                     "device_bytes_per_rank": p.device,
+                    **({} if p.host_others is None else {"host_bytes_other_ranks": p.host_others}),
                 }
                 for p in self.phases
             },
@@ -451,18 +496,19 @@ def _phases(report: PlanReport, model: Any, layout: StrategyLayout, baseline: in
     full = 4 * P.count_parameters(model)
     sharded = layout.sharding != "none"
 
-    def phase(name: str, host: int, device: int) -> Phase:
-        return Phase(name, host + (device if cpu else 0), 0 if cpu else device)
+    def phase(name: str, host: int, device: int, host_others: int | None = None) -> Phase:
+        if cpu and host_others is not None:
+            host_others += device
+        return Phase(name, host + (device if cpu else 0), 0 if cpu else device, host_others)
 
     build = phase("build", baseline + (0 if sharded else full), 0)
-    # after training, later stages get the trained module as a plain fp32 copy on every rank's
-    # device (Trainer.trained_module; the optimizer states are dropped first); the main rank's
-    # evaluation then loads the saved generator once more (built, then its file read)
-    evaluate = phase(
-        "evaluate",
-        baseline + frozen + (2 * full if report.component == "generator" else 0),
-        full,
-    )
+    # After training a sharding strategy's ranks free their shards (Trainer.close): the weights are
+    # on disk; a later generator stage builds on meta and fills its shards from the file. An
+    # unsharded module stays on every rank's device. The main rank's evaluation loads the saved
+    # generator (built, then its file read: two fp32 copies); the other ranks wait.
+    kept = 0 if sharded else full
+    evaluating = 2 * full if report.component == "generator" else 0
+    evaluate = phase("evaluate", baseline + frozen + evaluating, kept, baseline + frozen if evaluating else None)
     export = phase("export", baseline + 2 * _largest_tensor(model), 0)
     return [
         build,

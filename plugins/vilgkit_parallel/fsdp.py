@@ -13,15 +13,18 @@ copy on every micro-batch but the last.
 2. activation checkpointing per block (``model.blocks()``),
 3. ``torch.compile`` per block (optional),
 4. ``fully_shard`` per block, then the root,
-5. materialise (``to_empty``) when the model was on ``meta`` and fill this rank's shards: with the
-   values a CPU build would have given when :meth:`FSDP.build_module` built it (replayed one tensor
-   at a time, :mod:`vilgkit_parallel.meta_init`), else through the model's ``init_weights()``.
+5. materialise (``to_empty``) when the model was on ``meta`` and fill this rank's shards: from the
+   weights file :meth:`FSDP.build_module` was given (``weights=``, read one tensor at a time), with
+   the values a CPU build would have given for what the file does not hold (replayed one tensor at
+   a time, :mod:`vilgkit_parallel.meta_init`), else through the model's ``init_weights()``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -34,7 +37,9 @@ from torch.distributed.fsdp import (
     fully_shard,
 )
 
+from vilgkit import artifacts
 from vilgkit.registry import PARALLEL_STRATEGIES
+from vilgkit.tensor_file import TensorFile
 from vilgkit_parallel import distributed as D
 from vilgkit_parallel.activation import apply_activation_checkpointing, model_blocks, model_root
 from vilgkit_parallel.common import DistributedStrategy
@@ -44,9 +49,20 @@ from vilgkit_parallel.meta_init import InitRecorder, build_on_meta
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _full_value(name: str, original: torch.Tensor, recorders: list[InitRecorder]) -> torch.Tensor:
-    """The full CPU value of a tensor of the model as it was before sharding: replayed when it was
-    built on meta by :meth:`FSDP.build_module`, its own values when it was built on the CPU."""
+#: a weights file given to :meth:`FSDP.build_module` and ``id(tensor) → its key in the file`` for
+#: the tensors of the module it was built for
+_Source = tuple[TensorFile, dict[int, str]]
+
+
+def _full_value(
+    name: str, original: torch.Tensor, recorders: list[InitRecorder], sources: list[_Source] = ()
+) -> torch.Tensor:
+    """The full CPU value of a tensor of the model as it was before sharding: read from the weights
+    file :meth:`FSDP.build_module` was given, else replayed when it was built on meta by
+    :meth:`FSDP.build_module`, its own values when it was built on the CPU."""
+    for source, keys in sources:
+        if id(original) in keys:
+            return source.tensor(keys[id(original)])
     if not original.is_meta:
         return original.detach().cpu()
     for recorder in recorders:
@@ -111,8 +127,10 @@ class FSDP(DistributedStrategy):
         self.reshard_after_forward = bool(reshard_after_forward)
         self.mesh = None
         self._old_param_fqn: dict[int, str] = {}
-        self._params_by_fqn: dict[str, nn.Parameter] = {}
+        # weak: once a stage lets go of its trained module, the strategy must not keep its shards alive
+        self._params_by_fqn: weakref.WeakValueDictionary[str, nn.Parameter] = weakref.WeakValueDictionary()
         self._recorders: dict[int, InitRecorder] = {}  # id(module) → how build_module built it
+        self._sources: dict[int, _Source] = {}  # id(module) → the weights file build_module was given
 
     @classmethod
     def conformance_args(cls) -> dict[str, Any]:
@@ -168,18 +186,39 @@ class FSDP(DistributedStrategy):
         fully_shard(model, reshard_after_forward=self.reshard_after_forward, **policies)
         param_device = torch.device("cpu") if self.cpu_offload else self.device
         recorders = [self._recorders.pop(id(m)) for m in model.modules() if id(m) in self._recorders]
-        if on_meta and recorders:
-            fill_shards(model, lambda name: _full_value(name, originals[name], recorders), param_device, self.device)
+        sources = [self._sources.pop(id(m)) for m in model.modules() if id(m) in self._sources]
+        if on_meta and (recorders or sources):
+            fill_shards(
+                model,
+                lambda name: _full_value(name, originals[name], recorders, sources),
+                param_device,
+                self.device,
+            )
         elif on_meta:
             materialize(model, param_device=param_device, buffer_device=self.device)
-        self._params_by_fqn = dict(model.named_parameters())
+        self._params_by_fqn = weakref.WeakValueDictionary(dict(model.named_parameters()))
         return model
 
-    def build_module(self, factory: Any) -> nn.Module:
+    def build_module(self, factory: Any, weights: str | Path | None = None) -> nn.Module:
         """Build on ``meta``; :meth:`wrap` then materialises this rank's shards with the values a CPU
-        build would have given (and the RNG continues as after a CPU build)."""
+        build would have given (and the RNG continues as after a CPU build).
+
+        With ``weights`` (a safetensors file of the module's state dict) the file is verified and
+        its keys and shapes checked now; :meth:`wrap` reads it one tensor at a time and each rank
+        keeps its shard (tensors the file does not hold, e.g. non-persistent buffers, are replayed).
+        A module ``factory`` returns already built off ``meta`` loads the file as it is.
+        """
         module, recorder = build_on_meta(factory)
         self._recorders[id(module)] = recorder
+        if weights is None:
+            return module
+        source = TensorFile(weights)
+        source.check(module)
+        state = module.state_dict(keep_vars=True)
+        if not any(t.is_meta for t in state.values()):
+            artifacts.load_weights(module, weights)
+            return module
+        self._sources[id(module)] = (source, {id(t): key for key, t in reversed(state.items())})
         return module
 
     # ------------------------------------------------------------------ training

@@ -1,11 +1,15 @@
 """Built-in vilgkit plugin: rerankers (best of N sampled images per prompt, paper §4.2).
 
-``SelfReranker`` scores with the generator's own image→text likelihood, ``ClipReranker`` with an
+``SelfReranker`` scores with the generator's own image→text likelihood (``MeanSelfReranker`` per
+token), ``PMIReranker`` contrasts it with the likelihood of other prompts, ``CaptionReranker``
+compares the generator's caption of each candidate with the prompt, ``ClipReranker`` scores with an
 open_clip model loaded from a local file (optional extra ``clip``), ``NoReranker`` keeps the first
-candidate (a random choice among i.i.d. samples).
+candidate (a random choice among i.i.d. samples). Short names: :mod:`vilgkit.reranker_names`.
 """
 
+from vilgkit_rerank.caption import CaptionReranker
 from vilgkit_rerank.clip import ClipReranker
-from vilgkit_rerank.simple import NoReranker, SelfReranker
+from vilgkit_rerank.contrastive import PMIReranker
+from vilgkit_rerank.simple import MeanSelfReranker, NoReranker, SelfReranker
 
-__all__ = ["ClipReranker", "NoReranker", "SelfReranker"]
+__all__ = ["CaptionReranker", "ClipReranker", "MeanSelfReranker", "NoReranker", "PMIReranker", "SelfReranker"]

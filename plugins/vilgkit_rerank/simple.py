@@ -1,4 +1,4 @@
-"""Self-reranking (same weights, image→text likelihood of the prompt) and no reranking."""
+"""Self-reranking (same weights, image→text likelihood of the prompt), its per-token form, and no reranking."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class SelfReranker(Reranker):
 
     Args:
         batch_size: candidates per likelihood pass (bounds memory; results do not depend on it).
-        length_normalize: divide by the number of real prompt tokens. Candidates of one prompt share
+        length_normalize: divide by the number of predicted prompt tokens (the real ids after BOS,
+            EOS included: what the sum runs over; :class:`MeanSelfReranker`). Candidates of one prompt share
             its length, so this changes scores but never the choice; it makes scores comparable
             across prompts.
     """
@@ -35,19 +36,41 @@ class SelfReranker(Reranker):
         self.length_normalize = length_normalize
 
     def score(self, inputs: RerankInputs) -> torch.Tensor:
-        if inputs.text_ids is None:
-            raise ValueError("SelfReranker needs the prompts' text_ids")
-        device = inputs.codes.device
-        text_ids = inputs.text_ids.to(device)
-        text_mask = (
-            inputs.text_mask.to(device) if inputs.text_mask is not None else torch.ones_like(text_ids, dtype=torch.bool)
-        )
+        text_ids, text_mask = prompt_tensors(inputs, type(self).__name__)
         out = self_rerank_scores(
             inputs.generator, inputs.codes, text_ids, text_mask, inputs.num_candidates, self.batch_size
         ).flatten()
         if self.length_normalize:
-            out = out / text_mask.sum(dim=1).repeat_interleave(inputs.num_candidates).clamp(min=1).to(out)
+            targets = (text_mask.sum(dim=1) - 1).clamp(min=1)  # BOS is read, never predicted
+            out = out / targets.repeat_interleave(inputs.num_candidates).to(out)
         return out
+
+
+@RERANKERS.register_module()
+class MeanSelfReranker(SelfReranker):
+    """``log P(prompt | candidate codes)`` divided by the prompt's real target tokens (name ``self_mean``).
+
+    The candidates of one prompt share its length, so it keeps the same candidate as
+    :class:`SelfReranker`; its scores are comparable across prompts of different lengths (a
+    threshold on "is any candidate good enough" means the same for a short and a long prompt).
+
+    Args:
+        batch_size: candidates per likelihood pass.
+    """
+
+    def __init__(self, batch_size: int = 64) -> None:
+        super().__init__(batch_size=batch_size, length_normalize=True)
+
+
+def prompt_tensors(inputs: RerankInputs, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts' ``ids`` and ``mask`` ``[B, L]`` on the candidates' device (mask: all real if absent)."""
+    if inputs.text_ids is None:
+        raise ValueError(f"{who} needs the prompts' text_ids")
+    device = inputs.codes.device
+    text_ids = inputs.text_ids.to(device)
+    if inputs.text_mask is None:
+        return text_ids, torch.ones_like(text_ids, dtype=torch.bool)
+    return text_ids, inputs.text_mask.to(device)
 
 
 @RERANKERS.register_module()

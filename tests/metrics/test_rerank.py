@@ -92,7 +92,7 @@ def test_self_rerank_with_a_tiny_unified_transformer():
     assert torch.equal(result.best, one_by_one.argmax(1))
     normalized = SelfReranker(length_normalize=True).rerank(inputs)
     assert torch.equal(normalized.best, result.best)  # same prompt length within a group
-    assert torch.allclose(normalized.scores[1], result.scores[1] / 3, atol=1e-4)
+    assert torch.allclose(normalized.scores[1], result.scores[1] / 2, atol=1e-4)  # 2 targets: 5, EOS
 
 
 def test_no_reranker_keeps_first_candidate():

@@ -73,6 +73,32 @@ def effective_settings(args: argparse.Namespace, saved: Any, names: list[str]) -
     return {n: getattr(args, n) if getattr(args, n) is not None else fallback.get(n, values[n]) for n in names}
 
 
+def build_reranker(name: str, clip_weights: str | None = None, clip_model: str = "ViT-B-32"):
+    """A ``--reranker`` value → a reranker (``None`` for ``none``), its needs checked before any work.
+
+    Short names (``self``, ``self_mean``, ``pmi``, ``pmi_shuffled``, ``caption``, ``caption_agreement``,
+    ``clip``, ``none``;
+    :data:`vilgkit.reranker_names.RERANKER_ALIASES`) or a registered class name. An unknown name, or
+    ``clip`` without open_clip or a local ``--clip-weights`` file, is a one-line error (exit 2).
+    """
+    import importlib.util
+
+    from vilgkit.reranker_names import build_named_reranker, reranker_class_name
+
+    cls_name = reranker_class_name(name)
+    if cls_name == "ClipReranker":
+        # ClipReranker builds its model on first use: check what it needs now, not after the work before it
+        if importlib.util.find_spec("open_clip") is None:
+            raise VilgkitError(f"--reranker {name} needs open_clip: pip install 'vilgkit[clip]' (or open_clip_torch)")
+        if not clip_weights or not Path(clip_weights).is_file():
+            raise VilgkitError(
+                f"--reranker {name} needs --clip-weights FILE, a local open_clip checkpoint "
+                f"(nothing is downloaded); got {clip_weights or 'none'}"
+            )
+        return build_named_reranker(name, weights_path=clip_weights, model_name=clip_model)
+    return None if cls_name is None else build_named_reranker(name)
+
+
 def load_pipeline(args: argparse.Namespace):
     from vilgkit.pipeline import Pipeline
 

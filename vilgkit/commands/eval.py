@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 from pathlib import Path
 
 from vilgkit.errors import VilgkitError
@@ -27,7 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-candidates", type=T.positive_int, default=8, help="images sampled per prompt (best of N)"
     )
-    parser.add_argument("--reranker", default="self", help="self, none, clip, or a RERANKERS name")
+    parser.add_argument(
+        "--reranker",
+        default="self",
+        help="self, self_mean, pmi, pmi_shuffled, caption, caption_agreement, none, clip, or a RERANKERS name "
+        "(docs/evaluation.md)",
+    )
     parser.add_argument("--clip-weights", default=None, help="local open_clip checkpoint for --reranker clip")
     parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for --reranker clip")
     parser.add_argument("--temperature", type=T.non_negative_float, default=1.0, help="0: greedy")
@@ -52,34 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", type=T.device, help="auto, cpu, cuda or cuda:N")
 
 
-def build_reranker(name: str, clip_weights: str | None = None, clip_model: str = "ViT-B-32"):
-    """``self`` / ``none`` / ``clip`` / a registered name → a reranker (or None for ``none``)."""
-    from vilgkit.plugins import failed_plugins_note, get_plugin_manager
-    from vilgkit.registry import RERANKERS
-
-    get_plugin_manager()  # rerankers are plugins
-    aliases = {"self": "SelfReranker", "clip": "ClipReranker"}
-    if name.lower() == "none":
-        return None
-    cls_name = aliases.get(name.lower(), name)
-    if cls_name not in RERANKERS.names():
-        raise VilgkitError(
-            f"unknown reranker {name!r}; use self, none, clip or one of {RERANKERS.names()}.{failed_plugins_note()}"
-        )
-    cls = RERANKERS.get(cls_name)
-    if cls_name == "ClipReranker":
-        # ClipReranker builds its model on first use: check what it needs now, not after the work before it
-        if importlib.util.find_spec("open_clip") is None:
-            raise VilgkitError(f"--reranker {name} needs open_clip: pip install 'vilgkit[clip]' (or open_clip_torch)")
-        if not clip_weights or not Path(clip_weights).is_file():
-            raise VilgkitError(
-                f"--reranker {name} needs --clip-weights FILE, a local open_clip checkpoint "
-                f"(nothing is downloaded); got {clip_weights or 'none'}"
-            )
-        return cls(weights_path=clip_weights, model_name=clip_model)
-    return cls()
-
-
 def _fid_settings(run_dir: Path, extractor: str | None, weights: str | None) -> tuple[str, str | None]:
     """The flags, else the run's Evaluate stage's FID feature space and weights (e.g. a local
     Inception file for a real-data run), else the Shapes extractor."""
@@ -99,7 +75,7 @@ def _fid_settings(run_dir: Path, extractor: str | None, weights: str | None) -> 
 def main(args: argparse.Namespace) -> int:
     import vilgkit.builtins  # noqa: F401
     from vilgkit.artifacts import RESOLVED_RECIPE, RunDir, record_tree
-    from vilgkit.commands._infer import make_out_dir
+    from vilgkit.commands._infer import build_reranker, make_out_dir
     from vilgkit.metrics.harness import REPORT_FILE, RESULTS_FILE
 
     run_dir = Path(args.run_dir)

@@ -24,7 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", nargs="*", type=T.text, help="text prompts")
     parser.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
     add_setting(parser, "--num-candidates", 8, "candidates sampled per prompt", type=T.positive_int)
-    add_setting(parser, "--reranker", "self", "'self' (log P(prompt|image)), 'none', 'clip' or a reranker name")
+    add_setting(
+        parser,
+        "--reranker",
+        "self",
+        "self (log P(prompt|image)), self_mean, pmi, pmi_shuffled, caption, caption_agreement, none, clip "
+        "or a RERANKERS name (docs/evaluation.md)",
+    )
     parser.add_argument("--clip-weights", default=None, help="local open_clip checkpoint for --reranker clip")
     parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for --reranker clip")
     add_setting(parser, "--temperature", 1.0, "sampling temperature (0: greedy)", type=T.non_negative_float)
@@ -50,9 +56,9 @@ def main(args: argparse.Namespace) -> int:
     used = effective_settings(args, pipe.settings, names)
     reranker = used["reranker"]
     if isinstance(reranker, str) and reranker.lower() not in ("self", "none"):
-        from vilgkit.commands.eval import build_reranker
+        from vilgkit.commands._infer import build_reranker
 
-        # built (and its needs checked: open_clip, local weights) before any sampling
+        # built (and its needs checked: an unknown name, open_clip, local weights) before any sampling
         reranker = build_reranker(reranker, args.clip_weights, args.clip_model) or "none"
     codes = int(pipe.image_tokenizer.codebook_size)
     if (used["top_k"] or 0) > codes:

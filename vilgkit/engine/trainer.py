@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import itertools
 import math
 import sys
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -121,6 +122,10 @@ class Trainer:
             architecture, any weights). Needed when the strategy shards the module in place (FSDP2's
             DTensor parameters, FairScale's wrappers): main-rank callbacks and
             :meth:`trained_module` then work on such a copy holding the consolidated weights.
+        export_parts: ``{state-dict prefix: file name}``: the final weights are written as one file
+            per prefix (the prefix removed; every key must fall under one) instead of one
+            ``model.safetensors`` — a generator stage's ``generator.safetensors`` and
+            ``reconstructor.safetensors``, so that the run does not hold the same weights twice.
     """
 
     def __init__(
@@ -144,6 +149,7 @@ class Trainer:
         progress: bool = True,
         tensorboard: bool = True,
         rebuild: Callable[[], nn.Module] | None = None,
+        export_parts: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(module, nn.Module) or not callable(getattr(module, "training_losses", None)):
             raise TypeError(f"Trainer needs an nn.Module implementing Trainable, got {type(module).__name__}")
@@ -173,6 +179,7 @@ class Trainer:
         self.counters: dict[str, int] = {"skipped_steps": 0, "samples": 0}
         self.metrics: dict[str, float] = {}
         self.rebuild = rebuild
+        self.export_parts = dict(export_parts) if export_parts else None
         self._callback_copy: nn.Module | None = None
         self._warned_callbacks = False
 
@@ -194,8 +201,25 @@ class Trainer:
 
     @property
     def final_weights(self) -> Path:
-        """Where the trained weights are exported (safetensors) when :meth:`fit` ends."""
+        """Where the trained weights are exported (safetensors) when :meth:`fit` ends, without
+        ``export_parts`` (see :attr:`final_files`)."""
         return self.out_dir / FINAL_WEIGHTS
+
+    @property
+    def final_files(self) -> dict[str, Path]:
+        """``{state-dict prefix: file}`` the trained weights are exported to when :meth:`fit` ends
+        (``{"": model.safetensors}`` without ``export_parts``)."""
+        parts = self.export_parts or {"": FINAL_WEIGHTS}
+        return {prefix: self.out_dir / name for prefix, name in parts.items()}
+
+    def _check_parts(self, names: Sequence[str]) -> None:
+        """Every state-dict key must land in one of the final files: none may be dropped silently."""
+        lost = [n for n in names if not any(n.startswith(prefix) for prefix in self.final_files)]
+        if lost:
+            raise VilgkitError(
+                f"{type(self.module).__name__}: {len(lost)} weight(s) fall under none of export_parts "
+                f"{sorted(self.final_files)} (e.g. {lost[0]!r})"
+            )
 
     # ================================================================== set-up
     def _setup(self) -> None:
@@ -334,11 +358,15 @@ class Trainer:
             return
         weights = self.strategy.state_dict(self.model)
         if self.strategy.is_main:
-            artifacts.save_weights(self.final_weights, weights, {"format": "pt", "step": str(self.step)})
+            self._check_parts(list(weights))
+            for prefix, path in self.final_files.items():
+                part = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+                if part:
+                    artifacts.save_weights(path, part, {"format": "pt", "step": str(self.step)})
 
     def _stream_export(self) -> bool:
         """A sharded module's final weights, streamed by the main rank from the final sharded
-        checkpoint into ``final_weights`` one tensor at a time (no rank gathers the whole model);
+        checkpoint into :attr:`final_files` one tensor at a time (no rank gathers the whole model);
         the optimizer states and gradients are dropped first. False when the checkpoint is not a
         sharded (DCP) one."""
         from vilgkit import sharded
@@ -348,9 +376,12 @@ class Trainer:
             return False
         self._release()
         if self.strategy.is_main:
-            tmp = self.final_weights.with_name(f".tmp-{FINAL_WEIGHTS}")
-            sharded.stream_module(latest[1], "model", tmp, metadata={"format": "pt", "step": str(self.step)})
-            tmp.replace(self.final_weights)
+            self._check_parts(list(sharded.module_tensors(latest[1], "model")))
+            metadata = {"format": "pt", "step": str(self.step)}
+            for prefix, path in self.final_files.items():
+                tmp = path.with_name(f".tmp-{path.name}")
+                if sharded.stream_module(latest[1], "model", tmp, prefix=prefix, metadata=metadata):
+                    tmp.replace(path)
         return True
 
     # ================================================================== the loop
@@ -400,7 +431,7 @@ class Trainer:
             if saved_at != self.step:
                 self._save()
             self._export()
-            self.strategy.barrier()  # the main rank has written final_weights: every rank may read it
+            self.strategy.barrier()  # the main rank has written the final files: every rank may read them
         finally:
             logger.close()
         return {**self.metrics, "step": self.step, **{k: float(v) for k, v in self.counters.items()}}
@@ -470,18 +501,40 @@ class Trainer:
                 fresh.load_state_dict(weights, strict=True)
         return fresh.to(self.device).train(self.module.training)
 
+    @property
+    def sharded_in_place(self) -> bool:
+        """After :meth:`fit`: whether the strategy sharded the module in place (FSDP2, FairScale),
+        so that no rank can run it alone (see :meth:`trained_module` and :meth:`close`)."""
+        return not self._intact()
+
     def trained_module(self) -> nn.Module:
         """After :meth:`fit`, on every rank: the trained module as a plain single-device module.
 
         That is the module itself when the strategy left it intact; otherwise a ``rebuild()`` copy
         on the strategy's device holding the consolidated weights that :meth:`fit` exported
-        (``final_weights``, written by the main rank before a barrier), so evaluation, sampling and
-        saving work on one rank without collectives, and later stages never see sharded tensors.
+        (:attr:`final_files`, written by the main rank before a barrier), so evaluation, sampling
+        and saving work on one rank without collectives. That copy is the whole model on every
+        rank: a stage whose module may be large frees the sharded one instead (:meth:`close`) and
+        lets later stages read the exported files (docs/distributed.md).
         """
         if self._intact():
             return self.module
         self._release()  # training is over: free the optimizer states and gradients before the copy
-        return self._fresh(load_tensors(self.final_weights))
+        weights: dict[str, torch.Tensor] = {}
+        for prefix, path in self.final_files.items():
+            if path.is_file():
+                weights.update({prefix + k: v for k, v in load_tensors(path).items()})
+        return self._fresh(weights)
+
+    def close(self) -> None:
+        """After :meth:`fit`, once the trained weights are on disk: drop this rank's trained module
+        (its shards under a sharding strategy), the optimizer states and the callbacks' copy, so a
+        later stage starts without them. The trainer cannot train or export again."""
+        if hasattr(self, "model"):
+            self._release()
+        self._callback_copy = None
+        self.module = self.model = None  # type: ignore[assignment]
+        gc.collect()  # FSDP's hooks hold the module in reference cycles
 
     def _release(self) -> None:
         """Drop what only training needs (optimizer states, schedules, gradients): after this the
@@ -489,6 +542,17 @@ class Trainer:
         self.model.zero_grad(set_to_none=True)
         self.optimizers.clear()
         self.schedulers.clear()
+
+    def _copy_fits(self) -> bool:
+        """Collective, the same answer on every rank: whether the main rank's host has room now for
+        the gathered weights and the plain copy they are loaded into (two fp32 copies of the module;
+        :func:`vilgkit.recipe_plan.full_copy_fits`)."""
+        from vilgkit.recipe_plan import full_copy_fits
+
+        need = 2 * 4 * sum(p.numel() for p in self.module.parameters())  # a DTensor's numel is the global one
+        ok = not self.strategy.is_main or full_copy_fits(need)
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        return bool(self.strategy.all_reduce_mean(flag).item() == 1.0)
 
     def _callback_module(self) -> nn.Module | None:
         """Collective: a plain copy with the current weights on the main rank (``None`` elsewhere)."""
@@ -505,11 +569,13 @@ class Trainer:
         main_only = [cb for cb in due if getattr(cb, "main_only", True)]
         plain = self.module
         if main_only and not self._intact():
-            if self.rebuild is None:  # cannot run a sharded module on one rank: skip, say so once
+            # a sharded module runs on one rank only as a gathered copy, and only where it fits
+            why = "the Trainer has no rebuild=" if self.rebuild is None else None
+            if why is None and not self._copy_fits():
+                why = "a full copy of the model does not fit the main rank's host memory now"
+            if why is not None:  # skip, say so once
                 if self.strategy.is_main and not self._warned_callbacks:
-                    warnings.warn(
-                        "callbacks skipped: the module is sharded and the Trainer has no rebuild=", stacklevel=2
-                    )
+                    warnings.warn(f"callbacks skipped: the module is sharded and {why}", stacklevel=2)
                 self._warned_callbacks = True
                 due = [cb for cb in due if cb not in main_only]
             else:

@@ -159,10 +159,23 @@ class ParallelStrategy(ABC):
         unsharded replica on every rank."""
         return StrategyLayout()
 
-    def build_module(self, factory: Any) -> nn.Module:
+    def build_module(self, factory: Any, weights: str | Path | None = None) -> nn.Module:
         """Build a module with ``factory()``; sharding strategies build it on ``meta`` so that no
-        rank ever allocates the full model (``wrap`` then materialises only its shards)."""
-        return factory()
+        rank ever allocates the full model (``wrap`` then materialises only its shards).
+
+        Args:
+            factory: makes the module (called once).
+            weights: a safetensors file of the module's whole state dict (a run's file, verified
+                against its manifest, keys and shapes checked): the module starts from these values.
+                This default loads them into the built module; a sharding strategy instead reads
+                them in :meth:`wrap`, one tensor at a time, each rank keeping its shard.
+        """
+        module = factory()
+        if weights is not None:
+            from vilgkit import artifacts
+
+            artifacts.load_weights(module, weights)
+        return module
 
     def memory_plan(self, model: nn.Module, tokens_per_device: int) -> MemoryPlan:
         """Estimated memory per device for training ``model`` under this strategy."""

@@ -4,7 +4,9 @@ Used by the ``Evaluate`` recipe stage and by ``vilgkit eval``. For every batch o
 data it runs what the selected metrics need:
 
 * text→image: ``N`` candidates per prompt in one KV-cached batch (``Pipeline.sample_codes``), the
-  reranker picks one (its cost is timed separately), the pick is decoded and scored;
+  reranker picks one (its cost is timed separately), the pick is decoded and scored; how different
+  the candidates are is measured too (``candidate_distinct_share``, ``candidate_code_difference``:
+  :mod:`vilgkit.metrics.diversity`);
 * image→text: the real image is tokenized and captioned;
 * VQA: the real image and its question are answered.
 
@@ -146,6 +148,9 @@ def evaluate(
     tasks = {m.task for m in metric_objs} | ({"image2text"} if "caption" in metrics else set())
     captioners: dict[str, CaptionMetrics] = {}
     examples = _Examples(report_examples)
+    from vilgkit.metrics.diversity import CandidateDiversity
+
+    diversity = CandidateDiversity(sampling.num_candidates)
     timing = {"generation_s": 0.0, "rerank_s": 0.0, "decode_s": 0.0, "caption_s": 0.0, "vqa_s": 0.0, "scoring_s": 0.0}
     start_all = time.perf_counter()
     num_batches = -(-num_samples // batch_size)  # at most; a shorter data set ends sooner
@@ -155,7 +160,9 @@ def evaluate(
         batch = collate(samples)
         fields: dict[str, dict[str, Any]] = {}
         if "text2image" in tasks:
-            fields["text2image"] = _text_to_image(pipe, batch, sampling, reranker, seed + b, timing, examples)
+            fields["text2image"] = _text_to_image(
+                pipe, batch, sampling, reranker, seed + b, timing, examples, diversity
+            )
         if "image2text" in tasks:
             fields["image2text"] = _image_to_text(pipe, batch, sampling, seed + b, timing, examples)
             if "caption" in metrics:
@@ -181,6 +188,10 @@ def evaluate(
     for metric in metric_objs:
         results.update(metric.compute())
         metric_settings[type(metric).__name__] = metric.settings()
+    if "text2image" in tasks:  # the best of N had candidates that differ (or not): issue 26
+        div = diversity.compute()
+        results["candidate_distinct_share"] = div["distinct_share"]
+        results["candidate_code_difference"] = div["mean_code_difference"]
     for lang, captioner in captioners.items():
         results.update({f"{k}_{lang}": v for k, v in captioner.compute().items()})
         metric_settings[f"CaptionMetrics[{lang}]"] = captioner.settings()
@@ -234,7 +245,9 @@ def _decode(pipe: Any, ids: Any) -> list[str]:
     return decode(ids) if callable(decode) else pipe.text_tokenizer.decode(ids)
 
 
-def _text_to_image(pipe, batch, sampling: SamplingSettings, reranker, seed: int, timing, examples) -> dict[str, Any]:
+def _text_to_image(
+    pipe, batch, sampling: SamplingSettings, reranker, seed: int, timing, examples, diversity
+) -> dict[str, Any]:
     prompts = list(batch["caption"])
     n = sampling.num_candidates
     t = time.perf_counter()
@@ -249,6 +262,7 @@ def _text_to_image(pipe, batch, sampling: SamplingSettings, reranker, seed: int,
         truncate=True,
     )
     timing["generation_s"] += time.perf_counter() - t
+    diversity.update(codes)
     scores = None
     best = torch.zeros(len(prompts), dtype=torch.long)
     all_images = None

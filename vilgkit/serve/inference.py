@@ -33,25 +33,21 @@ def png_data_url(image) -> str:
 
 
 def build_reranker(name: str) -> Any:
-    """``none`` → None; ``self`` / a registered reranker's name → an instance; else 422."""
-    from vilgkit.plugins import get_plugin_manager
-    from vilgkit.registry import RERANKERS
+    """``none`` → None; a short name (``self``, ``pmi``, ...) or a registered reranker's name → an
+    instance; else 422."""
+    from vilgkit.errors import VilgkitError
+    from vilgkit.reranker_names import build_named_reranker, known_names, reranker_class_name
 
-    if name.lower() == "none":
-        return None
-    get_plugin_manager()  # rerankers are plugins
-    cls_name = "SelfReranker" if name.lower() == "self" else name
-    if cls_name not in RERANKERS.names():
-        raise RequestError(
-            422,
-            f"reranker: {name!r}; allowed: none, self or one of {', '.join(RERANKERS.names())}",
-        )
+    try:
+        cls_name = reranker_class_name(name)
+    except VilgkitError:
+        raise RequestError(422, f"reranker: {name!r}; allowed: {', '.join(known_names())}") from None
     if cls_name == "ClipReranker":  # its weights are a file the server was not given
         raise RequestError(
             422,
             "reranker: 'ClipReranker' needs CLIP weights, which this server does not load",
         )
-    return RERANKERS.get(cls_name)()
+    return None if cls_name is None else build_named_reranker(name)
 
 
 class ModelRunner:

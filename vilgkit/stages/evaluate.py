@@ -21,6 +21,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from vilgkit.artifacts import SHAPES_FEATURES_DIR  # noqa: F401  (re-exported)
+from vilgkit.errors import VilgkitError
 from vilgkit.inference_settings import InferenceSettings, reranker_name, save_inference_settings
 from vilgkit.interfaces import Reranker, RunContext, Stage
 from vilgkit.registry import STAGES
@@ -76,6 +77,31 @@ def shapes_feature_weights(run_dir: Path, image_size: int, log=print) -> str:
     return str(directory)
 
 
+def check_evaluation_fits(ctx: RunContext, generator_from: str | None) -> None:
+    """Refuse (one line) to load the evaluated generator on the main rank when two fp32 copies of
+    it (the built module and its file's tensors) do not fit the host's available memory now: the
+    ``evaluate`` phase of ``vilgkit plan``, checked when it happens (the other ranks hold no copy)."""
+    from vilgkit.artifacts import GENERATOR_WEIGHTS, stage_names
+    from vilgkit.planning import gib
+    from vilgkit.recipe_plan import available_host_bytes, full_copy_fits
+    from vilgkit.tensor_file import TensorFile
+
+    if generator_from:
+        folders = [ctx.source_dir(generator_from)]
+    else:  # the last stage that saved a generator, as Pipeline.from_run_dir picks it
+        folders = [ctx.run_dir / name for name in reversed(stage_names(ctx.recipe))]
+    path = next((f / GENERATOR_WEIGHTS for f in folders if (f / GENERATOR_WEIGHTS).is_file()), None)
+    if path is None:  # nothing saved yet: loading the pipeline reports what is missing
+        return
+    need = 2 * TensorFile(path).nbytes()
+    if not full_copy_fits(need):
+        raise VilgkitError(
+            f"evaluate: loading {path} on the main rank needs about {gib(need)} GiB (two fp32 copies) but this host "
+            f"has {gib(available_host_bytes())} GiB available; run `vilgkit eval {ctx.run_dir}` on a machine with "
+            "more memory, or drop the Evaluate stage from this launch"
+        )
+
+
 @STAGES.register_module()
 class Evaluate(Stage):
     """Evaluate the run's generator in both directions (and VQA) with the selected metrics.
@@ -89,7 +115,9 @@ class Evaluate(Stage):
         num_samples: items evaluated.
         batch_size: prompts / images per generation batch.
         num_candidates: images sampled per prompt; the reranker keeps one.
-        reranker: e.g. ``{class_path: SelfReranker}`` (default: keep the first candidate).
+        reranker: e.g. ``{class_path: SelfReranker}``, or a short name (``self``, ``self_mean``,
+            ``pmi``, ``caption``, ``none``; :mod:`vilgkit.reranker_names`) (default: keep the first
+            candidate).
         temperature, top_k, top_p, cfg_scale: image sampling settings.
         caption_method, num_beams: caption decoding.
         fid_extractor: ``shapes`` (trained on first use, no download) or ``inception``.
@@ -108,7 +136,7 @@ class Evaluate(Stage):
         num_samples: int = 200,
         batch_size: int = 16,
         num_candidates: int = 8,
-        reranker: Reranker | None = None,
+        reranker: Reranker | str | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -134,6 +162,14 @@ class Evaluate(Stage):
             raise ValueError(f"fid_extractor must be 'shapes' or 'inception', got {fid_extractor!r}")
         self.generator_from, self.data = generator_from, data
         self.num_samples, self.batch_size = num_samples, batch_size
+        if isinstance(reranker, str):
+            from vilgkit.errors import VilgkitError
+            from vilgkit.reranker_names import build_named_reranker
+
+            try:
+                reranker = build_named_reranker(reranker)
+            except VilgkitError as err:  # the recipe's constructor error (names the stage and key)
+                raise ValueError(str(err)) from None
         self.reranker = reranker
         from vilgkit.metrics.harness import SamplingSettings
 
@@ -156,6 +192,7 @@ class Evaluate(Stage):
             return {}
         from vilgkit.metrics.harness import RESULTS_FILE
 
+        check_evaluation_fits(ctx, self.generator_from)
         metrics = run_evaluation(
             ctx.run_dir,
             ctx.stage_dir(self.name),

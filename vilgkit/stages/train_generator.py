@@ -240,7 +240,7 @@ class _GeneratorStage(Stage):
     # ------------------------------------------------------------------ run
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from vilgkit.engine.trainer import Trainer, run_strategy
+        from vilgkit.engine.trainer import Trainer
 
         reconstructor = ctx.components["reconstructor"] if "reconstructor" in ctx.components else None
         if getattr(reconstructor, "end_to_end", False) and "txt2img" not in self.directions:
@@ -252,13 +252,7 @@ class _GeneratorStage(Stage):
             )
         out_dir = ctx.stage_dir(self.name)
         text_tok, image_tok = load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
-        if self.generator_from:  # a plain module that loads the weights, then sharded by the strategy
-            generator = ctx.component("generator")
-            load_generator_weights(generator, ctx.source_dir(self.generator_from))
-        else:  # a fresh generator through the strategy: a sharding one builds it on meta, shard by shard
-            if ctx.recipe.get("generator") is None:
-                raise KeyError(f"{self.name} needs 'generator' but the recipe does not define it")
-            generator = run_strategy(ctx).build_module(lambda: ctx.components.build("generator"))
+        generator = self._build_generator(ctx)
         check_special_ids(generator, text_tok)
         # the trained tokenizer, the generator's width; an end-to-end one continues from generator_from
         artifacts.attach_reconstructor(
@@ -281,6 +275,7 @@ class _GeneratorStage(Stage):
             self.direction_fractions,
             self.direction_weights,
         )
+        end_to_end, max_text_len = module.reconstructor is not None, int(generator.max_text_len)
         trainer = Trainer.for_stage(
             ctx,
             self,
@@ -290,16 +285,40 @@ class _GeneratorStage(Stage):
             collate_fn=collate,
             shuffle=self.shuffle,
             callbacks=self._sample_callback(ctx, dataset, text_tok, image_tok, grid),
-            rebuild=lambda: self._fresh_trainable(ctx, text_tok, image_tok, module.reconstructor is not None),
+            rebuild=lambda: self._fresh_trainable(ctx, text_tok, image_tok, end_to_end),
+            export_parts={"generator.": GENERATOR_FILE, "reconstructor.": RECONSTRUCTOR_FILE},
         )
-        metrics = trainer.fit(resume=ctx.resume)
-        module = trainer.trained_module()  # plain on every rank, also after a sharding strategy
-        _keep_components(ctx, module)
-        self._save(ctx, out_dir, trainer, module, grid, image_tok, data_stats, metrics)
+        metrics = trainer.fit(resume=ctx.resume)  # writes generator.safetensors (+ reconstructor)
+        if trainer.sharded_in_place:
+            # No rank takes a full copy: every rank drops its shards; later stages read the files
+            # (a generator stage builds on meta through the strategy, Evaluate loads on the main rank).
+            del module, generator, reconstructor
+            trainer.close()
+            _forget_components(ctx, end_to_end)
+        else:  # the module itself, plain on every rank (single device, DDP)
+            _keep_components(ctx, trainer.trained_module())
+        if trainer.strategy.is_main:
+            self._save(ctx, out_dir, grid, image_tok, data_stats, metrics, end_to_end, max_text_len)
         return {
             "directions": self.directions,
             **{k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
         }
+
+    def _build_generator(self, ctx: RunContext):
+        """The generator through the run's strategy (a sharding one builds it on meta and fills
+        each rank's shards in ``wrap``): fresh, or starting from ``generator_from``'s weights file."""
+        from vilgkit.engine.trainer import run_strategy
+
+        if ctx.recipe.get("generator") is None and not self.generator_from:
+            raise KeyError(f"{self.name} needs 'generator' but the recipe does not define it")
+        strategy = run_strategy(ctx)
+        if not self.generator_from:
+            return strategy.build_module(lambda: ctx.components.build("generator"))
+        source = ctx.source_dir(self.generator_from)
+        if not (source / GENERATOR_FILE).is_file():
+            raise FileNotFoundError(f"no {GENERATOR_FILE} in {source}: run the generator stage first")
+        # the run's generator: the trained module an unsharded earlier stage kept, else a new one
+        return strategy.build_module(lambda: ctx.component("generator"), weights=source / GENERATOR_FILE)
 
     @staticmethod
     def _grid(dataset, image_tok) -> tuple[int, int]:
@@ -330,25 +349,19 @@ class _GeneratorStage(Stage):
             self.direction_weights,
         )
 
-    def _save(self, ctx, out_dir, trainer, module, grid, image_tok, data_stats, metrics) -> None:
-        if not trainer.strategy.is_main:  # ``module`` is the plain trained copy: the main rank writes alone
-            return
-        full = module.state_dict()
-        for prefix, filename in (("generator.", GENERATOR_FILE), ("reconstructor.", RECONSTRUCTOR_FILE)):
-            part = {k[len(prefix) :]: v.detach().cpu().contiguous() for k, v in full.items() if k.startswith(prefix)}
-            if part:
-                artifacts.save_weights(out_dir / filename, part)
+    def _save(self, ctx, out_dir, grid, image_tok, data_stats, metrics, end_to_end: bool, max_text_len: int) -> None:
+        """The manifest (main rank only); the trainer has written the weights files."""
         manifest = {
             "stage": self.name,
             "text_tokenizer": _source_record(ctx, self.text_tokenizer_from),
             "image_tokenizer": _source_record(ctx, self.image_tokenizer_from),
             "grid": list(grid),
             "image_size": [grid[0] * image_tok.downsample, grid[1] * image_tok.downsample],
-            "max_text_len": int(module.generator.max_text_len),
+            "max_text_len": max_text_len,
             "directions": self.directions,
             "direction_fractions": self.direction_fractions,
             "direction_weights": self.direction_weights,
-            "end_to_end": module.reconstructor is not None,
+            "end_to_end": end_to_end,
             "steps": self.trainer.steps,
             "data": data_stats,
             "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float, str))},
@@ -363,6 +376,18 @@ def _keep_components(ctx: RunContext, module: GeneratorTrainable) -> None:
     set_component(ctx, "generator", module.generator)
     if module.reconstructor is not None:
         set_component(ctx, "reconstructor", module.reconstructor)
+
+
+def _forget_components(ctx: RunContext, end_to_end: bool) -> None:
+    """After a sharding strategy trained them in place: the run's generator (and a trained
+    reconstructor) are built afresh when a later stage asks for them, and load the saved files."""
+    keys = ("generator", "reconstructor") if end_to_end else ("generator",)
+    for key in keys:
+        forget = getattr(ctx.components, "forget", None)
+        if callable(forget):
+            forget(key)
+        else:
+            ctx.components.pop(key, None)
 
 
 def _relative(path: Path, root: Path) -> Path:
