@@ -14,7 +14,8 @@ like). Then, per N and reranker:
 * ``distinct_share`` / ``code_difference``: candidate diversity (:mod:`vilgkit.metrics.diversity`);
 * ``rerank_s_per_image`` and ``rerank_over_sampling``: reranking seconds per prompt, and as a
   fraction of the sampling seconds of its N candidates (sampling is timed once at N_max and taken
-  as linear in N: one KV-cached batch of B·N rows).
+  as linear in N: one KV-cached batch of B·N rows; each reranker runs once untimed on the first
+  batch, so first-call costs do not favour the rerankers timed later).
 
 Writes ``rerank_study.json`` (every number, the settings, the machine) and ``rerank_study.md`` (the
 table; with several runs also their mean). Usage::
@@ -139,6 +140,8 @@ def study_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict[str, A
                     prompts=prompts,
                     generator=pipe.generator,
                 )
+                if b == 0:  # untimed warm-up: first-call costs (allocations, memo tables) would favour the later ones
+                    reranker.rerank(inputs)
                 result = reranker.rerank(inputs)
                 rerank_s[(label, n)] += result.seconds
                 picks[(label, n)].append(result.best)

@@ -43,14 +43,14 @@ def test_ablation_command_writes_the_table_and_reuses_finished_stages(shrunk_abl
     assert main(["ablation", str(folder), "--rows", "4"]) == 0
     out = capsys.readouterr().out
     assert "| 4 | Gold image sequence | Two-stage R |" in out
-    run_dir = tmp_path / "ablations" / "run"
-    record = json.loads((run_dir / "ablation.json").read_text())
+    root = tmp_path / "ablations" / "run"
+    record = json.loads((root / "ablation.json").read_text())
     row = record["rows"][0]
-    assert (
-        row["metrics"]["fid"] >= 0 and 0 <= row["metrics"]["shapes_prompt_accuracy"] <= 1 and "psnr" in row["metrics"]
-    )
-    assert (run_dir / "ablation.md").read_text().startswith("| row | Generator")
-    stamp = (run_dir / "train_tokenizer" / "image_tokenizer.safetensors").stat().st_mtime_ns
+    m = row["metrics"]
+    assert m["fid"]["mean"] >= 0 and 0 <= m["shapes_prompt_accuracy"]["mean"] <= 1 and "psnr" in m
+    assert "| row | Generator | Reconstructor |" in (root / "ablation.md").read_text()
+    weights = root / "row4" / "seed0" / "train_tokenizer" / "image_tokenizer.safetensors"
+    stamp = weights.stat().st_mtime_ns
     assert main(["ablation", str(folder), "--rows", "4"]) == 0  # everything reused: nothing retrains
     assert "running" not in capsys.readouterr().out
-    assert (run_dir / "train_tokenizer" / "image_tokenizer.safetensors").stat().st_mtime_ns == stamp
+    assert weights.stat().st_mtime_ns == stamp

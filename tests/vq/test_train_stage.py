@@ -86,7 +86,7 @@ def test_load_refuses_mismatching_weights(tmp_path):
         load_image_tokenizer(ctx, str(tmp_path / "nowhere"))
 
 
-@pytest.mark.slow
+@pytest.mark.quality
 def test_tiny_vqvae_recipe_meets_the_detector_bar(tmp_path):
     """Issue 5's quality bar, end to end: the shipped ``vqvae_shapes.yaml`` (64 px, f = 4) trains on the CPU
     and the Shapes detector reads the same objects from ≥ 98 % of 256 held-out reconstructions.

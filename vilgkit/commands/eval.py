@@ -27,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-candidates", type=T.positive_int, default=8, help="images sampled per prompt (best of N)"
     )
     parser.add_argument(
-        "--reranker", default="self", help="self, self_mean, pmi, caption, none, clip, or a RERANKERS name"
+        "--reranker",
+        default="self",
+        help="self, self_mean, pmi, pmi_shuffled, caption, caption_agreement, none, clip, or a RERANKERS name "
+        "(docs/evaluation.md)",
     )
     parser.add_argument("--clip-weights", default=None, help="local open_clip checkpoint for --reranker clip")
     parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for --reranker clip")

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--reranker",
         "self",
-        "self (log P(prompt|image)), self_mean, pmi, caption, none, clip or a RERANKERS name",
+        "self (log P(prompt|image)), self_mean, pmi, pmi_shuffled, caption, caption_agreement, none, clip "
+        "or a RERANKERS name (docs/evaluation.md)",
     )
     parser.add_argument("--clip-weights", default=None, help="local open_clip checkpoint for --reranker clip")
     parser.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture for --reranker clip")

@@ -1,0 +1,133 @@
+"""``vilgkit ablation`` on a seconds-long recipe set: rows × seeds, stages shared and counted,
+resuming, the table's wording, and one-line errors for bad sets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from vilgkit.ablation import load_set
+from vilgkit.ablation.table import markdown_table
+from vilgkit.cli import main
+
+
+def _ran(out: str, stage: str) -> int:
+    return sum(1 for line in out.splitlines() if line.startswith("ablation:") and line.endswith(f"running {stage}"))
+
+
+@pytest.mark.slow
+def test_rows_times_seeds_share_stages_and_resume(tiny_set, capsys):
+    root = tiny_set / "run"
+    assert main(["ablation", str(tiny_set), "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    # the other three generator stages read the first one's tokenized data (same data, same tokenizer)
+    assert err.count("train_generator: tokenizing:   0%") == 1
+    # 2 rows × 2 seeds; the tokenizers are shared by all four pairs: trained once, copied three times
+    assert _ran(out, "train_tokenizer") == 1 and _ran(out, "fit_text_tokenizer") == 1
+    assert _ran(out, "train_generator") == 4 and _ran(out, "evaluate") == 4
+    assert out.count("train_tokenizer copied from row1/seed0") == 3
+    pairs = sorted(p.relative_to(root).as_posix() for p in root.glob("row*/seed*"))
+    assert pairs == ["row1/seed0", "row1/seed1", "row2/seed0", "row2/seed1"]
+    weights = [root / p / "train_tokenizer" / "image_tokenizer.safetensors" for p in pairs]
+    assert len({w.read_bytes() for w in weights}) == 1  # one tokenizer, four copies
+    record = json.loads((root / "ablation.json").read_text())
+    assert [(r["row"], r["seeds"]) for r in record["rows"]] == [(1, [0, 1]), (2, [0, 1])]
+    assert [s["stage"] for s in record["stages"]].count("train_tokenizer") == 1
+    loss = record["rows"][0]["metrics"]["final_loss"]
+    assert loss["values"][0] != loss["values"][1]  # the training seed reached the generator
+    assert loss["low"] <= loss["mean"] <= loss["high"]
+    assert "vqa_accuracy" in record["rows"][0]["metrics"] and "vqa_accuracy" not in record["rows"][1]["metrics"]
+    table = (root / "ablation.md").read_text()
+    assert "| 1 | low lr | 2 |" in table and "| high lr beats low lr | prompt accuracy ↑" in table
+
+    assert main(["ablation", str(tiny_set)]) == 0  # resumed: every row × seed is finished
+    assert "running" not in capsys.readouterr().out
+
+    assert main(["ablation", str(tiny_set), "--rows", "1", "--seeds", "0,1,2"]) == 0  # one new seed of one row
+    out = capsys.readouterr().out
+    assert _ran(out, "train_generator") == 1 and _ran(out, "train_tokenizer") == 0
+    assert "row 1 seed 2: train_tokenizer copied from" in out
+
+
+def test_rows_that_change_only_the_generator_share_the_tokenizer_stages(tiny_set):
+    from vilgkit.ablation import stage_fingerprints
+    from vilgkit.engine.runner import resolve
+
+    paths = [str(tiny_set / "base.yaml"), str(tiny_set / "row1_low_lr.yaml")]
+    plain = stage_fingerprints(resolve(paths))
+    wider = stage_fingerprints(resolve(paths, ["--generator.init_args.hidden_size", "32"]))
+    other_seed = stage_fingerprints(resolve(paths, ["--seed", "1"]))
+    same = [a[0] for a, b in zip(plain, wider) if a[1] == b[1]]
+    assert same == ["fit_text_tokenizer", "train_tokenizer"]  # the generator and its evaluation differ
+    assert all(a[1] != b[1] for a, b in zip(plain, other_seed))  # the seed is part of every stage's key
+
+
+def _summary(mean, low, high, n=3):
+    return {"values": [mean] * n, "mean": mean, "std": 0.01, "low": low, "high": high, "counts": None}
+
+
+def test_the_table_ranks_only_what_the_intervals_separate():
+    rows = [
+        {"row": 1, "label": "a", "labels": {}, "seeds": [0, 1, 2], "per_seed": {},
+         "metrics": {"shapes_prompt_accuracy": _summary(0.80, 0.76, 0.84), "fid": _summary(20.0, 18.0, 22.0)}},
+        {"row": 2, "label": "b", "labels": {}, "seeds": [0, 1, 2], "per_seed": {},
+         "metrics": {"shapes_prompt_accuracy": _summary(0.78, 0.74, 0.82), "fid": _summary(30.0, 28.0, 32.0)}},
+        {"row": 3, "label": "c", "labels": {}, "seeds": [0, 1, 2], "per_seed": {},
+         "metrics": {"shapes_prompt_accuracy": _summary(0.40, 0.35, 0.45), "fid": _summary(21.0, 19.0, 23.0)}},
+    ]  # fmt: skip
+    record = {
+        "title": "t", "rows": rows, "seeds": [0, 1, 2], "shared_seed": 0, "shared_stages": [],
+        "bootstrap": {"confidence": 0.95, "resamples": 100}, "stages": [], "machine": "m", "torch_threads": 1,
+        "wall_seconds": 1.0, "load_average_start": [0, 0, 0], "load_average_end": [0, 0, 0], "command": "c",
+        "claims": [{"claim": "a beats b", "better": 1, "worse": 2, "metrics": ["shapes_prompt_accuracy", "fid"]}],
+    }  # fmt: skip
+    table = markdown_table(record)
+    assert (
+        "prompt accuracy ↑: row 1 is best, its interval clear of row(s) 3; against row(s) 2 the order "
+        "cannot be resolved at this size." in table
+    )
+    assert "FID ↓: row 1 is best, its interval clear of row(s) 2; against row(s) 3 the order cannot be" in table
+    assert "| a beats b | prompt accuracy ↑ | 1: 0.800 ± 0.010 [0.760, 0.840] |" in table
+    verdicts = [line.rsplit("|", 2)[1].strip() for line in table.splitlines() if line.startswith("| a beats b")]
+    assert verdicts == ["**cannot be resolved at this size**", "**holds**"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "args", "message"),
+    [
+        ({"seedz": [0]}, [], "unknown key(s) ['seedz']"),
+        ({}, ["--seeds", "0,x"], "--seeds must be comma-separated integers"),
+        ({}, ["--rows", "7"], "no row(s) [7]"),
+        ({"claims": [{"claim": "c", "better": 1, "worse": 2, "metrics": ["bleu"]}]}, [], "unknown metric(s) ['bleu']"),
+        ({"shared_stages": ["train_tokenizr"]}, [], "shared_stages ['train_tokenizr'] are stages of no row"),
+        ({"shared_stages": ["evaluate"]}, [], "shared stage 'evaluate' comes after the per-seed stage"),
+        ({}, ["--run_dir", "elsewhere"], "--run_dir is set by `vilgkit ablation` per seed"),
+    ],
+)
+def test_bad_sets_are_one_line_errors(tiny_set, capsys, settings, args, message):
+    (tiny_set / "ablation.yaml").write_text(yaml.safe_dump(settings))
+    assert main(["ablation", str(tiny_set), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_shipped_sets_parse():
+    from pathlib import Path
+
+    from vilgkit.engine.runner import resolve
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes" / "ablations"
+    folders = [recipes, *sorted(p for p in recipes.iterdir() if (p / "base.yaml").is_file())]
+    assert len(folders) == 4
+    for folder in folders:
+        aset = load_set(folder)
+        assert aset.rows and aset.seeds
+        base = yaml.safe_load(aset.base.read_text())["stages"]
+        for _, path in aset.rows:
+            row = yaml.safe_load(path.read_text())
+            if "stages" in row:  # a row's list replaces the base's: the shared stages must not drift
+                assert row["stages"][: len(base)] == base, f"{path}: shared stages drifted from base.yaml"
+            resolve([str(aset.base), str(path)])
+        assert "How long" in aset.base.read_text() or folder == recipes
