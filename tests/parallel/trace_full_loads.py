@@ -40,6 +40,7 @@ def _peak_rss() -> int:
 
 
 def _install(events: list[dict]) -> None:
+    import vilgkit.pipeline  # noqa: F401  (imports what loading a run uses, so it is patched below)
     from vilgkit import artifacts, components
     from vilgkit.engine import trainer
 
@@ -50,8 +51,10 @@ def _install(events: list[dict]) -> None:
             events.append({"what": "load_tensors", "path": str(path), **_where()})
         return load_tensors(path, *args, **kwargs)
 
-    artifacts.load_tensors = traced_load_tensors
-    trainer.load_tensors = traced_load_tensors
+    # every module that imported the function by name holds its own reference: replace them all
+    for name, module in list(sys.modules.items()):
+        if name.startswith("vilgkit") and getattr(module, "load_tensors", None) is load_tensors:
+            module.load_tensors = traced_load_tensors
 
     trained_module, fresh = trainer.Trainer.trained_module, trainer.Trainer._fresh
 
