@@ -64,6 +64,18 @@ def test_rows_that_change_only_the_generator_share_the_tokenizer_stages(tiny_set
     assert all(a[1] != b[1] for a, b in zip(plain, other_seed))  # the seed is part of every stage's key
 
 
+def test_fresh_copies_only_what_this_invocation_made(tmp_path):
+    from vilgkit.ablation import MARKER, StageStore
+
+    old = tmp_path / "row1" / "seed0" / "train_tokenizer"
+    old.mkdir(parents=True)
+    (old / MARKER).write_text(json.dumps({"fingerprint": "f", "seconds": 1.0}))
+    here = tmp_path / "row2" / "seed0"
+    assert StageStore(tmp_path)._elsewhere("train_tokenizer", "f", here) == old
+    assert StageStore(tmp_path)._elsewhere("train_tokenizer", "g", here) is None  # other settings
+    assert StageStore(tmp_path, fresh=True)._elsewhere("train_tokenizer", "f", here) is None
+
+
 def _summary(mean, low, high, n=3):
     return {"values": [mean] * n, "mean": mean, "std": 0.01, "low": low, "high": high, "counts": None}
 

@@ -118,8 +118,12 @@ class StageStore:
         return self.root / f"row{row}" / f"seed{seed}"
 
     def _elsewhere(self, name: str, fingerprint: str, here: Path) -> Path | None:
+        """A finished copy of the stage in another row's or seed's directory (under ``--fresh``
+        only one this invocation made: an older one is what ``--fresh`` asks not to reuse)."""
         for other in sorted(self.root.glob("row*/seed*")):
-            if other != here and (done := read_marker(other / name)) and done.get("fingerprint") == fingerprint:
+            if other == here or (self.fresh and other / name not in self._freshened):
+                continue
+            if (done := read_marker(other / name)) and done.get("fingerprint") == fingerprint:
                 return other / name
         return None
 
