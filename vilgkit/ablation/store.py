@@ -93,7 +93,9 @@ def read_marker(stage_dir: Path) -> dict[str, Any] | None:
 
 def _copy_stage(source: Path, dest: Path) -> None:
     """Copy a finished stage folder into another run (no checkpoints: nothing resumes a copy)."""
-    artifacts.RunDir.owning(source).verify_tree(source)  # a damaged source is not spread further
+    owner = artifacts.RunDir.owning(source)
+    if owner is not None:
+        owner.verify_tree(source)  # a damaged source is not spread further
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns(artifacts.CHECKPOINTS_DIR, MARKER))
@@ -130,7 +132,8 @@ class StageStore:
     def ensure(
         self, paths: list[str], overrides: list[str], name: str, fingerprint: str, seed: int, pair: tuple[int, int]
     ) -> None:
-        """Make stage ``name`` of row recipe ``paths`` finished in ``pair``'s seed directory."""
+        """Make stage ``name`` of row recipe ``paths`` finished in the run directory of ``pair``
+        (row, training seed), running it with ``seed``."""
         from vilgkit.engine.runner import run
 
         here = self.pair_dir(*pair)
