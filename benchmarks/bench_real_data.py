@@ -47,25 +47,11 @@ def path_overrides(files: dict[str, Path]) -> list[str]:
 
 def bench_tokenize(root: Path, files: dict[str, Path], workers: int) -> float:
     from vilgkit.cli import main
+    from vilgkit.testing.real_data import tokenize_argv
 
     out = root / f"codes_{workers}"
     start = time.perf_counter()
-    rc = main(
-        [
-            "tokenize",
-            str(RECIPE),
-            "--out",
-            str(out),
-            "--image-tokenizer-from",
-            "recipe",
-            "--text-tokenizer-from",
-            "recipe",
-            "--workers",
-            str(workers),
-            "--no-progress",
-            *path_overrides(files),
-        ]
-    )
+    rc = main(tokenize_argv(RECIPE, out, "--workers", str(workers), *path_overrides(files)))
     seconds = time.perf_counter() - start
     assert rc == 0, "vilgkit tokenize failed"
     return json.loads((out / "manifest.json").read_text())["num_samples"] / seconds

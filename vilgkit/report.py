@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,41 +53,47 @@ def _metrics_table(metrics: dict[str, float]) -> str:
     return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
 
 
+def _section(title: str, examples: list[dict[str, Any]], row: Callable[[dict[str, Any]], str]) -> str:
+    """A task's heading and one ``row`` div per example."""
+    return f"<h2>{title}</h2>" + "".join(f'<div class="row">{row(ex)}</div>' for ex in examples)
+
+
+def _beside_image(ex: dict[str, Any], text: str) -> str:
+    """The example's image with ``text`` (HTML) beside it."""
+    return f'<img src="{png_data_uri(ex["image"])}"><div>{text}</div>'
+
+
+def _text2image_row(ex: dict[str, Any]) -> str:
+    cands = []
+    for j, img in enumerate(ex["candidates"]):
+        score = f"{ex['scores'][j]:.2f}" if ex.get("scores") else f"#{j}"
+        cls = ' class="best"' if j == ex["best"] else ""
+        cands.append(f'<div class="cand"><img{cls} src="{png_data_uri(img)}"><br>{_esc(score)}</div>')
+    prompt = f'<div style="width:260px">{_verdict(ex.get("correct"))} {_esc(ex["prompt"])}</div>'
+    return f'{prompt}<div class="cands">{"".join(cands)}</div>'
+
+
+def _image2text_row(ex: dict[str, Any]) -> str:
+    refs = "<br>".join(_esc(r) for r in ex["references"][:3])
+    caption = f"{_verdict(ex.get('correct'))} <b>{_esc(ex['caption'])}</b>"
+    return _beside_image(ex, f"{caption}<br><small>references:<br>{refs}</small>")
+
+
+def _vqa_row(ex: dict[str, Any]) -> str:
+    answer = f"A: <b>{_esc(ex['answer'])}</b> {_verdict(ex.get('correct'))}"
+    return _beside_image(ex, f"Q: {_esc(ex['question'])}<br>{answer}<br><small>truth: {_esc(ex['truth'])}</small>")
+
+
 def _text2image(examples: list[dict[str, Any]]) -> str:
-    parts = ["<h2>Text → image</h2>"]
-    for ex in examples:
-        cands = []
-        for j, img in enumerate(ex["candidates"]):
-            score = f"{ex['scores'][j]:.2f}" if ex.get("scores") else f"#{j}"
-            cls = ' class="best"' if j == ex["best"] else ""
-            cands.append(f'<div class="cand"><img{cls} src="{png_data_uri(img)}"><br>{_esc(score)}</div>')
-        parts.append(
-            f'<div class="row"><div style="width:260px">{_verdict(ex.get("correct"))} {_esc(ex["prompt"])}</div>'
-            f'<div class="cands">{"".join(cands)}</div></div>'
-        )
-    return "".join(parts)
+    return _section("Text → image", examples, _text2image_row)
 
 
 def _image2text(examples: list[dict[str, Any]]) -> str:
-    parts = ["<h2>Image → text</h2>"]
-    for ex in examples:
-        refs = "<br>".join(_esc(r) for r in ex["references"][:3])
-        parts.append(
-            f'<div class="row"><img src="{png_data_uri(ex["image"])}"><div>{_verdict(ex.get("correct"))} '
-            f"<b>{_esc(ex['caption'])}</b><br><small>references:<br>{refs}</small></div></div>"
-        )
-    return "".join(parts)
+    return _section("Image → text", examples, _image2text_row)
 
 
 def _vqa(examples: list[dict[str, Any]]) -> str:
-    parts = ["<h2>Visual question answering</h2>"]
-    for ex in examples:
-        parts.append(
-            f'<div class="row"><img src="{png_data_uri(ex["image"])}"><div>Q: {_esc(ex["question"])}<br>'
-            f"A: <b>{_esc(ex['answer'])}</b> {_verdict(ex.get('correct'))}"
-            f"<br><small>truth: {_esc(ex['truth'])}</small></div></div>"
-        )
-    return "".join(parts)
+    return _section("Visual question answering", examples, _vqa_row)
 
 
 def render_report(record: dict[str, Any], examples: Any, title: str = "vilgkit evaluation") -> str:

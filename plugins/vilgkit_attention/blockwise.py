@@ -27,7 +27,7 @@ from functools import lru_cache
 import torch
 
 from vilgkit.layout import Layout
-from vilgkit_attention.masks import build_allowed, image_segment
+from vilgkit_attention.masks import SparseMask, build_allowed, image_segment
 
 
 def _divisor_at_most(size: int, limit: int) -> int:
@@ -409,11 +409,9 @@ def blockwise_attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    *,
-    layout: Layout,
-    kind: str,
-    kernel_size: int,
+    mask: SparseMask,
     key_padding_mask: torch.Tensor | None,
+    *,
     conv_tile: int | tuple[int, int] = (1, 32),
     lines_per_tile: int = 1,
     recompute: bool = True,
@@ -422,7 +420,7 @@ def blockwise_attend(
 
     Args:
         q, k, v: ``[B, H, N, D]``.
-        kind: ``"row"``, ``"column"`` or ``"conv"``.
+        mask: the layer's pattern (kind ``"row"``, ``"column"`` or ``"conv"``) on its layout.
         key_padding_mask: Bool ``[B, N]``, True = padding.
         conv_tile: conv query patch ``(rows, cols)`` (an int: square), clipped to grid divisors.
         lines_per_tile: row / column layers put this many image rows / columns in one tile.
@@ -431,7 +429,7 @@ def blockwise_attend(
     Returns:
         ``[B, H, N, D]`` in the dtype of ``q`` (low-precision inputs are computed in float32).
     """
-    plan = tile_plan(layout, kind, kernel_size, conv_tile, lines_per_tile, q.device)
+    plan = tile_plan(*mask, conv_tile, lines_per_tile, q.device)
     keep = None if key_padding_mask is None else ~key_padding_mask
     dtype = q.dtype
     if dtype in (torch.float16, torch.bfloat16):

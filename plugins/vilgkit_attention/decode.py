@@ -25,9 +25,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
-from vilgkit.interfaces import AttentionPattern, DecodeCache
+from vilgkit.interfaces import AttentionPattern, DecodeCache, StepKeys
 from vilgkit.layout import Layout
 from vilgkit_attention.masks import image_segment
 
@@ -130,15 +129,9 @@ class SparseKVCache(DecodeCache):
         """Alias of :meth:`write_source` (the name standalone decoders use)."""
         self.write_source(layer, k, v)
 
-    def attend(
-        self,
-        layer: int,
-        position: int,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-    ) -> torch.Tensor:
-        """Write the new key / value ``[R, H, 1, D]`` at ``position`` and attend; returns ``[R, H, 1, D]``."""
+    def write_step(self, layer: int, position: int, k: torch.Tensor, v: torch.Tensor) -> StepKeys:
+        """Write the new key / value ``[R, H, 1, D]`` at ``position``: into the query's line buffer for a
+        row / column layer (its keys are then a prefix of that line), else at ``position``."""
         kind, s = self.kinds[layer], self.src
         kb, vb = self.buffers[layer]
         if kind in ("row", "column"):
@@ -148,15 +141,10 @@ class SparseKVCache(DecodeCache):
                 kb, vb = kb[:, :, line], vb[:, :, line]
             stop = s + at + 1
             kb[:, :, stop - 1 : stop], vb[:, :, stop - 1 : stop] = k, v
-            mask = None if self.line_valid is None else self.line_valid[..., :stop]
-            return F.scaled_dot_product_attention(q, kb[:, :, :stop], vb[:, :, :stop], attn_mask=mask)
+            return StepKeys(kb, vb, stop, self.line_valid)
         kb[:, :, position : position + 1], vb[:, :, position : position + 1] = k, v
         idx = self.index[layer][position - s] if kind == "gather" else None
-        if idx is None:
-            mask = None if self.valid is None else self.valid[..., : position + 1]
-            return F.scaled_dot_product_attention(q, kb[:, :, : position + 1], vb[:, :, : position + 1], attn_mask=mask)
-        mask = None if self.valid is None else self.valid.index_select(3, idx)
-        return F.scaled_dot_product_attention(q, kb.index_select(2, idx), vb.index_select(2, idx), attn_mask=mask)
+        return StepKeys(kb, vb, position + 1, self.valid, idx)
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep ``rows`` (in that order): every buffer, and the padding masks."""

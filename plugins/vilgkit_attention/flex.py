@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from vilgkit.layout import Layout
-from vilgkit_attention.masks import build_allowed, image_segment
+from vilgkit_attention.masks import SparseMask, build_allowed, image_segment
 
 _COMPILED = None
 _BLOCK_MASKS: dict[tuple, tuple] = {}
@@ -80,17 +80,10 @@ def block_mask_sparsity(layout: Layout, kind: str, kernel_size: int, device: tor
 
 
 def flex_attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    layout: Layout,
-    kind: str,
-    kernel_size: int,
-    key_padding_mask: torch.Tensor | None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: SparseMask, key_padding_mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """FlexAttention with the cached block mask; equal to SDPA with the oracle mask."""
-    block, perm, inverse = _block_mask(layout, kind, kernel_size, q.device)
+    """FlexAttention with the cached block mask; equal to SDPA with the oracle mask (and padding)."""
+    block, perm, inverse = _block_mask(*mask, q.device)
     pad = key_padding_mask
     if perm is not None:
         q, k, v = q[:, :, perm], k[:, :, perm], v[:, :, perm]

@@ -11,7 +11,7 @@ Dimension key: N sequence length, n image positions (h*w), h image rows, w image
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -19,6 +19,15 @@ from vilgkit.layout import Layout
 
 ImageKind = Literal["dense", "row", "column", "conv"]
 IMAGE_KINDS: tuple[str, ...] = ("dense", "row", "column", "conv")
+
+
+class SparseMask(NamedTuple):
+    """One layer's mask, as the kernels take it: the image pattern ``kind`` (with the conv window
+    ``kernel_size``) on ``layout``; :func:`build_allowed` of the same three is its oracle."""
+
+    layout: Layout
+    kind: str
+    kernel_size: int
 
 
 def check_kind(kind: str, kernel_size: int) -> None:

@@ -27,8 +27,8 @@ from typing import Literal
 
 import torch
 
-from vilgkit.interfaces import AttentionPattern
-from vilgkit.interfaces.attention import check_attend_inputs, check_decode_position, check_layer, masked_sdpa
+from vilgkit.interfaces import AttentionPattern, CacheGeometry
+from vilgkit.interfaces.attention import AttendContext, check_decode_position, check_layer, masked_sdpa
 from vilgkit.layout import Layout
 from vilgkit.registry import ATTENTION_PATTERNS
 from vilgkit_attention.blockwise import blockwise_attend
@@ -36,6 +36,7 @@ from vilgkit_attention.decode import SparseKVCache
 from vilgkit_attention.flex import flex_attend, flex_available
 from vilgkit_attention.masks import (
     IMAGE_KINDS,
+    SparseMask,
     build_allowed,
     check_kind,
     image_segment,
@@ -140,39 +141,17 @@ class SparseAttention(AttentionPattern):
             )
         return self.backend
 
-    def attend(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        *,
-        layer: int,
-        num_layers: int,
-        layout: Layout,
-        key_padding_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, where: AttendContext) -> torch.Tensor:
         """Sparse attention ``[B, H, N, D]`` equal to SDPA with :meth:`allowed` (and padding)."""
-        kind = self.kind(layer, num_layers)
-        check_attend_inputs(q, k, v, layout, key_padding_mask)
+        mask = SparseMask(where.layout, self.kind(where.layer, where.num_layers), self.kernel_size)
+        pad = where.key_padding_mask
         backend = self.resolve_backend(q.device)
-        if kind == "dense" or backend == "sdpa":
-            return masked_sdpa(q, k, v, build_allowed(layout, kind, self.kernel_size, q.device), key_padding_mask)
+        if mask.kind == "dense" or backend == "sdpa":
+            return masked_sdpa(q, k, v, build_allowed(*mask, q.device), pad)
         if backend == "flex":
-            return flex_attend(
-                q, k, v, layout=layout, kind=kind, kernel_size=self.kernel_size, key_padding_mask=key_padding_mask
-            )
-        return blockwise_attend(
-            q,
-            k,
-            v,
-            layout=layout,
-            kind=kind,
-            kernel_size=self.kernel_size,
-            key_padding_mask=key_padding_mask,
-            conv_tile=self.conv_tile,
-            lines_per_tile=self.lines_per_tile,
-            recompute=self.recompute,
-        )
+            return flex_attend(q, k, v, mask, pad)
+        tiles = dict(conv_tile=self.conv_tile, lines_per_tile=self.lines_per_tile)
+        return blockwise_attend(q, k, v, mask, pad, **tiles, recompute=self.recompute)
 
     def decode_keys(self, layer: int, num_layers: int, layout: Layout, position: int) -> torch.Tensor | None:
         """Positions the query at ``position`` needs from the KV cache.
@@ -186,17 +165,7 @@ class SparseAttention(AttentionPattern):
             return None
         return _decode_table(layout, kind, self.kernel_size)[position - layout.source_length]
 
-    def decode_cache(
-        self,
-        layout: Layout,
-        num_layers: int,
-        batch_size: int,
-        num_heads: int,
-        head_dim: int,
-        *,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> SparseKVCache | None:
+    def decode_cache(self, layout: Layout, num_layers: int, geometry: CacheGeometry) -> SparseKVCache | None:
         """:class:`~vilgkit_attention.decode.SparseKVCache` for an image target with a sparse layer, else ``None``.
 
         Text targets (image→text, VQA) see every earlier position in every layer: the generator's
@@ -204,7 +173,8 @@ class SparseAttention(AttentionPattern):
         """
         if layout.target.kind != "image" or all(self.kind(i, num_layers) == "dense" for i in range(num_layers)):
             return None
-        return SparseKVCache(self, layout, num_layers, batch_size, num_heads, head_dim, device=device, dtype=dtype)
+        rows, heads, head_dim, device, dtype = geometry
+        return SparseKVCache(self, layout, num_layers, rows, heads, head_dim, device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=64)

@@ -1,10 +1,15 @@
-"""Helpers shared by the tokenizers: batch unpacking, PSNR, argument checks."""
+"""Helpers shared by the tokenizers: batch unpacking, argument checks, the reconstruction loss and
+the readouts every tokenizer logs."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+
+from vilgkit.metrics.psnr import psnr
+from vilgkit_vq.quantizers import codebook_usage
 
 
 def images_from_batch(batch: Any) -> torch.Tensor:
@@ -57,3 +62,27 @@ def edge_weighted_mse(reconstructions: torch.Tensor, images: torch.Tensor, edge_
         grad = torch.nn.functional.pad(gx, (0, 1)) + torch.nn.functional.pad(gy, (0, 0, 0, 1))
         weight = 1.0 + edge_weight * grad.amax(dim=1, keepdim=True)
     return (weight * (reconstructions.float() - target) ** 2).mean()
+
+
+def reconstruction_loss(
+    reconstructions: torch.Tensor, images: torch.Tensor, kind: str, edge_weight: float
+) -> torch.Tensor:
+    """The pixel term: :func:`edge_weighted_mse` for ``kind="mse"`` (paper eq. 1), else L1."""
+    if kind == "mse":
+        return edge_weighted_mse(reconstructions, images, edge_weight)
+    return F.l1_loss(reconstructions, images)
+
+
+@torch.no_grad()
+def reconstruction_readouts(
+    images: torch.Tensor, reconstructions: torch.Tensor, codes: torch.Tensor, codebook_size: int
+) -> dict[str, torch.Tensor]:
+    """What every tokenizer's loss also reports: PSNR and the codebook usage of ``codes``."""
+    return {"psnr": psnr(images, reconstructions), **codebook_usage(codes, codebook_size)}
+
+
+def main_group_images(model: Any, batch: Any, group: str) -> torch.Tensor:
+    """The images of ``batch`` for a tokenizer trained with one optimizer group, ``"main"``."""
+    if group != "main":
+        raise KeyError(f"{type(model).__name__} has one optimizer group 'main', got {group!r}")
+    return images_from_batch(batch)

@@ -18,16 +18,20 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from vilgkit.interfaces import ImageTokenizer, Trainable
-from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
+from vilgkit_vq.common import (
+    check_codes,
+    check_images,
+    main_group_images,
+    reconstruction_loss,
+    reconstruction_readouts,
+)
 from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
-from vilgkit_vq.quantizers import batch_usage_deficit, codebook_usage, gumbel_softmax, gumbel_temperature, kl_to_uniform
+from vilgkit_vq.quantizers import batch_usage_deficit, gumbel_softmax, gumbel_temperature, kl_to_uniform
 
 
 def _contiguous_for_training(z: torch.Tensor) -> torch.Tensor:
@@ -193,9 +197,6 @@ class DVAETokenizer(ImageTokenizer, Trainable):
     def decode_embedding(self, z_emb: torch.Tensor) -> torch.Tensor:
         return self.decoder(z_emb).clamp(-1.0, 1.0)
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decode_embedding(self.embed(codes))
-
     def hard_samples(self, step: int | None = None) -> bool:
         """Whether training samples are straight-through hard one-hots at ``step`` (default: the current step)."""
         step = int(self.step) if step is None else step
@@ -224,7 +225,7 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         else:  # evaluation scores what inference does: hard argmax codes
             z = self.embed(codes.view(-1, h, w))
         recon = self.decoder(z)
-        rec = edge_weighted_mse(recon, images, self.edge_weight) if self.rec_loss == "mse" else F.l1_loss(recon, images)
+        rec = reconstruction_loss(recon, images, self.rec_loss, self.edge_weight)
         kl = kl_to_uniform(flat, dim=-1)
         total = rec + self.kl_weight_at() * kl
         out = {"rec": rec, "kl": kl}
@@ -236,8 +237,7 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         with torch.no_grad():
             out["temperature"] = torch.tensor(tau, device=images.device)
             out["noise_scale"] = torch.tensor(self.noise_scale(), device=images.device)
-            out["psnr"] = psnr(images, recon)
-            out.update(codebook_usage(codes, self.codebook_size))
+        out.update(reconstruction_readouts(images, recon, codes, self.codebook_size))
         return out
 
     # ----------------------------------------------------------------- Trainable
@@ -245,7 +245,6 @@ class DVAETokenizer(ImageTokenizer, Trainable):
     def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
         """The training pass for optimizer ``group`` at ``step``: the named losses (outputs and losses
         are one here: the losses run parameters of their own)."""
-        if group != "main":
-            raise KeyError(f"DVAETokenizer has one optimizer group 'main', got {group!r}")
+        images = main_group_images(self, batch, group)
         self.step.fill_(step)
-        return self.loss(images_from_batch(batch))
+        return self.loss(images)

@@ -31,12 +31,11 @@ from taming.modules.vqvae.quantize import GumbelQuantize, VectorQuantizer2
 from torch import nn
 
 from vilgkit.interfaces import ImageTokenizer, Trainable
-from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
+from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch, reconstruction_readouts
 from vilgkit_vq.perceptual import LPIPS
-from vilgkit_vq.quantizers import codebook_usage, gumbel_temperature, nearest_code, update_usage_and_restart
 from vilgkit_vq.quantizers import full_precision as _full_precision
+from vilgkit_vq.quantizers import gumbel_temperature, nearest_code, update_usage_and_restart
 
 AUTOENCODER_MODULES = ("encoder", "decoder", "quantize", "quant_conv", "post_quant_conv")
 
@@ -272,9 +271,6 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
     def decode_embedding(self, z_emb: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z_emb)).clamp(-1.0, 1.0)
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decode_embedding(self.embed(codes))
-
     def temperature(self, step: int | None = None) -> float:
         """Gumbel temperature at ``step`` (default: the current training step)."""
         step = int(self.step) if step is None else step
@@ -336,8 +332,7 @@ class VQGANTokenizer(ImageTokenizer, Trainable):
             self.discriminator.requires_grad_(True)
         out.update(loss=total, quant=q_loss.detach())
         with torch.no_grad():
-            out["psnr"] = psnr(images, recon)
-            out.update(codebook_usage(codes, self.codebook_size))
+            out.update(reconstruction_readouts(images, recon, codes, self.codebook_size))
             if self.quantizer_kind == "gumbel":
                 out["temperature"] = torch.tensor(self.temperature(), device=images.device)
         return out

@@ -16,15 +16,19 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from vilgkit import dispatch, dispatch_probes
 from vilgkit.interfaces import ImageTokenizer, Trainable
-from vilgkit.metrics.psnr import psnr
 from vilgkit.registry import IMAGE_TOKENIZERS
-from vilgkit_vq.common import check_codes, check_images, edge_weighted_mse, images_from_batch
+from vilgkit_vq.common import (
+    check_codes,
+    check_images,
+    main_group_images,
+    reconstruction_loss,
+    reconstruction_readouts,
+)
 from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
-from vilgkit_vq.quantizers import VectorQuantizer, codebook_usage
+from vilgkit_vq.quantizers import VectorQuantizer
 
 
 @IMAGE_TOKENIZERS.register_module()
@@ -112,9 +116,6 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
     def decode_embedding(self, z_emb: torch.Tensor) -> torch.Tensor:
         return self.decoder(z_emb).clamp(-1.0, 1.0)
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decode_embedding(self.embed(codes))
-
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Forward pass: ``(x̂ unclamped [B,3,H,W], quantiser losses, codes [B,h,w])``."""
         check_images(images, self.downsample)
@@ -123,22 +124,21 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
 
     def loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         recon, q_losses, codes = self.reconstruct(images)
-        rec = edge_weighted_mse(recon, images, self.edge_weight) if self.rec_loss == "mse" else F.l1_loss(recon, images)
+        rec = reconstruction_loss(recon, images, self.rec_loss, self.edge_weight)
         total = rec + sum(q_losses.values())
-        out = {"loss": total, "rec": rec, **q_losses}
-        with torch.no_grad():
-            out["psnr"] = psnr(images, recon)
-            out.update(codebook_usage(codes, self.codebook_size))
-        return out
+        return {
+            "loss": total,
+            "rec": rec,
+            **q_losses,
+            **reconstruction_readouts(images, recon, codes, self.codebook_size),
+        }
 
     # ----------------------------------------------------------------- Trainable
 
     def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
         """The training pass for optimizer ``group`` at ``step``: the named losses (outputs and losses
         are one here: the losses run parameters of their own)."""
-        if group != "main":
-            raise KeyError(f"VQVAETokenizer has one optimizer group 'main', got {group!r}")
-        return self.loss(images_from_batch(batch))
+        return self.loss(main_group_images(self, batch, group))
 
 
 dispatch.register_probe("encode_layout", dispatch_probes.encode_layout_probe)

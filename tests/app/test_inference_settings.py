@@ -91,41 +91,14 @@ def test_pipeline_defaults_to_the_runs_saved_settings_and_arguments_override(eva
 def test_cli_uses_the_saved_settings_flags_override_and_help_shows_them(evaluated_run, tmp_path, capsys):
     from vilgkit.cli import main
 
-    assert (
-        main(
-            [
-                "generate",
-                str(evaluated_run),
-                "a red circle",
-                "--out",
-                str(tmp_path / "a"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
-    used = json.loads((tmp_path / "a" / "generate.json").read_text())["settings"]
+    def generate(out: str, *flags: str) -> dict:
+        """``vilgkit generate`` of one prompt on the CPU into tmp_path/out; the settings it used."""
+        assert main(["generate", str(evaluated_run), "a red circle", "--out", str(tmp_path / out), *flags]) == 0
+        return json.loads((tmp_path / out / "generate.json").read_text())["settings"]
+
+    used = generate("a", "--device", "cpu")
     assert used["num_candidates"] == 3 and used["top_k"] == 2 and used["cfg_scale"] == 1.5 and used["from_run"]
-    assert (
-        main(
-            [
-                "generate",
-                str(evaluated_run),
-                "a red circle",
-                "--out",
-                str(tmp_path / "b"),
-                "--top-k",
-                "0",
-                "--num-candidates",
-                "2",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
-    used = json.loads((tmp_path / "b" / "generate.json").read_text())["settings"]
+    used = generate("b", "--top-k", "0", "--num-candidates", "2", "--device", "cpu")
     assert used["num_candidates"] == 2 and used["top_k"] == 0 and used["cfg_scale"] == 1.5
 
     image = tmp_path / "a" / "prompt_000.png"

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from vilgkit.artifacts import MANIFEST, ArtifactError, RunDir
+from vilgkit.testing.tiny import CPU_STRATEGY, generator_section
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,18 +221,8 @@ def test_external_files_are_copied_in_and_the_run_loads_after_they_move(tmp_path
             "class_path": "TamingVQGAN",
             "init_args": {"checkpoint": str(ckpt), "config": str(cfg), "codebook_size": 16},
         },
-        "generator": {
-            "class_path": "UnifiedTransformer",
-            "init_args": {
-                "hidden_size": 16,
-                "num_layers": 1,
-                "num_heads": 2,
-                "max_text_len": 24,
-                "max_image_grid": 4,
-                "attention": {"class_path": "DenseAttention"},
-            },
-        },
-        "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
+        "generator": generator_section(max_text_len=24, max_image_grid=4, hidden_size=16),
+        "strategy": CPU_STRATEGY,
         "stages": [
             {"class_path": "FitTextTokenizer"},
             {"class_path": "EvaluateTokenizer", "init_args": {"eval_images": 4, "num_samples": 2}},

@@ -8,22 +8,14 @@ import torch
 
 from vilgkit.layout import Layout
 from vilgkit.models import UnifiedTransformer
+from vilgkit.testing.tiny import tiny_generator
 from vilgkit_attention import SparseAttention
 
 
 def _model() -> UnifiedTransformer:
-    torch.manual_seed(0)
     # 4 layers: row, row, column, conv (the paper's schedule); a 4x4 grid so conv tiles reorder queries
-    return UnifiedTransformer(
-        40,
-        24,
-        hidden_size=32,
-        num_layers=4,
-        num_heads=2,
-        max_text_len=8,
-        max_image_grid=4,
-        attention=SparseAttention(kernel_size=3, schedule="paper", backend="blockwise", conv_tile=2),
-    )
+    attention = SparseAttention(kernel_size=3, schedule="paper", backend="blockwise", conv_tile=2)
+    return tiny_generator(num_layers=4, max_text_len=8, attention=attention)
 
 
 def _batch(model: UnifiedTransformer) -> dict:

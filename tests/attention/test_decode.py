@@ -73,21 +73,24 @@ class TinyStack(nn.Module):
         return torch.cat(outs, 1), gathered
 
 
+def _stack_and_inputs(layout: Layout, pattern, seed: int) -> tuple[TinyStack, torch.Tensor, torch.Tensor]:
+    """A seeded stack, inputs ``[2, N, C]`` and key padding where row 1 has a shorter caption / question
+    (the last token of the first text segment, when there is one, is padding)."""
+    torch.manual_seed(seed)
+    model = TinyStack(pattern)
+    x = torch.randn(2, layout.length, C)
+    pad = torch.zeros(2, layout.length, dtype=torch.bool)
+    text_src = [(o, s) for o, s in zip(layout.offsets(), layout.source) if s.kind == "text"]
+    if text_src:
+        pad[1, text_src[0][0] + text_src[0][1].length - 1] = True
+    return model, x, pad
+
+
 @pytest.mark.parametrize("layout_name", list(LAYOUTS))
 @pytest.mark.parametrize("pattern", [SparseAttention(kernel_size=3), DenseAttention()], ids=["sparse", "dense"])
 def test_cached_decoding_equals_full_mask(layout_name, pattern):
     layout = LAYOUTS[layout_name]
-    torch.manual_seed(0)
-    model = TinyStack(pattern)
-    x = torch.randn(2, layout.length, C)
-    pad = torch.zeros(2, layout.length, dtype=torch.bool)
-    off, seg = (
-        next((o, s) for o, s in zip(layout.offsets(), layout.source) if s.kind == "text")
-        if any(s.kind == "text" for s in layout.source)
-        else (None, None)
-    )
-    if seg is not None:
-        pad[1, off + seg.length - 1] = True  # a shorter caption / question in row 1
+    model, x, pad = _stack_and_inputs(layout, pattern, seed=0)
     with torch.no_grad():
         ref = model(x, layout, pad, use_pattern_attend=False)
         fast = model(x, layout, pad, use_pattern_attend=True)
@@ -131,13 +134,7 @@ def test_sparse_kv_cache_equals_full_mask(layout_name, pattern):
     from vilgkit_attention.decode import SparseKVCache
 
     layout = LAYOUTS[layout_name]
-    torch.manual_seed(4)
-    model = TinyStack(pattern)
-    x = torch.randn(2, layout.length, C)
-    pad = torch.zeros(2, layout.length, dtype=torch.bool)
-    text_src = [(o, s) for o, s in zip(layout.offsets(), layout.source) if s.kind == "text"]
-    if text_src:
-        pad[1, text_src[0][0] + text_src[0][1].length - 1] = True
+    model, x, pad = _stack_and_inputs(layout, pattern, seed=4)
     src, n = layout.source_length, layout.length
     with torch.no_grad():
         ref = model(x, layout, pad, use_pattern_attend=False)

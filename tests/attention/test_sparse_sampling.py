@@ -13,26 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from vilgkit.models import UnifiedTransformer
+from vilgkit.testing.tiny import tiny_generator
 from vilgkit_attention import SparseAttention
 from vilgkit_attention.decode import SparseKVCache
 
 
 def _model(grid: int, kernel: int, layers: int = 4, hidden: int = 16) -> UnifiedTransformer:
-    torch.manual_seed(0)
-    model = UnifiedTransformer(
-        40,
-        24,
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=2,
-        max_text_len=8,
-        max_image_grid=grid,
-        attention=SparseAttention(kernel_size=kernel),
-    ).eval()
-    with torch.no_grad():  # spread the GPT-2 init so every position's logits depend on its keys
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.15)
-    return model
+    # the GPT-2 init spread out so that every position's logits depend on its keys
+    kwargs = dict(hidden_size=hidden, num_layers=layers, max_text_len=8, max_image_grid=grid)
+    return tiny_generator(spread=0.15, attention=SparseAttention(kernel_size=kernel), **kwargs).eval()
 
 
 def _oracle(model: UnifiedTransformer) -> UnifiedTransformer:
@@ -105,15 +94,7 @@ def test_sparse_cache_is_smaller_than_dense_and_greedy_matches_oracle():
     ids, mask = batch["text_ids"], batch["text_mask"]
     layout = model._stream("txt2img", batch)[2]
     sparse_cache = model.new_cache(4, layout)
-    dense = UnifiedTransformer(
-        40,
-        24,
-        hidden_size=16,
-        num_layers=4,
-        num_heads=2,
-        max_text_len=8,
-        max_image_grid=4,
-    )
+    dense = tiny_generator(seed=None, hidden_size=16, num_layers=4, max_text_len=8)
     assert sparse_cache.nbytes() < dense.new_cache(4, layout).nbytes()  # row / column layers keep one line
     got = model.sample_images(ids, mask, (4, 4), top_k=1, num_candidates=2)
     oracle = _oracle(model)

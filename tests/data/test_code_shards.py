@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from vilgkit.data import CodeShardDataset, ShapesDataset, TokenizerMismatchError, collate, write_code_shards
 from vilgkit.data.code_shard_writer import TokenizeError
 from vilgkit.stages.train_tokenizer import save_image_tokenizer
+from vilgkit.testing.tiny import CPU_STRATEGY, generator_section
 from vilgkit_text import WordPieceTokenizer
 
 vq = pytest.importorskip("vilgkit_vq")
@@ -173,18 +174,8 @@ def test_vqa_shards_train_finetune_vqa(tokenized, tmp_path):
         "data": {"class_path": "CodeShardDataset", "init_args": {"path": str(out)}},
         "text_tokenizer": {"class_path": "WordPieceTokenizer", "init_args": {"vocab_size": 300}},
         "image_tokenizer": {"class_path": "VQVAETokenizer", "init_args": vq.VQVAETokenizer.conformance_args()},
-        "generator": {
-            "class_path": "UnifiedTransformer",
-            "init_args": {
-                "hidden_size": 32,
-                "num_layers": 1,
-                "num_heads": 2,
-                "max_text_len": 40,
-                "max_image_grid": 8,
-                "attention": {"class_path": "DenseAttention"},
-            },
-        },
-        "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
+        "generator": generator_section(max_text_len=40, max_image_grid=8),
+        "strategy": CPU_STRATEGY,
         "stages": [
             {
                 "class_path": "FinetuneVQA",

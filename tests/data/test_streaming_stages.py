@@ -18,6 +18,7 @@ from vilgkit.testing.real_data import (
     write_img2dataset_shards,
     write_taming_checkpoint,
 )
+from vilgkit.testing.tiny import CPU_STRATEGY, generator_section
 from vilgkit_text.wordpiece import WordPieceTokenizer
 
 
@@ -63,18 +64,8 @@ def _recipe(
             "class_path": "TamingVQGAN",
             "init_args": {"checkpoint": str(real["ckpt"]), "codebook_size": 64},
         },
-        "generator": {
-            "class_path": "UnifiedTransformer",
-            "init_args": {
-                "hidden_size": 32,
-                "num_layers": 1,
-                "num_heads": 2,
-                "max_text_len": 48,
-                "max_image_grid": 8,
-                "attention": {"class_path": "DenseAttention"},
-            },
-        },
-        "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
+        "generator": generator_section(max_text_len=48, max_image_grid=8),
+        "strategy": CPU_STRATEGY,
         "stages": stages,
     }
 
@@ -141,17 +132,11 @@ def test_fit_stage_keeps_a_given_vocab_file(real, tmp_path, capsys):
 def test_text_budget_is_checked_against_the_vocabulary(real):
     with pytest.raises(ValueError, match="raise vocab_size"):
         WordPieceTokenizer(vocab_size=100, vocab_file=str(real["root"] / "vocab.txt"))
-    from vilgkit.models.unified import UnifiedTransformer
     from vilgkit.stages.train_generator import check_special_ids
+    from vilgkit.testing.tiny import tiny_generator
 
     tok = WordPieceTokenizer(vocab_size=512, vocab_file=str(real["root"] / "vocab.txt"))
-    small = UnifiedTransformer(
-        text_vocab_size=150,
-        image_vocab_size=64,
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-    )
+    small = tiny_generator(seed=None, text_vocab_size=150, image_vocab_size=64, num_layers=1)
     with pytest.raises(VilgkitError, match="at least 180"):  # the generator's text vocabulary is too small
         check_special_ids(small, tok)
 

@@ -21,10 +21,12 @@ from vilgkit.cli import main as cli
 from vilgkit.data import write_code_shards
 from vilgkit.data.code_shard_writer import UNIT_DELAY_ENV, TokenizeError
 from vilgkit.testing.real_data import (
+    tokenize_argv,
     write_bert_vocab,
     write_img2dataset_shards,
     write_taming_checkpoint,
 )
+from vilgkit.testing.tiny import CPU_STRATEGY, generator_section
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,18 +54,8 @@ def real(tmp_path_factory):
             "init_args": {"vocab_file": str(root / "vocab.txt"), "vocab_size": 512},
         },
         "image_tokenizer": {"class_path": "TamingVQGAN", "init_args": {"checkpoint": str(ckpt), "codebook_size": 64}},
-        "generator": {
-            "class_path": "UnifiedTransformer",
-            "init_args": {
-                "hidden_size": 32,
-                "num_layers": 1,
-                "num_heads": 2,
-                "max_text_len": 48,
-                "max_image_grid": 8,
-                "attention": {"class_path": "DenseAttention"},
-            },
-        },
-        "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
+        "generator": generator_section(max_text_len=48, max_image_grid=8),
+        "strategy": CPU_STRATEGY,
         "stages": [{"class_path": "FitTextTokenizer"}],
     }
     path = root / "recipe.yaml"
@@ -72,22 +64,7 @@ def real(tmp_path_factory):
 
 
 def _tokenize(real, out: Path, *extra: str) -> int:
-    return cli(
-        [
-            "tokenize",
-            str(real["recipe"]),
-            "--out",
-            str(out),
-            "--image-tokenizer-from",
-            "recipe",
-            "--text-tokenizer-from",
-            "recipe",
-            "--batch-size",
-            "4",
-            "--no-progress",
-            *extra,
-        ]
-    )
+    return cli(tokenize_argv(real["recipe"], out, "--batch-size", "4", *extra))
 
 
 def test_a_repeating_stream_is_tokenized_once_with_any_number_of_workers(real, tmp_path):
@@ -122,22 +99,7 @@ def test_a_killed_tokenize_resumes(real, tmp_path):
         UNIT_DELAY_ENV: "30",
         "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "vilgkit",
-        "tokenize",
-        str(real["recipe"]),
-        "--out",
-        str(out),
-        "--batch-size",
-        "4",
-        "--image-tokenizer-from",
-        "recipe",
-        "--text-tokenizer-from",
-        "recipe",
-        "--no-progress",
-    ]
+    cmd = [sys.executable, "-m", "vilgkit", *tokenize_argv(real["recipe"], out, "--batch-size", "4")]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not (out / "shard-00000.done.json").is_file():

@@ -1,12 +1,8 @@
 """The same Trainer loop under DDP (2 CPU ranks, gloo) matches single-device training and resumes."""
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,44 +12,18 @@ from vilgkit_engine_toy import ToyRegression, ToyRegressionData
 from vilgkit.engine.checkpoint import load_tensors
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.engine.trainer import Trainer
+from vilgkit.testing.torchrun import run_torchrun
 from vilgkit_parallel.single import SingleDevice
 
 SUPPORT = Path(__file__).parent / "support"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torchrun(*args):
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        f"--master-port={free_port()}",
-        str(SUPPORT / "engine_ddp_train.py"),
-        *map(str, args),
-    ]
-    # own process group: on a timeout the workers are killed with the launcher, never orphaned
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
     try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun timed out:\n{out[-2000:]}{err[-2000:]}")
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+        proc = run_torchrun(SUPPORT / "engine_ddp_train.py", *map(str, args), timeout=240, pythonpath=[SUPPORT])
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"torchrun timed out:\n{err.output[-2000:]}{err.stderr[-2000:]}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -12,21 +12,12 @@ from vilgkit.engine.config import TrainerConfig
 from vilgkit.engine.muon import MuonAdamW, muon_param_groups
 from vilgkit.engine.trainer import Trainer
 from vilgkit.errors import VilgkitError
-from vilgkit.models.unified import UnifiedTransformer
+from vilgkit.testing.tiny import tiny_generator
 from vilgkit_parallel.single import SingleDevice
 
 
 def _tiny_generator():
-    torch.manual_seed(0)
-    return UnifiedTransformer(
-        text_vocab_size=32,
-        image_vocab_size=16,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        max_text_len=8,
-        max_image_grid=2,
-    )
+    return tiny_generator(text_vocab_size=32, image_vocab_size=16, num_heads=4, max_text_len=8, max_image_grid=2)
 
 
 def test_hidden_matrices_go_to_muon_and_the_rest_to_adamw():

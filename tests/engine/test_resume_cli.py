@@ -2,60 +2,19 @@
 (mid-training and mid-save) that resume to weights bit-identical to an uninterrupted run."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import torch
-import yaml
 
-from vilgkit.engine.checkpoint import FAULT_SAVE_DELAY_ENV, CheckpointManager, load_tensors
+from tests.engine.toy_runs import assert_identical, launch, reference_weights, toy_recipe, weights
+from vilgkit.engine.checkpoint import FAULT_SAVE_DELAY_ENV, CheckpointManager
 from vilgkit.engine.compat import IncompatibleResumeError
 from vilgkit.engine.runner import run
 
-SUPPORT = Path(__file__).parent / "support"
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def recipe(tmp_path, run_dir, steps=12, delay=0.0, checkpoint_every=3):
-    doc = {
-        "run_dir": str(run_dir),
-        "seed": 11,
-        "data": {"class_path": "vilgkit_engine_toy.ToyRegressionData", "init_args": {"size": 96, "dim": 4}},
-        "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
-        "stages": [
-            {
-                "class_path": "vilgkit_engine_toy.TrainToy",
-                "init_args": {
-                    "dim": 4,
-                    "hidden": 16,
-                    "dropout": 0.2,
-                    "delay": delay,
-                    "trainer": {
-                        "steps": steps,
-                        "batch_size": 8,
-                        "grad_accum": 2,
-                        "lr": 0.01,
-                        "warmup_steps": 3,
-                        "checkpoint_every": checkpoint_every,
-                        "keep_checkpoints": 2,
-                        "log_every": 1,
-                    },
-                },
-            }
-        ],
-    }
-    path = tmp_path / f"{Path(run_dir).name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
 
 def test_resume_checks_the_recipe(tmp_path):
-    path = recipe(tmp_path, tmp_path / "run", steps=6)
+    path = toy_recipe(tmp_path, tmp_path / "run", steps=6)
     run([str(path)])
     with pytest.raises(IncompatibleResumeError) as err:
         run(
@@ -89,23 +48,6 @@ def test_resume_checks_the_recipe(tmp_path):
     assert lines == [1, 2, 3, 4, 5, 6, 9]
 
 
-def launch(path, *extra, env_extra=None):
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        **(env_extra or {}),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "vilgkit", "run", str(path), *extra],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 def finish(proc, timeout=240):
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
@@ -123,53 +65,34 @@ def kill_when(proc, condition, timeout=240):
     assert proc.returncode == -signal.SIGKILL
 
 
-def final_weights(run_dir):
-    return load_tensors(Path(run_dir) / "train_toy" / "model.safetensors")
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted run, in this process on one thread like the subprocesses (same kernels,
-    same order of operations: bit-identical results on the same machine)."""
-    tmp = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run([str(recipe(tmp, tmp / "ref"))])
-    finally:
-        torch.set_num_threads(threads)
-    return final_weights(tmp / "ref")
-
-
-def assert_identical(a, b):
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    return reference_weights(tmp_path_factory.mktemp("reference"))
 
 
 @pytest.mark.slow
 def test_sigkill_mid_training_then_resume_is_bit_identical(tmp_path, reference):
     run_dir = tmp_path / "killed"
-    path = recipe(tmp_path, run_dir, delay=0.1)
+    path = toy_recipe(tmp_path, run_dir, delay=0.1)
     manager = CheckpointManager(run_dir / "train_toy" / "checkpoints", strategy=None)
-    kill_when(launch(path), lambda: (manager.latest() or (0,))[0] >= 6)
+    kill_when(launch(path, merge_stderr=True), lambda: (manager.latest() or (0,))[0] >= 6)
     assert manager.latest()[0] < 12  # really killed mid-run
-    finish(launch(path, "--resume"))
-    assert_identical(reference, final_weights(run_dir))
+    finish(launch(path, "--resume", merge_stderr=True))
+    assert_identical(reference, weights(run_dir))
 
 
 @pytest.mark.slow
 def test_sigkill_during_a_save_then_resume_is_bit_identical(tmp_path, reference):
     run_dir = tmp_path / "killed_saving"
-    path = recipe(tmp_path, run_dir)
+    path = toy_recipe(tmp_path, run_dir)
     ckpts = run_dir / "train_toy" / "checkpoints"
     partial = ckpts / ".tmp-step_00000006" / "trainer.json"
     # the save of step 6 sleeps between writing its files and writing its manifest: kill it there
-    proc = launch(path, env_extra={FAULT_SAVE_DELAY_ENV: "60@6"})
+    proc = launch(path, env_extra={FAULT_SAVE_DELAY_ENV: "60@6"}, merge_stderr=True)
     kill_when(proc, partial.is_file)
     manager = CheckpointManager(ckpts, strategy=None)
     assert [s for s, _ in manager.complete()] == [3]  # the half-written step 6 does not count
-    out = finish(launch(path, "--resume"))
+    out = finish(launch(path, "--resume", merge_stderr=True))
     assert "skipping checkpoint" not in out
-    assert_identical(reference, final_weights(run_dir))
+    assert_identical(reference, weights(run_dir))
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())

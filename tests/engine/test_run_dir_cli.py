@@ -11,90 +11,16 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 
+from tests.engine.toy_runs import assert_identical, launch, metric_steps, reference_weights, toy_recipe, weights
 from vilgkit.artifacts import LOCK, MANIFEST, RunDir
-from vilgkit.engine.checkpoint import FAULT_SAVE_FAIL_ENV, FAULT_SAVE_WAIT_ENV, load_tensors
+from vilgkit.engine.checkpoint import FAULT_SAVE_FAIL_ENV, FAULT_SAVE_WAIT_ENV
 from vilgkit.engine.checkpoint import MANIFEST as CKPT_MANIFEST
 from vilgkit.engine.runner import run
-
-SUPPORT = Path(__file__).parent / "support"
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def toy_recipe(
-    tmp_path: Path,
-    run_dir: Path,
-    *,
-    name: str = "toy",
-    steps: int = 12,
-    delay: float = 0.0,
-    hidden: int = 16,
-    vocab: int = 120,
-    tokenizer: bool = False,
-) -> Path:
-    doc = {
-        "run_dir": str(run_dir),
-        "seed": 11,
-        "data": {"class_path": "vilgkit_engine_toy.ToyRegressionData", "init_args": {"size": 96, "dim": 4}},
-        "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
-        "stages": [
-            {
-                "class_path": "vilgkit_engine_toy.TrainToy",
-                "init_args": {
-                    "dim": 4,
-                    "hidden": hidden,
-                    "dropout": 0.2,
-                    "delay": delay,
-                    "trainer": {
-                        "steps": steps,
-                        "batch_size": 8,
-                        "grad_accum": 2,
-                        "lr": 0.01,
-                        "warmup_steps": 3,
-                        "checkpoint_every": 3,
-                        "keep_checkpoints": 2,
-                        "log_every": 1,
-                    },
-                },
-            }
-        ],
-    }
-    if tokenizer:  # a first stage that writes files without checkpoints (the issue's fit_text_tokenizer)
-        doc["text_tokenizer"] = {"class_path": "WordPieceTokenizer", "init_args": {"vocab_size": vocab}}
-        doc["stages"].insert(
-            0,
-            {
-                "class_path": "FitTextTokenizer",
-                "init_args": {"data": {"class_path": "ShapesDataset", "init_args": {"size": 24, "image_size": 16}}},
-            },
-        )
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def launch(path: Path, *extra: str, env_extra: dict | None = None) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        **(env_extra or {}),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "vilgkit", "run", str(path), *extra],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def finish(proc: subprocess.Popen, code: int = 0, timeout: float = 300) -> tuple[str, str]:
@@ -112,31 +38,9 @@ def snapshot(run_dir: Path) -> dict[str, str]:
     }
 
 
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_tensors(run_dir / "train_toy" / "model.safetensors")
-
-
-def metric_steps(run_dir: Path) -> list[int]:
-    return [json.loads(x)["step"] for x in (run_dir / "train_toy" / "metrics.jsonl").read_text().splitlines()]
-
-
-def assert_identical(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted 12-step toy run (one thread, like the subprocesses)."""
-    tmp = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run([str(toy_recipe(tmp, tmp / "ref"))])
-    finally:
-        torch.set_num_threads(threads)
-    return weights(tmp / "ref")
+    return reference_weights(tmp_path_factory.mktemp("reference"))
 
 
 def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:

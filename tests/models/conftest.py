@@ -8,6 +8,7 @@ import torch
 from vilgkit.interfaces.attention import AttentionPattern
 from vilgkit.layout import Layout
 from vilgkit.models import UnifiedTransformer
+from vilgkit.testing.tiny import tiny_generator
 
 
 def reference_allowed(layout: Layout, image_rule) -> torch.Tensor:
@@ -69,24 +70,13 @@ class ReferenceSparsePattern(AttentionPattern):
         return self._memo[key]
 
 
+# the generator of most model tests: four layers and heads, 30 text / 20 image ids, 10 text positions
+TINY_MODEL = dict(text_vocab_size=30, image_vocab_size=20, num_layers=4, num_heads=4, max_text_len=10)
+
+
 def tiny_model(attention: AttentionPattern | None = None, **overrides) -> UnifiedTransformer:
-    kwargs = dict(
-        text_vocab_size=30,
-        image_vocab_size=20,
-        hidden_size=32,
-        num_layers=4,
-        num_heads=4,
-        max_text_len=10,
-        max_image_grid=4,
-        attention=attention,
-    )
-    kwargs.update(overrides)
-    torch.manual_seed(0)
-    model = UnifiedTransformer(**kwargs).eval()
-    with torch.no_grad():  # GPT-2 init makes an untrained model nearly ignore its input: spread it out
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.15)
-    return model
+    """:data:`TINY_MODEL` from seed 0, its weights spread out, in eval mode."""
+    return tiny_generator(seed=0, spread=0.15, attention=attention, **{**TINY_MODEL, **overrides}).eval()
 
 
 def _patterns() -> list:

@@ -9,6 +9,7 @@ import torch
 
 from vilgkit import dispatch
 from vilgkit.models import UnifiedTransformer
+from vilgkit.testing.tiny import tiny_generator
 
 
 @pytest.fixture
@@ -81,16 +82,7 @@ def test_real_probes_pick_a_branch_for_every_decision(fresh):
 
 
 def _tiny_model() -> UnifiedTransformer:
-    torch.manual_seed(0)
-    return UnifiedTransformer(
-        40,
-        24,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        max_text_len=8,
-        max_image_grid=4,
-    )
+    return tiny_generator(max_text_len=8)
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])

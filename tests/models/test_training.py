@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.models.conftest import ReferenceSparsePattern, tiny_model
+from tests.models.conftest import TINY_MODEL, ReferenceSparsePattern, tiny_model
 from vilgkit.models import UnifiedTransformer
 from vilgkit.registry import GENERATORS
+from vilgkit.testing.tiny import tiny_generator
 
 
 def _overfit(model, batch, steps, lr=3e-3):
@@ -27,17 +28,7 @@ def _overfit(model, batch, steps, lr=3e-3):
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_losses_finite_and_decrease_on_overfit_batch(sparse):
-    torch.manual_seed(0)
-    model = UnifiedTransformer(
-        40,
-        24,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        max_text_len=12,
-        max_image_grid=4,
-        attention=ReferenceSparsePattern() if sparse else None,
-    )
+    model = tiny_generator(attention=ReferenceSparsePattern() if sparse else None)
     batch = model.dummy_batch(4, 8, (3, 3), vqa=True, generator=torch.Generator().manual_seed(0))
     history = _overfit(model, batch, 40)
     first, last = history[0], history[-1]
@@ -54,8 +45,7 @@ REFERENCE_LOSSES = [6.920381, 5.610857, 4.731755, 3.900816]
 
 
 def test_reference_loss_curve():
-    torch.manual_seed(0)
-    model = UnifiedTransformer(40, 24, hidden_size=32, num_layers=2, num_heads=2, max_text_len=12, max_image_grid=4)
+    model = tiny_generator()
     batch = model.dummy_batch(4, 8, (3, 3), generator=torch.Generator().manual_seed(0))
     losses = [h["loss"] for h in _overfit(model, batch, 16)][::5]
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(REFERENCE_LOSSES), rtol=1e-3, atol=1e-3)
@@ -102,17 +92,7 @@ def test_state_dict_round_trip_through_safetensors(tmp_path):
     model = tiny_model()
     batch = model.dummy_batch(2, 6, (2, 2), vqa=True, generator=torch.Generator().manual_seed(0))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "g.safetensors"))
-    torch.manual_seed(123)
-    fresh = UnifiedTransformer(
-        **{
-            **UnifiedTransformer.conformance_args(),
-            "text_vocab_size": 30,
-            "image_vocab_size": 20,
-            "num_layers": 4,
-            "num_heads": 4,
-            "max_text_len": 10,
-        }
-    ).eval()
+    fresh = tiny_generator(seed=123, **TINY_MODEL).eval()
     fresh.load_state_dict(load_file(str(tmp_path / "g.safetensors")))
     with torch.no_grad():
         for key, value in model(batch).logits.items():

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-import vilgkit.artifacts as artifacts
 import vilgkit.stages.train_generator as train_generator
+from vilgkit.artifacts import recorded
 from vilgkit.engine.ranks import stage_barrier
 from vilgkit.interfaces import RunContext
 from vilgkit.stages.fit_text_tokenizer import FitTextTokenizer
@@ -41,7 +41,8 @@ class Captions(Dataset):
 
 def main(out: Path) -> None:
     writes = {"tokenizer": 0, "tokenized": 0, "tokenize_calls": 0}
-    real_save, real_save_file = WordPieceTokenizer.save, artifacts.save_file_atomic
+    # the atomic file write that artifacts.save_weights (the cache's writer) calls
+    real_save, real_save_file = WordPieceTokenizer.save, recorded.save_file_atomic
     real_tokenize = train_generator.tokenize_dataset
 
     def counted_tokenize(*args, **kwargs):  # the main rank is slow too: the other must wait for its file
@@ -59,7 +60,7 @@ def main(out: Path) -> None:
         return real_save_file(tensors, path, *args, **kwargs)
 
     WordPieceTokenizer.save = slow_save
-    artifacts.save_file_atomic = counted_save_file
+    recorded.save_file_atomic = counted_save_file
     train_generator.tokenize_dataset = counted_tokenize
 
     data = Captions()

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,39 +17,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 RECIPE, SMOKE = "recipes/ernievilg_10b.yaml", "recipes/debug/ernievilg_10b_smoke.yaml"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _losses(path: Path, key: str) -> list[float]:
     return [json.loads(line)[key] for line in path.read_text().splitlines() if key in json.loads(line)]
 
 
 def test_10b_smoke_runs_every_stage_and_exports_for_one_process(tmp_path):
     from vilgkit.testing.smoke_10b import build_smoke_data
+    from vilgkit.testing.torchrun import run_torchrun
 
     run, out = tmp_path / "run", tmp_path / "export"
     overrides = build_smoke_data(tmp_path / "data")  # tars, vocab.txt, taming checkpoint, code shards
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node=2",
-        f"--master-port={_port()}",
-        "-m",
-        "vilgkit",
-        "run",
-        RECIPE,
-        "--config",
-        SMOKE,
-        *overrides,
-        "--run_dir",
-        str(run),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    proc = run_torchrun("-m", "vilgkit", "run", RECIPE, "--config", SMOKE, *overrides, "--run_dir", run, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     generator = _losses(run / "train_generator" / "metrics.jsonl", "loss")
     assert len(generator) == 2 and all(math.isfinite(v) for v in generator) and generator[1] < generator[0]

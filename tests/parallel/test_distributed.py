@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from vilgkit.testing.torchrun import run_torchrun
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -26,25 +27,8 @@ pytestmark = pytest.mark.distributed
 TOL = 1e-5
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(nproc: int, out: Path, *scenarios: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc}",
-        f"--master-port={_port()}",
-        str(HERE / "worker.py"),
-        str(out),
-        *scenarios,
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = run_torchrun(HERE / "worker.py", out, *scenarios, nproc=nproc, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((out / f"results_w{nproc}.json").read_text())
 

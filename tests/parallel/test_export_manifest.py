@@ -15,6 +15,7 @@ import torch
 
 from vilgkit import artifacts
 from vilgkit.artifacts import MANIFEST, CorruptFileError, RunDir
+from vilgkit.testing.torchrun import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,14 +33,6 @@ SAVE = textwrap.dedent("""
 """)
 
 
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def sharded_run(tmp_path) -> Path:
     run = RunDir(tmp_path / "run")
@@ -47,7 +40,7 @@ def sharded_run(tmp_path) -> Path:
     step.parent.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", SAVE, str(step), str(_port())],
+        [sys.executable, "-c", SAVE, str(step), str(free_port())],
         cwd=ROOT,
         env=env,
         capture_output=True,

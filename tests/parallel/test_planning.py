@@ -223,16 +223,9 @@ def test_activation_formula_matches_saved_tensors(qk_norm):
 
 def test_model_dims_reads_qk_norm():
     from vilgkit.models.unified import UnifiedTransformer
+    from vilgkit.testing.tiny import tiny_generator_kwargs
 
-    kw = dict(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        text_vocab_size=64,
-        image_vocab_size=16,
-        max_text_len=8,
-        max_image_grid=4,
-    )
+    kw = tiny_generator_kwargs(text_vocab_size=64, image_vocab_size=16, num_heads=4, max_text_len=8)
     assert P.model_dims(UnifiedTransformer(**kw, qk_norm=True)).qk_norm
     assert not P.model_dims(UnifiedTransformer(**kw)).qk_norm
 

@@ -17,10 +17,6 @@ Tolerances (measured: 1.2e-7, then at most 5.8e-4 relative):
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,12 +34,6 @@ STAGE_FILES = {
     "train_generator": ["generator.safetensors", "generator.json", "samples/step_000003_images.png"],
     "finetune_vqa": ["generator.safetensors", "generator.json"],
 }
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _recipe(path: Path, run_dir: Path, strategy: dict, batch_size: int) -> Path:
@@ -73,23 +63,11 @@ def runs(tmp_path_factory):
     import torch
 
     from vilgkit.engine.runner import run
+    from vilgkit.testing.torchrun import run_torchrun
 
     tmp = tmp_path_factory.mktemp("recipe_torchrun")
     fsdp = _recipe(tmp / "fsdp.yaml", tmp / "fsdp", {"class_path": "FSDP", "init_args": {"device": "cpu"}}, 8)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node=2",
-        f"--master-port={_port()}",
-        "-m",
-        "vilgkit",
-        "run",
-        str(fsdp),
-        "--debug",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = run_torchrun("-m", "vilgkit", "run", fsdp, "--debug", timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -5,38 +5,20 @@ tokenizer and the tokenized-data cache; the other rank waits for each at a barri
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from vilgkit.testing.torchrun import run_torchrun
 
 pytestmark = pytest.mark.distributed
 HERE = Path(__file__).parent
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("single_writer")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node=2",
-        f"--master-port={_port()}",
-        str(HERE / "single_writer_worker.py"),
-        str(out),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_torchrun(HERE / "single_writer_worker.py", out, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out / "run", [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 

@@ -85,16 +85,9 @@ def meta_init(out: Path) -> dict:
     """A small UnifiedTransformer built by FSDP on meta (hybrid 1x2, offload, bf16 compute) against a
     CPU build from the same seed: consolidated weights and the RNG afterwards."""
     from vilgkit.models.unified import UnifiedTransformer
+    from vilgkit.testing.tiny import tiny_generator_kwargs
 
-    kw = dict(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        text_vocab_size=50,
-        image_vocab_size=24,
-        max_text_len=8,
-        max_image_grid=4,
-    )
+    kw = tiny_generator_kwargs(text_vocab_size=50, num_heads=4, max_text_len=8)
     torch.manual_seed(7)
     reference = UnifiedTransformer(**kw).state_dict()
     rng_reference = torch.get_rng_state()

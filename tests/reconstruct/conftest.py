@@ -15,20 +15,12 @@ import vilgkit_reconstruct  # noqa: F401  (registers the reconstructors)
 @pytest.fixture
 def tiny():
     """A tiny dVAE (f=4, 16 px → 4×4 codes), a tiny generator, real-looking images, gold codes and a batch."""
-    from vilgkit.models import UnifiedTransformer
+    from vilgkit.testing.tiny import tiny_generator
     from vilgkit_vq import DVAETokenizer
 
     torch.manual_seed(0)
     tok = DVAETokenizer(codebook_size=16, code_dim=8, downsample=4, hidden=8).eval()
-    gen = UnifiedTransformer(
-        text_vocab_size=40,
-        image_vocab_size=16,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        max_text_len=12,
-        max_image_grid=4,
-    )
+    gen = tiny_generator(seed=None, image_vocab_size=16)  # after the tokenizer, from the same seed
     images = torch.rand(3, 3, 16, 16) * 2 - 1
     with torch.no_grad():
         codes = tok.encode(images)

@@ -151,87 +151,27 @@ def test_bad_uploads_and_questions_are_refused_and_the_server_keeps_serving(clie
         422,
     )
     refused(client.post("/api/caption"), 422, "image", "required")
-    refused(
-        client.post("/api/caption", files={"image": ("a.png", b"", "image/png")}),
-        422,
-        "empty",
-    )
-    refused(
-        client.post("/api/caption", files={"image": ("a.png", b"GIF89a garbage", "image/png")}),
-        422,
-        "not a readable image",
-    )
+
+    def upload(path: str, data: dict | None = None, file: tuple = ("a.png", png(), "image/png")) -> httpx.Response:
+        """POST ``file`` as the form's image (with the fields ``data``) to ``path``."""
+        return client.post(path, files={"image": file}, data=data)
+
+    refused(upload("/api/caption", file=("a.png", b"", "image/png")), 422, "empty")
+    refused(upload("/api/caption", file=("a.png", b"GIF89a garbage", "image/png")), 422, "not a readable image")
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, "TIFF")
-    refused(
-        client.post("/api/caption", files={"image": ("a.tif", buf.getvalue(), "image/tiff")}),
-        415,
-        "TIFF",
-    )
-    refused(
-        client.post("/api/caption", files={"image": ("big.png", png((2048, 1024)), "image/png")}),
-        413,
-        "pixels",
-    )
-    refused(
-        client.post(
-            "/api/caption",
-            files={"image": ("a.bin", b"\x89PNG" + b"0" * 300_000, "image/png")},
-        ),
-        413,
-    )
-    refused(
-        client.post(
-            "/api/caption",
-            files={"image": ("a.png", png(), "image/png")},
-            data={"method": "magic"},
-        ),
-        422,
-        "method",
-    )
-    refused(
-        client.post(
-            "/api/caption",
-            files={"image": ("a.png", png(), "image/png")},
-            data={"num_beams": "99"},
-        ),
-        422,
-        "num_beams",
-    )
-    refused(
-        client.post("/api/vqa", files={"image": ("a.png", png(), "image/png")}),
-        422,
-        "question",
-        "required",
-    )
-    refused(
-        client.post(
-            "/api/vqa",
-            files={"image": ("a.png", png(), "image/png")},
-            data={"question": "  "},
-        ),
-        422,
-        "question",
-    )
-    refused(
-        client.post(
-            "/api/vqa",
-            files={"image": ("a.png", png(), "image/png")},
-            data={"question": "why," * 20},
-        ),
-        422,
-        "question",
-        "tokens",
-    )
-    refused(
-        client.post(
-            "/api/vqa",
-            files={"image": ("a.png", png(), "image/png")},
-            data={"question": "x?", "method": "sample"},
-        ),
-        422,
-        "method",
-    )
+    refused(upload("/api/caption", file=("a.tif", buf.getvalue(), "image/tiff")), 415, "TIFF")
+    refused(upload("/api/caption", file=("big.png", png((2048, 1024)), "image/png")), 413, "pixels")
+    refused(upload("/api/caption", file=("a.bin", b"\x89PNG" + b"0" * 300_000, "image/png")), 413)
+    for path, data, words in (
+        ("/api/caption", {"method": "magic"}, ("method",)),
+        ("/api/caption", {"num_beams": "99"}, ("num_beams",)),
+        ("/api/vqa", None, ("question", "required")),
+        ("/api/vqa", {"question": "  "}, ("question",)),
+        ("/api/vqa", {"question": "why," * 20}, ("question", "tokens")),
+        ("/api/vqa", {"question": "x?", "method": "sample"}, ("method",)),
+    ):
+        refused(upload(path, data), 422, *words)
     chunks = iter([b'{"prompt": ', b'"a red circle"}'])
     refused(
         client.post(

@@ -24,42 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="generator stage to load (default: the last one trained)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument(
-        "--max-candidates",
-        type=int,
-        default=d.max_candidates,
-        help="most candidates per prompt (default: %(default)s)",
+    # (flag, type, default, help): the request limits (their defaults are Limits') and the batcher
+    flags = (
+        ("--max-candidates", int, d.max_candidates, "most candidates per prompt"),
+        ("--max-prompt-chars", int, d.max_prompt_chars, "longest prompt/question in characters"),
+        ("--max-upload-bytes", int, d.max_upload_bytes, "largest uploaded image in bytes"),
+        ("--max-pending", int, d.max_pending, "requests queued at once, more get 503"),
+        ("--batch-window-ms", float, 10.0, "how long requests arriving together are collected into one batch"),
+        ("--max-batch", int, 16, "most prompts/images in one model call"),
     )
-    parser.add_argument(
-        "--max-prompt-chars",
-        type=int,
-        default=d.max_prompt_chars,
-        help="longest prompt/question in characters (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-upload-bytes",
-        type=int,
-        default=d.max_upload_bytes,
-        help="largest uploaded image in bytes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-pending",
-        type=int,
-        default=d.max_pending,
-        help="requests queued at once, more get 503 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--batch-window-ms",
-        type=float,
-        default=10.0,
-        help="how long requests arriving together are collected into one batch (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-batch",
-        type=int,
-        default=16,
-        help="most prompts/images in one model call (default: %(default)s)",
-    )
+    for flag, kind, default, text in flags:
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
 
 
 def add_server_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:

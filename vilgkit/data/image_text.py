@@ -12,8 +12,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from vilgkit.data.preprocess import DataQualityError, SkipStats, check_caption, load_image
-from vilgkit.data.shapes.language import detect_language
+from vilgkit.data.preprocess import DataQualityError, SkipStats, caption_sample, check_caption, load_image
 from vilgkit.registry import DATASETS
 
 
@@ -157,15 +156,7 @@ class ImageTextFolder(Dataset):
                 self._undecodable.add(row)
                 self.stats.skip("undecodable_image", str(path))
                 continue
-            return {
-                "image": image,
-                "caption": caption,
-                "question": "",
-                "answer": "",
-                "lang": detect_language(caption),
-                "index": index,
-                "key": str(path),
-            }
+            return caption_sample(image, caption, str(path), index=index)
         raise DataQualityError(f"{self.index_path}: no image in the index could be decoded")
 
     def iter_texts(self, limit: int | None = None) -> Iterator[str]:

@@ -6,6 +6,7 @@
   ``missing_image``, ``missing_caption``, ``empty_caption``, ``long_caption``, ``corrupt_shard``,
   ``bad_row``…); above ``max_skip_fraction`` of the samples seen the reader stops with a
   :class:`DataQualityError` naming the shard or file where it happened.
+* :func:`caption_sample`: the sample dict both readers return.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vilgkit.data.shapes.language import detect_language
 from vilgkit.errors import VilgkitError
 
 
@@ -114,3 +116,10 @@ def check_caption(caption: Any, max_chars: int) -> tuple[str | None, str | None]
     if len(text) > max_chars:
         return None, "long_caption"
     return text, None
+
+
+def caption_sample(image: torch.Tensor, caption: str, key: str, **extra: Any) -> dict[str, Any]:
+    """One image-caption sample as the real-data readers yield it (no VQA fields: empty question and
+    answer), its language detected from the caption; ``extra`` entries come before ``key``."""
+    text = {"caption": caption, "question": "", "answer": "", "lang": detect_language(caption)}
+    return {"image": image, **text, **extra, "key": key}

@@ -40,8 +40,7 @@ from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
-from vilgkit.data.preprocess import SkipStats, check_caption, load_image
-from vilgkit.data.shapes.language import detect_language
+from vilgkit.data.preprocess import SkipStats, caption_sample, check_caption, load_image
 from vilgkit.registry import DATASETS
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -274,14 +273,7 @@ class WebDatasetReader(IterableDataset):
             self.stats.skip(reason, where)
             return None
         self.stats.ok()
-        return {
-            "image": image,
-            "caption": caption,
-            "question": "",
-            "answer": "",
-            "lang": detect_language(caption),
-            "key": key,
-        }
+        return caption_sample(image, caption, key)
 
     def iter_shard(self, index: int) -> Iterator[dict[str, Any]]:
         """The decoded samples of shard ``urls[index]`` in tar order, once (bad samples skipped and

@@ -306,7 +306,7 @@ def damaged_as_error(directory: Path):
     except (VilgkitError, MemoryError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as err:  # SafetensorError, UnpicklingError, KeyError, a sharded integrity error…
-        detail = artifacts._first_line(err)
+        detail = artifacts.first_line(err)
         raise DamagedCheckpointError(f"{directory}: cannot be read ({type(err).__name__}: {detail})") from err
 
 

@@ -96,6 +96,16 @@ class Campaign:
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
 
+    def query(self, sql: str, args: tuple | list = ()) -> list[sqlite3.Row]:
+        """The rows of one read-only query, on a connection of its own."""
+        with closing(self.connect()) as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def query_one(self, sql: str, args: tuple | list = ()) -> sqlite3.Row | None:
+        """The first row of :meth:`query`, or ``None``."""
+        rows = self.query(sql, args)
+        return rows[0] if rows else None
+
     def _read_meta(self) -> dict[str, Any]:
         try:
             with closing(sqlite3.connect(self.path, timeout=30)) as conn:
@@ -107,8 +117,7 @@ class Campaign:
 
     def input_ids(self, done: bool | None = None) -> list[int]:
         query = "SELECT id FROM inputs" + ("" if done is None else f" WHERE done = {int(done)}") + " ORDER BY id"
-        with closing(self.connect()) as conn:
-            return [r[0] for r in conn.execute(query)]
+        return [r[0] for r in self.query(query)]
 
     def add_inputs(self, rows: list[dict[str, Any]]) -> None:
         """The campaign's inputs (``text``, ``question``, ``truth``, ``image`` PNG bytes), once."""
@@ -121,9 +130,8 @@ class Campaign:
             )
 
     def inputs(self, ids: list[int]) -> list[sqlite3.Row]:
-        with closing(self.connect()) as conn:
-            marks = ",".join("?" * len(ids))
-            return list(conn.execute(f"SELECT * FROM inputs WHERE id IN ({marks}) ORDER BY id", ids))
+        marks = ",".join("?" * len(ids))
+        return self.query(f"SELECT * FROM inputs WHERE id IN ({marks}) ORDER BY id", ids)
 
     def add_items(self, input_ids: list[int], items: list[dict[str, Any]]) -> None:
         """The outputs for ``input_ids`` (``input_id``, ``system``, ``output_text``, ``image``), in one
@@ -150,12 +158,11 @@ class Campaign:
         """The rater's next item (blind: no system), or ``None`` when nothing is left for them."""
         rater = check_rater(rater)
         k = int(self.meta["raters_per_item"])
-        with closing(self.connect()) as conn:
-            rows = conn.execute(
-                "SELECT i.id, COUNT(DISTINCT r.rater) AS n, SUM(r.rater = ?) AS mine FROM items i "
-                "LEFT JOIN ratings r ON r.item_id = i.id GROUP BY i.id",
-                (rater,),
-            ).fetchall()
+        rows = self.query(
+            "SELECT i.id, COUNT(DISTINCT r.rater) AS n, SUM(r.rater = ?) AS mine FROM items i "
+            "LEFT JOIN ratings r ON r.item_id = i.id GROUP BY i.id",
+            (rater,),
+        )
         open_items = [r["id"] for r in rows if not r["mine"] and r["n"] < k]
         if not open_items:
             return None
@@ -163,12 +170,11 @@ class Campaign:
 
     def item(self, item_id: int) -> dict[str, Any]:
         """What a rater sees of an item: the text/question, the output, the image's URL; never the system."""
-        with closing(self.connect()) as conn:
-            row = conn.execute(
-                "SELECT i.id, i.output_text, i.image IS NOT NULL AS has_image, n.text, n.question "
-                "FROM items i JOIN inputs n ON n.id = i.input_id WHERE i.id = ?",
-                (item_id,),
-            ).fetchone()
+        row = self.query_one(
+            "SELECT i.id, i.output_text, i.image IS NOT NULL AS has_image, n.text, n.question "
+            "FROM items i JOIN inputs n ON n.id = i.input_id WHERE i.id = ?",
+            (item_id,),
+        )
         if row is None:
             raise CampaignError(f"item {item_id}: no such item", status=404)
         return {
@@ -181,11 +187,10 @@ class Campaign:
 
     def image(self, item_id: int) -> bytes:
         """The PNG shown with an item: the generated image (text→image) or the input image."""
-        with closing(self.connect()) as conn:
-            row = conn.execute(
-                "SELECT COALESCE(i.image, n.image) FROM items i JOIN inputs n ON n.id = i.input_id WHERE i.id = ?",
-                (item_id,),
-            ).fetchone()
+        row = self.query_one(
+            "SELECT COALESCE(i.image, n.image) FROM items i JOIN inputs n ON n.id = i.input_id WHERE i.id = ?",
+            (item_id,),
+        )
         if row is None or row[0] is None:
             raise CampaignError(f"item {item_id}: no such item or no image", status=404)
         return bytes(row[0])
@@ -221,22 +226,12 @@ class Campaign:
     def ratings(self) -> list[dict[str, Any]]:
         """Every rating with its item's system and input: ``item``, ``input``, ``system``, ``rater``,
         ``criterion``, ``score``."""
-        with closing(self.connect()) as conn:
-            rows = conn.execute(
-                "SELECT r.item_id, i.input_id, i.system, r.rater, r.criterion, r.score FROM ratings r "
-                "JOIN items i ON i.id = r.item_id ORDER BY r.item_id, r.rater, r.criterion"
-            ).fetchall()
-        return [
-            {
-                "item": r[0],
-                "input": r[1],
-                "system": r[2],
-                "rater": r[3],
-                "criterion": r[4],
-                "score": r[5],
-            }
-            for r in rows
-        ]
+        rows = self.query(
+            "SELECT r.item_id, i.input_id, i.system, r.rater, r.criterion, r.score FROM ratings r "
+            "JOIN items i ON i.id = r.item_id ORDER BY r.item_id, r.rater, r.criterion"
+        )
+        fields = ("item", "input", "system", "rater", "criterion", "score")
+        return [dict(zip(fields, r)) for r in rows]
 
     def counts(self, rater: str | None = None) -> dict[str, int]:
         """Items, ratings needed (items × raters per item), ratings given (by ``rater``, when named)."""

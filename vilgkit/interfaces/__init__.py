@@ -1,7 +1,7 @@
 """The abstract interfaces of docs/architecture.md §3. Core depends only on these; plugins implement them."""
 
-from vilgkit.interfaces.attention import AttentionPattern
-from vilgkit.interfaces.decode_cache import DecodeCache
+from vilgkit.interfaces.attention import AttendContext, AttentionPattern
+from vilgkit.interfaces.decode_cache import CacheGeometry, DecodeCache, StepKeys
 from vilgkit.interfaces.generator import Generator, GeneratorOutput
 from vilgkit.interfaces.image_tokenizer import ImageTokenizer
 from vilgkit.interfaces.parallel import MemoryPlan, ParallelStrategy, StrategyLayout
@@ -12,7 +12,9 @@ from vilgkit.interfaces.text_tokenizer import TextTokenizer
 from vilgkit.interfaces.trainable import Trainable
 
 __all__ = [
+    "AttendContext",
     "AttentionPattern",
+    "CacheGeometry",
     "DecodeCache",
     "Generator",
     "GeneratorOutput",
@@ -25,6 +27,7 @@ __all__ = [
     "Reranker",
     "RunContext",
     "Stage",
+    "StepKeys",
     "StrategyLayout",
     "TextTokenizer",
     "Trainable",

@@ -10,11 +10,12 @@ Shapes (dimension key): B batch, H heads, N sequence length, D head dim, K gathe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from vilgkit.interfaces.decode_cache import DecodeCache
+from vilgkit.interfaces.decode_cache import CacheGeometry, DecodeCache
 from vilgkit.layout import Layout
 
 
@@ -66,6 +67,17 @@ def check_decode_position(layout: Layout, position: int) -> None:
         )
 
 
+class AttendContext(NamedTuple):
+    """Which keys a full-sequence :meth:`AttentionPattern.attend` call's queries may see: the
+    pattern's ``allowed`` mask for ``layer`` of ``num_layers`` on ``layout``, less the padded keys
+    (``key_padding_mask`` ``Bool[B, N]``, True = pad; ``None``: no padding). Inputs already checked."""
+
+    layer: int
+    num_layers: int
+    layout: Layout
+    key_padding_mask: torch.Tensor | None = None
+
+
 class AttentionPattern(ABC):
     """Decides, per layer, which keys a query attends to, and computes attention accordingly."""
 
@@ -94,11 +106,21 @@ class AttentionPattern(ABC):
             key_padding_mask: ``Bool[B, N]``, True where the key is padding (never attended).
 
         Returns:
-            ``[B, H, N, D]``. The default is SDPA with the oracle mask; sparse patterns override it
-            with kernels that only compute what the mask allows.
+            ``[B, H, N, D]``: :meth:`attention` of the inputs, after clear errors for a layer index
+            out of range or mismatched shapes.
         """
-        mask = with_key_padding(self.allowed(layer, num_layers, layout).to(q.device), key_padding_mask)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        check_layer(layer, num_layers)
+        check_attend_inputs(q, k, v, layout, key_padding_mask)
+        return self.attention(q, k, v, AttendContext(layer, num_layers, layout, key_padding_mask))
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, where: AttendContext) -> torch.Tensor:
+        """The attention ``[B, H, N, D]`` of checked inputs (what :meth:`attend` computes).
+
+        The default is SDPA with the oracle mask; patterns override it with kernels that only
+        compute what the mask allows (they must agree with the default).
+        """
+        allowed = self.allowed(where.layer, where.num_layers, where.layout).to(q.device)
+        return masked_sdpa(q, k, v, allowed, where.key_padding_mask)
 
     def decode_keys(self, layer: int, num_layers: int, layout: Layout, position: int) -> torch.Tensor | None:
         """Key positions the query at ``position`` needs when decoding with a KV cache.
@@ -113,18 +135,9 @@ class AttentionPattern(ABC):
             return None
         return row.nonzero().flatten()
 
-    def decode_cache(
-        self,
-        layout: Layout,
-        num_layers: int,
-        batch_size: int,
-        num_heads: int,
-        head_dim: int,
-        *,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> DecodeCache | None:
-        """A decoding cache laid out for this pattern, or ``None`` (the default) for the generator's own.
+    def decode_cache(self, layout: Layout, num_layers: int, geometry: CacheGeometry) -> DecodeCache | None:
+        """A decoding cache of ``geometry`` laid out for this pattern, or ``None`` (the default) for the
+        generator's own.
 
         The generator's cache slices the prefix where :meth:`decode_keys` is ``None`` and gathers the
         listed keys otherwise; a pattern whose keys can be kept contiguous returns a cache that

@@ -27,9 +27,10 @@ class ImageTokenizer(nn.Module, ABC):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` in [-1, 1] → codes ``[B, h, w]`` (int64)."""
 
-    @abstractmethod
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes ``[B, h, w]`` → images ``[B, 3, H, W]`` in [-1, 1]."""
+        """Codes ``[B, h, w]`` → images ``[B, 3, H, W]`` in [-1, 1]: by default the decoder on the
+        codebook embeddings, ``decode_embedding(embed(codes))``."""
+        return self.decode_embedding(self.embed(codes))
 
     @abstractmethod
     def embed(self, codes: torch.Tensor) -> torch.Tensor:

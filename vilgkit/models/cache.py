@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from vilgkit.interfaces.decode_cache import DecodeCache
+from vilgkit.interfaces.decode_cache import DecodeCache, StepKeys
 from vilgkit.layout import Layout
 
 
@@ -72,28 +71,11 @@ class KVCache(DecodeCache):
             return None
         return plan[position - self.layout.source_length]
 
-    def attend(
-        self,
-        layer: int,
-        position: int,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-    ) -> torch.Tensor:
+    def write_step(self, layer: int, position: int, k: torch.Tensor, v: torch.Tensor) -> StepKeys:
         k_cache, v_cache = self.keys[layer], self.values[layer]
         k_cache[:, :, position : position + 1].copy_(k)
         v_cache[:, :, position : position + 1].copy_(v)
-        valid, key_index = self.valid_mask(), self.key_index(layer, position)
-        if key_index is None:
-            keys, values = k_cache[:, :, : position + 1], v_cache[:, :, : position + 1]
-            mask = None if valid is None else valid[..., : position + 1]
-        else:  # sparse: gather only the keys the pattern allows (K ≪ P for row/column/conv layers)
-            keys, values = (
-                k_cache.index_select(2, key_index),
-                v_cache.index_select(2, key_index),
-            )
-            mask = None if valid is None else valid.index_select(3, key_index)
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return StepKeys(k_cache, v_cache, position + 1, self.valid_mask(), self.key_index(layer, position))
 
     def reorder(self, rows: torch.Tensor) -> None:
         n = self.length

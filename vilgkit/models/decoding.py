@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from vilgkit.interfaces.attention import AttentionPattern
-from vilgkit.interfaces.decode_cache import DecodeCache
+from vilgkit.interfaces.decode_cache import CacheGeometry, DecodeCache
 from vilgkit.layout import Layout
 from vilgkit.models.cache import KVCache
 from vilgkit.models.gemv import decode_linear
@@ -106,9 +106,8 @@ class DecodingMixin:
         device = torch.device(device) if device is not None else ref.device
         dtype = dtype or ref.dtype
         heads, head_dim = self.num_heads, self.hidden_size // self.num_heads
-        own = self.attention.decode_cache(
-            layout, self.num_layers, batch_size, heads, head_dim, device=device, dtype=dtype
-        )
+        geometry = CacheGeometry(batch_size, heads, head_dim, device, dtype)
+        own = self.attention.decode_cache(layout, self.num_layers, geometry)
         if own is not None:
             return own
         shape = (batch_size, heads, layout.length, head_dim)

@@ -26,8 +26,8 @@ import torch
 
 from vilgkit import dispatch, dispatch_probes
 from vilgkit.interfaces.attention import (
+    AttendContext,
     AttentionPattern,
-    check_attend_inputs,
     check_decode_position,
     check_layer,
     masked_sdpa,
@@ -83,26 +83,14 @@ class DenseAttention(AttentionPattern):
         check_layer(layer, num_layers)
         return unilm_mask(layout.source_length, layout.length)
 
-    def attend(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        *,
-        layer: int,
-        num_layers: int,
-        layout: Layout,
-        key_padding_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, where: AttendContext) -> torch.Tensor:
         """Masked attention ``[B, H, N, D]``: explicit or SDPA on the CPU (per machine), SDPA elsewhere."""
-        check_layer(layer, num_layers)
-        check_attend_inputs(q, k, v, layout, key_padding_mask)
-        allowed = unilm_mask(layout.source_length, layout.length, q.device)
+        allowed = unilm_mask(where.layout.source_length, where.layout.length, q.device)
         if q.device.type == "cpu":
             low = q.dtype in (torch.bfloat16, torch.float16)
             if dispatch.choose("attention_bf16" if low else "attention_fp32") == "explicit":
-                return masked_attention(q, k, v, with_key_padding(allowed, key_padding_mask))
-        return masked_sdpa(q, k, v, allowed, key_padding_mask)
+                return masked_attention(q, k, v, with_key_padding(allowed, where.key_padding_mask))
+        return masked_sdpa(q, k, v, allowed, where.key_padding_mask)
 
     def decode_keys(self, layer: int, num_layers: int, layout: Layout, position: int) -> torch.Tensor | None:
         """``None``: a dense target query sees every cached position ``0..position``."""

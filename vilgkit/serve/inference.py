@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -118,33 +119,30 @@ class ModelRunner:
             job.finish({"prompt": prompts[b], "settings": settings, "candidates": candidates})
 
     def caption(self, jobs: list[Job]) -> None:
-        settings = jobs[0].payload["settings"]
-        for job in jobs:
-            job.advance("captioning", 0.2)
-        captions = self.pipe.image_to_text(
-            [job.payload["image"] for job in jobs],
-            method=settings["method"],
-            num_beams=settings["num_beams"],
-            seed=0,
-        )
-        for job, caption in zip(jobs, captions):
-            job.finish({"caption": caption, "settings": settings})
+        def decode(images: list, method: str, num_beams: int) -> list[str]:
+            return self.pipe.image_to_text(images, method=method, num_beams=num_beams, seed=0)
+
+        self._image_to_text(jobs, "captioning", decode, lambda job, caption: {"caption": caption})
 
     def vqa(self, jobs: list[Job]) -> None:
+        questions = [job.payload["question"] for job in jobs]
+
+        def decode(images: list, method: str, num_beams: int) -> list[str]:
+            return self.pipe.answer(images, questions, method=method, num_beams=num_beams)
+
+        self._image_to_text(
+            jobs, "answering", decode, lambda job, answer: {"question": job.payload["question"], "answer": answer}
+        )
+
+    @staticmethod
+    def _image_to_text(
+        jobs: list[Job], stage: str, decode: Callable[..., list[str]], result: Callable[[Job, str], dict[str, Any]]
+    ) -> None:
+        """Image → text jobs of one batch (they share their settings): one ``decode`` call for every
+        image, then each job finished with ``result(job, text)`` and the settings."""
         settings = jobs[0].payload["settings"]
         for job in jobs:
-            job.advance("answering", 0.2)
-        answers = self.pipe.answer(
-            [job.payload["image"] for job in jobs],
-            [job.payload["question"] for job in jobs],
-            method=settings["method"],
-            num_beams=settings["num_beams"],
-        )
-        for job, answer in zip(jobs, answers):
-            job.finish(
-                {
-                    "question": job.payload["question"],
-                    "answer": answer,
-                    "settings": settings,
-                }
-            )
+            job.advance(stage, 0.2)
+        texts = decode([job.payload["image"] for job in jobs], settings["method"], settings["num_beams"])
+        for job, text in zip(jobs, texts):
+            job.finish({**result(job, text), "settings": settings})

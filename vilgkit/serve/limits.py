@@ -77,12 +77,8 @@ def image_settings(request: dict[str, Any], saved: InferenceSettings, limits: Li
     n = pick("num_candidates")
     if not isinstance(n, int) or not 1 <= n <= limits.max_candidates:
         raise RequestError(422, f"num_candidates: {n!r}; allowed: 1 to {limits.max_candidates}")
-    temperature = float(pick("temperature"))
-    if not 0 <= temperature <= limits.max_temperature:
-        raise RequestError(
-            422,
-            f"temperature: {temperature}; allowed: 0 (greedy) to {limits.max_temperature}",
-        )
+    high = limits.max_temperature
+    temperature = _from_zero("temperature", float(pick("temperature")), high, f"0 (greedy) to {high}")
     top_k = pick("top_k") or None  # 0: off
     if top_k is not None and not 1 <= int(top_k) <= vocab:
         raise RequestError(422, f"top_k: {top_k}; allowed: 0 (off) or 1 to the code book size {vocab}")
@@ -90,12 +86,8 @@ def image_settings(request: dict[str, Any], saved: InferenceSettings, limits: Li
     top_p = None if top_p is None or float(top_p) == 1.0 else float(top_p)
     if top_p is not None and not 0 < top_p <= 1:
         raise RequestError(422, f"top_p: {top_p}; allowed: more than 0, at most 1 (1: off)")
-    cfg_scale = float(pick("cfg_scale"))
-    if not 0 <= cfg_scale <= limits.max_cfg_scale:
-        raise RequestError(
-            422,
-            f"cfg_scale: {cfg_scale}; allowed: 0 to {limits.max_cfg_scale} (1: no guidance)",
-        )
+    high = limits.max_cfg_scale
+    cfg_scale = _from_zero("cfg_scale", float(pick("cfg_scale")), high, f"0 to {high} (1: no guidance)")
     reranker = str(pick("reranker"))
     seed = request.get("seed")
     seed = 0 if seed is None else int(seed)
@@ -110,6 +102,13 @@ def image_settings(request: dict[str, Any], saved: InferenceSettings, limits: Li
         "cfg_scale": cfg_scale,
         "seed": seed,
     }
+
+
+def _from_zero(field: str, value: float, high: float, allowed: str) -> float:
+    """``value`` when it lies in ``[0, high]``; else a 422 naming ``field`` and what is ``allowed``."""
+    if not 0 <= value <= high:
+        raise RequestError(422, f"{field}: {value}; allowed: {allowed}")
+    return value
 
 
 def text_settings(request: dict[str, Any], saved: InferenceSettings, limits: Limits, *, vqa: bool) -> dict[str, Any]:

@@ -13,6 +13,7 @@ A recipe's last stage, e.g.::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any
@@ -216,20 +217,10 @@ class Evaluate(Stage):
 
     def inference_settings(self, report: str | None = None) -> InferenceSettings:
         """The settings this stage evaluates with, as the run's inference defaults."""
-        s = self.sampling
-        return InferenceSettings(
-            num_candidates=s.num_candidates,
-            reranker=reranker_name(self.reranker),
-            temperature=s.temperature,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            cfg_scale=s.cfg_scale,
-            caption_method=s.caption_method,
-            num_beams=s.num_beams,
-            max_text_length=s.max_text_length,
-            evaluated_by=self.name,
-            report=report,
-        )
+        # every sampling setting is an inference setting of the same name
+        sampling = dataclasses.asdict(self.sampling)
+        reranker = reranker_name(self.reranker)
+        return InferenceSettings(**sampling, reranker=reranker, evaluated_by=self.name, report=report)
 
 
 def run_evaluation(

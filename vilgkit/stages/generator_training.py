@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +372,7 @@ def check_direction_weights(weights: dict[str, float] | None, directions: Sequen
     )
 
 
+@dataclass(eq=False, repr=False)  # holds tensors and tokenizers: identity, not value
 class SampleGrids:
     """Trainer callback: every ``every`` steps, sample images for fixed prompts and caption fixed images.
 
@@ -379,23 +381,13 @@ class SampleGrids:
     captions to ``samples/captions.jsonl``.
     """
 
-    def __init__(
-        self,
-        every: int,
-        prompts: list[str],
-        images: torch.Tensor,
-        text_tokenizer: TextTokenizer,
-        image_tokenizer: ImageTokenizer,
-        grid: tuple[int, int],
-        seed: int = 0,
-    ) -> None:
-        self.every = every
-        self.prompts = prompts
-        self.images = images
-        self.text_tokenizer = text_tokenizer
-        self.image_tokenizer = image_tokenizer
-        self.grid = grid
-        self.seed = seed
+    every: int
+    prompts: list[str]
+    images: torch.Tensor
+    text_tokenizer: TextTokenizer
+    image_tokenizer: ImageTokenizer
+    grid: tuple[int, int]
+    seed: int = 0
 
     def __call__(self, step: int, module: nn.Module, out_dir: Path) -> None:
         inner = getattr(module, "module", module)

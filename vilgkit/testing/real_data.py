@@ -186,3 +186,10 @@ def write_taming_checkpoint(
         disc_ndf=8,
     )
     return export_taming_checkpoint(tok, folder)
+
+
+def tokenize_argv(recipe: str | Path, out: str | Path, *extra: str) -> list[str]:
+    """``vilgkit tokenize RECIPE --out OUT EXTRA...`` (the arguments after ``vilgkit``) with the
+    recipe's own tokenizers (a published vocabulary and checkpoint, no fit stage) and no progress bar."""
+    from_recipe = ["--image-tokenizer-from", "recipe", "--text-tokenizer-from", "recipe"]
+    return ["tokenize", str(recipe), "--out", str(out), *from_recipe, "--no-progress", *extra]

@@ -86,33 +86,29 @@ async function generate(event) {
   }
 }
 
-async function caption(event) {
+// An image → text request: post `fields` (in order) to `url`, show the result's `key` text in the
+// element `output` and keep it raw in its `data-<key>` attribute (what the browser test waits for).
+async function imageToText(event, url, fields, output, key) {
   event.preventDefault();
   showError("");
   const form = new FormData();
-  form.append("image", $("caption-file").files[0]);
+  for (const [name, value] of Object.entries(fields)) form.append(name, value);
   try {
-    const result = await api("/api/caption", { method: "POST", body: form });
-    $("caption-result").textContent = result.caption || "(the model gave an empty caption)";
-    $("caption-result").dataset.caption = result.caption;
+    const result = await api(url, { method: "POST", body: form });
+    $(output).textContent = result[key] || "(the model gave an empty " + key + ")";
+    $(output).dataset[key] = result[key];
   } catch (err) {
     showError(err.message);
   }
 }
 
-async function ask(event) {
-  event.preventDefault();
-  showError("");
-  const form = new FormData();
-  form.append("image", $("vqa-file").files[0]);
-  form.append("question", $("vqa-question").value);
-  try {
-    const result = await api("/api/vqa", { method: "POST", body: form });
-    $("vqa-answer").textContent = result.answer || "(the model gave an empty answer)";
-    $("vqa-answer").dataset.answer = result.answer;
-  } catch (err) {
-    showError(err.message);
-  }
+function caption(event) {
+  return imageToText(event, "/api/caption", { image: $("caption-file").files[0] }, "caption-result", "caption");
+}
+
+function ask(event) {
+  const fields = { image: $("vqa-file").files[0], question: $("vqa-question").value };
+  return imageToText(event, "/api/vqa", fields, "vqa-answer", "answer");
 }
 
 $("generate-form").addEventListener("submit", generate);
