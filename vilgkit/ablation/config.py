@@ -6,7 +6,7 @@
     title: Shared weights vs one model per direction
     seeds: [0, 1, 2]                  # training seeds; every row runs once per seed
     shared_stages: [fit_text_tokenizer, train_tokenizer]   # trained once, with shared_seed,
-    shared_seed: 0                    #   and reused by every seed (default: the first seed)
+    shared_seed: 0                    #   and reused by every seed (default: the first of `seeds`)
     rows:                             # per row: its label, metrics not to report ("—")
       2: {label: text→image only, omit: [shapes_caption_all_correct]}
     claims:                           # verdicts: holds / does not hold / cannot be resolved
@@ -150,7 +150,8 @@ def load_set(folder: str | Path, *, rows: str | None = None, seeds: str | None =
         if unknown:
             raise VilgkitError(f"no row(s) {sorted(unknown)} in {folder}; it has {numbers}")
         chosen = [(n, p) for n, p in all_rows if n in wanted]
-    seed_list = parse_int_list(seeds, "--seeds") if seeds else [int(x) for x in s.get("seeds") or [0]]
+    own_seeds = [int(x) for x in s.get("seeds") or [0]]
+    seed_list = parse_int_list(seeds, "--seeds") if seeds else own_seeds
     if len(set(seed_list)) != len(seed_list):
         raise VilgkitError(f"seeds must be distinct, got {seed_list}")
     row_cfg = s.get("rows") or {}
@@ -177,7 +178,8 @@ def load_set(folder: str | Path, *, rows: str | None = None, seeds: str | None =
         title=str(s.get("title") or f"Ablation: {folder.name}"),
         seeds=seed_list,
         shared_stages=list(s.get("shared_stages") or []),
-        shared_seed=int(s.get("shared_seed", seed_list[0])),
+        # the set's own first seed, also under --seeds: `--seeds 3,4` adds runs that reuse its tokenizer
+        shared_seed=int(s.get("shared_seed", own_seeds[0])),
         labels={int(n): str(c["label"]) for n, c in row_cfg.items() if "label" in c},
         omit={int(n): list(c.get("omit") or []) for n, c in row_cfg.items()},
         claims=claims,

@@ -93,7 +93,9 @@ def read_marker(stage_dir: Path) -> dict[str, Any] | None:
 
 def _copy_stage(source: Path, dest: Path) -> None:
     """Copy a finished stage folder into another run (no checkpoints: nothing resumes a copy)."""
-    artifacts.RunDir.owning(source).verify_tree(source)  # a damaged source is not spread further
+    owner = artifacts.RunDir.owning(source)
+    if owner is not None:
+        owner.verify_tree(source)  # a damaged source is not spread further
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns(artifacts.CHECKPOINTS_DIR, MARKER))
@@ -118,15 +120,20 @@ class StageStore:
         return self.root / f"row{row}" / f"seed{seed}"
 
     def _elsewhere(self, name: str, fingerprint: str, here: Path) -> Path | None:
+        """A finished copy of the stage in another row's or seed's directory (under ``--fresh``
+        only one this invocation made: an older one is what ``--fresh`` asks not to reuse)."""
         for other in sorted(self.root.glob("row*/seed*")):
-            if other != here and (done := read_marker(other / name)) and done.get("fingerprint") == fingerprint:
+            if other == here or (self.fresh and other / name not in self._freshened):
+                continue
+            if (done := read_marker(other / name)) and done.get("fingerprint") == fingerprint:
                 return other / name
         return None
 
     def ensure(
         self, paths: list[str], overrides: list[str], name: str, fingerprint: str, seed: int, pair: tuple[int, int]
     ) -> None:
-        """Make stage ``name`` of row recipe ``paths`` finished in ``pair``'s seed directory."""
+        """Make stage ``name`` of row recipe ``paths`` finished in the run directory of ``pair``
+        (row, training seed), running it with ``seed``."""
         from vilgkit.engine.runner import run
 
         here = self.pair_dir(*pair)
