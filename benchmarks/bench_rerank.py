@@ -54,9 +54,9 @@ def main() -> int:
         return 2
     get_plugin_manager()
     pipe = Pipeline.from_run_dir(run_dir, stage=args.stage, device="cpu")
-    from vilgkit.artifacts import RunDir
+    from vilgkit.artifacts import read_recipe
 
-    recipe = RunDir(run_dir).read_recipe()
+    recipe = read_recipe(run_dir)
     data, _ = default_eval_data(RunContext(run_dir=run_dir, components={}, recipe=recipe), args.num_prompts, args.split)
     items = [data[i] for i in range(min(args.num_prompts, len(data)))]
     reranker = RERANKERS.get("SelfReranker")(batch_size=64)

@@ -58,9 +58,9 @@ def recipe_sampling(pipe: Any) -> dict[str, Any]:
 
 
 def pipe_recipe(pipe: Any) -> dict[str, Any]:
-    from vilgkit.artifacts import RunDir
+    from vilgkit.artifacts import read_recipe
 
-    return RunDir(pipe.run_dir).read_recipe(versions=True)
+    return read_recipe(pipe.run_dir, versions=True)
 
 
 @torch.no_grad()

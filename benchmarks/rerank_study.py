@@ -72,7 +72,7 @@ def eval_items(run_dir: Path, k: int) -> list[dict[str, Any]]:
     from vilgkit.interfaces import RunContext
     from vilgkit.stages.evaluate import default_eval_data, recipe_eval_data
 
-    recipe = artifacts.RunDir(run_dir).read_recipe()
+    recipe = artifacts.read_recipe(run_dir)
     data, _ = recipe_eval_data(recipe) or default_eval_data(
         RunContext(run_dir=run_dir, components={}, recipe=recipe), k
     )

@@ -97,6 +97,7 @@ from vilgkit.artifacts.loading import (
     load_image_tokenizer,
     load_run,
     load_text_tokenizer,
+    read_recipe,
     stage_names,
 )
 from vilgkit.artifacts.lock import RunDirBusyError
@@ -159,6 +160,7 @@ __all__ = [
     "load_text_tokenizer",
     "load_weights",
     "read_json",
+    "read_recipe",
     "read_weights",
     "readable",
     "record_file",

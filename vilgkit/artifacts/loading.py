@@ -18,6 +18,7 @@ from vilgkit.artifacts.layout import (
     IMAGE_TOKENIZER_RECORD,
     IMAGE_TOKENIZER_WEIGHTS,
     RECONSTRUCTOR_WEIGHTS,
+    RESOLVED_RECIPE,
 )
 from vilgkit.artifacts.rundir import RunDir, load_weights, read_json, verify_tree
 
@@ -134,6 +135,37 @@ def attach_reconstructor(
     return reconstructor
 
 
+def read_recipe(run_dir: str | Path | RunDir, *, anchored: bool = True, versions: bool = False) -> dict[str, Any]:
+    """A run's resolved recipe, verified against its manifest and validated as ``vilgkit run``
+    validates a recipe; with ``anchored`` the paths of external files point at the run's copies
+    (:meth:`RunDir.anchor`); ``_versions`` (the provenance) only with ``versions``.
+
+    Raises:
+        ArtifactError: not a run directory, or a recipe file that does not verify or parse.
+        RecipeError: a class that is not registered for its key, or arguments of the wrong type.
+    """
+    import yaml
+
+    from vilgkit.recipe import load_components, to_dict, validate
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    path = run.recipe_path
+    if not path.is_file():
+        raise ArtifactError(f"{run.path} is not a vilgkit run directory (no {RESOLVED_RECIPE})")
+    run.verify(path)
+    with readable(path, "a resolved recipe (YAML)"):
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(recipe, dict):
+        raise ArtifactError(f"{path} is not a resolved recipe (a YAML mapping)")
+    # a run directory may come from elsewhere: only registered classes, with the declared types
+    provenance = recipe.pop("_versions", None)
+    load_components()
+    recipe = to_dict(validate(recipe, str(path), registered_only=True))
+    if versions and provenance is not None:
+        recipe["_versions"] = provenance
+    return run.anchor(recipe) if anchored else recipe
+
+
 def stage_names(recipe: Mapping[str, Any]) -> list[str]:
     """The stage folder names of a resolved recipe, in order."""
     from vilgkit.interfaces.stage import _snake
@@ -187,7 +219,7 @@ def load_run(run_dir: str | Path, stage: str | None = None) -> LoadedRun:
         ArtifactError: not a run directory, no trained generator, or a file that does not verify.
     """
     run = RunDir(run_dir)
-    recipe = run.read_recipe()
+    recipe = read_recipe(run)
     stage_dir = run.stage(stage) if stage else last_generator_stage(run.path, recipe)
     if stage_dir is None or not (stage_dir / GENERATOR_WEIGHTS).is_file():
         raise ArtifactError(

@@ -271,29 +271,6 @@ class RunDir(WriterLock):
             record["_versions"] = versions
         return self.write_text(RESOLVED_RECIPE, yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
 
-    def read_recipe(self, *, anchored: bool = True, versions: bool = False) -> dict[str, Any]:
-        """The resolved recipe, verified; with ``anchored`` the paths of external files point at the
-        run's copies (see :meth:`adopt_external_files`); ``_versions`` only with ``versions``."""
-        import yaml
-
-        path = self.recipe_path
-        if not path.is_file():
-            raise ArtifactError(f"{self.path} is not a vilgkit run directory (no {RESOLVED_RECIPE})")
-        self.verify(path)
-        with readable(path, "a resolved recipe (YAML)"):
-            recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(recipe, dict):
-            raise ArtifactError(f"{path} is not a resolved recipe (a YAML mapping)")
-        from vilgkit.recipe import load_components, to_dict, validate
-
-        # a run directory may come from elsewhere: only registered classes, with the declared types
-        provenance = recipe.pop("_versions", None)
-        load_components()
-        recipe = to_dict(validate(recipe, str(path), registered_only=True))
-        if versions and provenance is not None:
-            recipe["_versions"] = provenance
-        return self.anchor(recipe) if anchored else recipe
-
     # ---------------------------------------------------------------- external files
     def adopt_external_files(self, recipe: dict[str, Any], *, write: bool = True) -> dict[str, Any]:
         """Copy the files the recipe names outside the run (arguments a component class lists in

@@ -19,7 +19,16 @@ import shutil
 from pathlib import Path
 
 from vilgkit import sharded
-from vilgkit.artifacts import CHECKPOINTS_DIR, EXPORT_RECORD, LOCK, MANIFEST, RESOLVED_RECIPE, RunDir, stage_names
+from vilgkit.artifacts import (
+    CHECKPOINTS_DIR,
+    EXPORT_RECORD,
+    LOCK,
+    MANIFEST,
+    RESOLVED_RECIPE,
+    RunDir,
+    read_recipe,
+    stage_names,
+)
 from vilgkit.errors import VilgkitError
 
 HELP = "consolidate a sharded checkpoint into safetensors + the resolved recipe (single-device loadable)"
@@ -53,7 +62,7 @@ def export(run: Path, out: Path, stage: str | None = None) -> Path:
     manifest (the copied files, the consolidated weights, the recipe) and is written under its lock.
     """
     source, target = RunDir(run), RunDir(out)
-    recipe = source.read_recipe(anchored=False, versions=True)
+    recipe = read_recipe(source, anchored=False, versions=True)
     if target.path.exists() and not target.path.is_dir():
         raise VilgkitError(f"--out {target.path} is a file, not a directory")
     if target.path.exists() and any(p.name != LOCK for p in target.path.iterdir()):

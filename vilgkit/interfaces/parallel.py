@@ -172,9 +172,11 @@ class ParallelStrategy(ABC):
         """
         module = factory()
         if weights is not None:
-            from vilgkit import artifacts
+            # the verified loader itself, not the package: vilgkit.artifacts also loads recipes,
+            # which import the interfaces
+            from vilgkit.artifacts.rundir import load_weights
 
-            artifacts.load_weights(module, weights)
+            load_weights(module, weights)
         return module
 
     def memory_plan(self, model: nn.Module, tokens_per_device: int) -> MemoryPlan:

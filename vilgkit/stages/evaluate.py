@@ -243,14 +243,14 @@ def run_evaluation(
     log=print,
 ) -> dict[str, Any]:
     """Load the run's pipeline, pick the data and FID weights, and run the harness (stage and CLI)."""
-    from vilgkit.artifacts import GENERATOR_RECORD, GENERATOR_WEIGHTS, RunDir, read_json
+    from vilgkit.artifacts import GENERATOR_RECORD, GENERATOR_WEIGHTS, read_json, read_recipe
     from vilgkit.metrics.harness import evaluate, file_fingerprint
     from vilgkit.pipeline import Pipeline
 
     run_dir = Path(run_dir)
     pipe = Pipeline.from_run_dir(run_dir, stage=stage, device=device)
     if recipe is None:
-        recipe = RunDir(run_dir).read_recipe()  # verified, and validated as `vilgkit run` validates
+        recipe = read_recipe(run_dir)  # verified, and validated as `vilgkit run` validates
     ctx = RunContext(run_dir=run_dir, components={}, recipe=recipe)
     data_node: Any = "given by the caller"
     if data is None:  # the Evaluate stage's held-out data, else the recipe's data on its test split
