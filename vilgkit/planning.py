@@ -34,6 +34,14 @@ from vilgkit.interfaces.parallel import MemoryPlan, StrategyLayout
 GiB = 1024**3
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
+#: What a training rank holds beyond the planner's own process (an idle import of torch and the
+#: plugins) before its model is wrapped: the process group and its gloo/NCCL state, the device
+#: mesh, the data set and loader, the tokenizers, the stage's set-up. Measured on the CPU (gloo) as
+#: each rank's resident memory when its training stage starts minus the planner's baseline, in
+#: runs of the 10B recipe's smoke overlay: 0.085–0.14 GiB per rank with 4 ranks (2×2 mesh, hidden
+#: 1024), about 0 with 2 (hidden 4096); docs/distributed.md, "Peak memory per rank against the plan".
+RANK_RUNTIME_BYTES = GiB // 10
+
 
 @dataclass
 class ModelDims:

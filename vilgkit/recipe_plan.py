@@ -9,7 +9,8 @@ the image tokenizer, each with its own trainer's batch size. Per rank:
 * **device** bytes: :func:`vilgkit.planning.estimate_memory` (parameters, gradients, optimizer
   states, activations) — on a CPU machine the device *is* the host, so they count as host bytes;
 * **host** bytes: the process itself (measured: this process's resident memory after importing
-  torch and the plugins), the state CPU offload keeps on the host (its share per rank), the frozen
+  torch and the plugins, plus :data:`vilgkit.planning.RANK_RUNTIME_BYTES`, what a training rank
+  adds to that before its model is wrapped), the state CPU offload keeps on the host (its share per rank), the frozen
   models a stage holds on every rank (the image tokenizer of a generator stage), and on a CPU
   machine the device bytes.
 
@@ -406,7 +407,7 @@ def plan_recipe(
             notes.append(f"{type(model).__name__} has no activation_bytes(): activations are not estimated")
     strategy, layout = strategy_layout(recipe, notes)
     report.title = title or f"{name} ({strategy})"
-    baseline = process_bytes()
+    baseline = process_bytes() + P.RANK_RUNTIME_BYTES  # this process, plus what a training rank adds to it
     for label, lay in _variants(strategy, layout):
         plan = _estimate(model, lay, tokens, hardware, accum, trained)
         host = baseline + frozen + plan.host_bytes // hardware.devices_per_node

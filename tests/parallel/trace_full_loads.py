@@ -8,7 +8,8 @@ every call of those paths — a plain copy of a trained module (``Trainer.traine
 ``generator`` / ``reconstructor`` / ``model.safetensors``), a generator built off ``meta``
 (``ComponentStore.build``) — each marked whether it happened inside ``Pipeline.from_run_dir``
 (the Evaluate stage's main-rank load) or the sample grid's main-rank copy
-(``Trainer._callback_module``), and the rank's peak resident memory (``VmHWM``).
+(``Trainer._callback_module``), how far a module ``FSDP.build_module(weights=FILE)`` filled from a
+file is from that file after consolidation, and the rank's peak resident memory (``VmHWM``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def _peak_rss() -> int:
 
 
 def _install(events: list[dict]) -> None:
+    import vilgkit.pipeline  # noqa: F401  (imports what loading a run uses, so it is patched below)
     from vilgkit import artifacts, components
     from vilgkit.engine import trainer
 
@@ -50,8 +52,10 @@ def _install(events: list[dict]) -> None:
             events.append({"what": "load_tensors", "path": str(path), **_where()})
         return load_tensors(path, *args, **kwargs)
 
-    artifacts.load_tensors = traced_load_tensors
-    trainer.load_tensors = traced_load_tensors
+    # every module that imported the function by name holds its own reference: replace them all
+    for name, module in list(sys.modules.items()):
+        if name.startswith("vilgkit") and getattr(module, "load_tensors", None) is load_tensors:
+            module.load_tensors = traced_load_tensors
 
     trained_module, fresh = trainer.Trainer.trained_module, trainer.Trainer._fresh
 
@@ -65,6 +69,8 @@ def _install(events: list[dict]) -> None:
 
     trainer.Trainer.trained_module, trainer.Trainer._fresh = traced_trained_module, traced_fresh
 
+    _trace_builds_from_file(events)
+
     build = components.ComponentStore.build
 
     def traced_build(self, key):
@@ -74,6 +80,30 @@ def _install(events: list[dict]) -> None:
         return built
 
     components.ComponentStore.build = traced_build
+
+
+def _trace_builds_from_file(events: list[dict]) -> None:
+    """After ``FSDP.wrap`` filled a module's shards from the file ``build_module(weights=)`` was
+    given (``generator_from``), gather the weights (every rank takes part) and record on rank 0 how
+    far they are from the file's."""
+    from vilgkit_parallel import fsdp
+
+    wrap = fsdp.FSDP.wrap
+
+    def traced_wrap(self, model):
+        names = {id(m): name for name, m in model.named_modules()}
+        sources = [(names[key], source) for key, (source, _) in self._sources.items() if key in names]
+        wrapped = wrap(self, model)
+        if sources:
+            full = self.state_dict(wrapped)
+            if self.is_main:
+                for prefix, source in sources:
+                    where = f"{prefix}." if prefix else ""
+                    diff = max(float((full[where + k] - source.tensor(k)).abs().max()) for k in source.shapes)
+                    events.append({"what": "built_from_file", "keys": len(source.shapes), "max_abs_diff": diff})
+        return wrapped
+
+    fsdp.FSDP.wrap = traced_wrap
 
 
 def main() -> int:

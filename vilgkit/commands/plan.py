@@ -100,7 +100,10 @@ def render(report: R.PlanReport) -> str:
     out.append("")
     out.append("the run's phases per rank (GiB), recipe setting")
     for phase in report.phases:
-        out.append(f"  {phase.name:<10} host {P.gib(phase.host):>8}   device {P.gib(phase.device):>8}")
+        line = f"  {phase.name:<10} host {P.gib(phase.host):>8}   device {P.gib(phase.device):>8}"
+        if phase.host_others is not None:  # the main rank alone holds this phase's copy
+            line += f"   (main rank; the others: host {P.gib(phase.host_others)})"
+        out.append(line)
     out.append(f"  peak: {report.peak().name}")
     out.append("")
     first = report.rows[0]
@@ -112,9 +115,12 @@ def render(report: R.PlanReport) -> str:
     if short:
         out.append(f"verdict: the recipe's setting does NOT fit: {'; '.join(short)}")
     else:
+        peak = report.peak()
+        where = "on the main rank" if peak.host_others is not None else "per rank"
+        device = max(p.device for p in report.phases)  # the host peak's phase may not be the device's
         out.append(
-            f"verdict: the recipe's setting fits ({P.gib(report.peak().device)} GiB device, "
-            f"{P.gib(report.peak().host)} GiB host per rank at the peak)"
+            f"verdict: the recipe's setting fits ({P.gib(device)} GiB device at most, "
+            f"{P.gib(peak.host)} GiB host {where} at the peak)"
         )
     return "\n".join(out)
 
