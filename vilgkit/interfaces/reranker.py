@@ -97,3 +97,28 @@ class Reranker(ABC):
         seconds = time.perf_counter() - start
         order = torch.argsort(scores, dim=1, descending=True, stable=True)
         return RerankResult(best=order[:, 0], scores=scores, order=order, seconds=seconds)
+
+
+def rerank_samples(
+    reranker: Reranker,
+    num_candidates: int,
+    codes: torch.Tensor,
+    text_ids: torch.Tensor,
+    text_mask: torch.Tensor,
+    prompts: list[str],
+    images: torch.Tensor | None,
+    generator: Any,
+) -> RerankResult:
+    """Rerank ``num_candidates`` sampled candidates per prompt, ``text_ids`` and ``text_mask`` moved to
+    the codes' device: what the evaluation harness and the server run."""
+    return reranker.rerank(
+        RerankInputs(
+            num_candidates=num_candidates,
+            codes=codes,
+            text_ids=text_ids.to(codes.device),
+            text_mask=text_mask.to(codes.device),
+            prompts=prompts,
+            images=images,
+            generator=generator,
+        )
+    )

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from vilgkit.interfaces.reranker import Reranker, RerankInputs
+from vilgkit.interfaces.reranker import Reranker, rerank_samples
 from vilgkit.metrics.base import Metric
 from vilgkit.metrics.caption import CaptionMetrics
 
@@ -272,17 +272,7 @@ def _text_to_image(
         all_images = pipe.decode_codes(codes, ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)).cpu()
         timing["decode_s" if not need_all else "rerank_s"] += time.perf_counter() - t
     if reranker is not None and n > 1:
-        result = reranker.rerank(
-            RerankInputs(
-                num_candidates=n,
-                codes=codes,
-                text_ids=ids.to(codes.device),
-                text_mask=mask.to(codes.device),
-                prompts=prompts,
-                images=all_images,
-                generator=pipe.generator,
-            )
-        )
+        result = rerank_samples(reranker, n, codes, ids, mask, prompts, all_images, pipe.generator)
         timing["rerank_s"] += result.seconds
         best, scores = result.best, result.scores
     rows = torch.arange(len(prompts)) * n + best

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vilgkit.interfaces.reranker import RerankInputs
+from vilgkit.interfaces.reranker import rerank_samples
 from vilgkit.serve.batching import Job
 from vilgkit.serve.limits import RequestError
 
@@ -90,17 +90,7 @@ class ModelRunner:
         if reranker is not None and n > 1:
             for job in jobs:
                 job.advance("reranking", 0.85)
-            result = reranker.rerank(
-                RerankInputs(
-                    num_candidates=n,
-                    codes=codes,
-                    text_ids=ids.to(codes.device),
-                    text_mask=mask.to(codes.device),
-                    prompts=prompts,
-                    images=pixels,
-                    generator=pipe.generator,
-                )
-            )
+            result = rerank_samples(reranker, n, codes, ids, mask, prompts, pixels, pipe.generator)
             scores, order = result.scores.float().cpu(), result.order.cpu()
         from vilgkit.pictures import to_pil
 
