@@ -50,6 +50,35 @@ def build_fid_inception() -> nn.Module:
     return build()
 
 
+def pool3_features(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The pool3 features ``[B, 2048]`` of an FID Inception ``net`` (:func:`build_fid_inception`) for
+    images ``[B, 3, H, W]`` in [-1, 1]: the layers up to ``Mixed_7c``, then a global average pool."""
+    # pytorch-fid's input path: bilinear resize to 299 (the TF graph then sees [-1, 1]).
+    x = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
+    for name in (
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "maxpool1",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "maxpool2",
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6a",
+        "Mixed_6b",
+        "Mixed_6c",
+        "Mixed_6d",
+        "Mixed_6e",
+        "Mixed_7a",
+        "Mixed_7b",
+        "Mixed_7c",
+    ):
+        x = getattr(net, name)(x)
+    return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
 class InceptionFeatureExtractor(FeatureExtractor):
     """The 2048-d pool features of FID's InceptionV3, from a local weights file.
 
@@ -89,28 +118,4 @@ class InceptionFeatureExtractor(FeatureExtractor):
         """Images ``[B, 3, H, W]`` in [-1, 1] → pool3 features ``[B, 2048]``."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [B, 3, H, W], got {list(images.shape)}")
-        net = self.net
-        # pytorch-fid's input path: bilinear resize to 299 (the TF graph then sees [-1, 1]).
-        x = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
-        for name in (
-            "Conv2d_1a_3x3",
-            "Conv2d_2a_3x3",
-            "Conv2d_2b_3x3",
-            "maxpool1",
-            "Conv2d_3b_1x1",
-            "Conv2d_4a_3x3",
-            "maxpool2",
-            "Mixed_5b",
-            "Mixed_5c",
-            "Mixed_5d",
-            "Mixed_6a",
-            "Mixed_6b",
-            "Mixed_6c",
-            "Mixed_6d",
-            "Mixed_6e",
-            "Mixed_7a",
-            "Mixed_7b",
-            "Mixed_7c",
-        ):
-            x = getattr(net, name)(x)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return pool3_features(self.net, images)
