@@ -8,23 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vilgkit.testing.tiny import CPU_STRATEGY, tiny_shapes_sections
+
 BASE = {
     "run_dir": "runs/never_used",
     "seed": 0,
-    "data": {
-        "class_path": "ShapesDataset",
-        "init_args": {"split": "train", "size": 32, "image_size": 32, "max_objects": 1, "held_out": []},
-    },
-    "text_tokenizer": {"class_path": "WordPieceTokenizer", "init_args": {"vocab_size": 200}},
-    "image_tokenizer": {
-        "class_path": "VQVAETokenizer",
-        "init_args": {"codebook_size": 16, "code_dim": 8, "downsample": 8, "hidden": 8},
-    },
-    "generator": {
-        "class_path": "UnifiedTransformer",
-        "init_args": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_text_len": 32, "max_image_grid": 4},
-    },
-    "strategy": {"class_path": "SingleDevice", "init_args": {"device": "cpu"}},
+    **tiny_shapes_sections(),
+    "strategy": CPU_STRATEGY,
 }
 SHARED = [
     {"class_path": "FitTextTokenizer"},

@@ -14,25 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vilgkit.testing.tiny import tiny_shapes_sections
+
 from .payloads import overwrite_and_rehash, system_pickle
 
 ROOT = Path(__file__).resolve().parents[2]
 
 RECIPE = {
     "seed": 0,
-    "data": {
-        "class_path": "ShapesDataset",
-        "init_args": {"split": "train", "size": 32, "image_size": 16, "max_objects": 1, "held_out": []},
-    },
-    "text_tokenizer": {"class_path": "WordPieceTokenizer", "init_args": {"vocab_size": 120}},
-    "image_tokenizer": {
-        "class_path": "VQVAETokenizer",
-        "init_args": {"codebook_size": 16, "code_dim": 8, "downsample": 8, "hidden": 8},
-    },
-    "generator": {
-        "class_path": "UnifiedTransformer",
-        "init_args": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_text_len": 16, "max_image_grid": 2},
-    },
+    **tiny_shapes_sections(image_size=16, vocab_size=120, max_text_len=16),
     "strategy": {"class_path": "FSDP", "init_args": {"device": "cpu"}},
     "stages": [
         {"class_path": "FitTextTokenizer"},

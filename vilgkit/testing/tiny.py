@@ -46,3 +46,30 @@ def generator_section(**init_args: Any) -> dict[str, Any]:
     dense attention (the vocabulary sizes come from the tokenizers), ``init_args`` replacing those."""
     defaults = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "attention": {"class_path": "DenseAttention"}}
     return {"class_path": "UnifiedTransformer", "init_args": {**defaults, **init_args}}
+
+
+def tiny_shapes_sections(image_size: int = 32, vocab_size: int = 200, max_text_len: int = 32) -> dict[str, Any]:
+    """The recipe's ``data``, ``text_tokenizer``, ``image_tokenizer`` and ``generator`` sections of a
+    seconds-long run: 32 one-object Shapes images, a WordPiece vocabulary, a 16-code VQ-VAE that
+    downsamples by 8 and a one-layer, 16-wide generator over its ``image_size // 8`` grid."""
+    return {
+        "data": {
+            "class_path": "ShapesDataset",
+            "init_args": {"split": "train", "size": 32, "image_size": image_size, "max_objects": 1, "held_out": []},
+        },
+        "text_tokenizer": {"class_path": "WordPieceTokenizer", "init_args": {"vocab_size": vocab_size}},
+        "image_tokenizer": {
+            "class_path": "VQVAETokenizer",
+            "init_args": {"codebook_size": 16, "code_dim": 8, "downsample": 8, "hidden": 8},
+        },
+        "generator": {
+            "class_path": "UnifiedTransformer",
+            "init_args": {
+                "hidden_size": 16,
+                "num_layers": 1,
+                "num_heads": 2,
+                "max_text_len": max_text_len,
+                "max_image_grid": image_size // 8,
+            },
+        },
+    }
