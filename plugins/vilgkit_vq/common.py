@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from vilgkit.metrics.psnr import psnr
+from vilgkit_vq.nets import levels_for
 from vilgkit_vq.quantizers import codebook_usage
 
 
@@ -42,6 +43,25 @@ def check_codes(codes: torch.Tensor, codebook_size: int) -> None:
         raise ValueError(f"expected integer codes [B, h, w], got {tuple(codes.shape)} {codes.dtype}")
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
         raise ValueError(f"codes must lie in [0, {codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
+
+
+def channel_multipliers(downsample: int, channel_mult: list[int] | None) -> tuple[int, ...]:
+    """The per-level channel multipliers of a :class:`~vilgkit_vq.nets.ConvEncoder` /
+    :class:`~vilgkit_vq.nets.ConvDecoder` pair that downsamples by ``downsample``: ``channel_mult``,
+    which needs one entry per level, or ``1, 2, 2, …`` when it is ``None``."""
+    levels = levels_for(downsample)
+    mult = tuple(channel_mult) if channel_mult is not None else tuple([1] + [2] * (levels - 1))
+    if len(mult) != levels:
+        raise ValueError(f"channel_mult needs {levels} entries for downsample={downsample}, got {list(mult)}")
+    return mult
+
+
+def check_reconstruction_loss(rec_loss: str, edge_weight: float) -> None:
+    """Refuse a pixel term :func:`reconstruction_loss` does not know, or edge weighting without MSE."""
+    if rec_loss not in ("mse", "l1"):
+        raise ValueError(f"rec_loss must be 'mse' or 'l1', got {rec_loss!r}")
+    if edge_weight < 0 or (edge_weight > 0 and rec_loss != "mse"):
+        raise ValueError(f"edge_weight must be >= 0 and needs rec_loss='mse', got {edge_weight} with {rec_loss!r}")
 
 
 def edge_weighted_mse(reconstructions: torch.Tensor, images: torch.Tensor, edge_weight: float) -> torch.Tensor:

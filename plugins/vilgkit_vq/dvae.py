@@ -24,13 +24,15 @@ from torch import nn
 from vilgkit.interfaces import ImageTokenizer, Trainable
 from vilgkit.registry import IMAGE_TOKENIZERS
 from vilgkit_vq.common import (
+    channel_multipliers,
     check_codes,
     check_images,
+    check_reconstruction_loss,
     main_group_images,
     reconstruction_loss,
     reconstruction_readouts,
 )
-from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
+from vilgkit_vq.nets import ConvDecoder, ConvEncoder
 from vilgkit_vq.quantizers import batch_usage_deficit, gumbel_softmax, gumbel_temperature, kl_to_uniform
 
 
@@ -105,16 +107,10 @@ class DVAETokenizer(ImageTokenizer, Trainable):
         noise_anneal_steps: int = 0,
     ) -> None:
         super().__init__()
-        levels = levels_for(downsample)
-        mult = tuple(channel_mult) if channel_mult is not None else tuple([1] + [2] * (levels - 1))
-        if len(mult) != levels:
-            raise ValueError(f"channel_mult needs {levels} entries for downsample={downsample}, got {list(mult)}")
+        mult = channel_multipliers(downsample, channel_mult)
         if not temperature_start > 0 or not temperature_end > 0:
             raise ValueError("Gumbel temperatures must be positive")
-        if rec_loss not in ("mse", "l1"):
-            raise ValueError(f"rec_loss must be 'mse' or 'l1', got {rec_loss!r}")
-        if edge_weight < 0 or (edge_weight > 0 and rec_loss != "mse"):
-            raise ValueError(f"edge_weight must be >= 0 and needs rec_loss='mse', got {edge_weight} with {rec_loss!r}")
+        check_reconstruction_loss(rec_loss, edge_weight)
         if usage_weight < 0:
             raise ValueError(f"usage_weight must be >= 0, got {usage_weight}")
         if not 0 <= noise_end <= 1 or noise_anneal_start < 0 or noise_anneal_steps < 0:

@@ -21,13 +21,15 @@ from vilgkit import dispatch, dispatch_probes
 from vilgkit.interfaces import ImageTokenizer, Trainable
 from vilgkit.registry import IMAGE_TOKENIZERS
 from vilgkit_vq.common import (
+    channel_multipliers,
     check_codes,
     check_images,
+    check_reconstruction_loss,
     main_group_images,
     reconstruction_loss,
     reconstruction_readouts,
 )
-from vilgkit_vq.nets import ConvDecoder, ConvEncoder, levels_for
+from vilgkit_vq.nets import ConvDecoder, ConvEncoder
 from vilgkit_vq.quantizers import VectorQuantizer
 
 
@@ -70,15 +72,9 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
         edge_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        levels = levels_for(downsample)
-        mult = tuple(channel_mult) if channel_mult is not None else tuple([1] + [2] * (levels - 1))
-        if len(mult) != levels:
-            raise ValueError(f"channel_mult needs {levels} entries for downsample={downsample}, got {list(mult)}")
-        if rec_loss not in ("mse", "l1"):
-            raise ValueError(f"rec_loss must be 'mse' or 'l1', got {rec_loss!r}")
+        mult = channel_multipliers(downsample, channel_mult)
+        check_reconstruction_loss(rec_loss, edge_weight)
         self.codebook_size, self.code_dim, self.downsample = codebook_size, code_dim, downsample
-        if edge_weight < 0 or (edge_weight > 0 and rec_loss != "mse"):
-            raise ValueError(f"edge_weight must be >= 0 and needs rec_loss='mse', got {edge_weight} with {rec_loss!r}")
         self.rec_loss, self.edge_weight = rec_loss, edge_weight
         self.encoder = ConvEncoder(code_dim, hidden, mult, num_res_blocks)
         self.decoder = ConvDecoder(code_dim, hidden, mult, num_res_blocks)
