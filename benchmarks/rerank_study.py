@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -224,15 +223,9 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
 
 def machine() -> str:
     """The CPU model (``lscpu``'s "Model name") and the thread count."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}; torch threads {torch.get_num_threads()}"
+    from vilgkit.dispatch import cpu_model
+
+    return f"{cpu_model()}; torch threads {torch.get_num_threads()}"
 
 
 def main(argv: list[str] | None = None, log=print) -> int:

@@ -106,7 +106,8 @@ def cache_path() -> Path:
     return Path(base) / "vilgkit" / "dispatch.json"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model (``/proc/cpuinfo``'s "model name", else what :mod:`platform` knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -119,7 +120,7 @@ def _cpu_model() -> str:
 def machine_key(threads: int | None = None) -> str:
     """``CPU model | torch version | threads``: what a measured decision is valid for."""
     threads = torch.get_num_threads() if threads is None else threads
-    return f"{_cpu_model()} | torch {torch.__version__} | {threads} threads"
+    return f"{cpu_model()} | torch {torch.__version__} | {threads} threads"
 
 
 def _load() -> dict:

@@ -10,7 +10,6 @@ row × seed, so a long run shows its progress.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -29,16 +28,11 @@ TABLE_FILE = "ablation.md"
 
 def machine() -> str:
     """The CPU model (``lscpu``'s "Model name") and the GPU, if one is visible."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{model}, {os.cpu_count()} CPU cores"
     import torch
+
+    from vilgkit.dispatch import cpu_model
+
+    text = f"{cpu_model()}, {os.cpu_count()} CPU cores"
 
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
