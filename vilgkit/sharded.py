@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -263,7 +262,7 @@ def stream_module(
     The safetensors layout (an 8-byte little-endian header length, a JSON header of dtypes, shapes
     and byte offsets, then the raw bytes in that order) is known from DCP's metadata before any
     tensor is read, so the header goes first and each tensor follows as soon as it is consolidated.
-    The file is written under a temporary name and renamed when complete.
+    The file is written through :func:`vilgkit.artifacts.atomic_write` (temporary name, fsync, rename).
     """
     import struct
 
@@ -285,15 +284,11 @@ def stream_module(
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with artifacts.atomic_write(out) as tmp, open(tmp, "wb") as fh:
         fh.write(struct.pack("<Q", len(raw)))
         fh.write(raw)
         for name, meta in metas.items():
             tensor = load_module_tensor(directory, key, name, meta).contiguous()
             fh.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
             del tensor
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
     return len(metas)

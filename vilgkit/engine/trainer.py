@@ -378,10 +378,8 @@ class Trainer:
         if self.strategy.is_main:
             self._check_parts(list(sharded.module_tensors(latest[1], "model")))
             metadata = {"format": "pt", "step": str(self.step)}
-            for prefix, path in self.final_files.items():
-                tmp = path.with_name(f".tmp-{path.name}")
-                if sharded.stream_module(latest[1], "model", tmp, prefix=prefix, metadata=metadata):
-                    tmp.replace(path)
+            for prefix, path in self.final_files.items():  # stream_module writes each file atomically
+                sharded.stream_module(latest[1], "model", path, prefix=prefix, metadata=metadata)
         return True
 
     # ================================================================== the loop
