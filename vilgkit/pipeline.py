@@ -66,6 +66,7 @@ class Pipeline:
         reconstructor: Reconstructor | None = None,
         device: str | torch.device = "auto",
         settings: InferenceSettings | None = None,
+        matcher: torch.nn.Module | None = None,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -74,6 +75,8 @@ class Pipeline:
         self.text_tokenizer = text_tokenizer
         self.image_tokenizer = image_tokenizer.to(self.device).eval()
         self.reconstructor = reconstructor.to(self.device).eval() if reconstructor is not None else None
+        #: the run's image–text matching model (a ``TrainMatcher`` stage), for ``MatcherReranker``
+        self.matcher = matcher.to(self.device).eval() if matcher is not None else None
         self.grid = (int(grid[0]), int(grid[1]))
         self.image_size = self.grid[0] * image_tokenizer.downsample
         self.max_text_len = int(generator.max_text_len)
@@ -97,7 +100,15 @@ class Pipeline:
 
         run = load_run(run_dir, stage)  # every file verified against the run's manifest
         check_special_ids(run.generator, run.text_tokenizer)  # the tokenizer's ids, as in training
-        pipe = cls(run.generator, run.text_tokenizer, run.image_tokenizer, run.grid, run.reconstructor, device)
+        pipe = cls(
+            run.generator,
+            run.text_tokenizer,
+            run.image_tokenizer,
+            run.grid,
+            run.reconstructor,
+            device,
+            matcher=run.matcher,
+        )
         pipe.run_dir = run.run_dir
         pipe.settings = load_inference_settings(run.run_dir)
         pipe.stage_dir = run.stage_dir
@@ -197,6 +208,7 @@ class Pipeline:
             prompts=list(prompts or []),
             images=images,
             generator=self.generator,
+            matcher=self.matcher,
         )
         return reranker.rerank(inputs).order
 
@@ -258,9 +270,20 @@ class Pipeline:
             return [images[i * num_candidates : (i + 1) * num_candidates] for i in range(len(ids))]
         return images
 
+    def check_reranker(self, reranker: Any) -> None:
+        """Raise :class:`InputError` when ``reranker`` needs a part this pipeline lacks (the
+        matcher of a ``TrainMatcher`` stage), before any candidate is sampled."""
+        if getattr(reranker, "needs_matcher", False) and self.matcher is None:
+            where = self.run_dir if self.run_dir is not None else "this pipeline"
+            raise InputError(
+                f"reranker {type(reranker).__name__} needs the run's image–text matcher, and {where} has none: "
+                "add a TrainMatcher stage to the recipe (or choose another --reranker)"
+            )
+
     def _resolve_reranker(self, reranker: Any) -> Any:
         """``None`` / a name (:mod:`vilgkit.reranker_names`) / a Reranker → ``None``, ``"self"`` or a Reranker."""
         if reranker is None or isinstance(reranker, Reranker):
+            self.check_reranker(reranker)
             return reranker
         if isinstance(reranker, str):
             from vilgkit.errors import VilgkitError
@@ -273,12 +296,14 @@ class Pipeline:
             if cls_name is None or cls_name == "SelfReranker":
                 return "self" if cls_name else None  # "self": the batched fast path
             try:
-                return build_named_reranker(reranker)
+                built = build_named_reranker(reranker)
             except (TypeError, ValueError, ImportError) as err:  # one that needs settings (ClipReranker's weights)
                 raise InputError(
                     f"reranker {reranker!r} cannot be built from its name alone ({err}); use a short name "
                     "(self, self_mean, pmi, caption, none) here, or pass a configured Reranker object from Python"
                 ) from None
+            self.check_reranker(built)
+            return built
         raise InputError(f"reranker must be None, 'self', a reranker name or a Reranker, got {type(reranker).__name__}")
 
     # ------------------------------------------------------------------ image → text

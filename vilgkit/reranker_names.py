@@ -23,6 +23,7 @@ RERANKER_ALIASES: dict[str, tuple[str, dict[str, Any]] | None] = {
     "pmi_shuffled": ("PMIReranker", {"baseline": "shuffled"}),
     "caption": ("CaptionReranker", {}),
     "caption_agreement": ("CaptionReranker", {"mode": "agreement"}),
+    "matcher": ("MatcherReranker", {}),
     "clip": ("ClipReranker", {}),
 }
 

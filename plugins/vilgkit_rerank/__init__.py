@@ -2,7 +2,8 @@
 
 ``SelfReranker`` scores with the generator's own image→text likelihood (``MeanSelfReranker`` per
 token), ``PMIReranker`` contrasts it with the likelihood of other prompts, ``CaptionReranker``
-compares the generator's caption of each candidate with the prompt, ``ClipReranker`` scores with an
+compares the generator's caption of each candidate with the prompt, ``MatcherReranker`` scores
+with the run's own image–text matching model (a ``TrainMatcher`` stage), ``ClipReranker`` scores with an
 open_clip model loaded from a local file (optional extra ``clip``), ``NoReranker`` keeps the first
 candidate (a random choice among i.i.d. samples). Short names: :mod:`vilgkit.reranker_names`.
 """
@@ -10,6 +11,15 @@ candidate (a random choice among i.i.d. samples). Short names: :mod:`vilgkit.rer
 from vilgkit_rerank.caption import CaptionReranker
 from vilgkit_rerank.clip import ClipReranker
 from vilgkit_rerank.contrastive import PMIReranker
+from vilgkit_rerank.matcher import MatcherReranker
 from vilgkit_rerank.simple import MeanSelfReranker, NoReranker, SelfReranker
 
-__all__ = ["CaptionReranker", "ClipReranker", "MeanSelfReranker", "NoReranker", "PMIReranker", "SelfReranker"]
+__all__ = [
+    "CaptionReranker",
+    "ClipReranker",
+    "MatcherReranker",
+    "MeanSelfReranker",
+    "NoReranker",
+    "PMIReranker",
+    "SelfReranker",
+]

@@ -30,6 +30,9 @@ RECONSTRUCTOR_WEIGHTS = "reconstructor.safetensors"
 GENERATOR_RECORD = "generator.json"
 TOKENIZED_CACHE = "tokenized.safetensors"
 
+MATCHER_WEIGHTS = "matcher.safetensors"
+MATCHER_RECORD = "matcher.json"
+
 SHAPES_FEATURES_DIR = "shapes_features"
 EXPORT_RECORD = "export.json"
 #: What a generator stage records as its tokenizer source when the recipe's own component is used

@@ -10,13 +10,15 @@ from typing import Any
 
 from torch import nn
 
-from vilgkit.artifacts.files import ArtifactError, readable
+from vilgkit.artifacts.files import ArtifactError, readable, tensor_shapes
 from vilgkit.artifacts.layout import (
     FROM_RECIPE,
     GENERATOR_RECORD,
     GENERATOR_WEIGHTS,
     IMAGE_TOKENIZER_RECORD,
     IMAGE_TOKENIZER_WEIGHTS,
+    MATCHER_RECORD,
+    MATCHER_WEIGHTS,
     RECONSTRUCTOR_WEIGHTS,
     RESOLVED_RECIPE,
 )
@@ -202,6 +204,7 @@ class LoadedRun:
     image_tokenizer: Any
     reconstructor: Any
     grid: tuple[int, int]
+    matcher: nn.Module | None = None
 
 
 def build_components(recipe: dict[str, Any]) -> Any:
@@ -246,4 +249,34 @@ def load_run(run_dir: str | Path, stage: str | None = None) -> LoadedRun:
             components.build("reconstructor"), image_tok, int(generator.hidden_size), stage_dir
         )
     grid = tuple(int(g) for g in record["grid"])
-    return LoadedRun(run.path, stage_dir, recipe, record, generator, text_tok, image_tok, reconstructor, grid)  # type: ignore[arg-type]
+    matcher_dir = last_matcher_stage(run.path, recipe)
+    matcher = load_matcher(matcher_dir) if matcher_dir is not None else None
+    return LoadedRun(run.path, stage_dir, recipe, record, generator, text_tok, image_tok, reconstructor, grid, matcher)  # type: ignore[arg-type]
+
+
+def last_matcher_stage(run_dir: str | Path, recipe: Mapping[str, Any]) -> Path | None:
+    """The last stage (in recipe order) whose folder holds a trained image–text matcher, if any."""
+    run_dir = Path(run_dir)
+    found = [run_dir / n for n in stage_names(recipe) if (run_dir / n / MATCHER_WEIGHTS).is_file()]
+    return found[-1] if found else None
+
+
+def load_matcher(stage_dir: str | Path) -> nn.Module:
+    """The :class:`~vilgkit.models.matcher.ImageTextMatcher` a ``TrainMatcher`` stage saved
+    (``matcher.json`` for its sizes, ``matcher.safetensors`` for its weights, both verified)."""
+    import torch
+
+    from vilgkit.models.matcher import ImageTextMatcher
+
+    stage_dir = Path(stage_dir)
+    record = read_json(stage_dir / MATCHER_RECORD)
+    config = record.get("config") if isinstance(record, dict) else None
+    table = tensor_shapes(stage_dir / MATCHER_WEIGHTS).get("code_table")
+    if not isinstance(config, dict) or table is None or len(table) != 2:
+        raise ArtifactError(f"{stage_dir / MATCHER_RECORD} was not written by a TrainMatcher stage")
+    try:
+        matcher = ImageTextMatcher(code_table=torch.zeros(*table), **config)
+    except TypeError as err:
+        raise ArtifactError(f"{stage_dir / MATCHER_RECORD}: {err}") from None
+    load_weights(matcher, stage_dir / MATCHER_WEIGHTS)
+    return matcher.eval()

@@ -3,8 +3,8 @@
 Candidates arrive candidate-major, as ``Generator.sample_images(..., num_candidates=N)`` returns
 them: rows ``b*N .. b*N+N-1`` belong to prompt ``b``. A reranker scores every candidate (higher is
 better) and the best per prompt is kept. Implementations live in plugins (``vilgkit_rerank``:
-``SelfReranker``, ``MeanSelfReranker``, ``PMIReranker``, ``CaptionReranker``, ``ClipReranker``,
-``NoReranker``) and register in ``RERANKERS``; their short names are in :mod:`vilgkit.reranker_names`.
+``SelfReranker``, ``MeanSelfReranker``, ``PMIReranker``, ``CaptionReranker``, ``MatcherReranker``,
+``ClipReranker``, ``NoReranker``) and register in ``RERANKERS``; their short names are in :mod:`vilgkit.reranker_names`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class RerankInputs:
         images: decoded candidates ``[B*N, 3, H, W]`` in [-1, 1], when the caller decoded them
             (rerankers whose ``needs_images`` is True require them).
         generator: the generator that sampled the codes (the self-reranker scores with it).
+        matcher: the run's image–text matching model, when it has one (``MatcherReranker``).
     """
 
     num_candidates: int
@@ -39,6 +40,7 @@ class RerankInputs:
     prompts: list[str] | None = None
     images: torch.Tensor | None = None
     generator: Any = None
+    matcher: Any = None
 
     @property
     def num_prompts(self) -> int:
@@ -74,10 +76,12 @@ class Reranker(ABC):
     Class attributes:
         needs_images: True when :meth:`score` needs decoded pixels (``RerankInputs.images``).
         needs_generator: True when :meth:`score` needs ``RerankInputs.generator``.
+        needs_matcher: True when :meth:`score` needs ``RerankInputs.matcher``.
     """
 
     needs_images: ClassVar[bool] = False
     needs_generator: ClassVar[bool] = False
+    needs_matcher: ClassVar[bool] = False
 
     @abstractmethod
     def score(self, inputs: RerankInputs) -> torch.Tensor:
@@ -92,6 +96,10 @@ class Reranker(ABC):
             raise ValueError(f"{type(self).__name__} needs decoded candidate images (RerankInputs.images)")
         if self.needs_generator and inputs.generator is None:
             raise ValueError(f"{type(self).__name__} needs the generator (RerankInputs.generator)")
+        if self.needs_matcher and inputs.matcher is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the run's image–text matcher: add a TrainMatcher stage to the recipe"
+            )
         start = time.perf_counter()
         scores = self.score(inputs).detach().float().reshape(-1, n).cpu()
         seconds = time.perf_counter() - start
@@ -108,6 +116,7 @@ def rerank_samples(
     prompts: list[str],
     images: torch.Tensor | None,
     generator: Any,
+    matcher: Any = None,
 ) -> RerankResult:
     """Rerank ``num_candidates`` sampled candidates per prompt, ``text_ids`` and ``text_mask`` moved to
     the codes' device: what the evaluation harness and the server run."""
@@ -120,5 +129,6 @@ def rerank_samples(
             prompts=prompts,
             images=images,
             generator=generator,
+            matcher=matcher,
         )
     )

@@ -90,7 +90,7 @@ class ModelRunner:
         if reranker is not None and n > 1:
             for job in jobs:
                 job.advance("reranking", 0.85)
-            result = rerank_samples(reranker, n, codes, ids, mask, prompts, pixels, pipe.generator)
+            result = rerank_samples(reranker, n, codes, ids, mask, prompts, pixels, pipe.generator, pipe.matcher)
             scores, order = result.scores.float().cpu(), result.order.cpu()
         from vilgkit.pictures import to_pil
 

@@ -1,0 +1,81 @@
+"""A recipe's TrainMatcher stage trains the run's image–text matcher; ``matcher`` reranks with it
+everywhere a reranker is chosen (the Evaluate stage, its saved settings, Pipeline, the CLI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from vilgkit.cli import main
+
+pytestmark = pytest.mark.slow
+
+MATCHER_STAGE = {
+    "class_path": "TrainMatcher",
+    "init_args": {
+        "hidden_size": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "trainer": {"steps": 4, "batch_size": 8, "lr": 0.002, "warmup_steps": 0, "log_every": 2},
+    },
+}
+EVALUATE_STAGE = {
+    "class_path": "Evaluate",
+    "init_args": {"metrics": ["shapes"], "num_samples": 2, "num_candidates": 3, "reranker": "matcher", "device": "cpu"},
+}
+
+
+@pytest.fixture(scope="module")
+def matcher_run(tiny_run, tmp_path_factory):
+    """The tiny run with a TrainMatcher and an Evaluate(reranker: matcher) stage run on top, through the CLI."""
+    root = tmp_path_factory.mktemp("matcher")
+    run_dir = root / "run"
+    shutil.copytree(tiny_run, run_dir)
+    recipe = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())
+    recipe.pop("_versions", None)
+    recipe["stages"] = [*recipe["stages"], MATCHER_STAGE, EVALUATE_STAGE]
+    path = root / "with_matcher.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "--run_dir", str(run_dir), "--stages", "train_matcher,evaluate"]) == 0
+    return run_dir
+
+
+def test_the_stage_writes_the_matcher_and_evaluate_reranks_with_it(matcher_run):
+    stage = matcher_run / "train_matcher"
+    assert (stage / "matcher.safetensors").is_file()
+    record = json.loads((stage / "matcher.json").read_text())
+    assert record["config"]["hidden_size"] == 16 and "loss" in record["metrics"]
+    saved = json.loads((matcher_run / "inference.json").read_text())
+    assert saved["reranker"] == "MatcherReranker" and saved["num_candidates"] == 3
+    report = json.loads((matcher_run / "evaluate" / "eval.json").read_text())
+    assert report["reranker"]["class"].endswith("MatcherReranker")
+
+
+def test_pipeline_loads_the_matcher_and_the_saved_reranker_uses_it(matcher_run, monkeypatch):
+    from vilgkit import Pipeline
+
+    pipe = Pipeline.from_run_dir(matcher_run, device="cpu")
+    assert pipe.matcher is not None
+    calls = []
+    real = pipe.matcher.forward
+    monkeypatch.setattr(pipe.matcher, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    images = pipe.text_to_image(["a red circle"], seed=0)  # the saved settings: best of 3 by the matcher
+    assert len(images) == 1 and calls
+
+
+def test_generate_uses_the_matcher_by_name(matcher_run, tmp_path):
+    out = tmp_path / "gen"
+    args = ["generate", str(matcher_run), "a red circle", "--num-candidates", "2", "--reranker", "matcher"]
+    assert main([*args, "--out", str(out), "--device", "cpu"]) == 0
+    assert json.loads((out / "generate.json").read_text())["settings"]["reranker"] == "matcher"
+
+
+def test_matcher_on_a_run_without_one_is_a_one_line_error(tiny_run, tmp_path, capsys):
+    args = ["generate", str(tiny_run), "a red circle", "--num-candidates", "2", "--reranker", "matcher"]
+    assert main([*args, "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "TrainMatcher" in err

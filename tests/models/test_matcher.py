@@ -1,0 +1,90 @@
+"""The image–text matcher and its training objective (vilgkit.models.matcher, vilgkit.stages.train_matcher)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vilgkit.models.matcher import ImageTextMatcher
+from vilgkit.stages.train_matcher import MatcherTrainable, caption_similarity, exchanged, substituted
+
+BOS, EOS, PAD = 1, 2, 0
+
+
+def _texts(rows: list[list[int]], width: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.full((len(rows), width), PAD)
+    for i, row in enumerate(rows):
+        framed = [BOS, *row, EOS]
+        ids[i, : len(framed)] = torch.tensor(framed)
+    return ids, ids != PAD
+
+
+def test_scores_do_not_depend_on_padding_or_the_pad_id():
+    torch.manual_seed(0)
+    matcher = ImageTextMatcher(
+        12, torch.randn(10, 4), max_text_len=8, max_image_grid=2, hidden_size=16, num_heads=2
+    ).eval()
+    ids, mask = _texts([[3, 4], [5, 6, 7]])
+    codes = torch.randint(0, 10, (2, 2, 2))
+    wide_ids = torch.cat([ids, torch.full((2, 2), 9)], dim=1)  # two more columns of junk, masked out
+    wide_mask = torch.cat([mask, torch.zeros(2, 2, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(matcher(ids, mask, codes), matcher(wide_ids, wide_mask, codes))
+
+
+def test_rewritten_negatives_differ_from_the_text_only_inside_bos_eos():
+    torch.manual_seed(0)
+    ids, mask = _texts([[3, 4, 5], [3, 6, 5]])
+    swapped = exchanged(ids, mask)
+    assert not torch.equal(swapped[0], ids[0]) and sorted(swapped[0].tolist()) == sorted(ids[0].tolist())
+    assert swapped[:, 0].eq(BOS).all() and (swapped == EOS).sum() == 2
+    other = substituted(ids, mask, ids.flip(0), mask.flip(0))
+    assert other[0].tolist() == [BOS, 3, 6, 5, EOS, PAD]  # the one position where they differ
+    single, single_mask = _texts([[3]])
+    assert torch.equal(exchanged(single, single_mask), single)  # nothing to exchange
+
+
+def test_duplicate_captions_are_never_negatives():
+    ids, mask = _texts([[3, 4], [3, 4], [3, 5]])
+    similar = caption_similarity(ids, mask, 12)
+    assert torch.isinf(similar.diagonal()).all()
+    assert similar[0, 1] == float("-inf") and similar[0, 2] > 0
+
+
+def test_a_trained_matcher_picks_the_image_its_text_describes():
+    """A world with a known answer: text ``[a, b]`` describes the 2x2 grid ``[[a, b], [a, a]]``.
+    Each candidate set holds the true grid, the grid of the same two codes with their roles
+    swapped (only which code goes where tells them apart) and a grid with another second code."""
+    torch.manual_seed(0)
+    vocab, codes_n = 3 + 6, 6
+
+    def grid(a: int, b: int) -> torch.Tensor:
+        return torch.tensor([[a, b], [a, a]])
+
+    pairs = [(a, b) for a in range(codes_n) for b in range(codes_n) if a != b]
+    ids, mask = _texts([[3 + a, 3 + b] for a, b in pairs], width=4)
+    images = torch.stack([grid(a, b) for a, b in pairs])
+    matcher = ImageTextMatcher(vocab, torch.eye(codes_n), max_text_len=4, max_image_grid=2, hidden_size=32, num_heads=2)
+    trainable = MatcherTrainable(matcher, image_negatives=4, text_negatives=2)
+    opt = torch.optim.AdamW(trainable.parameters(), lr=3e-3)
+    for _ in range(150):
+        pick = torch.randperm(len(pairs))[:16]
+        losses = trainable({"codes": images[pick], "text_ids": ids[pick], "text_mask": mask[pick]})
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    matcher.eval()
+    right = 0
+    for i, (a, b) in enumerate(pairs):
+        other = next(c for c in range(codes_n) if c not in (a, b))
+        candidates = torch.stack([grid(b, a), grid(a, other), grid(a, b)])
+        with torch.no_grad():
+            scores = matcher(ids[i : i + 1].expand(3, -1), mask[i : i + 1].expand(3, -1), candidates)
+        right += int(scores.argmax()) == 2
+    assert right >= 0.9 * len(pairs), f"{right}/{len(pairs)}"
+
+
+def test_the_trainable_needs_two_samples_or_text_to_rewrite():
+    matcher = ImageTextMatcher(12, torch.randn(10, 4), max_text_len=8, max_image_grid=2, hidden_size=16, num_heads=2)
+    ids, mask = _texts([[3]])
+    with pytest.raises(ValueError, match="at least two samples"):
+        MatcherTrainable(matcher)({"codes": torch.zeros(1, 2, 2, dtype=torch.long), "text_ids": ids, "text_mask": mask})

@@ -1,0 +1,293 @@
+"""``TrainMatcher``: train the image–text matching model that reranks best-of-N candidates.
+
+The stage loads the run's text and image tokenizers (as the generator stages do), tokenizes its data
+once (cached in the stage folder), and trains :class:`vilgkit.models.matcher.ImageTextMatcher`
+through the Trainer, so it resumes, logs and checkpoints like every training stage. It writes
+``matcher.safetensors`` and ``matcher.json`` into its folder; :class:`vilgkit.Pipeline` loads them
+with the run, and ``MatcherReranker`` (short name ``matcher``) scores candidates with them.
+
+What it learns is a ranking, the task reranking poses: for a text, which of several images it
+describes; for an image, which of several texts. Both lists are soft-maxed (InfoNCE) over the
+true pair and *hard* negatives, because the candidates of one prompt differ in little:
+
+* images of the batch whose captions share the most words with the text (bag-of-ids cosine);
+* the text with one id replaced by the id at the same position of the nearest other caption (an
+  attribute swapped for another of its kind, when captions share a template) and the text with two
+  of its ids exchanged (which attribute goes with which object). Negatives equal to the true text
+  are masked out.
+
+Nothing here knows the Shapes world: the negatives come from the captions' ids alone.
+
+Dimension key: B batch, K image negatives, J text negatives, L text length, h/w code grid, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vilgkit import artifacts
+from vilgkit.data.code_shards import image_tokenizer_fingerprint, text_tokenizer_fingerprint
+from vilgkit.engine.config import TrainerConfig
+from vilgkit.interfaces import RunContext, Stage, Trainable
+from vilgkit.models.matcher import ImageTextMatcher, code_table_of
+from vilgkit.registry import STAGES
+from vilgkit.stages.generator_training import (
+    TokenizedDataset,
+    collate_tokenized,
+    dataset_fingerprint,
+    tokenize_dataset,
+)
+from vilgkit.stages.train_generator import _load_cached, load_tokenizers
+
+
+class MatcherTrainable(nn.Module, Trainable):
+    """The matcher and its ranking loss as the Trainer sees them.
+
+    Args:
+        matcher: the model trained.
+        image_negatives: K, the hard negative images per text.
+        swap_negatives: include the two rewritten texts as negatives per image (else only other captions).
+        text_negatives: other captions of the batch per image, nearest first.
+    """
+
+    def __init__(
+        self, matcher: ImageTextMatcher, image_negatives: int = 5, text_negatives: int = 2, swap_negatives: bool = True
+    ) -> None:
+        super().__init__()
+        self.matcher = matcher
+        self.image_negatives, self.text_negatives, self.swap_negatives = image_negatives, text_negatives, swap_negatives
+
+    def forward(self, batch: dict[str, torch.Tensor], group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
+        device = next(self.matcher.parameters()).device
+        codes, ids, mask = (batch[k].to(device) for k in ("codes", "text_ids", "text_mask"))
+        size = len(codes)
+        similar = caption_similarity(ids, mask, self.matcher.text_vocab_size)  # [B, B], -inf: never a negative
+        true = self.matcher(ids, mask, codes)[:, None]  # [B, 1]: the true pair opens both lists
+        losses: dict[str, torch.Tensor] = {}
+        k = min(self.image_negatives, size - 1)
+        if k > 0:
+            nearest = similar.topk(k, dim=1)
+            scores = self.matcher(
+                ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), codes[nearest.indices.flatten()]
+            )
+            valid = torch.cat([torch.ones_like(true, dtype=torch.bool), nearest.values > -1e30], dim=1)
+            losses["image_choice"] = listwise_loss(torch.cat([true, scores.view(size, k)], dim=1), valid)
+        texts, texts_mask, valid = self.negative_texts(ids, mask, similar)  # [B, J, L]
+        j = texts.shape[1]
+        if j > 0 and bool(valid.any()):
+            scores = self.matcher(texts.flatten(0, 1), texts_mask.flatten(0, 1), codes.repeat_interleave(j, 0))
+            valid = torch.cat([torch.ones_like(true, dtype=torch.bool), valid], dim=1)
+            losses["text_choice"] = listwise_loss(torch.cat([true, scores.view(size, j)], dim=1), valid)
+        if not losses:
+            raise ValueError("a matcher batch needs at least two samples or two distinct ids to rewrite")
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def negative_texts(
+        self, ids: torch.Tensor, mask: torch.Tensor, similar: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per image: the rewritten texts and the nearest other captions.
+
+        Returns ``texts [B, J, L]``, their masks and ``valid Bool[B, J]`` (False: equal to the true
+        text, or no such caption)."""
+        rows: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        if self.swap_negatives:
+            order = similar.argmax(dim=1)
+            rows += [substituted(ids, mask, ids[order], mask[order]), exchanged(ids, mask)]
+            masks += [mask, mask]
+        k = min(self.text_negatives, len(ids) - 1)
+        found = torch.ones(len(ids), 0, dtype=torch.bool, device=ids.device)
+        if k > 0:
+            nearest = similar.topk(k, dim=1)
+            rows += [ids[nearest.indices[:, col]] for col in range(k)]
+            masks += [mask[nearest.indices[:, col]] for col in range(k)]
+            found = nearest.values > -1e30  # a caption at -inf is a duplicate of the true one
+        if not rows:
+            empty = ids[:, None, :0].expand(-1, 0, ids.shape[1])
+            return empty, empty.bool(), torch.ones(len(ids), 0, dtype=torch.bool, device=ids.device)
+        texts, texts_mask = torch.stack(rows, dim=1), torch.stack(masks, dim=1)
+        valid = ~((texts == ids[:, None]) | ~texts_mask).all(-1) | (texts_mask != mask[:, None]).any(-1)
+        if k > 0:
+            valid[:, -k:] &= found
+        return texts, texts_mask, valid
+
+    def validation_metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        with torch.no_grad():
+            losses = self.forward(batch)
+        return {k: float(v) for k, v in losses.items()}
+
+
+def caption_similarity(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Cosine similarity of the captions' bags of ids ``[B, B]``; ``-inf`` on the diagonal and where
+    two captions are the same text (a duplicate is not a negative)."""
+    bags = torch.zeros(len(ids), vocab_size, device=ids.device)
+    bags.scatter_add_(1, ids.clamp(0, vocab_size - 1), mask.float())
+    bags = F.normalize(bags, dim=1)
+    sim = bags @ bags.t()
+    width = ids.shape[1]
+    same = ((ids[:, None, :] == ids[None, :, :]) | ~(mask[:, None, :] | mask[None, :, :])).all(-1)
+    same &= (mask.sum(1)[:, None] == mask.sum(1)[None, :]) & (width > 0)
+    return sim.masked_fill(same, float("-inf"))
+
+
+def _inner_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B, L]``: the real ids between BOS (the first) and EOS (the last real one)."""
+    lengths = mask.sum(1)
+    pos = torch.arange(mask.shape[1], device=mask.device)[None]
+    return (pos >= 1) & (pos < (lengths - 1)[:, None])
+
+
+def substituted(ids: torch.Tensor, mask: torch.Tensor, other: torch.Tensor, other_mask: torch.Tensor) -> torch.Tensor:
+    """``ids`` with one inner id replaced by ``other``'s id at the same position, where they differ
+    (the first such position after a seeded-free, per-row deterministic offset); unchanged if none."""
+    inner = _inner_positions(mask) & _inner_positions(other_mask) & (ids != other)
+    out = ids.clone()
+    for b in range(len(ids)):
+        where = inner[b].nonzero().flatten()
+        if len(where):
+            pos = where[int(torch.randint(len(where), (1,)))]
+            out[b, pos] = other[b, pos]
+    return out
+
+
+def exchanged(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``ids`` with two inner ids of different value exchanged; unchanged if there are none."""
+    inner = _inner_positions(mask)
+    out = ids.clone()
+    for b in range(len(ids)):
+        where = inner[b].nonzero().flatten()
+        if len(where) < 2:
+            continue
+        first = where[int(torch.randint(len(where), (1,)))]
+        others = where[ids[b, where] != ids[b, first]]
+        if len(others):
+            second = others[int(torch.randint(len(others), (1,)))]
+            out[b, first], out[b, second] = ids[b, second], ids[b, first]
+    return out
+
+
+def listwise_loss(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of choosing column 0 among the valid columns of ``scores [B, 1+K]``."""
+    return F.cross_entropy(
+        scores.masked_fill(~valid, float("-inf")), torch.zeros(len(scores), dtype=torch.long, device=scores.device)
+    )
+
+
+@STAGES.register_module()
+class TrainMatcher(Stage):
+    """Train the run's image–text matching model (see the module docstring).
+
+    Args:
+        trainer: steps, batch size, learning rate, precision… (the Trainer's configuration).
+        name: the stage folder (default ``train_matcher``).
+        text_tokenizer_from, image_tokenizer_from: the stages (or folders) the tokenizers come from.
+        data: the training pairs (default: the recipe's ``data``).
+        hidden_size, num_layers, num_heads: the matcher's size.
+        image_negatives: hard negative images per text.
+        text_negatives: other captions per image, nearest first.
+        swap_negatives: also rank each image's text against two rewritten forms of it.
+    """
+
+    trains = "matcher"
+
+    def __init__(
+        self,
+        trainer: TrainerConfig | None = None,
+        name: str | None = None,
+        text_tokenizer_from: str = "fit_text_tokenizer",
+        image_tokenizer_from: str = "train_tokenizer",
+        data: torch.utils.data.Dataset | None = None,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        image_negatives: int = 5,
+        text_negatives: int = 2,
+        swap_negatives: bool = True,
+    ) -> None:
+        super().__init__(name)
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} must be a multiple of num_heads {num_heads}")
+        if image_negatives < 0 or text_negatives < 0:
+            raise ValueError("image_negatives and text_negatives must not be negative")
+        self.trainer = trainer or TrainerConfig()
+        self.text_tokenizer_from, self.image_tokenizer_from = text_tokenizer_from, image_tokenizer_from
+        self.data = data
+        self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
+        self.image_negatives, self.text_negatives, self.swap_negatives = image_negatives, text_negatives, swap_negatives
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from vilgkit.engine.trainer import Trainer
+
+        out_dir = ctx.stage_dir(self.name)
+        text_tok, image_tok = load_tokenizers(ctx, self.text_tokenizer_from, self.image_tokenizer_from)
+        dataset = self.data if self.data is not None else ctx.component("data")
+        max_len = self._max_text_len(ctx)
+        tokenized = self._tokenized(ctx, dataset, text_tok, image_tok, max_len, out_dir)
+        grid = max(tokenized.tensors["codes"].shape[-2:])
+        config = {
+            "text_vocab_size": int(text_tok.vocab_size),
+            "max_text_len": max_len,
+            "max_image_grid": int(grid),
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "pad_id": int(text_tok.pad_id),
+        }
+        table = code_table_of(image_tok)
+
+        def fresh() -> MatcherTrainable:
+            return MatcherTrainable(
+                ImageTextMatcher(code_table=table, **config),
+                self.image_negatives,
+                self.text_negatives,
+                self.swap_negatives,
+            )
+
+        trainer = Trainer.for_stage(
+            ctx,
+            self,
+            fresh(),
+            tokenized,
+            self.trainer,
+            collate_fn=collate_tokenized,
+            rebuild=fresh,
+            export_parts={"matcher.": artifacts.MATCHER_WEIGHTS},
+        )
+        metrics = trainer.fit(resume=ctx.resume)
+        if trainer.strategy.is_main:
+            record = {
+                "config": config,
+                "text_tokenizer_from": self.text_tokenizer_from,
+                "image_tokenizer_from": self.image_tokenizer_from,
+                "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
+            }
+            artifacts.write_json(out_dir / artifacts.MATCHER_RECORD, record)
+        return record["metrics"] if trainer.strategy.is_main else {}
+
+    @staticmethod
+    def _max_text_len(ctx: RunContext) -> int:
+        """The generator's text budget when the recipe has one (prompts arrive framed to it), else 64."""
+        generator = (ctx.recipe.get("generator") or {}).get("init_args") or {}
+        return int(generator.get("max_text_len", 64))
+
+    def _tokenized(
+        self, ctx: RunContext, dataset, text_tok, image_tok, max_len: int, out_dir: Path
+    ) -> TokenizedDataset:
+        sources = [ctx.source_dir(s) for s in (self.text_tokenizer_from, self.image_tokenizer_from) if s != "recipe"]
+        tokenizers = f"{text_tokenizer_fingerprint(text_tok)}:{image_tokenizer_fingerprint(image_tok)}"
+        fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{tokenizers}:{max_len}"
+        found = _load_cached([out_dir], fingerprint)
+        if found is not None:
+            return found[0]
+        tensors, _ = tokenize_dataset(
+            dataset, text_tok, image_tok, max_text_len=max_len, desc=f"{self.name}: tokenizing"
+        )
+        keep = {k: tensors[k].contiguous() for k in ("codes", "text_ids", "text_mask")}
+        artifacts.save_weights(out_dir / artifacts.TOKENIZED_CACHE, keep, metadata={"fingerprint": fingerprint})
+        return TokenizedDataset(keep)
