@@ -27,6 +27,7 @@ from vilgkit import artifacts
 from vilgkit.data.code_shards import image_tokenizer_fingerprint, text_tokenizer_fingerprint
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.errors import VilgkitError
+from vilgkit.init_defaults import init_with_defaults
 from vilgkit.interfaces import RunContext, Stage
 from vilgkit.registry import STAGES
 from vilgkit.stages.generator_training import (
@@ -437,37 +438,4 @@ class FinetuneVQA(_GeneratorStage):
     """
 
     default_directions = ("vqa",)
-
-    def __init__(
-        self,
-        trainer: TrainerConfig | None = None,
-        name: str | None = None,
-        text_tokenizer_from: str = "fit_text_tokenizer",
-        image_tokenizer_from: str = "train_tokenizer",
-        generator_from: str | None = "train_generator",
-        data: Dataset | None = None,
-        directions: list[Direction] | None = None,
-        precompute: bool = True,
-        reconstructor_weight: float = 1.0,
-        sample_every: int = 0,
-        num_samples: int = 8,
-        direction_fractions: dict[str, float] | None = None,
-        direction_weights: dict[str, float] | None = None,
-        shuffle: bool = True,
-    ) -> None:
-        super().__init__(
-            trainer,
-            name,
-            text_tokenizer_from,
-            image_tokenizer_from,
-            generator_from,
-            data,
-            directions,
-            precompute,
-            reconstructor_weight,
-            sample_every,
-            num_samples,
-            direction_fractions,
-            direction_weights,
-            shuffle,
-        )
+    __init__ = init_with_defaults(_GeneratorStage.__init__, generator_from="train_generator")
