@@ -36,6 +36,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from bench_model import add_size_arguments, build_generator  # this folder is on sys.path as a script
 from torch import nn
 
 import vilgkit_attention  # noqa: F401  (registers the patterns)
@@ -220,11 +221,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--text", type=int, default=64)
     ap.add_argument("--grid", type=int, default=32)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--heads", type=int, default=8)
+    add_size_arguments(ap)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--kernel", type=int, default=11)
     ap.add_argument("--repeats", type=int, default=5, help="training steps per pattern (interleaved)")
     ap.add_argument("--sample-repeats", type=int, default=5, help="sampling runs per pattern (interleaved)")
     ap.add_argument("--no-recompute-row", action="store_true", help="also time sparse with recompute=False")
@@ -367,26 +365,11 @@ def per_layer_times(args, layout, pad, device) -> dict:
 
 def generator_sampling(args, device, patterns) -> dict:
     """End to end: the project's generator sampling one image per prompt with each pattern."""
-    from vilgkit.models import UnifiedTransformer
-
     ids = torch.randint(5, 100, (args.batch, args.text), device=device)
     fns = {}
     for name in ("dense", "sparse"):
-        torch.manual_seed(0)
-        gen = (
-            UnifiedTransformer(
-                text_vocab_size=1000,
-                image_vocab_size=1024,
-                hidden_size=args.hidden,
-                num_layers=args.layers,
-                num_heads=args.heads,
-                max_text_len=args.text,
-                max_image_grid=args.grid,
-                attention=patterns[name],
-            )
-            .to(device)
-            .eval()
-        )
+        gen = build_generator(args.hidden, args.layers, args.heads, args.text, args.grid, patterns[name])
+        gen = gen.to(device).eval()
         fns[name] = lambda gen=gen: gen.sample_images(
             ids, None, (args.grid, args.grid), generator=torch.Generator(device).manual_seed(0)
         )

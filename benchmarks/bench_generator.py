@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_model import add_size_arguments, build_generator  # this folder is on sys.path as a script
 
 from vilgkit import dispatch
 from vilgkit.layout import Layout
@@ -75,17 +76,9 @@ def read_bandwidth(nbytes: int, repeats: int) -> float:
 def build(a, grid: int, sparse: bool) -> UnifiedTransformer:
     from vilgkit_attention import SparseAttention
 
-    torch.manual_seed(0)
     attention = SparseAttention(kernel_size=a.kernel) if sparse else None
-    return UnifiedTransformer(
-        a.text_vocab,
-        a.image_vocab,
-        hidden_size=a.hidden,
-        num_layers=a.layers,
-        num_heads=a.heads,
-        max_text_len=a.text_len,
-        max_image_grid=grid,
-        attention=attention,
+    return build_generator(
+        a.hidden, a.layers, a.heads, a.text_len, grid, attention, text_vocab=a.text_vocab, image_vocab=a.image_vocab
     )
 
 
@@ -306,13 +299,10 @@ def main() -> None:
         help="comma list of torch thread counts, each measured in turn (default 1,2; with --quick 1)",
     )
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list from {SECTIONS}")
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--heads", type=int, default=8)
+    add_size_arguments(p)
     p.add_argument("--text-len", type=int, default=32)
     p.add_argument("--grid", type=int, default=16)
     p.add_argument("--grid32", type=int, default=32, help="grid of the sparse-vs-dense sampling rows")
-    p.add_argument("--kernel", type=int, default=11, help="conv kernel of the sparse schedule")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--image-vocab", type=int, default=8192)
     p.add_argument("--text-vocab", type=int, default=8192)

@@ -29,25 +29,17 @@ def child(cfg: list, device: str) -> dict:
     import torch
 
     sys.path.insert(0, "plugins")
+    from bench_model import build_generator  # this folder is on sys.path as a script
+
     from vilgkit.interfaces import StrategyLayout
-    from vilgkit.models.unified import UnifiedTransformer
     from vilgkit.planning import estimate_memory
     from vilgkit_parallel.activation import apply_activation_checkpointing
 
     hidden, layers, heads, grid, text_len, batch, recompute = cfg
-    torch.manual_seed(0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = UnifiedTransformer(
-        text_vocab_size=1000,
-        image_vocab_size=1024,
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        max_text_len=text_len,
-        max_image_grid=grid,
-    ).to(device)
+    model = build_generator(hidden, layers, heads, text_len, grid).to(device)
     apply_activation_checkpointing(model.blocks(), recompute)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(4, 1000, (batch, text_len), device=device)

@@ -13,34 +13,27 @@ STRATEGY = (
 )
 
 
-def test_vqgan_stage_trains_under_fsdp_bf16(tmp_path, monkeypatch):
-    from vilgkit.cli import main
-
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+def test_vqgan_stage_trains_under_fsdp_bf16(tmp_path, run_in_one_process):
     run = tmp_path / "run"
-    rc = main(
-        [
-            "run",
-            "recipes/tokenizers/vqgan_shapes.yaml",
-            "--run_dir",
-            str(run),
-            "--data.init_args.size",
-            "4",
-            "--strategy",
-            STRATEGY,
-            "--stages.0.init_args.trainer.steps",
-            "2",
-            "--stages.0.init_args.trainer.batch_size",
-            "2",
-            "--stages.0.init_args.trainer.precision",
-            "bf16",
-            "--stages.0.init_args.trainer.log_every",
-            "1",
-            "--stages.0.init_args.eval_images",
-            "2",
-            "--stages.0.init_args.min_detector_agreement",
-            "0",
-        ]
+    rc = run_in_one_process(
+        "recipes/tokenizers/vqgan_shapes.yaml",
+        run,
+        "--data.init_args.size",
+        "4",
+        "--strategy",
+        STRATEGY,
+        "--stages.0.init_args.trainer.steps",
+        "2",
+        "--stages.0.init_args.trainer.batch_size",
+        "2",
+        "--stages.0.init_args.trainer.precision",
+        "bf16",
+        "--stages.0.init_args.trainer.log_every",
+        "1",
+        "--stages.0.init_args.eval_images",
+        "2",
+        "--stages.0.init_args.min_detector_agreement",
+        "0",
     )
     assert rc == 0
     lines = [json.loads(x) for x in (run / "train_tokenizer" / "metrics.jsonl").read_text().splitlines()]

@@ -135,25 +135,13 @@ def test_unknown_stage_is_refused_with_the_choices(capsys, tokenizer_overlay):
     assert "train_tokenizer, train_generator" in err and len(err.strip().splitlines()) == 1
 
 
-def test_run_refuses_the_10b_recipe_on_this_machine_before_building(tmp_path, capsys, monkeypatch):
+def test_run_refuses_the_10b_recipe_on_this_machine_before_building(tmp_path, capsys, monkeypatch, run_in_one_process):
     """``vilgkit run`` plans against the hardware it sees (here: one CPU process, this host's memory)."""
     from vilgkit import recipe_plan
-    from vilgkit.cli import main
 
     monkeypatch.setattr(recipe_plan, "host_memory_bytes", lambda: 64 * P.GiB)  # the same on every test machine
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
     run_dir = tmp_path / "run"
-    rc = main(
-        [
-            "run",
-            "recipes/ernievilg_10b.yaml",
-            *_overrides(),
-            "--run_dir",
-            str(run_dir),
-            "--strategy.init_args.device",
-            "cpu",
-        ]
-    )
+    rc = run_in_one_process("recipes/ernievilg_10b.yaml", run_dir, *_overrides(), "--strategy.init_args.device", "cpu")
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert "stage train_generator does not fit" in err and "host memory" in err and "--skip-preflight" in err

@@ -17,16 +17,17 @@ picture grids next to the numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vilgkit.inference_settings import InferenceSettings
 from vilgkit.interfaces.reranker import Reranker, rerank_samples
 from vilgkit.metrics.base import Metric
 from vilgkit.metrics.caption import CaptionMetrics
@@ -35,11 +36,21 @@ RESULTS_FILE = "eval.json"
 REPORT_FILE = "report.html"
 
 
-@dataclass
-class SamplingSettings:
-    """How images, captions and answers are generated (all recorded in ``eval.json``).
+#: the :class:`~vilgkit.inference_settings.InferenceSettings` fields the harness generates with
+SAMPLING_FIELDS = (
+    "num_candidates",
+    "temperature",
+    "top_k",
+    "top_p",
+    "cfg_scale",
+    "caption_method",
+    "num_beams",
+    "max_text_length",
+)
 
-    Attributes:
+_SAMPLING_DOC = """How images, captions and answers are generated (all recorded in ``eval.json``).
+
+    Attributes (names, types and defaults of :class:`~vilgkit.inference_settings.InferenceSettings`):
         num_candidates: images sampled per prompt (best of N after reranking).
         temperature, top_k, top_p, cfg_scale: image-token sampling.
         caption_method: ``greedy``, ``beam`` or ``sample`` for captions (answers are greedy).
@@ -47,14 +58,18 @@ class SamplingSettings:
         max_text_length: caption/answer token budget (default: the generator's text budget).
     """
 
-    num_candidates: int = 1
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    cfg_scale: float = 1.0
-    caption_method: str = "greedy"
-    num_beams: int = 4
-    max_text_length: int | None = None
+# Built from InferenceSettings' fields rather than written out a second time: the Evaluate stage
+# saves its sampling settings as the run's inference settings, so each must have the same name,
+# type and default there (and the order is that class's, as eval.json records them).
+SamplingSettings = dataclasses.make_dataclass(
+    "SamplingSettings",
+    [
+        (f.name, f.type, dataclasses.field(default=f.default))
+        for f in dataclasses.fields(InferenceSettings)
+        if f.name in SAMPLING_FIELDS
+    ],
+    namespace={"__doc__": _SAMPLING_DOC, "__module__": __name__},  # pickles as this module's class
+)
 
 
 def build_metrics(keys: list[str], *, fid_extractor: str = "shapes", fid_weights: str | None = None) -> list[Metric]:
@@ -202,7 +217,7 @@ def evaluate(
     timing["total_s"] = time.perf_counter() - start_all
     record = {
         "metrics": results,
-        "sampling": asdict(sampling),
+        "sampling": dataclasses.asdict(sampling),
         "seed": {
             "base": seed,
             "rule": "batch i samples with torch.Generator seeded seed + i",

@@ -27,6 +27,7 @@ from vilgkit import artifacts
 from vilgkit.data.code_shards import image_tokenizer_fingerprint, text_tokenizer_fingerprint
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.errors import VilgkitError
+from vilgkit.init_defaults import init_with_defaults
 from vilgkit.interfaces import RunContext, Stage
 from vilgkit.registry import STAGES
 from vilgkit.stages.generator_training import (
@@ -265,16 +266,7 @@ class _GeneratorStage(Stage):
         max_len = int(generator.max_text_len)
         dataset, collate, data_stats = self._training_data(ctx, out_dir, text_tok, image_tok, max_len)
         grid = self._grid(dataset, image_tok)
-        module = GeneratorTrainable(
-            generator,
-            text_tok,
-            image_tok,
-            self.directions,
-            reconstructor,
-            self.reconstructor_weight,
-            self.direction_fractions,
-            self.direction_weights,
-        )
+        module = self._trainable(generator, text_tok, image_tok, reconstructor)
         end_to_end, max_text_len = module.reconstructor is not None, int(generator.max_text_len)
         trainer = Trainer.for_stage(
             ctx,
@@ -330,14 +322,9 @@ class _GeneratorStage(Stage):
             return tuple(int(s) for s in item["codes"].shape[-2:])  # type: ignore[return-value]
         return image_tok.grid_size(*item["image"].shape[-2:])
 
-    def _fresh_trainable(self, ctx: RunContext, text_tok, image_tok, end_to_end: bool) -> GeneratorTrainable:
-        """An unwrapped, untrained copy of the trained module (fresh generator and end-to-end
-        reconstructor, the same tokenizers): the Trainer loads the consolidated weights into it."""
-        from vilgkit.stages.train_tokenizer import fresh_component
-
-        generator = fresh_component(ctx, "generator")
-        reconstructor = fresh_component(ctx, "reconstructor") if end_to_end else None
-        artifacts.attach_reconstructor(reconstructor, image_tok, int(generator.hidden_size), required=False)
+    def _trainable(self, generator, text_tok, image_tok, reconstructor) -> GeneratorTrainable:
+        """The trained module: these components with this stage's directions and loss weights (the
+        one definition for training and for the fresh copy the Trainer loads weights into)."""
         return GeneratorTrainable(
             generator,
             text_tok,
@@ -348,6 +335,16 @@ class _GeneratorStage(Stage):
             self.direction_fractions,
             self.direction_weights,
         )
+
+    def _fresh_trainable(self, ctx: RunContext, text_tok, image_tok, end_to_end: bool) -> GeneratorTrainable:
+        """An unwrapped, untrained copy of the trained module (fresh generator and end-to-end
+        reconstructor, the same tokenizers): the Trainer loads the consolidated weights into it."""
+        from vilgkit.stages.train_tokenizer import fresh_component
+
+        generator = fresh_component(ctx, "generator")
+        reconstructor = fresh_component(ctx, "reconstructor") if end_to_end else None
+        artifacts.attach_reconstructor(reconstructor, image_tok, int(generator.hidden_size), required=False)
+        return self._trainable(generator, text_tok, image_tok, reconstructor)
 
     def _save(self, ctx, out_dir, grid, image_tok, data_stats, metrics, end_to_end: bool, max_text_len: int) -> None:
         """The manifest (main rank only); the trainer has written the weights files."""
@@ -437,37 +434,4 @@ class FinetuneVQA(_GeneratorStage):
     """
 
     default_directions = ("vqa",)
-
-    def __init__(
-        self,
-        trainer: TrainerConfig | None = None,
-        name: str | None = None,
-        text_tokenizer_from: str = "fit_text_tokenizer",
-        image_tokenizer_from: str = "train_tokenizer",
-        generator_from: str | None = "train_generator",
-        data: Dataset | None = None,
-        directions: list[Direction] | None = None,
-        precompute: bool = True,
-        reconstructor_weight: float = 1.0,
-        sample_every: int = 0,
-        num_samples: int = 8,
-        direction_fractions: dict[str, float] | None = None,
-        direction_weights: dict[str, float] | None = None,
-        shuffle: bool = True,
-    ) -> None:
-        super().__init__(
-            trainer,
-            name,
-            text_tokenizer_from,
-            image_tokenizer_from,
-            generator_from,
-            data,
-            directions,
-            precompute,
-            reconstructor_weight,
-            sample_every,
-            num_samples,
-            direction_fractions,
-            direction_weights,
-            shuffle,
-        )
+    __init__ = init_with_defaults(_GeneratorStage.__init__, generator_from="train_generator")
