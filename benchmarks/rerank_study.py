@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 #: the rerankers compared, by their short names (vilgkit.reranker_names)
-STUDY_RERANKERS = ["self", "self_mean", "pmi", "pmi_shuffled", "caption", "caption_agreement"]
+STUDY_RERANKERS = ["self", "self_mean", "pmi", "pmi_shuffled", "caption", "caption_agreement", "matcher"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -110,6 +110,9 @@ def study_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict[str, A
     items = eval_items(run_dir, args.k)
     settings = sampling_settings(pipe, args)
     rerankers = {label: build_named_reranker(label) for label in args.rerankers}
+    for label in [name for name, r in rerankers.items() if getattr(r, "needs_matcher", False) and pipe.matcher is None]:
+        log(f"rerank_study: {run_dir} has no TrainMatcher stage; {label} left out")
+        del rerankers[label]
     n_max = max(args.ns)
     matches, diversity, sampling_s = [], {n: [] for n in args.ns}, 0.0
     picks = {(label, n): [] for label in rerankers for n in args.ns}
@@ -138,6 +141,7 @@ def study_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict[str, A
                     text_mask=mask.to(subset.device),
                     prompts=prompts,
                     generator=pipe.generator,
+                    matcher=pipe.matcher,
                 )
                 if b == 0:  # untimed warm-up: first-call costs (allocations, memo tables) would favour the later ones
                     reranker.rerank(inputs)

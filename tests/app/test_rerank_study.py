@@ -18,7 +18,8 @@ def _study():
     return module
 
 
-def test_rerank_study_on_a_tiny_run(tiny_run, tmp_path):
+def test_rerank_study_on_a_tiny_run(matcher_run, tmp_path):
+    tiny_run = matcher_run  # every reranker of the study, the matcher's too
     study = _study()
     out = tmp_path / "study"
     args = [str(tiny_run), str(tiny_run), "--k", "3", "--ns", "1,2,3", "--batch-size", "2", "--out", str(out)]

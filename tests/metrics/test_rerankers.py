@@ -14,7 +14,7 @@ import torch
 import vilgkit_rerank  # noqa: F401  (registers the rerankers)
 from vilgkit.interfaces import Generator, GeneratorOutput, RerankInputs
 from vilgkit.reranker_names import RERANKER_ALIASES, build_named_reranker, saved_name
-from vilgkit_rerank import CaptionReranker, MeanSelfReranker, PMIReranker, SelfReranker
+from vilgkit_rerank import CaptionReranker, MatcherReranker, MeanSelfReranker, PMIReranker, SelfReranker
 from vilgkit_rerank.caption import ngram_f1
 
 P0, P1 = (2, 10, 11, 3), (2, 12, 13, 3)  # BOS words EOS
@@ -91,6 +91,34 @@ def test_each_reranker_picks_its_known_answer(reranker, best, expected):
     result = reranker.rerank(_inputs())
     assert result.best.tolist() == best
     torch.testing.assert_close(result.scores, torch.tensor(expected), atol=1e-4, rtol=0)
+
+
+class TableMatcher(torch.nn.Module):
+    """A matcher whose score of (prompt, candidate code) is ``MATCH[(code, prompt)]``."""
+
+    MATCH = {(0, P0): 0.1, (1, P0): 2.0, (2, P0): -1.0, (3, P1): 0.5, (4, P1): -3.0, (5, P1): 0.7}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # a device to run on
+        self.calls: list[int] = []
+
+    def forward(self, ids, mask, codes):
+        self.calls.append(len(codes))
+        rows = [tuple(int(t) for t in row[m]) for row, m in zip(ids, mask)]
+        return torch.tensor([self.MATCH[(int(c.flatten()[0]), row)] for c, row in zip(codes, rows)])
+
+
+def test_the_matcher_reranker_picks_the_matchers_best_in_passes_of_batch_size():
+    matcher = TableMatcher()
+    inputs = _inputs()
+    inputs.matcher = matcher
+    result = MatcherReranker(batch_size=4).rerank(inputs)
+    assert result.best.tolist() == [1, 2]
+    torch.testing.assert_close(result.scores, torch.tensor([[0.1, 2.0, -1.0], [0.5, -3.0, 0.7]]))
+    assert matcher.calls == [4, 2]  # six pairs in passes of at most four
+    with pytest.raises(ValueError, match="TrainMatcher"):
+        MatcherReranker().rerank(_inputs())  # no matcher handed over
 
 
 def test_pmi_is_batched_and_falls_back_to_the_shuffled_prompt_alone():

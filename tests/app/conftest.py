@@ -1,0 +1,39 @@
+"""Fixtures of the application tests: a tiny run with a trained image–text matcher on top."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from vilgkit.cli import main
+
+MATCHER_STAGE = {
+    "class_path": "TrainMatcher",
+    "init_args": {
+        "hidden_size": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "trainer": {"steps": 4, "batch_size": 8, "lr": 0.002, "warmup_steps": 0, "log_every": 2},
+    },
+}
+EVALUATE_STAGE = {
+    "class_path": "Evaluate",
+    "init_args": {"metrics": ["shapes"], "num_samples": 2, "num_candidates": 3, "reranker": "matcher", "device": "cpu"},
+}
+
+
+@pytest.fixture(scope="session")
+def matcher_run(tiny_run, tmp_path_factory):
+    """The tiny run with a TrainMatcher and an Evaluate(reranker: matcher) stage run on top, through the CLI."""
+    root = tmp_path_factory.mktemp("matcher")
+    run_dir = root / "run"
+    shutil.copytree(tiny_run, run_dir)
+    recipe = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text())
+    recipe.pop("_versions", None)
+    recipe["stages"] = [*recipe["stages"], MATCHER_STAGE, EVALUATE_STAGE]
+    path = root / "with_matcher.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "--run_dir", str(run_dir), "--stages", "train_matcher,evaluate"]) == 0
+    return run_dir
