@@ -290,7 +290,9 @@ def _text_to_image(
         all_images = pipe.decode_codes(codes, ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)).cpu()
         timing["decode_s" if not need_all else "rerank_s"] += time.perf_counter() - t
     if reranker is not None and n > 1:
-        result = rerank_samples(reranker, n, codes, ids, mask, prompts, all_images, pipe.generator, getattr(pipe, "matcher", None))
+        result = rerank_samples(
+            reranker, n, codes, ids, mask, prompts, all_images, pipe.generator, getattr(pipe, "matcher", None)
+        )
         timing["rerank_s"] += result.seconds
         best, scores = result.best, result.scores
     rows = torch.arange(len(prompts)) * n + best
