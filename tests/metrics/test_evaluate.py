@@ -23,6 +23,7 @@ class _Oracle:
         self.items = [dataset[i] for i in range(len(dataset))]
         self.by_caption = {it["caption"]: i for i, it in enumerate(self.items)}
         self.n, self.device, self.max_text_len = n, torch.device("cpu"), 32
+        self.matcher = None  # no TrainMatcher stage
         oracle = self
 
         class Gen:
@@ -58,6 +59,9 @@ class _Oracle:
         codes = (idx[:, None] * num_candidates + torch.arange(num_candidates)).view(-1, 1, 1)
         ids = torch.full((len(prompts), 3), 5)
         return codes, ids, torch.ones_like(ids, dtype=torch.bool)
+
+    def check_reranker(self, reranker):
+        """Every reranker the tests pass needs only the generator."""
 
     def decode_codes(self, codes, ids=None, mask=None):
         out = []

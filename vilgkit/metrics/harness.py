@@ -159,9 +159,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     if num_samples <= 0:
         raise ValueError("nothing to evaluate: num_samples is 0")
-    check = getattr(pipe, "check_reranker", None)  # a stand-in pipeline (tests) may have none
-    if check is not None:
-        check(reranker)  # a reranker that needs a part the run lacks fails before any sampling
+    pipe.check_reranker(reranker)  # a reranker that needs a part the run lacks fails before any sampling
     metric_objs = build_metrics(metrics, fid_extractor=fid_extractor, fid_weights=fid_weights)
     tasks = {m.task for m in metric_objs} | ({"image2text"} if "caption" in metrics else set())
     captioners: dict[str, CaptionMetrics] = {}
@@ -290,9 +288,7 @@ def _text_to_image(
         all_images = pipe.decode_codes(codes, ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)).cpu()
         timing["decode_s" if not need_all else "rerank_s"] += time.perf_counter() - t
     if reranker is not None and n > 1:
-        result = rerank_samples(
-            reranker, n, codes, ids, mask, prompts, all_images, pipe.generator, getattr(pipe, "matcher", None)
-        )
+        result = rerank_samples(reranker, n, codes, ids, mask, prompts, all_images, pipe.generator, pipe.matcher)
         timing["rerank_s"] += result.seconds
         best, scores = result.best, result.scores
     rows = torch.arange(len(prompts)) * n + best

@@ -107,6 +107,16 @@ def _load_cached(folders: list[Path], fingerprint: str):
     return None
 
 
+def tokenized_fingerprint(
+    ctx: RunContext, dataset: Any, sources: tuple[str, str], text_tok: Any, image_tok: Any, max_len: int
+) -> str:
+    """What a ``tokenized.safetensors`` cache was made from: the data set, the tokenizers' files
+    (``sources``: where the text and image tokenizers came from) and contents, the text budget."""
+    folders = [ctx.source_dir(s) for s in sources if s != FROM_RECIPE]
+    tokenizers = f"{text_tokenizer_fingerprint(text_tok)}:{image_tokenizer_fingerprint(image_tok)}"
+    return f"{dataset_fingerprint(dataset, *folders)}:{tokenizers}:{max_len}"
+
+
 def check_special_ids(generator: Any, text_tokenizer: Any) -> None:
     """Frame texts with the tokenizer's special ids and check the text vocabulary fits the generator.
 
@@ -191,9 +201,9 @@ class _GeneratorStage(Stage):
                 )
             samples = None if streamed else len(dataset)
             return dataset, _raw_collate, {"samples": samples, "tokenized": False, "streamed": streamed}
-        sources = [ctx.source_dir(s) for s in (self.text_tokenizer_from, self.image_tokenizer_from) if s != FROM_RECIPE]
-        tokenizers = f"{text_tokenizer_fingerprint(text_tok)}:{image_tokenizer_fingerprint(image_tok)}"
-        fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{tokenizers}:{max_len}"
+        fingerprint = tokenized_fingerprint(
+            ctx, dataset, (self.text_tokenizer_from, self.image_tokenizer_from), text_tok, image_tok, max_len
+        )
         folders = [out_dir] + ([ctx.source_dir(self.generator_from)] if self.generator_from else [])
         found = _load_cached(folders, fingerprint)
         from vilgkit.engine.ranks import is_main_process, stage_barrier

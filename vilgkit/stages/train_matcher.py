@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from vilgkit import artifacts
-from vilgkit.data.code_shards import image_tokenizer_fingerprint, text_tokenizer_fingerprint
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.interfaces import RunContext, Stage, Trainable
 from vilgkit.models.matcher import ImageTextMatcher, code_table_of
@@ -39,10 +38,9 @@ from vilgkit.registry import STAGES
 from vilgkit.stages.generator_training import (
     TokenizedDataset,
     collate_tokenized,
-    dataset_fingerprint,
     tokenize_dataset,
 )
-from vilgkit.stages.train_generator import _load_cached, load_tokenizers
+from vilgkit.stages.train_generator import _load_cached, load_tokenizers, tokenized_fingerprint
 
 
 class MatcherTrainable(nn.Module, Trainable):
@@ -130,9 +128,8 @@ def caption_similarity(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int) -
     bags.scatter_add_(1, ids.clamp(0, vocab_size - 1), mask.float())
     bags = F.normalize(bags, dim=1)
     sim = bags @ bags.t()
-    width = ids.shape[1]
     same = ((ids[:, None, :] == ids[None, :, :]) | ~(mask[:, None, :] | mask[None, :, :])).all(-1)
-    same &= (mask.sum(1)[:, None] == mask.sum(1)[None, :]) & (width > 0)
+    same &= mask.sum(1)[:, None] == mask.sum(1)[None, :]
     return sim.masked_fill(same, float("-inf"))
 
 
@@ -144,8 +141,8 @@ def _inner_positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def substituted(ids: torch.Tensor, mask: torch.Tensor, other: torch.Tensor, other_mask: torch.Tensor) -> torch.Tensor:
-    """``ids`` with one inner id replaced by ``other``'s id at the same position, where they differ
-    (the first such position after a seeded-free, per-row deterministic offset); unchanged if none."""
+    """``ids`` with one inner id replaced by ``other``'s id at the same position, at a position
+    (drawn from torch's global RNG) where the two differ; a row where none differs is unchanged."""
     inner = _inner_positions(mask) & _inner_positions(other_mask) & (ids != other)
     out = ids.clone()
     for b in range(len(ids)):
@@ -279,9 +276,9 @@ class TrainMatcher(Stage):
     def _tokenized(
         self, ctx: RunContext, dataset, text_tok, image_tok, max_len: int, out_dir: Path
     ) -> TokenizedDataset:
-        sources = [ctx.source_dir(s) for s in (self.text_tokenizer_from, self.image_tokenizer_from) if s != "recipe"]
-        tokenizers = f"{text_tokenizer_fingerprint(text_tok)}:{image_tokenizer_fingerprint(image_tok)}"
-        fingerprint = f"{dataset_fingerprint(dataset, *sources)}:{tokenizers}:{max_len}"
+        fingerprint = tokenized_fingerprint(
+            ctx, dataset, (self.text_tokenizer_from, self.image_tokenizer_from), text_tok, image_tok, max_len
+        )
         found = _load_cached([out_dir], fingerprint)
         if found is not None:
             return found[0]
