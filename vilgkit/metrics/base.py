@@ -33,6 +33,11 @@ class Metric(ABC):
     task: ClassVar[str]
     inputs: ClassVar[tuple[str, ...]]
 
+    def __init__(self) -> None:
+        """A new metric has accumulated nothing: the state :meth:`reset` leaves (a subclass with
+        settings stores them, then calls this)."""
+        self.reset()
+
     @abstractmethod
     def reset(self) -> None:
         """Forget everything accumulated so far."""

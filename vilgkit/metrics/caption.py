@@ -176,7 +176,7 @@ class CaptionMetrics(Metric):
         bad = set(self.metrics) - set(CAPTION_METRICS)
         if bad:
             raise ValueError(f"unknown caption metric(s) {sorted(bad)}; choose from {CAPTION_METRICS}")
-        self.reset()
+        super().__init__()
 
     def reset(self) -> None:
         self._predictions: list[str] = []

@@ -63,7 +63,7 @@ class FID(Metric):
         self.extractor_kind, self.weights = extractor, weights
         self.reference_stats, self.batch_size, self.device = reference_stats, batch_size, torch.device(device)
         self._extractor: FeatureExtractor | None = None
-        self.reset()
+        super().__init__()
 
     @classmethod
     def with_extractor(cls, extractor: FeatureExtractor, **kwargs: Any) -> FID:

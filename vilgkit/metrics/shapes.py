@@ -28,9 +28,6 @@ class ShapesPromptAccuracy(Metric):
     task: ClassVar[str] = "text2image"
     inputs: ClassVar[tuple[str, ...]] = ("generated", "scenes")
 
-    def __init__(self) -> None:
-        self.reset()
-
     def reset(self) -> None:
         self._matches: list[bool] = []
         self._found = 0
@@ -67,9 +64,6 @@ class ShapesCaptionAccuracy(Metric):
     key: ClassVar[str] = "shapes"
     task: ClassVar[str] = "image2text"
     inputs: ClassVar[tuple[str, ...]] = ("predictions", "scenes")
-
-    def __init__(self) -> None:
-        self.reset()
 
     def reset(self) -> None:
         self._results: list[dict[str, Any]] = []

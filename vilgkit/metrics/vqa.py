@@ -116,9 +116,6 @@ class VQAAccuracy(Metric):
     task: ClassVar[str] = "vqa"
     inputs: ClassVar[tuple[str, ...]] = ("predictions", "answers")
 
-    def __init__(self) -> None:
-        self.reset()
-
     def reset(self) -> None:
         self._predictions: list[str] = []
         self._answers: list[Any] = []
