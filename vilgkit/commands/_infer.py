@@ -66,6 +66,13 @@ def add_setting(parser: argparse.ArgumentParser, flag: str, fallback: Any, help_
     parser.add_argument(flag, default=None, help=f"{help_text} ({SAVED}; without one: {fallback})", **kwargs)
 
 
+def add_text_decoding(parser: argparse.ArgumentParser, what: str, dest: str, methods: list[str]) -> None:
+    """``--method`` (stored as ``dest``) and ``--num-beams``: how a command decodes its text (``what``:
+    a caption, an answer), both defaulting to the run's saved settings."""
+    add_setting(parser, "--method", "greedy", f"{what} decoding", choices=methods, dest=dest)
+    add_setting(parser, "--num-beams", 4, "beams for --method beam", type=T.positive_int)
+
+
 def effective_settings(args: argparse.Namespace, saved: Any, names: list[str]) -> dict[str, Any]:
     """Flag values where given, else the run's saved settings, else the command's fallbacks."""
     fallback = getattr(args, "_fallback", {}) if not saved.saved else {}

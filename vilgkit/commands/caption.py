@@ -17,13 +17,11 @@ HELP_ACTION = RunSettingsHelp  # -h after RUN_DIR also shows the settings that r
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vilgkit.commands import _argtypes as T
-    from vilgkit.commands._infer import add_common, add_setting
+    from vilgkit.commands._infer import add_common, add_setting, add_text_decoding
 
     add_common(parser, "captions")
     parser.add_argument("images", nargs="+", help="image files (resized to the model's image size)")
-    methods = ["greedy", "beam", "sample"]
-    add_setting(parser, "--method", "greedy", "caption decoding", choices=methods, dest="caption_method")
-    add_setting(parser, "--num-beams", 4, "beams for --method beam", type=T.positive_int)
+    add_text_decoding(parser, "caption", "caption_method", ["greedy", "beam", "sample"])
     add_setting(parser, "--max-length", "the text budget", "token limit", type=T.positive_int, dest="max_text_length")
 
 

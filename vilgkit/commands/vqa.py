@@ -18,13 +18,12 @@ HELP_ACTION = RunSettingsHelp  # -h after RUN_DIR also shows the settings that r
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from vilgkit.commands import _argtypes as T
-    from vilgkit.commands._infer import add_common, add_setting
+    from vilgkit.commands._infer import add_common, add_text_decoding
 
     add_common(parser, "answers")
     parser.add_argument("--image", action="append", required=True, help="an image file (repeatable)")
     parser.add_argument("--question", action="append", required=True, type=T.text, help="a question (repeatable)")
-    add_setting(parser, "--method", "greedy", "answer decoding", choices=["greedy", "beam"], dest="answer_method")
-    add_setting(parser, "--num-beams", 4, "beams for --method beam", type=T.positive_int)
+    add_text_decoding(parser, "answer", "answer_method", ["greedy", "beam"])
     parser.add_argument("--truncate", action="store_true", help="cut over-long questions instead of failing")
 
 
