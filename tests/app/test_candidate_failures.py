@@ -1,0 +1,48 @@
+"""``benchmarks/candidate_failures.py``: failure kinds on known detector outputs; a whole tiny run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("candidate_failures", ROOT / "benchmarks" / "candidate_failures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RED_CIRCLE = ("circle", "red", "top left", "small")
+
+
+def test_failure_kinds_from_the_detectors_lists():
+    kind = _script().failure_kind
+    assert kind([RED_CIRCLE], [("square", "red", "top left", "small")]) == "shape"
+    assert kind([RED_CIRCLE], [("circle", "red", "top left", "large")]) == "size"
+    assert kind([RED_CIRCLE], [("square", "blue", "top left", "small")]) == "several attributes"
+    assert kind([], [RED_CIRCLE]) == "extra object"
+    assert kind([RED_CIRCLE], []) == "missing object"
+    # two wrong objects, each wrong in colour only: one kind
+    blue = ("star", "blue", "centre", "large")
+    found = [("star", "green", "centre", "large"), ("circle", "white", "top left", "small")]
+    assert kind([RED_CIRCLE, blue], found) == "color"
+
+
+def test_candidate_failures_on_a_tiny_run(tiny_run, tmp_path):
+    script = _script()
+    out = tmp_path / "diag"
+    args = [str(tiny_run), "--k", "3", "--n", "2", "--batch-size", "2", "--out", str(out)]
+    assert script.main(args, log=lambda s: None) == 0
+    record = json.loads((out / "candidate_failures.json").read_text())
+    run = record["runs"][0]
+    assert run["candidates"] == 6 and 0 <= run["right"] <= 6
+    assert sum(run["failures"].values()) == 6 - run["right"] and list(run["failures"]) == script.KINDS
+    assert 0.0 <= run["caption_detector_agreement"] <= 1.0 and 0.0 <= run["round_trip_same_codes"] <= 1.0
+    assert "| run | candidates right |" in (out / "candidate_failures.md").read_text()
+    assert script.main([str(tmp_path / "missing")]) == 2
