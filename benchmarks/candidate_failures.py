@@ -57,16 +57,14 @@ def failure_kind(missing: list[tuple], extra: list[tuple]) -> str:
 def diagnose_run(run_dir: Path, k: int, n: int, seed: int, batch_size: int, log=print) -> dict[str, Any]:
     """Sample, check, caption and re-encode one run's candidates; the tallies of :data:`KINDS` and
     the agreement figures."""
-    from rerank_study import eval_items
+    from rerank_study import eval_items, sampling_settings
 
     from vilgkit import Pipeline
     from vilgkit.data.shapes import caption_matches_scene, image_matches_scene
 
     pipe = Pipeline.from_run_dir(run_dir, device="cpu")
     items = eval_items(run_dir, k)
-    saved = pipe.settings
-    settings = {"temperature": saved.temperature, "top_k": saved.top_k or None, "top_p": saved.top_p}
-    settings["cfg_scale"] = saved.cfg_scale
+    settings = sampling_settings(pipe)
     kinds: collections.Counter = collections.Counter()
     right = caption_right = caption_right_when_wrong = candidates = 0
     same_codes = 0.0
@@ -133,8 +131,9 @@ def markdown(runs: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None, log=print) -> int:
+    from rerank_study import machine
+
     import vilgkit.builtins  # noqa: F401
-    from vilgkit.dispatch import cpu_model
     from vilgkit.plugins import get_plugin_manager
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -154,12 +153,12 @@ def main(argv: list[str] | None = None, log=print) -> int:
             return 2
     runs = [diagnose_run(Path(r), args.k, args.n, args.seed, args.batch_size, log) for r in args.run_dirs]
     command = "python benchmarks/candidate_failures.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    machine = f"{cpu_model()}; torch threads {torch.get_num_threads()}"
+    where = machine()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"command": command, "machine": machine, "date": time.strftime("%Y-%m-%d"), "runs": runs}
+    record = {"command": command, "machine": where, "date": time.strftime("%Y-%m-%d"), "runs": runs}
     (out / "candidate_failures.json").write_text(json.dumps(record, indent=2))
-    table = f"`{command}` — {machine}, {record['date']}\n\n" + markdown(runs)
+    table = f"`{command}` — {where}, {record['date']}\n\n" + markdown(runs)
     (out / "candidate_failures.md").write_text(table)
     log(table)
     return 0

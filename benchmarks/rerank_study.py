@@ -86,15 +86,17 @@ def eval_items(run_dir: Path, k: int) -> list[dict[str, Any]]:
     return items
 
 
-def sampling_settings(pipe, args: argparse.Namespace) -> dict[str, Any]:
-    """The run's saved sampling settings, flags overriding them."""
+def sampling_settings(
+    pipe, temperature: float | None = None, top_k: int | None = None, cfg_scale: float | None = None
+) -> dict[str, Any]:
+    """The run's saved sampling settings, the given values (flags) overriding them (``top_k`` 0: off)."""
     saved = pipe.settings
-    top_k = saved.top_k if args.top_k is None else args.top_k
+    top_k = saved.top_k if top_k is None else top_k
     return {
-        "temperature": saved.temperature if args.temperature is None else args.temperature,
+        "temperature": saved.temperature if temperature is None else temperature,
         "top_k": top_k or None,
         "top_p": saved.top_p,
-        "cfg_scale": saved.cfg_scale if args.cfg_scale is None else args.cfg_scale,
+        "cfg_scale": saved.cfg_scale if cfg_scale is None else cfg_scale,
     }
 
 
@@ -108,7 +110,7 @@ def study_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict[str, A
 
     pipe = Pipeline.from_run_dir(run_dir, device=args.device)
     items = eval_items(run_dir, args.k)
-    settings = sampling_settings(pipe, args)
+    settings = sampling_settings(pipe, args.temperature, args.top_k, args.cfg_scale)
     rerankers = {label: build_named_reranker(label) for label in args.rerankers}
     for label in [name for name, r in rerankers.items() if getattr(r, "needs_matcher", False) and pipe.matcher is None]:
         log(f"rerank_study: {run_dir} has no TrainMatcher stage; {label} left out")
