@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        # a command takes recipe overrides (--key value after its flags) only if it says so
         if extra and not getattr(args._module, "ACCEPTS_OVERRIDES", False):
             raise VilgkitError(f"vilgkit {args.command}: unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra

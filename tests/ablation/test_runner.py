@@ -128,6 +128,7 @@ def test_bad_sets_are_one_line_errors(tiny_set, capsys, settings, args, message)
 def test_shipped_sets_parse():
     from pathlib import Path
 
+    from vilgkit.ablation.store import stage_name
     from vilgkit.engine.runner import resolve
 
     recipes = Path(__file__).resolve().parents[2] / "recipes" / "ablations"
@@ -136,10 +137,13 @@ def test_shipped_sets_parse():
     for folder in folders:
         aset = load_set(folder)
         assert aset.rows and aset.seeds
-        base = yaml.safe_load(aset.base.read_text())["stages"]
+        base = {stage_name(n): n for n in yaml.safe_load(aset.base.read_text())["stages"]}
+        assert set(aset.shared_stages) <= set(base)
         for _, path in aset.rows:
             row = yaml.safe_load(path.read_text())
             if "stages" in row:  # a row's list replaces the base's: the shared stages must not drift
-                assert row["stages"][: len(base)] == base, f"{path}: shared stages drifted from base.yaml"
+                own = {stage_name(n): n for n in row["stages"]}
+                for name in aset.shared_stages:
+                    assert own.get(name) == base[name], f"{path}: shared stage {name} drifted from base.yaml"
             resolve([str(aset.base), str(path)])
         assert "How long" in aset.base.read_text() or folder == recipes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
 
 def _number(text: str, kind: type) -> float | int:
@@ -82,3 +83,9 @@ def device(value: str) -> str:
             raise argparse.ArgumentTypeError(f"{value}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return value
     raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def flags(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The values of the flags ``names`` as keyword arguments, for a subcommand that forwards its
+    flags unchanged to the library function of the same parameter names."""
+    return {name: getattr(args, name) for name in names}

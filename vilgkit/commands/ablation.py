@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vilgkit.commands._argtypes import flags
 from vilgkit.errors import VilgkitError
 
 HELP = "run an ablation recipe set (rows × training seeds, shared stages) and write its table"
@@ -45,14 +46,7 @@ def main(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise VilgkitError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
-    record = run_ablation(
-        args.folder,
-        run_dir=args.run_dir,
-        rows=args.rows,
-        seeds=args.seeds,
-        fresh=args.fresh,
-        overrides=args.overrides,
-    )
+    record = run_ablation(args.folder, **flags(args, "run_dir", "rows", "seeds", "fresh", "overrides"))
     table = markdown_table(record)
     print(table)
     if args.out:

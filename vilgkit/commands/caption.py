@@ -11,7 +11,6 @@ import argparse
 from vilgkit.commands._infer import RunSettingsHelp
 
 HELP = "caption images with a trained run (prints captions, writes captions.json and a grid)"
-ACCEPTS_OVERRIDES = False
 HELP_ACTION = RunSettingsHelp  # -h after RUN_DIR also shows the settings that run uses
 
 

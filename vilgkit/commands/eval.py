@@ -9,7 +9,6 @@ from pathlib import Path
 from vilgkit.errors import VilgkitError
 
 HELP = "evaluate a trained run (FID, caption metrics, VQA, Shapes scores) and write eval.json + report.html"
-ACCEPTS_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

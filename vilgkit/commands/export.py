@@ -32,7 +32,6 @@ from vilgkit.artifacts import (
 from vilgkit.errors import VilgkitError
 
 HELP = "consolidate a sharded checkpoint into safetensors + the resolved recipe (single-device loadable)"
-ACCEPTS_OVERRIDES = False
 SPLIT = ("generator", "reconstructor")  # GeneratorTrainable's children, saved as the Pipeline expects
 
 

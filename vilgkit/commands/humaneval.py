@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 
+from vilgkit.commands._argtypes import flags
+
 HELP = "human evaluation campaigns: create one from runs, serve the rating page, report the paper's tables"
-ACCEPTS_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,11 +84,7 @@ def main(args: argparse.Namespace) -> int:
             args.protocol,
             args.run,
             args.items,
-            num_items=args.num_items,
-            raters_per_item=args.raters_per_item,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            device=args.device,
+            **flags(args, "num_items", "raters_per_item", "seed", "batch_size", "device"),
         )
         return 0
     campaign = Campaign(args.campaign)

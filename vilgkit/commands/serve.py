@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 
 HELP = "serve a trained run over HTTP: a JSON API and a page (text→image, captions, VQA)"
-ACCEPTS_OVERRIDES = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

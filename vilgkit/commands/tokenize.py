@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vilgkit.commands._argtypes import flags
 from vilgkit.commands._recipe_args import add_recipe_arguments
 
 HELP = "encode a data set into pre-tokenized code shards (safetensors + manifest)"
@@ -78,12 +79,7 @@ def main(args: argparse.Namespace) -> int:
         image_tokenizer,
         text_tokenizer,
         args.out,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        max_text_len=args.max_text_len,
-        workers=args.workers,
-        resume=args.resume,
+        **flags(args, "shard_size", "batch_size", "limit", "max_text_len", "workers", "resume"),
         progress=not args.no_progress,
         description=recipe.get("data") or {},
     )

@@ -12,7 +12,6 @@ import argparse
 from vilgkit.commands._infer import RunSettingsHelp
 
 HELP = "answer questions about images with a trained run (prints answers, writes answers.json and a grid)"
-ACCEPTS_OVERRIDES = False
 HELP_ACTION = RunSettingsHelp  # -h after RUN_DIR also shows the settings that run uses
 
 
