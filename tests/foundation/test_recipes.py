@@ -95,6 +95,16 @@ def test_missing_file_malformed_yaml_unknown_subcommand(tmp_path):
     assert "Traceback" in res.stderr  # --debug shows it
 
 
+@pytest.mark.parametrize(
+    "command", [["caption", "RUN", "x.png"], ["vqa", "RUN", "--image", "x.png", "--question", "q"]]
+)
+def test_commands_without_overrides_reject_extra_flags(tmp_path, command):
+    # only commands with ACCEPTS_OVERRIDES = True take recipe overrides; the rest reject them before running
+    res = run_cli([c.replace("RUN", str(tmp_path)) for c in command] + ["--generator.init_args.hidden_size", "8"])
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"vilgkit {command[0]}: unrecognized arguments: --generator.init_args.hidden_size 8" in res.stderr
+
+
 def test_unknown_top_level_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("sed: 1\nstages: []\n")
