@@ -37,7 +37,16 @@ from typing import Any
 import torch
 
 #: the rerankers compared, by their short names (vilgkit.reranker_names)
-STUDY_RERANKERS = ["self", "self_mean", "pmi", "pmi_shuffled", "caption", "caption_agreement", "matcher"]
+STUDY_RERANKERS = [
+    "self",
+    "self_mean",
+    "pmi",
+    "pmi_shuffled",
+    "caption",
+    "caption_agreement",
+    "matcher",
+    "pixel_matcher",
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -131,6 +140,7 @@ def study_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict[str, A
         grid = codes.view(len(chunk), n_max, *codes.shape[1:])
         for n in args.ns:
             subset = grid[:, :n].reshape(-1, *codes.shape[1:])
+            subset_images = images.view(len(chunk), n_max, *images.shape[1:])[:, :n].flatten(0, 1)
             diversity[n].append(per_prompt_diversity(subset, n))
             for label, reranker in rerankers.items():
                 if n == 1:  # nothing to choose from
@@ -142,6 +152,7 @@ def study_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict[str, A
                     text_ids=ids.to(subset.device),
                     text_mask=mask.to(subset.device),
                     prompts=prompts,
+                    images=subset_images,
                     generator=pipe.generator,
                     matcher=pipe.matcher,
                 )

@@ -272,12 +272,20 @@ class Pipeline:
 
     def check_reranker(self, reranker: Any) -> None:
         """Raise :class:`InputError` when ``reranker`` needs a part this pipeline lacks (the
-        matcher of a ``TrainMatcher`` stage), before any candidate is sampled."""
+        matcher of a ``TrainMatcher`` stage, or one that reads what the reranker hands it),
+        before any candidate is sampled."""
         if getattr(reranker, "needs_matcher", False) and self.matcher is None:
             where = self.run_dir if self.run_dir is not None else "this pipeline"
             raise InputError(
                 f"reranker {type(reranker).__name__} needs the run's image–text matcher, and {where} has none: "
                 "add a TrainMatcher stage to the recipe (or choose another --reranker)"
+            )
+        reads, found = getattr(reranker, "reads", None), getattr(self.matcher, "image_input", None)
+        if reads is not None and found is not None and reads != found:
+            other = "pixel_matcher" if found == "pixels" else "matcher"
+            raise InputError(
+                f"reranker {type(reranker).__name__} scores {reads}, and the run's matcher reads {found}: "
+                f"use --reranker {other}"
             )
 
     def _resolve_reranker(self, reranker: Any) -> Any:

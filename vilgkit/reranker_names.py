@@ -24,6 +24,7 @@ RERANKER_ALIASES: dict[str, tuple[str, dict[str, Any]] | None] = {
     "caption": ("CaptionReranker", {}),
     "caption_agreement": ("CaptionReranker", {"mode": "agreement"}),
     "matcher": ("MatcherReranker", {}),
+    "pixel_matcher": ("PixelMatcherReranker", {}),
     "clip": ("ClipReranker", {}),
 }
 

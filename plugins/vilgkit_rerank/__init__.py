@@ -3,7 +3,8 @@
 ``SelfReranker`` scores with the generator's own image→text likelihood (``MeanSelfReranker`` per
 token), ``PMIReranker`` contrasts it with the likelihood of other prompts, ``CaptionReranker``
 compares the generator's caption of each candidate with the prompt, ``MatcherReranker`` scores
-with the run's own image–text matching model (a ``TrainMatcher`` stage), ``ClipReranker`` scores with an
+with the run's own image–text matching model (a ``TrainMatcher`` stage; ``PixelMatcherReranker``
+when that model reads decoded pixels), ``ClipReranker`` scores with an
 open_clip model loaded from a local file (optional extra ``clip``), ``NoReranker`` keeps the first
 candidate (a random choice among i.i.d. samples). Short names: :mod:`vilgkit.reranker_names`.
 """
@@ -11,7 +12,7 @@ candidate (a random choice among i.i.d. samples). Short names: :mod:`vilgkit.rer
 from vilgkit_rerank.caption import CaptionReranker
 from vilgkit_rerank.clip import ClipReranker
 from vilgkit_rerank.contrastive import PMIReranker
-from vilgkit_rerank.matcher import MatcherReranker
+from vilgkit_rerank.matcher import MatcherReranker, PixelMatcherReranker
 from vilgkit_rerank.simple import MeanSelfReranker, NoReranker, SelfReranker
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "MeanSelfReranker",
     "NoReranker",
     "PMIReranker",
+    "PixelMatcherReranker",
     "SelfReranker",
 ]

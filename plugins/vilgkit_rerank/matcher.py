@@ -25,6 +25,8 @@ class MatcherReranker(Reranker):
     """
 
     needs_matcher = True
+    #: what the matcher's image side must read for this reranker
+    reads = "codes"
 
     def __init__(self, batch_size: int = 256) -> None:
         if batch_size <= 0:
@@ -34,13 +36,35 @@ class MatcherReranker(Reranker):
     @torch.no_grad()
     def score(self, inputs: RerankInputs) -> torch.Tensor:
         matcher = inputs.matcher
+        found = getattr(matcher, "image_input", "codes")
+        if found != self.reads:
+            other = "pixel_matcher" if found == "pixels" else "matcher"
+            raise ValueError(
+                f"the run's matcher reads {found}, {type(self).__name__} scores {self.reads}: rerank with {other!r}"
+            )
         ids, mask = prompt_tensors(inputs, type(self).__name__)
         device = next(matcher.parameters()).device
         n = inputs.num_candidates
         ids, mask = ids.repeat_interleave(n, 0).to(device), mask.repeat_interleave(n, 0).to(device)
-        codes = inputs.codes.to(device)
+        images = (inputs.codes if self.reads == "codes" else inputs.images).to(device)
         scores = [
-            matcher(ids[i : i + self.batch_size], mask[i : i + self.batch_size], codes[i : i + self.batch_size])
-            for i in range(0, len(codes), self.batch_size)
+            matcher(ids[i : i + self.batch_size], mask[i : i + self.batch_size], images[i : i + self.batch_size])
+            for i in range(0, len(images), self.batch_size)
         ]
         return torch.cat(scores)
+
+
+@RERANKERS.register_module()
+class PixelMatcherReranker(MatcherReranker):
+    """Score each *decoded* candidate with a matcher that reads pixels (name ``pixel_matcher``).
+
+    The run's ``TrainMatcher`` stage must have ``image_input: pixels``: the matcher was trained on
+    the image tokenizer's reconstructions, the rendering the candidates are decoded into. It costs
+    one decode of every candidate (which the caller then reuses for the kept one) and one matcher pass.
+
+    Args:
+        batch_size: pairs per matcher pass (bounds memory; results do not depend on it).
+    """
+
+    needs_images = True
+    reads = "pixels"

@@ -48,3 +48,22 @@ def test_matcher_on_a_run_without_one_is_a_one_line_error(tiny_run, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert "TrainMatcher" in err
+
+
+def test_a_pixel_matcher_trains_on_reconstructions_and_reranks_decoded_candidates(pixel_matcher_run, tmp_path):
+    from safetensors import safe_open
+
+    from vilgkit import Pipeline
+
+    stage = pixel_matcher_run / "train_matcher"
+    assert json.loads((stage / "matcher.json").read_text())["config"]["image_input"] == "pixels"
+    with safe_open(str(stage / "tokenized.safetensors"), "pt") as cached:
+        assert cached.get_slice("image").get_dtype() == "U8"  # the reconstructions, stored as uint8
+    pipe = Pipeline.from_run_dir(pixel_matcher_run, device="cpu")
+    assert pipe.matcher.reads_pixels
+    report = json.loads((pixel_matcher_run / "evaluate" / "eval.json").read_text())
+    assert report["reranker"]["class"].endswith("PixelMatcherReranker")
+    args = ["generate", str(pixel_matcher_run), "a red circle", "--num-candidates", "2", "--reranker", "pixel_matcher"]
+    assert main([*args, "--out", str(tmp_path / "gen"), "--device", "cpu"]) == 0
+    # the codes reranker on a pixel matcher: one line, exit 2
+    assert main([*args[:-1], "matcher", "--out", str(tmp_path / "x"), "--device", "cpu"]) == 2

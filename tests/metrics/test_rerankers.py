@@ -14,7 +14,14 @@ import torch
 import vilgkit_rerank  # noqa: F401  (registers the rerankers)
 from vilgkit.interfaces import Generator, GeneratorOutput, RerankInputs
 from vilgkit.reranker_names import RERANKER_ALIASES, build_named_reranker, saved_name
-from vilgkit_rerank import CaptionReranker, MatcherReranker, MeanSelfReranker, PMIReranker, SelfReranker
+from vilgkit_rerank import (
+    CaptionReranker,
+    MatcherReranker,
+    MeanSelfReranker,
+    PixelMatcherReranker,
+    PMIReranker,
+    SelfReranker,
+)
 from vilgkit_rerank.caption import ngram_f1
 
 P0, P1 = (2, 10, 11, 3), (2, 12, 13, 3)  # BOS words EOS
@@ -119,6 +126,29 @@ def test_the_matcher_reranker_picks_the_matchers_best_in_passes_of_batch_size():
     assert matcher.calls == [4, 2]  # six pairs in passes of at most four
     with pytest.raises(ValueError, match="TrainMatcher"):
         MatcherReranker().rerank(_inputs())  # no matcher handed over
+
+
+def test_the_pixel_matcher_reranker_scores_the_decoded_images():
+    """The same table, keyed by the candidate's pixels (its code painted into the image)."""
+
+    class PixelTable(TableMatcher):
+        image_input = "pixels"
+
+        def forward(self, ids, mask, images):
+            return super().forward(ids, mask, images[:, 0, :1, :1].long())
+
+    inputs = _inputs()
+    inputs.images = inputs.codes.float()[:, None, :1, :1].expand(-1, 3, 4, 4).clone()
+    inputs.matcher = PixelTable()
+    result = PixelMatcherReranker(batch_size=4).rerank(inputs)
+    assert result.best.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="decoded candidate images"):
+        PixelMatcherReranker().rerank(_inputs())
+    with pytest.raises(ValueError, match="rerank with 'pixel_matcher'"):
+        MatcherReranker().rerank(inputs)
+    inputs.matcher = TableMatcher()
+    with pytest.raises(ValueError, match="rerank with 'matcher'"):
+        PixelMatcherReranker().rerank(inputs)
 
 
 def test_pmi_is_batched_and_falls_back_to_the_shuffled_prompt_alone():

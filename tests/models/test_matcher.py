@@ -88,3 +88,57 @@ def test_the_trainable_needs_two_samples_or_text_to_rewrite():
     ids, mask = _texts([[3]])
     with pytest.raises(ValueError, match="at least two samples"):
         MatcherTrainable(matcher)({"codes": torch.zeros(1, 2, 2, dtype=torch.long), "text_ids": ids, "text_mask": mask})
+
+
+def _two_square_image(left: int, right: int) -> torch.Tensor:
+    """A 16-px image: a square of colour ``left`` in the left half, one of colour ``right`` in the right."""
+    palette = torch.tensor([[1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
+    image = torch.full((3, 16, 16), -1.0)
+    image[:, 4:12, 1:7] = palette[left][:, None, None]
+    image[:, 4:12, 9:15] = palette[right][:, None, None]
+    return image
+
+
+def test_a_pixel_matcher_learns_which_colour_is_on_which_side():
+    """Text ``[a, b]`` says "colour a on the left, colour b on the right". Each candidate set holds
+    the true image, the same two colours on the other sides and one with another right colour."""
+    torch.manual_seed(0)
+    pairs = [(a, b) for a in range(3) for b in range(3) if a != b]
+    ids, mask = _texts([[3 + a, 3 + b] for a, b in pairs], width=4)
+    images = torch.stack([_two_square_image(a, b) for a, b in pairs])
+    matcher = ImageTextMatcher(
+        6, None, max_text_len=4, max_image_grid=2, hidden_size=32, num_heads=2, image_input="pixels"
+    )
+    # every other image is a negative: with fewer, which of the tied one-colour-shared images are
+    # drawn decides whether the test's third candidate was ever seen as one
+    trainable = MatcherTrainable(matcher, image_negatives=5, text_negatives=2)
+    opt = torch.optim.AdamW(trainable.parameters(), lr=3e-3)
+    for _ in range(150):
+        losses = trainable({"image": images, "text_ids": ids, "text_mask": mask})
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    matcher.eval()
+    right = 0
+    for i, (a, b) in enumerate(pairs):
+        other = next(c for c in range(3) if c not in (a, b))
+        candidates = torch.stack([_two_square_image(b, a), _two_square_image(a, other), _two_square_image(a, b)])
+        with torch.no_grad():
+            right += int(matcher(ids[i : i + 1].expand(3, -1), mask[i : i + 1].expand(3, -1), candidates).argmax()) == 2
+    assert right == len(pairs), f"{right}/{len(pairs)}"
+    uint8 = ((images + 1) * 127.5).round().to(torch.uint8)  # the stage's cache stores uint8 pixels
+    with torch.no_grad():
+        torch.testing.assert_close(matcher(ids, mask, uint8), matcher(ids, mask, images), atol=1e-4, rtol=0)
+
+
+def test_a_matcher_rejects_the_other_input_kind():
+    codes_matcher = ImageTextMatcher(12, torch.randn(10, 4), 8, 2, hidden_size=16, num_heads=2)
+    pixel_matcher = ImageTextMatcher(12, None, 8, 2, hidden_size=16, num_heads=2, image_input="pixels")
+    ids, mask = _texts([[3]])
+    with pytest.raises(ValueError, match="codes matcher reads"):
+        codes_matcher(ids, mask, torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="pixels matcher reads"):
+        pixel_matcher(ids, mask, torch.zeros(1, 2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="needs code_table"):
+        ImageTextMatcher(12, None, 8, 2, hidden_size=16, num_heads=2)
+    assert pixel_matcher.config()["image_input"] == "pixels" and pixel_matcher.reads_pixels

@@ -272,10 +272,11 @@ def load_matcher(stage_dir: str | Path) -> nn.Module:
     record = read_json(stage_dir / MATCHER_RECORD)
     config = record.get("config") if isinstance(record, dict) else None
     table = tensor_shapes(stage_dir / MATCHER_WEIGHTS).get("code_table")
-    if not isinstance(config, dict) or table is None or len(table) != 2:
+    reads_codes = isinstance(config, dict) and config.get("image_input", "codes") == "codes"
+    if not isinstance(config, dict) or (reads_codes and (table is None or len(table) != 2)):
         raise ArtifactError(f"{stage_dir / MATCHER_RECORD} was not written by a TrainMatcher stage")
     try:
-        matcher = ImageTextMatcher(code_table=torch.zeros(*table), **config)
+        matcher = ImageTextMatcher(code_table=torch.zeros(*table) if reads_codes else None, **config)
     except TypeError as err:
         raise ArtifactError(f"{stage_dir / MATCHER_RECORD}: {err}") from None
     load_weights(matcher, stage_dir / MATCHER_WEIGHTS)

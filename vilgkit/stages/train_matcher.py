@@ -18,6 +18,10 @@ true pair and *hard* negatives, because the candidates of one prompt differ in l
 
 Nothing here knows the Shapes world: the negatives come from the captions' ids alone.
 
+With ``image_input: pixels`` the matcher reads images, and it trains on the image tokenizer's
+*reconstructions* of the training images (encode → decode), not the originals: the candidates it
+will rank are decoder renderings, so it learns to read that rendering.
+
 Dimension key: B batch, K image negatives, J text negatives, L text length, h/w code grid, V vocabulary.
 """
 
@@ -33,7 +37,7 @@ from torch import nn
 from vilgkit import artifacts
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.interfaces import RunContext, Stage, Trainable
-from vilgkit.models.matcher import ImageTextMatcher, code_table_of
+from vilgkit.models.matcher import IMAGE_INPUTS, PIXEL_STRIDE, ImageTextMatcher, code_table_of
 from vilgkit.registry import STAGES
 from vilgkit.stages.generator_training import (
     TokenizedDataset,
@@ -62,7 +66,8 @@ class MatcherTrainable(nn.Module, Trainable):
 
     def forward(self, batch: dict[str, torch.Tensor], group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
         device = next(self.matcher.parameters()).device
-        codes, ids, mask = (batch[k].to(device) for k in ("codes", "text_ids", "text_mask"))
+        image_key = "image" if self.matcher.image_input == "pixels" else "codes"
+        codes, ids, mask = (batch[k].to(device) for k in (image_key, "text_ids", "text_mask"))
         size = len(codes)
         similar = caption_similarity(ids, mask, self.matcher.text_vocab_size)  # [B, B], -inf: never a negative
         true = self.matcher(ids, mask, codes)[:, None]  # [B, 1]: the true pair opens both lists
@@ -189,6 +194,9 @@ class TrainMatcher(Stage):
         image_negatives: hard negative images per text.
         text_negatives: other captions per image, nearest first.
         swap_negatives: also rank each image's text against two rewritten forms of it.
+        image_input: what the matcher reads, ``codes`` or ``pixels`` (decoded candidates; trained
+            on reconstructions, see the module docstring). Rerank with ``matcher`` for codes and
+            ``pixel_matcher`` for pixels.
     """
 
     trains = "matcher"
@@ -206,8 +214,11 @@ class TrainMatcher(Stage):
         image_negatives: int = 5,
         text_negatives: int = 2,
         swap_negatives: bool = True,
+        image_input: str = "codes",
     ) -> None:
         super().__init__(name)
+        if image_input not in IMAGE_INPUTS:
+            raise ValueError(f"image_input must be one of {', '.join(IMAGE_INPUTS)}, got {image_input!r}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} must be a multiple of num_heads {num_heads}")
         if image_negatives < 0 or text_negatives < 0:
@@ -217,6 +228,7 @@ class TrainMatcher(Stage):
         self.data = data
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
         self.image_negatives, self.text_negatives, self.swap_negatives = image_negatives, text_negatives, swap_negatives
+        self.image_input = image_input
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from vilgkit.engine.trainer import Trainer
@@ -226,7 +238,10 @@ class TrainMatcher(Stage):
         dataset = self.data if self.data is not None else ctx.component("data")
         max_len = self._max_text_len(ctx)
         tokenized = self._tokenized(ctx, dataset, text_tok, image_tok, max_len, out_dir)
-        grid = max(tokenized.tensors["codes"].shape[-2:])
+        if self.image_input == "pixels":
+            grid = -(-max(tokenized.tensors["image"].shape[-2:]) // PIXEL_STRIDE)
+        else:
+            grid = max(tokenized.tensors["codes"].shape[-2:])
         config = {
             "text_vocab_size": int(text_tok.vocab_size),
             "max_text_len": max_len,
@@ -235,8 +250,9 @@ class TrainMatcher(Stage):
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
             "pad_id": int(text_tok.pad_id),
+            "image_input": self.image_input,
         }
-        table = code_table_of(image_tok)
+        table = code_table_of(image_tok) if self.image_input == "codes" else None
 
         def fresh() -> MatcherTrainable:
             return MatcherTrainable(
@@ -279,6 +295,8 @@ class TrainMatcher(Stage):
         fingerprint = tokenized_fingerprint(
             ctx, dataset, (self.text_tokenizer_from, self.image_tokenizer_from), text_tok, image_tok, max_len
         )
+        if self.image_input == "pixels":  # the cache then also holds the reconstructions
+            fingerprint += "+pixels"
         found = _load_cached([out_dir], fingerprint)
         if found is not None:
             return found[0]
@@ -286,5 +304,19 @@ class TrainMatcher(Stage):
             dataset, text_tok, image_tok, max_text_len=max_len, desc=f"{self.name}: tokenizing"
         )
         keep = {k: tensors[k].contiguous() for k in ("codes", "text_ids", "text_mask")}
+        if self.image_input == "pixels":
+            keep["image"] = reconstructed_pixels(image_tok, keep["codes"])
         artifacts.save_weights(out_dir / artifacts.TOKENIZED_CACHE, keep, metadata={"fingerprint": fingerprint})
         return TokenizedDataset(keep)
+
+
+def reconstructed_pixels(image_tokenizer: nn.Module, codes: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The tokenizer's decoding of ``codes [N, h, w]`` as ``uint8 [N, 3, H, W]`` (a quarter of the
+    float memory; the matcher rescales uint8 to [-1, 1])."""
+    device = next(image_tokenizer.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(codes), batch_size):
+            images = image_tokenizer.decode(codes[start : start + batch_size].to(device)).float()
+            out.append(((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+    return torch.cat(out)
