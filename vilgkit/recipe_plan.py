@@ -534,8 +534,9 @@ def preflight(recipe: dict[str, Any], stages: list[str], recipe_paths: str) -> N
 
     strategy = recipe.get("strategy") or {}
     hardware = detect_hardware((strategy.get("init_args") or {}).get("device"))
-    for name, _, _ in training_stages(recipe):
-        if name not in stages:
+    for name, _, component in training_stages(recipe):
+        # a stage that builds its own model from its arguments (TrainMatcher) has none in the recipe to plan
+        if name not in stages or recipe.get(component) is None:
             continue
         try:
             report = plan_recipe(recipe, hardware, stage=name)

@@ -50,6 +50,24 @@ def test_rows_times_seeds_share_stages_and_resume(tiny_set, capsys):
     assert _ran(out, "train_generator") == 1 and _ran(out, "train_tokenizer") == 0
     assert "row 1 seed 2: train_tokenizer copied from" in out
 
+    # seeds run elsewhere: seed 0's record merged into an invocation that runs only seed 1 in another
+    # root gives the one-invocation table's numbers, with seed 0's taken from the record
+    whole = json.loads((root / "ablation.json").read_text())
+    seed0 = {**whole, "rows": [{**r, "per_seed": {"0": r["per_seed"]["0"]}} for r in whole["rows"]]}
+    (tiny_set / "seed0.json").write_text(json.dumps(seed0))
+    other = tiny_set / "elsewhere"
+    argv = ["ablation", str(tiny_set), "--seeds", "1", "--run-dir", str(other), "--merge", str(tiny_set / "seed0.json")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert _ran(out, "train_generator") == 2  # seed 1's two rows; seed 0 was not trained again
+    assert not (other / "row1" / "seed0").exists()
+    merged = json.loads((other / "ablation.json").read_text())
+    assert merged["seeds"] == [0, 1] and merged["merged"][0]["pairs"] == [[1, 0], [2, 0]]
+    for a, b in zip(merged["rows"], whole["rows"]):
+        assert a["seeds"] == [0, 1]
+        assert {k: v["values"] for k, v in a["metrics"].items()} == {k: v["values"] for k, v in b["metrics"].items()}
+    assert f"Merged from `{tiny_set / 'seed0.json'}` (row/seed 1/0, 2/0;" in (other / "ablation.md").read_text()
+
 
 def test_rows_that_change_only_the_generator_share_the_tokenizer_stages(tiny_set):
     from vilgkit.ablation import stage_fingerprints
@@ -123,6 +141,25 @@ def test_bad_sets_are_one_line_errors(tiny_set, capsys, settings, args, message)
     assert main(["ablation", str(tiny_set), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "not an ablation.json record"),
+        (
+            '{"rows": [{"row": 1, "recipe": "recipes/ablations/sparse_dense/row1_dense.yaml", "per_seed": {}}]}',
+            "its row 1 is sparse_dense/row1_dense.yaml; this set's row 1: ",
+        ),
+        ('{"rows": [{"row": 9, "recipe": "x/row9_x.yaml", "per_seed": {}}]}', "this set's row 9: no such row"),
+    ],
+)
+def test_a_record_of_another_set_is_not_merged(tiny_set, tmp_path, capsys, content, message):
+    (tmp_path / "other.json").write_text(content)
+    assert main(["ablation", str(tiny_set), "--merge", str(tmp_path / "other.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tiny_set / "run").exists()  # refused before anything ran
 
 
 def test_shipped_sets_parse():

@@ -9,6 +9,7 @@ row × seed, so a long run shows its progress.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from vilgkit import artifacts
 from vilgkit.ablation.config import METRICS, AblationSet, load_set
+from vilgkit.ablation.merge import read_records
 from vilgkit.ablation.results import read_row
 from vilgkit.ablation.stats import summarise
 from vilgkit.ablation.store import StageStore, check_shared_order, stage_fingerprints, stage_name
@@ -90,10 +92,14 @@ def run_ablation(
     seeds: str | None = None,
     fresh: bool = False,
     overrides: list[str] | None = None,
+    merge: list[str] | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Run every row × seed of a recipe set (sharing finished stages); returns the table record,
-    also written to ``ablation.json`` / ``ablation.md`` in the root (``--run-dir`` or base's ``run_dir``)."""
+    also written to ``ablation.json`` / ``ablation.md`` in the root (``--run-dir`` or base's ``run_dir``).
+
+    ``merge``: earlier ``ablation.json`` records of the same set (:mod:`vilgkit.ablation.merge`);
+    the table then holds every row × seed they measured as well as those run now."""
     import torch
 
     from vilgkit.engine.runner import resolve
@@ -108,9 +114,15 @@ def run_ablation(
             *(["--run-dir", str(run_dir)] if run_dir else []),
             *(["--rows", rows] if rows else []),
             *(["--seeds", seeds] if seeds else []),
+            *[arg for path in merge or [] for arg in ("--merge", str(path))],
             *overrides,
         ]
     )
+    merged, sources = read_records(list(merge or []), load_set(folder, seeds=seeds)) if merge else ({}, [])
+    table_set = aset
+    if merge:  # the table spans every row and seed measured, here or in a merged record
+        seen = sorted({s for _, s in merged} | set(aset.seeds))
+        table_set = dataclasses.replace(aset, rows=load_set(folder, seeds=seeds).rows, seeds=seen)
     recipes = {n: resolve([str(aset.base), str(p)], overrides) for n, p in aset.rows}
     root = Path(run_dir or next(iter(recipes.values()))["run_dir"])
     all_names = {stage_name(node) for r in recipes.values() for node in r.get("stages") or []}
@@ -120,10 +132,10 @@ def run_ablation(
         check_shared_order(recipes[n], aset.shared_stages, str(p))
     store = StageStore(root, fresh=fresh, log=log)
     start, load_start = time.perf_counter(), os.getloadavg()
-    measured: dict[tuple[int, int], dict[str, Any]] = {}
+    measured: dict[tuple[int, int], dict[str, Any]] = dict(merged)
+    record = _record(table_set, measured, store, command, start, load_start, torch.get_num_threads(), sources)
     root.mkdir(parents=True, exist_ok=True)
     held = [artifacts.RunDir(root)] if artifacts.RunDir(root).lock("vilgkit ablation") else []
-    record: dict[str, Any] = {}
     try:
         for seed in aset.seeds:  # seed-major: a whole table at one seed comes first
             for number, path in aset.rows:
@@ -140,7 +152,9 @@ def run_ablation(
                 for name, fingerprint, stage_seed in stage_fingerprints(recipe, seed_of):
                     store.ensure(paths, overrides, name, fingerprint, stage_seed, (number, seed))
                 measured[(number, seed)] = read_row(recipe, here, str(path), aset.loss_curve)
-                record = _record(aset, measured, store, command, start, load_start, torch.get_num_threads())
+                record = _record(
+                    table_set, measured, store, command, start, load_start, torch.get_num_threads(), sources
+                )
                 artifacts.write_json(root / RECORD_FILE, record)
                 artifacts.write_text(root / TABLE_FILE, markdown_table(record))
     finally:
@@ -149,7 +163,11 @@ def run_ablation(
     return record
 
 
-def _record(aset, measured, store, command, start, load_start, threads) -> dict[str, Any]:
+def _record(aset, measured, store, command, start, load_start, threads, sources) -> dict[str, Any]:
+    here = list(store.records.values())
+    # a merged record's stage that this invocation also holds (a shared tokenizer) is listed once
+    known = {s["fingerprint"] for s in here}
+    earlier = [s for src in sources for s in src["stages"] if s.get("fingerprint") not in known]
     return {
         "title": aset.title,
         "command": command,
@@ -162,7 +180,8 @@ def _record(aset, measured, store, command, start, load_start, threads) -> dict[
         "claims": [
             {"claim": c.text, "better": c.better, "worse": c.worse, "metrics": list(c.metrics)} for c in aset.claims
         ],
-        "stages": list(store.records.values()),
+        "stages": earlier + here,
+        "merged": [{k: v for k, v in src.items() if k != "stages"} for src in sources],
         "wall_seconds": time.perf_counter() - start,
         "load_average_start": list(load_start),
         "load_average_end": list(os.getloadavg()),

@@ -127,6 +127,8 @@ def _stages(record: dict[str, Any]) -> list[str]:
             f"{u['row']}/{u['seed']}" + (" (copy)" if u["how"] == "copied" else "") for u in s["reused_by"]
         )
         ran = f"{s.get('row', '?')}/{s.get('run_seed', '?')}" + ("" if s["ran"] else " (earlier invocation)")
+        if "record" in s:
+            ran += f" (merged: {s['record']})"
         out.append(
             f"| {s['stage']} | {s.get('seed', '?')} | {s['seconds']:.0f} | {ran} | {reused or '—'} | "
             f"{s.get('load_before', float('nan')):.1f} → {s.get('load_after', float('nan')):.1f} |"
@@ -141,4 +143,8 @@ def _stages(record: dict[str, Any]) -> list[str]:
         "",
         f"Command: `{record['command']}`",
     ]
+    for src in record.get("merged") or []:
+        pairs = ", ".join(f"{r}/{k}" for r, k in src["pairs"])
+        wall = f"{src['wall_seconds'] / 60:.1f} min, " if isinstance(src.get("wall_seconds"), (int, float)) else ""
+        out += ["", f"Merged from `{src['file']}` (row/seed {pairs}; {wall}{src['machine']}): `{src['command']}`"]
     return out

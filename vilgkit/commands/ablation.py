@@ -28,6 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds", default=None, help="comma-separated training seeds (default: ablation.yaml's seeds, else [0])"
     )
     parser.add_argument("--fresh", action="store_true", help="rerun every stage even if it already finished")
+    parser.add_argument(
+        "--merge",
+        action="append",
+        default=None,
+        metavar="ABLATION_JSON",
+        help="an earlier ablation.json of this set (seeds run elsewhere): its rows × seeds join the table "
+        "(repeatable; a pair run now replaces the merged one)",
+    )
     parser.add_argument("--out", default=None, help="also copy the Markdown table here")
     parser.add_argument(
         "--threads",
@@ -46,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise VilgkitError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
-    record = run_ablation(args.folder, **flags(args, "run_dir", "rows", "seeds", "fresh", "overrides"))
+    record = run_ablation(args.folder, **flags(args, "run_dir", "rows", "seeds", "fresh", "overrides", "merge"))
     table = markdown_table(record)
     print(table)
     if args.out:
