@@ -118,11 +118,12 @@ def run_ablation(
             *overrides,
         ]
     )
-    merged, sources = read_records(list(merge or []), load_set(folder, seeds=seeds)) if merge else ({}, [])
-    table_set = aset
+    merged, sources, table_set = {}, [], aset
     if merge:  # the table spans every row and seed measured, here or in a merged record
+        every_row = load_set(folder, seeds=seeds).rows
+        merged, sources = read_records(list(merge), dataclasses.replace(aset, rows=every_row))
         seen = sorted({s for _, s in merged} | set(aset.seeds))
-        table_set = dataclasses.replace(aset, rows=load_set(folder, seeds=seeds).rows, seeds=seen)
+        table_set = dataclasses.replace(aset, rows=every_row, seeds=seen)
     recipes = {n: resolve([str(aset.base), str(p)], overrides) for n, p in aset.rows}
     root = Path(run_dir or next(iter(recipes.values()))["run_dir"])
     all_names = {stage_name(node) for r in recipes.values() for node in r.get("stages") or []}
