@@ -126,9 +126,11 @@ def _stages(record: dict[str, Any]) -> list[str]:
         reused = ", ".join(
             f"{u['row']}/{u['seed']}" + (" (copy)" if u["how"] == "copied" else "") for u in s["reused_by"]
         )
-        ran = f"{s.get('row', '?')}/{s.get('run_seed', '?')}" + ("" if s["ran"] else " (earlier invocation)")
+        ran = f"{s.get('row', '?')}/{s.get('run_seed', '?')}"
         if "record" in s:
-            ran += f" (merged: {s['record']})"
+            ran += f" (merged from {s['record']})"
+        elif not s["ran"]:
+            ran += " (earlier invocation)"
         out.append(
             f"| {s['stage']} | {s.get('seed', '?')} | {s['seconds']:.0f} | {ran} | {reused or '—'} | "
             f"{s.get('load_before', float('nan')):.1f} → {s.get('load_after', float('nan')):.1f} |"
