@@ -13,7 +13,8 @@ with the Shapes detector. It reports:
   ``caption right | detector wrong`` say how well the model's own image→text agrees with the
   detector on generated images (a reranker built on the model cannot do better than that);
 * **round trip**: the share of code positions that come back unchanged when the decoded candidate
-  is encoded again (sampled codes the encoder itself would not produce).
+  is encoded again (sampled codes the encoder itself would not produce), over all candidates and
+  separately over those the detector accepts and rejects (does the round trip tell them apart?).
 
 Writes ``candidate_failures.json`` and ``.md`` into ``--out``. Usage::
 
@@ -68,16 +69,19 @@ def diagnose_run(run_dir: Path, k: int, n: int, seed: int, batch_size: int, log=
     kinds: collections.Counter = collections.Counter()
     right = caption_right = caption_right_when_wrong = candidates = 0
     same_codes = 0.0
+    same_when = {True: [], False: []}  # per candidate, keyed by the detector's verdict
     for b, start in enumerate(range(0, len(items), batch_size)):
         chunk = items[start : start + batch_size]
         codes, _, _ = pipe.sample_codes([it["caption"] for it in chunk], n, seed=seed + b, truncate=True, **settings)
         images = pipe.decode_codes(codes).clamp(-1, 1)
         with torch.no_grad():
-            same_codes += float((pipe.image_tokenizer.encode(images) == codes).float().mean()) * len(codes)
+            same = (pipe.image_tokenizer.encode(images) == codes).flatten(1).float().mean(1)
+        same_codes += float(same.sum())
         captions = pipe.image_to_text(list(images), method="greedy")
         for row, (image, text) in enumerate(zip(images, captions)):
             scene = chunk[row // n]["scene"]
             check = image_matches_scene(image, scene)
+            same_when[bool(check["match"])].append(float(same[row]))
             said_right = bool(caption_matches_scene(text, scene)["all_correct"])
             candidates += 1
             if check["match"]:
@@ -100,6 +104,8 @@ def diagnose_run(run_dir: Path, k: int, n: int, seed: int, batch_size: int, log=
         "caption_right_given_wrong": caption_right_when_wrong / wrong if wrong else None,
         "caption_detector_agreement": (caption_right + wrong - caption_right_when_wrong) / candidates,
         "round_trip_same_codes": same_codes / candidates,
+        "round_trip_given_right": sum(same_when[True]) / len(same_when[True]) if same_when[True] else None,
+        "round_trip_given_wrong": sum(same_when[False]) / len(same_when[False]) if same_when[False] else None,
     }
 
 
@@ -113,7 +119,7 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         "| run | candidates right | "
         + " | ".join(f"wrong: {kind}" for kind in KINDS)
         + " | caption right, detector right | caption right, detector wrong | agreement"
-        + " | codes unchanged by a round trip |\n"
+        + " | codes unchanged by a round trip (detector right / wrong) |\n"
         + "| --- |"
         + " ---: |" * (len(KINDS) + 5)
         + "\n"
@@ -125,7 +131,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['run_dir']} | {pct(r['right'] / r['candidates'])} | {shares} | "
             f"{pct(r['caption_right_given_right'])} | {pct(r['caption_right_given_wrong'])} | "
-            f"{pct(r['caption_detector_agreement'])} | {pct(r['round_trip_same_codes'])} |"
+            f"{pct(r['caption_detector_agreement'])} | {pct(r['round_trip_same_codes'])} "
+            f"({pct(r.get('round_trip_given_right'))} / {pct(r.get('round_trip_given_wrong'))}) |"
         )
     return head + "\n".join(lines) + "\n\n(failure shares are of the failing candidates)\n"
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,5 +46,8 @@ def test_candidate_failures_on_a_tiny_run(tiny_run, tmp_path):
     assert run["candidates"] == 6 and 0 <= run["right"] <= 6
     assert sum(run["failures"].values()) == 6 - run["right"] and list(run["failures"]) == script.KINDS
     assert 0.0 <= run["caption_detector_agreement"] <= 1.0 and 0.0 <= run["round_trip_same_codes"] <= 1.0
+    # the round trip split by the detector's verdict adds back up to the overall figure
+    parts = [(run["right"], run["round_trip_given_right"]), (6 - run["right"], run["round_trip_given_wrong"])]
+    assert sum(n * (v or 0.0) for n, v in parts) / 6 == pytest.approx(run["round_trip_same_codes"])
     assert "| run | candidates right |" in (out / "candidate_failures.md").read_text()
     assert script.main([str(tmp_path / "missing")]) == 2
