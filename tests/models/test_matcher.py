@@ -65,22 +65,38 @@ def test_a_trained_matcher_picks_the_image_its_text_describes():
     images = torch.stack([grid(a, b) for a, b in pairs])
     matcher = ImageTextMatcher(vocab, torch.eye(codes_n), max_text_len=4, max_image_grid=2, hidden_size=32, num_heads=2)
     trainable = MatcherTrainable(matcher, image_negatives=4, text_negatives=2)
-    opt = torch.optim.AdamW(trainable.parameters(), lr=3e-3)
-    for _ in range(150):
+
+    def batch() -> dict[str, torch.Tensor]:
         pick = torch.randperm(len(pairs))[:16]
-        losses = trainable({"codes": images[pick], "text_ids": ids[pick], "text_mask": mask[pick]})
+        return {"codes": images[pick], "text_ids": ids[pick], "text_mask": mask[pick]}
+
+    _fit(trainable, batch)
+    right = _true_image_ranked_first(matcher, ids, mask, pairs, grid, codes_n)
+    assert right >= 0.9 * len(pairs), f"{right}/{len(pairs)}"
+
+
+def _fit(trainable: MatcherTrainable, batch, steps: int = 150) -> None:
+    """``steps`` AdamW steps on ``batch()``, then eval mode."""
+    opt = torch.optim.AdamW(trainable.parameters(), lr=3e-3)
+    for _ in range(steps):
+        losses = trainable(batch())
         opt.zero_grad()
         losses["loss"].backward()
         opt.step()
-    matcher.eval()
+    trainable.matcher.eval()
+
+
+def _true_image_ranked_first(matcher, ids, mask, pairs, render, colours: int) -> int:
+    """How many texts ``[a, b]`` score ``render(a, b)`` above the swapped ``render(b, a)`` and
+    ``render(a, other)``."""
     right = 0
     for i, (a, b) in enumerate(pairs):
-        other = next(c for c in range(codes_n) if c not in (a, b))
-        candidates = torch.stack([grid(b, a), grid(a, other), grid(a, b)])
+        other = next(c for c in range(colours) if c not in (a, b))
+        candidates = torch.stack([render(b, a), render(a, other), render(a, b)])
         with torch.no_grad():
             scores = matcher(ids[i : i + 1].expand(3, -1), mask[i : i + 1].expand(3, -1), candidates)
         right += int(scores.argmax()) == 2
-    assert right >= 0.9 * len(pairs), f"{right}/{len(pairs)}"
+    return right
 
 
 def test_the_trainable_needs_two_samples_or_text_to_rewrite():
@@ -112,19 +128,8 @@ def test_a_pixel_matcher_learns_which_colour_is_on_which_side():
     # every other image is a negative: with fewer, which of the tied one-colour-shared images are
     # drawn decides whether the test's third candidate was ever seen as one
     trainable = MatcherTrainable(matcher, image_negatives=5, text_negatives=2)
-    opt = torch.optim.AdamW(trainable.parameters(), lr=3e-3)
-    for _ in range(150):
-        losses = trainable({"image": images, "text_ids": ids, "text_mask": mask})
-        opt.zero_grad()
-        losses["loss"].backward()
-        opt.step()
-    matcher.eval()
-    right = 0
-    for i, (a, b) in enumerate(pairs):
-        other = next(c for c in range(3) if c not in (a, b))
-        candidates = torch.stack([_two_square_image(b, a), _two_square_image(a, other), _two_square_image(a, b)])
-        with torch.no_grad():
-            right += int(matcher(ids[i : i + 1].expand(3, -1), mask[i : i + 1].expand(3, -1), candidates).argmax()) == 2
+    _fit(trainable, lambda: {"image": images, "text_ids": ids, "text_mask": mask})
+    right = _true_image_ranked_first(matcher, ids, mask, pairs, _two_square_image, 3)
     assert right == len(pairs), f"{right}/{len(pairs)}"
     uint8 = ((images + 1) * 127.5).round().to(torch.uint8)  # the stage's cache stores uint8 pixels
     with torch.no_grad():
