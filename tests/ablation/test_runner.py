@@ -52,7 +52,7 @@ def test_rows_times_seeds_share_stages_and_resume(tiny_set, capsys):
 
     # seeds run elsewhere: seed 0's record merged into an invocation that runs only seed 1 in another
     # root gives the one-invocation table's numbers, with seed 0's taken from the record
-    whole = json.loads((root / "ablation.json").read_text())
+    whole = record  # the first invocation's: both rows at seeds 0 and 1
     seed0 = {**whole, "rows": [{**r, "per_seed": {"0": r["per_seed"]["0"]}} for r in whole["rows"]]}
     (tiny_set / "seed0.json").write_text(json.dumps(seed0))
     other = tiny_set / "elsewhere"
