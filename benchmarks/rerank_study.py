@@ -113,6 +113,7 @@ def study_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict[str, A
     """Sample, check and rerank one run; returns its per-N, per-reranker numbers."""
     from vilgkit import Pipeline
     from vilgkit.data.shapes import image_matches_scene
+    from vilgkit.errors import InputError
     from vilgkit.interfaces import RerankInputs
     from vilgkit.metrics.diversity import per_prompt_diversity
     from vilgkit.reranker_names import build_named_reranker
@@ -121,9 +122,12 @@ def study_run(run_dir: Path, args: argparse.Namespace, log=print) -> dict[str, A
     items = eval_items(run_dir, args.k)
     settings = sampling_settings(pipe, args.temperature, args.top_k, args.cfg_scale)
     rerankers = {label: build_named_reranker(label) for label in args.rerankers}
-    for label in [name for name, r in rerankers.items() if getattr(r, "needs_matcher", False) and pipe.matcher is None]:
-        log(f"rerank_study: {run_dir} has no TrainMatcher stage; {label} left out")
-        del rerankers[label]
+    for label, reranker in list(rerankers.items()):
+        try:  # a matcher reranker on a run without a matcher, or whose matcher reads the other input
+            pipe.check_reranker(reranker)
+        except InputError as err:
+            log(f"rerank_study: {label} left out: {err}")
+            del rerankers[label]
     n_max = max(args.ns)
     matches, diversity, sampling_s = [], {n: [] for n in args.ns}, 0.0
     picks = {(label, n): [] for label in rerankers for n in args.ns}
