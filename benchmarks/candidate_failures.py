@@ -68,15 +68,13 @@ def diagnose_run(run_dir: Path, k: int, n: int, seed: int, batch_size: int, log=
     settings = sampling_settings(pipe)
     kinds: collections.Counter = collections.Counter()
     right = caption_right = caption_right_when_wrong = candidates = 0
-    same_codes = 0.0
-    same_when = {True: [], False: []}  # per candidate, keyed by the detector's verdict
+    same_when = {True: [], False: []}  # round-trip share per candidate, keyed by the detector's verdict
     for b, start in enumerate(range(0, len(items), batch_size)):
         chunk = items[start : start + batch_size]
         codes, _, _ = pipe.sample_codes([it["caption"] for it in chunk], n, seed=seed + b, truncate=True, **settings)
         images = pipe.decode_codes(codes).clamp(-1, 1)
         with torch.no_grad():
             same = (pipe.image_tokenizer.encode(images) == codes).flatten(1).float().mean(1)
-        same_codes += float(same.sum())
         captions = pipe.image_to_text(list(images), method="greedy")
         for row, (image, text) in enumerate(zip(images, captions)):
             scene = chunk[row // n]["scene"]
@@ -103,7 +101,7 @@ def diagnose_run(run_dir: Path, k: int, n: int, seed: int, batch_size: int, log=
         "caption_right_given_right": caption_right / right if right else None,
         "caption_right_given_wrong": caption_right_when_wrong / wrong if wrong else None,
         "caption_detector_agreement": (caption_right + wrong - caption_right_when_wrong) / candidates,
-        "round_trip_same_codes": same_codes / candidates,
+        "round_trip_same_codes": (sum(same_when[True]) + sum(same_when[False])) / candidates,
         "round_trip_given_right": sum(same_when[True]) / len(same_when[True]) if same_when[True] else None,
         "round_trip_given_wrong": sum(same_when[False]) / len(same_when[False]) if same_when[False] else None,
     }

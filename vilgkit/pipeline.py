@@ -282,10 +282,11 @@ class Pipeline:
             )
         reads, found = getattr(reranker, "reads", None), getattr(self.matcher, "image_input", None)
         if reads is not None and found is not None and reads != found:
-            other = "pixel_matcher" if found == "pixels" else "matcher"
+            from vilgkit.reranker_names import MATCHER_RERANKER_FOR
+
             raise InputError(
                 f"reranker {type(reranker).__name__} scores {reads}, and the run's matcher reads {found}: "
-                f"use --reranker {other}"
+                f"use --reranker {MATCHER_RERANKER_FOR[found]}"
             )
 
     def _resolve_reranker(self, reranker: Any) -> Any:

@@ -28,6 +28,9 @@ RERANKER_ALIASES: dict[str, tuple[str, dict[str, Any]] | None] = {
     "clip": ("ClipReranker", {}),
 }
 
+#: the short name of the reranker for a matcher by what its image side reads (``image_input``)
+MATCHER_RERANKER_FOR: dict[str, str] = {"codes": "matcher", "pixels": "pixel_matcher"}
+
 
 def resolve_reranker_name(name: str) -> tuple[str, dict[str, Any]] | None:
     """A short name or a registered class name → ``(class name, constructor arguments)``, ``None`` for ``none``.

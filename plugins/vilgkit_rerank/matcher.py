@@ -6,6 +6,7 @@ import torch
 
 from vilgkit.interfaces import Reranker, RerankInputs
 from vilgkit.registry import RERANKERS
+from vilgkit.reranker_names import MATCHER_RERANKER_FOR
 from vilgkit_rerank.simple import prompt_tensors
 
 
@@ -38,9 +39,9 @@ class MatcherReranker(Reranker):
         matcher = inputs.matcher
         found = getattr(matcher, "image_input", "codes")
         if found != self.reads:
-            other = "pixel_matcher" if found == "pixels" else "matcher"
             raise ValueError(
-                f"the run's matcher reads {found}, {type(self).__name__} scores {self.reads}: rerank with {other!r}"
+                f"the run's matcher reads {found}, {type(self).__name__} scores {self.reads}: "
+                f"rerank with {MATCHER_RERANKER_FOR[found]!r}"
             )
         ids, mask = prompt_tensors(inputs, type(self).__name__)
         device = next(matcher.parameters()).device

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vilgkit.ablation.config import AblationSet
 from vilgkit.errors import VilgkitError
 
 
@@ -47,11 +46,14 @@ def _check_row(path: Path, row: Any, rows: dict[int, Path]) -> int:
     return number
 
 
-def read_records(paths: list[str], aset: AblationSet) -> tuple[dict[tuple[int, int], dict[str, Any]], list[dict]]:
-    """The measurements of every row × seed in ``paths`` (later files win a pair both hold), and
-    what each file was: ``{file, command, machine, wall_seconds, pairs}``, plus its stages tagged
-    with the file, as the table's stage list shows them."""
-    rows = dict(aset.rows)
+def read_records(
+    paths: list[str], set_rows: list[tuple[int, Path]]
+) -> tuple[dict[tuple[int, int], dict[str, Any]], list[dict]]:
+    """The measurements of every row × seed in ``paths`` (later files win a pair both hold), checked
+    against the set's ``(number, row file)`` list, and what each file was: ``{file, command,
+    machine, wall_seconds, pairs}``, plus its stages tagged with the file, as the table's stage list
+    shows them."""
+    rows = dict(set_rows)
     measured: dict[tuple[int, int], dict[str, Any]] = {}
     sources: list[dict[str, Any]] = []
     for name in paths:

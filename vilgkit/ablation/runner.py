@@ -121,7 +121,7 @@ def run_ablation(
     merged, sources, table_set = {}, [], aset
     if merge:  # the table spans every row and seed measured, here or in a merged record
         every_row = load_set(folder, seeds=seeds).rows
-        merged, sources = read_records(list(merge), dataclasses.replace(aset, rows=every_row))
+        merged, sources = read_records(list(merge), every_row)
         seen = sorted({s for _, s in merged} | set(aset.seeds))
         table_set = dataclasses.replace(aset, rows=every_row, seeds=seen)
     recipes = {n: resolve([str(aset.base), str(p)], overrides) for n, p in aset.rows}
@@ -134,9 +134,9 @@ def run_ablation(
     store = StageStore(root, fresh=fresh, log=log)
     start, load_start = time.perf_counter(), os.getloadavg()
     measured: dict[tuple[int, int], dict[str, Any]] = dict(merged)
-    record = _record(table_set, measured, store, command, start, load_start, torch.get_num_threads(), sources)
     root.mkdir(parents=True, exist_ok=True)
     held = [artifacts.RunDir(root)] if artifacts.RunDir(root).lock("vilgkit ablation") else []
+    record: dict[str, Any] = {}
     try:
         for seed in aset.seeds:  # seed-major: a whole table at one seed comes first
             for number, path in aset.rows:
