@@ -293,7 +293,8 @@ def parse_recipe(paths: list[str | Path], overrides: list[str] | None = None) ->
         raise RecipeError("no recipe given")
     merged: dict[str, Any] = {}
     for path in paths:
-        merged = merge(merged, load_yaml(path))
+        # a run's recipe.resolved.yaml runs again as it is: its _versions is provenance, not recipe
+        merged = merge(merged, {k: v for k, v in load_yaml(path).items() if k != "_versions"})
     merged = apply_overrides(merged, overrides or [])
     source = ", ".join(str(p) for p in paths)
     try:

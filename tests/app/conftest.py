@@ -45,7 +45,8 @@ def matcher_run(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pixel_matcher_run(tiny_run, tmp_path_factory):
-    """The same with a matcher that reads pixels, and Evaluate(reranker: pixel_matcher)."""
-    stage = {**MATCHER_STAGE, "init_args": {**MATCHER_STAGE["init_args"], "image_input": "pixels"}}
+    """The same with a matcher that reads pixels (pasted-code negatives too), and Evaluate(reranker: pixel_matcher)."""
+    pixels = {"image_input": "pixels", "patch_negatives": 1}
+    stage = {**MATCHER_STAGE, "init_args": {**MATCHER_STAGE["init_args"], **pixels}}
     evaluate = {**EVALUATE_STAGE, "init_args": {**EVALUATE_STAGE["init_args"], "reranker": "pixel_matcher"}}
     return _run_with_matcher(tiny_run, tmp_path_factory.mktemp("pixel_matcher"), stage, evaluate)

@@ -38,6 +38,9 @@ def test_run_resolves_short_names_and_writes_resolved_recipe(recipe, tmp_path):
     assert resolved["stages"][0]["class_path"] == "vilgkit_toy_support.EchoStage"
     assert resolved["seed"] == 3
     assert resolved["_versions"]["vilgkit"]
+    again = run_cli(["run", str(tmp_path / "run" / "recipe.resolved.yaml"), "--run_dir", str(tmp_path / "again")])
+    assert again.returncode == 0, again.stderr  # a run's resolved recipe reruns as written
+    assert json.loads((tmp_path / "again" / "echo" / "echo.json").read_text())["text"] == "abab"
 
 
 def test_dotted_override_and_config_merge(recipe, tmp_path):

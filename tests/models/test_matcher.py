@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from vilgkit.models.matcher import ImageTextMatcher
-from vilgkit.stages.train_matcher import MatcherTrainable, caption_similarity, exchanged, substituted
+from vilgkit.stages.train_matcher import (
+    MatcherTrainable,
+    caption_similarity,
+    exchanged,
+    pasted_codes,
+    substituted,
+)
 
 BOS, EOS, PAD = 1, 2, 0
 
@@ -97,6 +103,59 @@ def _true_image_ranked_first(matcher, ids, mask, pairs, render, colours: int) ->
             scores = matcher(ids[i : i + 1].expand(3, -1), mask[i : i + 1].expand(3, -1), candidates)
         right += int(scores.argmax()) == 2
     return right
+
+
+def test_a_pasted_block_is_the_donors_object_and_an_empty_donor_changes_nothing():
+    torch.manual_seed(0)
+    codes = torch.zeros(40, 4, 4, dtype=torch.long)
+    donors = torch.zeros(40, 4, 4, dtype=torch.long)
+    donors[:20, 1, 2] = 7  # a one-code object on background 0; the last 20 donors are background only
+    out = pasted_codes(codes, donors)
+    assert torch.equal(out[20:], codes[20:])
+    changed = out[:20] != 0
+    assert changed.flatten(1).any(1).all()  # every paste carried the object code …
+    assert set(out[:20].unique().tolist()) == {0, 7} and changed.flatten(1).sum(1).max() == 1  # … and only it
+
+
+def test_patch_negatives_teach_a_matcher_to_reject_a_stray_object():
+    """Text ``[a]`` describes a 3x3 grid of background 0 with the one object code ``a`` at a
+    place. The candidates are the true grid and the same grid with a stray second object: scene
+    negatives alone never show a stray object, pasted-code negatives do."""
+    torch.manual_seed(0)
+    objects, places = list(range(1, 6)), [(y, x) for y in range(3) for x in range(3)]
+
+    def scene(a: int, place: tuple[int, int]) -> torch.Tensor:
+        grid = torch.zeros(3, 3, dtype=torch.long)
+        grid[place] = a
+        return grid
+
+    rows = [(a, place) for a in objects for place in places]
+    ids, mask = _texts([[3 + a] for a, _ in rows], width=3)
+    images = torch.stack([scene(a, place) for a, place in rows])
+    matcher = ImageTextMatcher(3 + 6, torch.eye(6), max_text_len=3, max_image_grid=3, hidden_size=32, num_heads=2)
+    trainable = MatcherTrainable(matcher, image_negatives=2, text_negatives=1, patch_negatives=2)
+
+    def batch() -> dict[str, torch.Tensor]:
+        pick = torch.randperm(len(rows))[:16]
+        return {"codes": images[pick], "text_ids": ids[pick], "text_mask": mask[pick]}
+
+    _fit(trainable, batch)
+    right = 0
+    for i, (a, place) in enumerate(rows):
+        stray = images[i].clone()
+        other_place = places[(places.index(place) + 4) % len(places)]
+        stray[other_place] = objects[(objects.index(a) + 1) % len(objects)]
+        candidates = torch.stack([stray, images[i]])
+        with torch.no_grad():
+            scores = matcher(ids[i : i + 1].expand(2, -1), mask[i : i + 1].expand(2, -1), candidates)
+        right += int(scores.argmax()) == 1
+    assert right >= 0.9 * len(rows), f"{right}/{len(rows)}"
+
+
+def test_a_pixels_matcher_with_patch_negatives_needs_a_decoder():
+    matcher = ImageTextMatcher(12, None, 8, 2, hidden_size=16, num_heads=2, image_input="pixels")
+    with pytest.raises(ValueError, match="needs decode"):
+        MatcherTrainable(matcher, patch_negatives=1)
 
 
 def test_the_trainable_needs_two_samples_or_text_to_rewrite():

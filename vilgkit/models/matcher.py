@@ -138,9 +138,13 @@ class ImageTextMatcher(nn.Module):
     def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Scores ``[P]`` for pairs ``text_ids/text_mask [P, L]`` × ``image``: codes ``Long[P, h, w]``
         or pixels ``[P, 3, H, W]`` in [-1, 1] (uint8 pixels are rescaled), as ``image_input`` says."""
+        return self.score(text_ids, text_mask, self.image_tokens(image))
+
+    def score(self, text_ids: torch.Tensor, text_mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Scores ``[P]`` for pairs of texts × image tokens ``[P, h, w, C]`` from :meth:`image_tokens`
+        (an image scored against several texts needs its tokens once: index or repeat them)."""
         pairs, length = text_ids.shape
         device = text_ids.device
-        tokens = self._image_tokens(image)  # [P, h, w, C]
         h, w = tokens.shape[1:3]
         if length > self.max_text_len or max(h, w) > self.max_image_grid:
             raise ValueError(
@@ -164,8 +168,8 @@ class ImageTextMatcher(nn.Module):
         out = self.encoder(stream, src_key_padding_mask=~keep)
         return self.head(self.norm(out[:, 0])).squeeze(-1).float()
 
-    def _image_tokens(self, image: torch.Tensor) -> torch.Tensor:
-        """``[P, h, w, C]`` image tokens before positions, from codes or pixels."""
+    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """``[P, h, w, C]`` image tokens before positions, from codes or pixels (see :meth:`forward`)."""
         if self.image_input == "codes":
             if image.dtype.is_floating_point or image.dim() != 3:
                 raise ValueError(f"a codes matcher reads Long[P, h, w] codes, got {image.dtype} {tuple(image.shape)}")

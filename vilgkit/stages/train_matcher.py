@@ -14,9 +14,14 @@ true pair and *hard* negatives, because the candidates of one prompt differ in l
 * the text with one id replaced by the id at the same position of the nearest other caption (an
   attribute swapped for another of its kind, when captions share a template) and the text with two
   of its ids exchanged (which attribute goes with which object). Negatives equal to the true text
-  are masked out.
+  are masked out;
+* with ``patch_negatives``, the true image itself with a small block of another image's *object*
+  codes pasted at a random place (:func:`pasted_codes`): a stray blob on the background or one
+  object overdrawn, the two ways sampled candidates fail (docs/performance.md, "Why candidates
+  fail"), which negatives drawn from other scenes never show.
 
-Nothing here knows the Shapes world: the negatives come from the captions' ids alone.
+Nothing here knows the Shapes world: the negatives come from the captions' ids and the image codes
+alone (an image's most frequent code is taken as its background).
 
 With ``image_input: pixels`` the matcher reads images, and it trains on the image tokenizer's
 *reconstructions* of the training images (encode → decode), not the originals: the candidates it
@@ -27,6 +32,7 @@ Dimension key: B batch, K image negatives, J text negatives, L text length, h/w 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +61,27 @@ class MatcherTrainable(nn.Module, Trainable):
         image_negatives: K, the hard negative images per text.
         swap_negatives: include the two rewritten texts as negatives per image (else only other captions).
         text_negatives: other captions of the batch per image, nearest first.
+        patch_negatives: pasted-code versions of the true image per text (:func:`pasted_codes`).
+        decode: codes ``[N, h, w]`` → the pixels a pixels matcher reads, made exactly as its
+            training images were (required for a pixels matcher with ``patch_negatives``).
     """
 
     def __init__(
-        self, matcher: ImageTextMatcher, image_negatives: int = 5, text_negatives: int = 2, swap_negatives: bool = True
+        self,
+        matcher: ImageTextMatcher,
+        image_negatives: int = 5,
+        text_negatives: int = 2,
+        swap_negatives: bool = True,
+        patch_negatives: int = 0,
+        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
+        if patch_negatives and matcher.image_input == "pixels" and decode is None:
+            raise ValueError("a pixels matcher with patch_negatives needs decode (codes → its training pixels)")
         self.matcher = matcher
         self.image_negatives, self.text_negatives, self.swap_negatives = image_negatives, text_negatives, swap_negatives
+        self.patch_negatives = patch_negatives
+        self._decode = decode  # a plain callable, not a submodule: the tokenizer is neither trained nor saved
 
     def forward(self, batch: dict[str, torch.Tensor], group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
         device = next(self.matcher.parameters()).device
@@ -70,26 +89,54 @@ class MatcherTrainable(nn.Module, Trainable):
         codes, ids, mask = (batch[k].to(device) for k in (image_key, "text_ids", "text_mask"))
         size = len(codes)
         similar = caption_similarity(ids, mask, self.matcher.text_vocab_size)  # [B, B], -inf: never a negative
-        true = self.matcher(ids, mask, codes)[:, None]  # [B, 1]: the true pair opens both lists
+        tokens = self.matcher.image_tokens(codes)  # once per image: every list below indexes them
+        true = self.matcher.score(ids, mask, tokens)[:, None]  # [B, 1]: the true pair opens both lists
         losses: dict[str, torch.Tensor] = {}
+        image_scores, image_valid = [true], [torch.ones_like(true, dtype=torch.bool)]
         k = min(self.image_negatives, size - 1)
         if k > 0:
             nearest = similar.topk(k, dim=1)
-            scores = self.matcher(
-                ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), codes[nearest.indices.flatten()]
+            scores = self.matcher.score(
+                ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0), tokens[nearest.indices.flatten()]
             )
-            valid = torch.cat([torch.ones_like(true, dtype=torch.bool), nearest.values > -1e30], dim=1)
-            losses["image_choice"] = listwise_loss(torch.cat([true, scores.view(size, k)], dim=1), valid)
+            image_scores.append(scores.view(size, k))
+            image_valid.append(nearest.values > -1e30)
+        if self.patch_negatives > 0 and size > 1:
+            scores, valid = self.patched_scores(batch["codes"].to(device), ids, mask)
+            image_scores.append(scores)
+            image_valid.append(valid)
+        if len(image_scores) > 1:
+            losses["image_choice"] = listwise_loss(torch.cat(image_scores, dim=1), torch.cat(image_valid, dim=1))
         texts, texts_mask, valid = self.negative_texts(ids, mask, similar)  # [B, J, L]
         j = texts.shape[1]
         if j > 0 and bool(valid.any()):
-            scores = self.matcher(texts.flatten(0, 1), texts_mask.flatten(0, 1), codes.repeat_interleave(j, 0))
+            scores = self.matcher.score(texts.flatten(0, 1), texts_mask.flatten(0, 1), tokens.repeat_interleave(j, 0))
             valid = torch.cat([torch.ones_like(true, dtype=torch.bool), valid], dim=1)
             losses["text_choice"] = listwise_loss(torch.cat([true, scores.view(size, j)], dim=1), valid)
         if not losses:
             raise ValueError("a matcher batch needs at least two samples or two distinct ids to rewrite")
         losses["loss"] = sum(losses.values())
         return losses
+
+    def patched_scores(
+        self, codes: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``[B, P]`` of each text against P pasted-code versions of its own image, and
+        ``valid [B, P]`` (False where the paste left the codes unchanged)."""
+        p = self.patch_negatives
+        true_codes = codes.repeat_interleave(p, 0)  # [B·P, h, w]
+        donors = (torch.arange(len(codes), device=codes.device) + 1 + torch.randint(len(codes) - 1, (1,)).item()) % len(
+            codes
+        )  # another image of the batch for every row (a shifted order never maps a row to itself)
+        pasted = pasted_codes(true_codes, codes[donors].repeat_interleave(p, 0))
+        valid = (pasted != true_codes).flatten(1).any(1).view(len(codes), p)
+        if self.matcher.image_input == "pixels":
+            with torch.autocast(device_type=codes.device.type, enabled=False):  # the true images were decoded in fp32
+                image = self._decode(pasted).to(codes.device)
+        else:
+            image = pasted
+        scores = self.matcher(ids.repeat_interleave(p, 0), mask.repeat_interleave(p, 0), image)
+        return scores.view(len(codes), p), valid
 
     def negative_texts(
         self, ids: torch.Tensor, mask: torch.Tensor, similar: torch.Tensor
@@ -174,6 +221,28 @@ def exchanged(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def pasted_codes(codes: torch.Tensor, donors: torch.Tensor, max_block: int = 2) -> torch.Tensor:
+    """``codes [N, h, w]`` with a block of ``donors [N, h, w]``'s codes pasted in, per row.
+
+    The block is square, 1 to ``max_block`` codes a side (drawn from torch's global RNG), taken from
+    the donor at a place where it holds a code other than its most frequent one (its object, not its
+    background), and pasted at a uniformly drawn place of the row. A row whose donor is all one code
+    is unchanged."""
+    out = codes.clone()
+    n, h, w = codes.shape
+    for row in range(n):
+        donor = donors[row]
+        side = min(int(torch.randint(1, max_block + 1, (1,))), h, w)
+        background = donor.flatten().mode().values
+        found = (donor[: h - side + 1, : w - side + 1] != background).nonzero()
+        if not len(found):
+            continue
+        top, left = found[int(torch.randint(len(found), (1,)))].tolist()
+        y, x = int(torch.randint(h - side + 1, (1,))), int(torch.randint(w - side + 1, (1,)))
+        out[row, y : y + side, x : x + side] = donor[top : top + side, left : left + side]
+    return out
+
+
 def listwise_loss(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of choosing column 0 among the valid columns of ``scores [B, 1+K]``."""
     return F.cross_entropy(
@@ -194,6 +263,8 @@ class TrainMatcher(Stage):
         image_negatives: hard negative images per text.
         text_negatives: other captions per image, nearest first.
         swap_negatives: also rank each image's text against two rewritten forms of it.
+        patch_negatives: also rank each text's image against this many versions of it with another
+            image's object codes pasted in (a stray or overdrawn object; see the module docstring).
         image_input: what the matcher reads, ``codes`` or ``pixels`` (decoded candidates; trained
             on reconstructions, see the module docstring). Rerank with ``matcher`` for codes and
             ``pixel_matcher`` for pixels.
@@ -214,6 +285,7 @@ class TrainMatcher(Stage):
         image_negatives: int = 5,
         text_negatives: int = 2,
         swap_negatives: bool = True,
+        patch_negatives: int = 0,
         image_input: str = "codes",
     ) -> None:
         super().__init__(name)
@@ -221,13 +293,14 @@ class TrainMatcher(Stage):
             raise ValueError(f"image_input must be one of {', '.join(IMAGE_INPUTS)}, got {image_input!r}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} must be a multiple of num_heads {num_heads}")
-        if image_negatives < 0 or text_negatives < 0:
-            raise ValueError("image_negatives and text_negatives must not be negative")
+        if min(image_negatives, text_negatives, patch_negatives) < 0:
+            raise ValueError("image_negatives, text_negatives and patch_negatives must not be negative")
         self.trainer = trainer or TrainerConfig()
         self.text_tokenizer_from, self.image_tokenizer_from = text_tokenizer_from, image_tokenizer_from
         self.data = data
         self.hidden_size, self.num_layers, self.num_heads = hidden_size, num_layers, num_heads
         self.image_negatives, self.text_negatives, self.swap_negatives = image_negatives, text_negatives, swap_negatives
+        self.patch_negatives = patch_negatives
         self.image_input = image_input
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
@@ -260,6 +333,8 @@ class TrainMatcher(Stage):
                 self.image_negatives,
                 self.text_negatives,
                 self.swap_negatives,
+                self.patch_negatives,
+                decode=lambda codes: reconstructed_pixels(image_tok, codes),
             )
 
         trainer = Trainer.for_stage(
