@@ -3,7 +3,8 @@
 ``vilgkit eval --reranker``, ``vilgkit generate --reranker``, ``Pipeline.text_to_image(reranker=...)``,
 a recipe's ``Evaluate(reranker: pmi)``, ``vilgkit serve`` and the run's saved ``inference.json`` all
 resolve a name here: a short name below (any case) or a registered class name (``RERANKERS``).
-``none`` means no reranking (keep the first candidate). The classes live in plugins
+``none`` means no reranking (keep the first candidate); names joined by ``+`` (``self+pixel_matcher``)
+name an ``EnsembleReranker`` of those members. The classes live in plugins
 (``vilgkit_rerank``), so this table names them by string and core imports none of them.
 """
 
@@ -28,6 +29,9 @@ RERANKER_ALIASES: dict[str, tuple[str, dict[str, Any]] | None] = {
     "clip": ("ClipReranker", {}),
 }
 
+#: the registered class a ``+``-joined name builds
+ENSEMBLE_CLASS = "EnsembleReranker"
+
 #: the short name of the reranker for a matcher by what its image side reads (``image_input``)
 MATCHER_RERANKER_FOR: dict[str, str] = {"codes": "matcher", "pixels": "pixel_matcher"}
 
@@ -42,6 +46,14 @@ def resolve_reranker_name(name: str) -> tuple[str, dict[str, Any]] | None:
     from vilgkit.registry import RERANKERS
 
     key = str(name).strip()
+    if "+" in key:
+        members = [part.strip() for part in key.split("+")]
+        for member in members:
+            if member == "" or resolve_reranker_name(member) is None:
+                raise VilgkitError(
+                    f"reranker {name!r}: every member of an ensemble 'a+b' must name a reranker other than none"
+                )
+        return ENSEMBLE_CLASS, {"members": members}
     if key.lower() in RERANKER_ALIASES:
         alias = RERANKER_ALIASES[key.lower()]
         return None if alias is None else (alias[0], dict(alias[1]))
@@ -89,6 +101,8 @@ def saved_name(reranker: Any) -> str:
     if reranker is None:
         return "none"
     cls_name = type(reranker).__name__
+    if cls_name == ENSEMBLE_CLASS and all(w == 1.0 for w in reranker.weights):
+        return "+".join(reranker.members)
     if _same(reranker, cls_name, {}):
         return cls_name
     for short, alias in RERANKER_ALIASES.items():

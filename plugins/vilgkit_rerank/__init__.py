@@ -6,18 +6,21 @@ compares the generator's caption of each candidate with the prompt, ``MatcherRer
 with the run's own image–text matching model (a ``TrainMatcher`` stage; ``PixelMatcherReranker``
 when that model reads decoded pixels), ``ClipReranker`` scores with an
 open_clip model loaded from a local file (optional extra ``clip``), ``NoReranker`` keeps the first
-candidate (a random choice among i.i.d. samples). Short names: :mod:`vilgkit.reranker_names`.
+candidate (a random choice among i.i.d. samples), ``EnsembleReranker`` sums several members'
+per-prompt standardised scores (``self+pixel_matcher``). Short names: :mod:`vilgkit.reranker_names`.
 """
 
 from vilgkit_rerank.caption import CaptionReranker
 from vilgkit_rerank.clip import ClipReranker
 from vilgkit_rerank.contrastive import PMIReranker
+from vilgkit_rerank.ensemble import EnsembleReranker
 from vilgkit_rerank.matcher import MatcherReranker, PixelMatcherReranker
 from vilgkit_rerank.simple import MeanSelfReranker, NoReranker, SelfReranker
 
 __all__ = [
     "CaptionReranker",
     "ClipReranker",
+    "EnsembleReranker",
     "MatcherReranker",
     "MeanSelfReranker",
     "NoReranker",

@@ -16,6 +16,7 @@ from vilgkit.interfaces import Generator, GeneratorOutput, RerankInputs
 from vilgkit.reranker_names import RERANKER_ALIASES, build_named_reranker, saved_name
 from vilgkit_rerank import (
     CaptionReranker,
+    EnsembleReranker,
     MatcherReranker,
     MeanSelfReranker,
     PixelMatcherReranker,
@@ -149,6 +150,45 @@ def test_the_pixel_matcher_reranker_scores_the_decoded_images():
     inputs.matcher = TableMatcher()
     with pytest.raises(ValueError, match="rerank with 'matcher'"):
         PixelMatcherReranker().rerank(inputs)
+
+
+def test_an_ensemble_sums_its_members_per_prompt_z_scores():
+    """``self`` picks candidates 0 and 1, the matcher 1 and 2; the standardised sum decides.
+
+    self z-scores: prompt 0 [-1, -2, -5] → [0.981, 0.392, -1.373], prompt 1 [-3, -1, -2] → [-1.225,
+    1.225, 0]; matcher: [0.1, 2, -1] → [-0.215, 1.318, -1.103], [0.5, -3, 0.7] → [0.647, -1.412, 0.765]."""
+    inputs = _inputs()
+    inputs.matcher = TableMatcher()
+    ensemble = build_named_reranker("self+matcher")
+    assert isinstance(ensemble, EnsembleReranker) and ensemble.members == ["self", "matcher"]
+    assert ensemble.needs_generator and ensemble.needs_matcher and not ensemble.needs_images
+    assert ensemble.reads == "codes" and saved_name(ensemble) == "self+matcher"
+    result = ensemble.rerank(inputs)
+    assert result.best.tolist() == [1, 2]
+    torch.testing.assert_close(
+        result.scores, torch.tensor([[0.765, 1.710, -2.476], [-0.577, -0.188, 0.765]]), atol=1e-3, rtol=0
+    )
+    weighted = EnsembleReranker(["self", "matcher"], weights=[2.0, 1.0]).rerank(inputs)
+    assert weighted.best.tolist() == [1, 1]  # [1.746, 2.103, -3.849], [-1.802, 1.037, 0.765]
+    # a member whose scores tie on a prompt adds nothing there: on identical candidates only the other decides
+    tied = _inputs(prompts=(P0,), codes=(0, 0, 0))
+    tied.matcher = TableMatcher()
+    assert build_named_reranker("self+matcher").rerank(tied).scores.abs().max() == 0
+
+
+def test_bad_ensembles_are_refused_with_the_reason():
+    from vilgkit.errors import VilgkitError
+
+    with pytest.raises(VilgkitError, match="other than none"):
+        build_named_reranker("self+none")
+    with pytest.raises(VilgkitError, match="unknown reranker 'nope'"):
+        build_named_reranker("self+nope")
+    with pytest.raises(ValueError, match="a run has one"):
+        build_named_reranker("matcher+pixel_matcher")
+    with pytest.raises(ValueError, match="at least two members"):
+        EnsembleReranker(["self"])
+    with pytest.raises(ValueError, match="2 members need 2 weights"):
+        EnsembleReranker(["self", "pmi"], weights=[1.0])
 
 
 def test_pmi_is_batched_and_falls_back_to_the_shuffled_prompt_alone():
