@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from vilgkit.interfaces import Reranker, RerankInputs
@@ -44,6 +46,11 @@ class EnsembleReranker(Reranker):
         if len(reads) > 1:
             raise ValueError(f"ensemble members {members} need matchers reading {sorted(reads)}; a run has one")
         self.reads = next(iter(reads), None)  # what the run's matcher must read, if a member uses it
+
+    @classmethod
+    def conformance_args(cls) -> dict[str, Any]:
+        """The smallest ensemble for the registry-wide conformance tests: two generator-based members."""
+        return {"members": ["self", "self_mean"]}
 
     def score(self, inputs: RerankInputs) -> torch.Tensor:
         n = inputs.num_candidates
