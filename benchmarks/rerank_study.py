@@ -68,9 +68,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from vilgkit.reranker_names import RERANKER_ALIASES
 
     usable = [name for name in RERANKER_ALIASES if name not in ("none", "clip")]  # none: the "first" column
-    bad = [r for r in args.rerankers if r not in usable]
+
+    def usable_name(name: str) -> bool:  # a short name, or an ensemble of them ("self+pixel_matcher")
+        return all(part.strip() in usable for part in name.split("+"))
+
+    bad = [r for r in args.rerankers if not usable_name(r)]
     if bad or not args.ns or min(args.ns) < 1 or args.k < 1 or args.batch_size < 1:
-        parser.error(f"--rerankers from {usable}, positive --ns, --k, --batch-size (bad: {bad})")
+        parser.error(f"--rerankers from {usable} or a+b ensembles; positive --ns, --k, --batch-size (bad: {bad})")
     return args
 
 

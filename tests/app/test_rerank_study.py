@@ -53,3 +53,10 @@ def test_rerank_study_rejects_bad_arguments(tmp_path, capsys):
     assert "no trained run" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         study.main([str(tmp_path), "--rerankers", "nope"])
+
+
+def test_rerank_study_takes_ensembles_of_its_rerankers(tmp_path):
+    study = _study()
+    assert study.parse_args([str(tmp_path), "--rerankers", "self,self+matcher"]).rerankers == ["self", "self+matcher"]
+    with pytest.raises(SystemExit):
+        study.parse_args([str(tmp_path), "--rerankers", "self+nope"])
