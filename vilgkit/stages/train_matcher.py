@@ -125,9 +125,9 @@ class MatcherTrainable(nn.Module, Trainable):
         ``valid [B, P]`` (False where the paste left the codes unchanged)."""
         p = self.patch_negatives
         true_codes = codes.repeat_interleave(p, 0)  # [B·P, h, w]
-        donors = (torch.arange(len(codes), device=codes.device) + 1 + torch.randint(len(codes) - 1, (1,)).item()) % len(
-            codes
-        )  # another image of the batch for every row (a shifted order never maps a row to itself)
+        # another image of the batch for every row: a shift by 1..B-1 never maps a row to itself
+        shift = 1 + int(torch.randint(len(codes) - 1, (1,)))
+        donors = (torch.arange(len(codes), device=codes.device) + shift) % len(codes)
         pasted = pasted_codes(true_codes, codes[donors].repeat_interleave(p, 0))
         valid = (pasted != true_codes).flatten(1).any(1).view(len(codes), p)
         if self.matcher.image_input == "pixels":
