@@ -79,6 +79,8 @@ LINKS: list[tuple[str, str]] = [
 ]
 
 SCALAR_KEYS = {"run_dir": (str, "runs/run"), "seed": (int, 0), "name": (str, "run")}
+#: the provenance a run writes into its recipe.resolved.yaml (versions); read, never validated or built
+PROVENANCE_KEY = "_versions"
 
 
 def build_parser() -> ArgumentParser:
@@ -293,8 +295,7 @@ def parse_recipe(paths: list[str | Path], overrides: list[str] | None = None) ->
         raise RecipeError("no recipe given")
     merged: dict[str, Any] = {}
     for path in paths:
-        # a run's recipe.resolved.yaml runs again as it is: its _versions is provenance, not recipe
-        merged = merge(merged, {k: v for k, v in load_yaml(path).items() if k != "_versions"})
+        merged = merge(merged, load_yaml(path))
     merged = apply_overrides(merged, overrides or [])
     source = ", ".join(str(p) for p in paths)
     try:
@@ -304,8 +305,12 @@ def parse_recipe(paths: list[str | Path], overrides: list[str] | None = None) ->
 
 
 def validate(recipe: dict[str, Any], source: str, *, registered_only: bool = False) -> Namespace:
-    """Check a merged recipe: known keys, class paths in their keys' registries, jsonargparse types."""
+    """Check a merged recipe: known keys, class paths in their keys' registries, jsonargparse types.
+
+    A run's provenance (:data:`PROVENANCE_KEY`) is left out, so a ``recipe.resolved.yaml`` validates
+    (and runs again) as it was written."""
     known = set(SCALAR_KEYS) | set(COMPONENTS) | {"stages"}
+    recipe = {k: v for k, v in recipe.items() if k != PROVENANCE_KEY}
     for key in recipe:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -338,9 +343,7 @@ def load_run_recipe(path: str | Path) -> dict[str, Any]:
     constructors declare; anything else is a :class:`RecipeError` naming the file and the key.
     """
     load_components()
-    recipe = load_yaml(path)
-    recipe.pop("_versions", None)  # provenance written next to the recipe, not part of it
-    return to_dict(validate(recipe, str(path), registered_only=True))
+    return to_dict(validate(load_yaml(path), str(path), registered_only=True))
 
 
 def to_dict(cfg: Namespace) -> dict[str, Any]:

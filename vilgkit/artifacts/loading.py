@@ -148,7 +148,7 @@ def read_recipe(run_dir: str | Path | RunDir, *, anchored: bool = True, versions
     """
     import yaml
 
-    from vilgkit.recipe import load_components, to_dict, validate
+    from vilgkit.recipe import PROVENANCE_KEY, load_components, to_dict, validate
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     path = run.recipe_path
@@ -160,11 +160,11 @@ def read_recipe(run_dir: str | Path | RunDir, *, anchored: bool = True, versions
     if not isinstance(recipe, dict):
         raise ArtifactError(f"{path} is not a resolved recipe (a YAML mapping)")
     # a run directory may come from elsewhere: only registered classes, with the declared types
-    provenance = recipe.pop("_versions", None)
+    provenance = recipe.get(PROVENANCE_KEY)  # validate leaves it out; kept only when asked for
     load_components()
     recipe = to_dict(validate(recipe, str(path), registered_only=True))
     if versions and provenance is not None:
-        recipe["_versions"] = provenance
+        recipe[PROVENANCE_KEY] = provenance
     return run.anchor(recipe) if anchored else recipe
 
 
