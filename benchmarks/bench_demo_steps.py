@@ -29,6 +29,7 @@ def recipe_settings() -> dict:
     recipe = yaml.safe_load((ROOT / "recipes" / "shapes_tiny.yaml").read_text())
     stages = {s["class_path"]: s.get("init_args", {}) for s in recipe["stages"]}
     return {
+        "text_vocab_size": recipe["text_tokenizer"]["init_args"]["vocab_size"],
         "tokenizer": recipe["image_tokenizer"]["init_args"],
         "generator": recipe["generator"]["init_args"],
         "tokenizer_trainer": stages["TrainTokenizer"]["trainer"],
@@ -64,15 +65,16 @@ def generator_step(settings: dict, bf16: bool) -> Callable[[], None]:
 
     torch.manual_seed(0)
     args = settings["generator"]
-    generator = UnifiedTransformer(text_vocab_size=256, image_vocab_size=settings["tokenizer"]["codebook_size"], **args)
+    vocab, codebook = settings["text_vocab_size"], settings["tokenizer"]["codebook_size"]
+    generator = UnifiedTransformer(text_vocab_size=vocab, image_vocab_size=codebook, **args)
     model = GeneratorTrainable(generator, directions=["txt2img", "img2txt"])
     trainer = settings["generator_trainer"]
     opt = MuonAdamW(muon_param_groups(model, list(model.parameters()), 0.01), lr=trainer["lr"], betas=(0.9, 0.95))
     batch, grid = trainer["batch_size"], args["max_image_grid"]
-    ids = torch.randint(4, 256, (batch, 30))
+    ids = torch.randint(4, vocab, (batch, 30))
     ids[:, 0], ids[:, -1] = 2, 3  # BOS, EOS as the recipe's tokenizer numbers them
     inputs = {
-        "codes": torch.randint(0, settings["tokenizer"]["codebook_size"], (batch, grid, grid)),
+        "codes": torch.randint(0, codebook, (batch, grid, grid)),
         "text_ids": ids,
         "text_mask": torch.ones(batch, 30, dtype=torch.bool),
     }
