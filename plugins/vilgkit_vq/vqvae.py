@@ -129,6 +129,16 @@ class VQVAETokenizer(ImageTokenizer, Trainable):
             **reconstruction_readouts(images, recon, codes, self.codebook_size),
         }
 
+    def decoder_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.decoder.parameters())
+
+    def decoder_loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
+            codes = self.encode(images.float())  # the generator's codes: fp32 whatever the trainer's autocast
+        recon = self.decoder(self.quantizer.lookup(codes))
+        rec = reconstruction_loss(recon, images, self.rec_loss, self.edge_weight)
+        return {"loss": rec, "rec": rec, **reconstruction_readouts(images, recon, codes, self.codebook_size)}
+
     # ----------------------------------------------------------------- Trainable
 
     def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:

@@ -50,6 +50,18 @@ class ImageTokenizer(nn.Module, ABC):
         Other keys are logged (e.g. ``"rec"``, ``"commit"``, ``"perplexity"``).
         """
 
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The decoder's parameters: what :class:`~vilgkit.stages.finetune_decoder.FinetuneDecoder`
+        trains while the encoder and the codebook stay frozen. Tokenizers that cannot train their
+        decoder alone keep this default, which raises."""
+        raise NotImplementedError(f"{type(self).__name__} cannot train its decoder alone")
+
+    def decoder_loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Losses for training the decoder alone: ``images`` are encoded exactly as :meth:`encode`
+        does for a generator (frozen, no gradients, full precision) and the decoder learns to
+        reconstruct them from those codes. Key ``"loss"`` is the total; see :meth:`decoder_parameters`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot train its decoder alone")
+
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Code grid ``(h, w)`` for an image of ``height × width`` pixels."""
         if height % self.downsample or width % self.downsample:

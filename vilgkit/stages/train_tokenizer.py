@@ -290,7 +290,7 @@ class TrainTokenizer(Stage):
         }
         save_image_tokenizer(tok, out_dir, manifest)
         artifacts.write_json(out_dir / artifacts.TOKENIZER_EVAL, evaluation)
-        _check_bar(evaluation, self.min_detector_agreement, out_dir)
+        check_bar(evaluation, self.min_detector_agreement, out_dir)
         return {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}
 
 
@@ -341,11 +341,12 @@ class EvaluateTokenizer(Stage):
         }
         save_image_tokenizer(tok, out_dir, manifest)
         artifacts.write_json(out_dir / artifacts.TOKENIZER_EVAL, evaluation)
-        _check_bar(evaluation, self.min_detector_agreement, out_dir)
+        check_bar(evaluation, self.min_detector_agreement, out_dir)
         return {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}
 
 
-def _check_bar(evaluation: dict[str, Any], bar: float, out_dir: Path) -> None:
+def check_bar(evaluation: dict[str, Any], bar: float, out_dir: Path) -> None:
+    """Fail the stage when the Shapes detector agreement is below the recipe's ``bar`` (0: never)."""
     if bar and evaluation.get("detector_agreement", 1.0) < bar:
         raise VilgkitError(
             f"detector agreement {evaluation['detector_agreement']:.3f} is below the recipe's bar {bar} "
