@@ -31,6 +31,7 @@ from vilgkit.stages.train_tokenizer import (
     check_bar,
     evaluate_tokenizer,
     first_samples,
+    fresh_component,
     load_image_tokenizer,
     save_image_tokenizer,
     set_component,
@@ -131,7 +132,7 @@ class FinetuneDecoder(Stage):
             self.trainer,
             collate_fn=_collate,
             callbacks=callbacks,
-            rebuild=lambda: DecoderOnly(load_image_tokenizer(ctx, self.image_tokenizer_from)),
+            rebuild=lambda: DecoderOnly(fresh_component(ctx, "image_tokenizer")),  # a sharded run's plain copy
         )
         train_metrics = trainer.fit(resume=ctx.resume)
         tok = trainer.trained_module().module
