@@ -21,21 +21,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vilgkit import artifacts
 from vilgkit.engine.config import TrainerConfig
 from vilgkit.errors import VilgkitError
 from vilgkit.interfaces import ImageTokenizer, RunContext, Stage, Trainable
 from vilgkit.registry import STAGES
 from vilgkit.stages.train_tokenizer import (
     ReconstructionGrid,
-    check_bar,
-    evaluate_tokenizer,
     first_samples,
     fresh_component,
     load_image_tokenizer,
-    save_image_tokenizer,
+    score_and_save,
     set_component,
-    write_grid,
 )
 
 
@@ -141,23 +137,20 @@ class FinetuneDecoder(Stage):
         set_component(ctx, "image_tokenizer", tok)
         if not trainer.strategy.is_main:
             return {}
-        evaluation = evaluate_tokenizer(tok, held_out, self.eval_images)
-        evaluation["held_out"] = self.eval_data is not None
-        with torch.no_grad():
-            tok.eval()
-            images = preview.to(next(tok.parameters()).device)
-            write_grid(images, tok.decode(tok.encode(images)), out_dir / "reconstructions.png")
-        manifest = {
+        record = {
             "stage": self.name,
             "init": ctx.recipe.get("image_tokenizer"),
             "image_tokenizer_from": self.image_tokenizer_from,
-            "image_size": list(preview.shape[-2:]),
-            "grid": list(tok.grid_size(*preview.shape[-2:])),
             "steps": trainer.step,
             "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
-            "eval": evaluation,
         }
-        save_image_tokenizer(tok, out_dir, manifest)
-        artifacts.write_json(out_dir / artifacts.TOKENIZER_EVAL, evaluation)
-        check_bar(evaluation, self.min_detector_agreement, out_dir)
-        return {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}
+        return score_and_save(
+            tok,
+            held_out,
+            self.eval_images,
+            preview,
+            out_dir,
+            record,
+            self.min_detector_agreement,
+            held_out=self.eval_data is not None,
+        )

@@ -272,26 +272,22 @@ class TrainTokenizer(Stage):
         set_component(ctx, "image_tokenizer", tok)
         if not trainer.strategy.is_main:  # the main rank evaluates and writes; the runner's barrier waits for it
             return {}
-        evaluation = evaluate_tokenizer(tok, held_out, self.eval_images)
-        evaluation["held_out"] = self.eval_data is not None
-        with torch.no_grad():
-            tok.eval()
-            images = preview.to(next(tok.parameters()).device)
-            write_grid(images, tok.decode(tok.encode(images)), out_dir / "reconstructions.png")
-        h, w = tok.grid_size(*preview.shape[-2:])
-        manifest = {
+        record = {
             "stage": self.name,
             "init": ctx.recipe.get("image_tokenizer"),
-            "image_size": list(preview.shape[-2:]),
-            "grid": [h, w],
             "steps": trainer.step,
             "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
-            "eval": evaluation,
         }
-        save_image_tokenizer(tok, out_dir, manifest)
-        artifacts.write_json(out_dir / artifacts.TOKENIZER_EVAL, evaluation)
-        check_bar(evaluation, self.min_detector_agreement, out_dir)
-        return {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}
+        return score_and_save(
+            tok,
+            held_out,
+            self.eval_images,
+            preview,
+            out_dir,
+            record,
+            self.min_detector_agreement,
+            held_out=self.eval_data is not None,
+        )
 
 
 @STAGES.register_module()
@@ -326,23 +322,44 @@ class EvaluateTokenizer(Stage):
         tok = ctx.component("image_tokenizer")
         data = self.data if self.data is not None else ctx.component("data")
         out_dir = ctx.stage_dir(self.name)
-        evaluation = evaluate_tokenizer(tok, data, self.eval_images)
         preview = _images(_collate(first_samples(data, self.num_samples)))
-        with torch.no_grad():
-            tok.eval()
-            images = preview.to(next(tok.parameters()).device)
-            write_grid(images, tok.decode(tok.encode(images)), out_dir / "reconstructions.png")
-        manifest = {
-            "stage": self.name,
-            "init": ctx.recipe.get("image_tokenizer"),
-            "image_size": list(preview.shape[-2:]),
-            "grid": list(tok.grid_size(*preview.shape[-2:])),
-            "eval": evaluation,
-        }
-        save_image_tokenizer(tok, out_dir, manifest)
-        artifacts.write_json(out_dir / artifacts.TOKENIZER_EVAL, evaluation)
-        check_bar(evaluation, self.min_detector_agreement, out_dir)
-        return {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}
+        record = {"stage": self.name, "init": ctx.recipe.get("image_tokenizer")}
+        return score_and_save(tok, data, self.eval_images, preview, out_dir, record, self.min_detector_agreement)
+
+
+def score_and_save(
+    tok: ImageTokenizer,
+    data: Dataset,
+    eval_images: int,
+    preview: torch.Tensor,
+    out_dir: Path,
+    record: dict[str, Any],
+    min_detector_agreement: float,
+    held_out: bool | None = None,
+) -> dict[str, Any]:
+    """The end of every tokenizer stage: score ``tok`` on ``data``, write ``reconstructions.png`` of
+    ``preview``, save the tokenizer with ``record`` (+ image size, grid and evaluation) and
+    ``eval.json``, then fail below ``min_detector_agreement``. Returns the stage's ``eval/`` metrics.
+
+    ``held_out`` (when given) is recorded in the evaluation: whether ``data`` is held-out data.
+    """
+    evaluation = evaluate_tokenizer(tok, data, eval_images)
+    if held_out is not None:
+        evaluation["held_out"] = held_out
+    with torch.no_grad():
+        tok.eval()
+        images = preview.to(next(tok.parameters()).device)
+        write_grid(images, tok.decode(tok.encode(images)), out_dir / "reconstructions.png")
+    manifest = {
+        **record,
+        "image_size": list(preview.shape[-2:]),
+        "grid": list(tok.grid_size(*preview.shape[-2:])),
+        "eval": evaluation,
+    }
+    save_image_tokenizer(tok, out_dir, manifest)
+    artifacts.write_json(out_dir / artifacts.TOKENIZER_EVAL, evaluation)
+    check_bar(evaluation, min_detector_agreement, out_dir)
+    return {f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, (int, float))}
 
 
 def check_bar(evaluation: dict[str, Any], bar: float, out_dir: Path) -> None:
