@@ -27,11 +27,14 @@ from vilgkit.interfaces import ImageTokenizer, RunContext, Stage, Trainable
 from vilgkit.registry import STAGES
 from vilgkit.stages.train_tokenizer import (
     ReconstructionGrid,
+    batch_images,
+    collate_images,
     first_samples,
     fresh_component,
     load_image_tokenizer,
     score_and_save,
     set_component,
+    training_record,
 )
 
 
@@ -57,14 +60,7 @@ class DecoderOnly(nn.Module, Trainable):
     def forward(self, batch: Any, group: str = "main", step: int = 0) -> dict[str, torch.Tensor]:
         if group != "main":
             raise KeyError(f"decoder fine-tuning has one optimizer group 'main', got {group!r}")
-        images = batch["image"] if isinstance(batch, dict) else batch
-        return self.module.decoder_loss(images)
-
-
-def _collate(samples: list[Any]) -> Any:
-    from vilgkit.data import collate
-
-    return collate(samples)
+        return self.module.decoder_loss(batch_images(batch))
 
 
 @STAGES.register_module()
@@ -118,7 +114,7 @@ class FinetuneDecoder(Stage):
         data = self.data if self.data is not None else ctx.component("data")
         held_out = self.eval_data if self.eval_data is not None else data
         out_dir = ctx.stage_dir(self.name)
-        preview = _collate(first_samples(held_out, self.num_samples))["image"]
+        preview = batch_images(collate_images(first_samples(held_out, self.num_samples)))
         callbacks = [ReconstructionGrid(self.sample_every, preview)] if self.sample_every else []
         trainer = Trainer.for_stage(
             ctx,
@@ -126,7 +122,7 @@ class FinetuneDecoder(Stage):
             model,
             data,
             self.trainer,
-            collate_fn=_collate,
+            collate_fn=collate_images,
             callbacks=callbacks,
             rebuild=lambda: DecoderOnly(fresh_component(ctx, "image_tokenizer")),  # a sharded run's plain copy
         )
@@ -137,20 +133,13 @@ class FinetuneDecoder(Stage):
         set_component(ctx, "image_tokenizer", tok)
         if not trainer.strategy.is_main:
             return {}
-        record = {
-            "stage": self.name,
-            "init": ctx.recipe.get("image_tokenizer"),
-            "image_tokenizer_from": self.image_tokenizer_from,
-            "steps": trainer.step,
-            "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
-        }
         return score_and_save(
             tok,
             held_out,
             self.eval_images,
             preview,
             out_dir,
-            record,
+            training_record(self, ctx, trainer, train_metrics, image_tokenizer_from=self.image_tokenizer_from),
             self.min_detector_agreement,
             held_out=self.eval_data is not None,
         )

@@ -35,14 +35,30 @@ WEIGHTS_FILE = artifacts.IMAGE_TOKENIZER_WEIGHTS
 MANIFEST_FILE = artifacts.IMAGE_TOKENIZER_RECORD
 
 
-def _collate(samples: list[Any]) -> Any:
+def collate_images(samples: list[Any]) -> Any:
+    """The image tokenizer stages' ``collate_fn``: the data package's collate, imported when first used."""
     from vilgkit.data import collate
 
     return collate(samples)
 
 
-def _images(batch: Any) -> torch.Tensor:
+def batch_images(batch: Any) -> torch.Tensor:
+    """The images of a collated batch: its ``image`` entry, or the batch itself when it is a tensor."""
     return batch["image"] if isinstance(batch, dict) else batch
+
+
+def training_record(
+    stage: Stage, ctx: RunContext, trainer: Any, train_metrics: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """What a tokenizer training stage records beside its weights: the stage, the recipe's tokenizer
+    arguments, ``extra``, the steps taken and the numeric training metrics."""
+    return {
+        "stage": stage.name,
+        "init": ctx.recipe.get("image_tokenizer"),
+        **extra,
+        "steps": trainer.step,
+        "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
+    }
 
 
 def first_samples(data: Any, n: int) -> list[Any]:
@@ -99,8 +115,8 @@ def evaluate_tokenizer(
     sq_err, psnrs, all_codes, agree, exact, scored = 0.0, [], [], 0, 0, 0
     try:
         for start in range(0, n, batch_size):
-            batch = _collate(samples[start : start + batch_size])
-            images = _images(batch).to(device)
+            batch = collate_images(samples[start : start + batch_size])
+            images = batch_images(batch).to(device)
             codes = tok.encode(images)
             recon = tok.decode(codes).float()
             err = (recon - images.float()).pow(2).flatten(1).mean(1)
@@ -253,7 +269,7 @@ class TrainTokenizer(Stage):
         data = self.data if self.data is not None else ctx.component("data")
         held_out = self.eval_data if self.eval_data is not None else data
         out_dir = ctx.stage_dir(self.name)
-        preview = _images(_collate(first_samples(held_out, self.num_samples)))
+        preview = batch_images(collate_images(first_samples(held_out, self.num_samples)))
         callbacks = [ReconstructionGrid(self.sample_every, preview)] if self.sample_every else []
         # the trainer combines config.seed with the run's seed itself
         trainer = Trainer.for_stage(
@@ -262,7 +278,7 @@ class TrainTokenizer(Stage):
             tok,
             data,
             self.trainer,
-            collate_fn=_collate,
+            collate_fn=collate_images,
             callbacks=callbacks,
             rebuild=lambda: fresh_component(ctx, "image_tokenizer"),
         )
@@ -272,19 +288,13 @@ class TrainTokenizer(Stage):
         set_component(ctx, "image_tokenizer", tok)
         if not trainer.strategy.is_main:  # the main rank evaluates and writes; the runner's barrier waits for it
             return {}
-        record = {
-            "stage": self.name,
-            "init": ctx.recipe.get("image_tokenizer"),
-            "steps": trainer.step,
-            "train": {k: v for k, v in train_metrics.items() if isinstance(v, (int, float))},
-        }
         return score_and_save(
             tok,
             held_out,
             self.eval_images,
             preview,
             out_dir,
-            record,
+            training_record(self, ctx, trainer, train_metrics),
             self.min_detector_agreement,
             held_out=self.eval_data is not None,
         )
@@ -322,7 +332,7 @@ class EvaluateTokenizer(Stage):
         tok = ctx.component("image_tokenizer")
         data = self.data if self.data is not None else ctx.component("data")
         out_dir = ctx.stage_dir(self.name)
-        preview = _images(_collate(first_samples(data, self.num_samples)))
+        preview = batch_images(collate_images(first_samples(data, self.num_samples)))
         record = {"stage": self.name, "init": ctx.recipe.get("image_tokenizer")}
         return score_and_save(tok, data, self.eval_images, preview, out_dir, record, self.min_detector_agreement)
 
