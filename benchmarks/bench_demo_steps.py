@@ -6,8 +6,10 @@ random inputs of the demo's shapes (64-px images; 8×8 codes with 30-id captions
 Each step is timed in bf16 autocast (what the recipe trains in) and in fp32, and the tokenizer's
 also with channels-last tensors; the variants alternate so that a load change hits all of them.
 With ``--profile`` the bf16 steps are also profiled (the operators with the most self CPU time).
+With ``--compile`` a third generator variant runs its blocks' non-attention parts (``_qkv``,
+``_finish``) through ``torch.compile(dynamic=True)``; its first step, the compilation, is reported too.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_demo_steps.py [--repeats 8] [--profile] [--json out.json]
+    OMP_NUM_THREADS=2 python benchmarks/bench_demo_steps.py [--repeats 8] [--profile] [--compile] [--json out.json]
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def tokenizer_step(settings: dict, bf16: bool, channels_last: bool) -> Callable[
     return step
 
 
-def generator_step(settings: dict, bf16: bool) -> Callable[[], None]:
+def generator_step(settings: dict, bf16: bool, compiled: bool = False) -> Callable[[], None]:
     from vilgkit.engine.muon import MuonAdamW, muon_param_groups
     from vilgkit.models.unified import UnifiedTransformer
     from vilgkit.stages.generator_training import GeneratorTrainable
@@ -67,6 +69,10 @@ def generator_step(settings: dict, bf16: bool) -> Callable[[], None]:
     args = settings["generator"]
     vocab, codebook = settings["text_vocab_size"], settings["tokenizer"]["codebook_size"]
     generator = UnifiedTransformer(text_vocab_size=vocab, image_vocab_size=codebook, **args)
+    if compiled:  # the attention stays eager: its dispatch lookup breaks a compiled graph
+        for block in generator.layers:
+            block._qkv = torch.compile(block._qkv, dynamic=True)
+            block._finish = torch.compile(block._finish, dynamic=True)
     model = GeneratorTrainable(generator, directions=["txt2img", "img2txt"])
     trainer = settings["generator_trainer"]
     opt = MuonAdamW(muon_param_groups(model, list(model.parameters()), 0.01), lr=trainer["lr"], betas=(0.9, 0.95))
@@ -120,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--profile", action="store_true", help="also list the bf16 steps' costliest operators")
+    parser.add_argument("--compile", action="store_true", help="also time the generator with compiled blocks")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
     args = parser.parse_args()
     from vilgkit.dispatch import cpu_model, prepare
@@ -134,6 +141,12 @@ def main() -> None:
         "generator fp32": generator_step(settings, False),
     }
     result = {"machine": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if args.compile:
+        steps["generator bf16, compiled blocks"] = generator_step(settings, True, compiled=True)
+        start = time.perf_counter()
+        steps["generator bf16, compiled blocks"]()  # compiles
+        result["compile_seconds"] = time.perf_counter() - start
+        print(f"compiling the generator's blocks (first step): {result['compile_seconds']:.1f} s")
     result["steps"] = timed(steps, args.repeats)
     print(f"{result['machine']}, torch {result['torch']}, {result['threads']} threads")
     print("| step | median | min |\n| --- | ---: | ---: |")
