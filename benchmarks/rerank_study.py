@@ -46,6 +46,8 @@ STUDY_RERANKERS = [
     "caption_agreement",
     "matcher",
     "pixel_matcher",
+    "consensus",
+    "self+consensus",
 ]
 
 

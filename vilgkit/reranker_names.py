@@ -26,6 +26,7 @@ RERANKER_ALIASES: dict[str, tuple[str, dict[str, Any]] | None] = {
     "caption_agreement": ("CaptionReranker", {"mode": "agreement"}),
     "matcher": ("MatcherReranker", {}),
     "pixel_matcher": ("PixelMatcherReranker", {}),
+    "consensus": ("ConsensusReranker", {}),
     "clip": ("ClipReranker", {}),
 }
 

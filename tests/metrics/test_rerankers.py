@@ -16,6 +16,7 @@ from vilgkit.interfaces import Generator, GeneratorOutput, RerankInputs
 from vilgkit.reranker_names import RERANKER_ALIASES, build_named_reranker, saved_name
 from vilgkit_rerank import (
     CaptionReranker,
+    ConsensusReranker,
     EnsembleReranker,
     MatcherReranker,
     MeanSelfReranker,
@@ -150,6 +151,40 @@ def test_the_pixel_matcher_reranker_scores_the_decoded_images():
     inputs.matcher = TableMatcher()
     with pytest.raises(ValueError, match="rerank with 'matcher'"):
         PixelMatcherReranker().rerank(inputs)
+
+
+def test_the_consensus_reranker_keeps_the_candidate_closest_to_the_others():
+    """Flat images (one value each): prompt 0's are 0, 0.1 and 1 → mean distances to the other two
+    0.55, 0.5, 0.95 (the middle one wins); prompt 1's are 0.6, −1, 0.5 → 0.85, 1.55, 0.8."""
+    values = torch.tensor([0.0, 0.1, 1.0, 0.6, -1.0, 0.5])
+    inputs = _inputs()
+    inputs.images = values[:, None, None, None].expand(-1, 3, 8, 8).clone()
+    result = ConsensusReranker().rerank(inputs)
+    assert result.best.tolist() == [1, 2]
+    torch.testing.assert_close(result.scores, -torch.tensor([[0.55, 0.5, 0.95], [0.85, 1.55, 0.8]]))
+    single = RerankInputs(num_candidates=1, codes=torch.zeros(2, 1, 1, dtype=torch.long), images=inputs.images[:2])
+    assert ConsensusReranker().rerank(single).scores.tolist() == [[0.0], [0.0]]
+    with pytest.raises(ValueError, match="decoded candidate images"):
+        ConsensusReranker().rerank(_inputs())
+    with pytest.raises(ValueError, match="pool"):
+        ConsensusReranker(pool=0)
+
+
+@pytest.mark.parametrize("pool", [1, 2, 3])
+def test_consensus_scores_are_mean_l1_distances_of_the_pooled_images(pool):
+    """The batched score against its definition, one pair at a time (pool 3 pads 8 px with a partial window)."""
+    torch.manual_seed(0)
+    n, images = 4, torch.rand(2 * 4, 3, 8, 8) * 2 - 1
+    inputs = RerankInputs(num_candidates=n, codes=torch.zeros(8, 1, 1, dtype=torch.long), images=images)
+    pooled = torch.nn.functional.avg_pool2d(images, pool, ceil_mode=True).flatten(1)
+
+    def others(r):  # the other candidates of row r's prompt
+        return [o for o in range(r - r % n, r - r % n + n) if o != r]
+
+    expected = torch.tensor(
+        [-sum(float((pooled[r] - pooled[o]).abs().mean()) for o in others(r)) / (n - 1) for r in range(8)]
+    ).view(2, n)
+    torch.testing.assert_close(ConsensusReranker(pool=pool).rerank(inputs).scores, expected, atol=1e-6, rtol=0)
 
 
 def test_an_ensemble_sums_its_members_per_prompt_z_scores():

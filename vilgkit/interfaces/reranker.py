@@ -4,7 +4,8 @@ Candidates arrive candidate-major, as ``Generator.sample_images(..., num_candida
 them: rows ``b*N .. b*N+N-1`` belong to prompt ``b``. A reranker scores every candidate (higher is
 better) and the best per prompt is kept. Implementations live in plugins (``vilgkit_rerank``:
 ``SelfReranker``, ``MeanSelfReranker``, ``PMIReranker``, ``CaptionReranker``, ``MatcherReranker``,
-``ClipReranker``, ``NoReranker``) and register in ``RERANKERS``; their short names are in :mod:`vilgkit.reranker_names`.
+``ClipReranker``, ``ConsensusReranker``, ``EnsembleReranker``, ``NoReranker``) and register in
+``RERANKERS``; their short names are in :mod:`vilgkit.reranker_names`.
 """
 
 from __future__ import annotations
