@@ -19,6 +19,7 @@ from vilgkit.errors import VilgkitError
 RERANKER_ALIASES: dict[str, tuple[str, dict[str, Any]] | None] = {
     "none": None,
     "self": ("SelfReranker", {}),
+    "self_bf16": ("SelfReranker", {"precision": "bf16"}),
     "self_mean": ("MeanSelfReranker", {}),
     "pmi": ("PMIReranker", {}),
     "pmi_shuffled": ("PMIReranker", {"baseline": "shuffled"}),

@@ -8,7 +8,8 @@ when that model reads decoded pixels), ``ClipReranker`` scores with an
 open_clip model loaded from a local file (optional extra ``clip``), ``NoReranker`` keeps the first
 candidate (a random choice among i.i.d. samples), ``ConsensusReranker`` keeps the candidate whose
 decoded image is closest to the prompt's other candidates, ``EnsembleReranker`` sums several
-members' per-prompt standardised scores (``self+consensus``, the demo's). Short names: :mod:`vilgkit.reranker_names`.
+members' per-prompt standardised scores (``self_bf16+consensus``, the demo's).
+Short names: :mod:`vilgkit.reranker_names`.
 """
 
 from vilgkit_rerank.caption import CaptionReranker

@@ -22,7 +22,7 @@ class ConsensusReranker(Reranker):
     shape drawn badly (docs/performance.md, "Why candidates fail"), which the other candidates do
     not repeat, so it pulls that candidate away from the consensus. The model cannot see those
     blemishes through its own image→text likelihood, so this judges from the decoded pixels instead
-    and complements :class:`SelfReranker` (the shipped ``self+consensus``).
+    and complements :class:`SelfReranker` (the shipped ``self_bf16+consensus``).
 
     The distance is the mean absolute difference of the decoded images after average pooling over
     ``pool`` × ``pool`` windows (a one-pixel shift of an edge then costs little). It needs no model

@@ -8,6 +8,9 @@ from vilgkit.interfaces import Reranker, RerankInputs
 from vilgkit.registry import RERANKERS
 from vilgkit.self_rerank import self_rerank_scores
 
+#: the precisions :class:`SelfReranker` scores in
+PRECISIONS = ("fp32", "bf16")
+
 
 @RERANKERS.register_module()
 class SelfReranker(Reranker):
@@ -25,21 +28,30 @@ class SelfReranker(Reranker):
             EOS included: what the sum runs over; :class:`MeanSelfReranker`). Candidates of one prompt share
             its length, so this changes scores but never the choice; it makes scores comparable
             across prompts.
+        precision: ``"fp32"``, or ``"bf16"`` to score under bf16 autocast (short name ``self_bf16``).
+            On a CPU with bf16 matrix instructions (avx512_bf16, AMX) and on GPUs the passes run
+            2–2.5× faster; scores move by up to ≈ 0.2 nats, which changed the choice for 7 % of the
+            demo's prompts and not its accuracy on five seeds (docs/performance.md, "Reranking cost").
     """
 
     needs_generator = True
 
-    def __init__(self, batch_size: int = 64, length_normalize: bool = False) -> None:
+    def __init__(self, batch_size: int = 64, length_normalize: bool = False, precision: str = "fp32") -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.batch_size = batch_size
         self.length_normalize = length_normalize
+        self.precision = precision
 
     def score(self, inputs: RerankInputs) -> torch.Tensor:
         text_ids, text_mask = prompt_tensors(inputs, type(self).__name__)
-        out = self_rerank_scores(
-            inputs.generator, inputs.codes, text_ids, text_mask, inputs.num_candidates, self.batch_size
-        ).flatten()
+        bf16 = self.precision == "bf16"
+        with torch.autocast(device_type=inputs.codes.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = self_rerank_scores(
+                inputs.generator, inputs.codes, text_ids, text_mask, inputs.num_candidates, self.batch_size
+            ).flatten()
         if self.length_normalize:
             targets = (text_mask.sum(dim=1) - 1).clamp(min=1)  # BOS is read, never predicted
             out = out / targets.repeat_interleave(inputs.num_candidates).to(out)

@@ -24,7 +24,7 @@ def test_generate_and_eval_reject_an_unknown_reranker_in_one_line(tiny_run, tmp_
         assert main([*command, "--reranker", "bogus", "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err
-        assert "unknown reranker 'bogus'; use one of none, self, self_mean, pmi, pmi_shuffled, caption" in err
+        assert "unknown reranker 'bogus'; use one of none, self, self_bf16, self_mean, pmi, pmi_shuffled" in err
     assert not (tmp_path / "x" / "generate.json").exists()
 
 

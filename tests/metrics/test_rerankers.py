@@ -82,6 +82,7 @@ def _inputs(prompts=(P0, P1), codes=(0, 1, 2, 3, 4, 5)):
     ("reranker", "best", "expected"),
     [
         (SelfReranker(), [0, 1], [[-1.0, -2.0, -5.0], [-3.0, -1.0, -2.0]]),
+        (SelfReranker(precision="bf16"), [0, 1], [[-1.0, -2.0, -5.0], [-3.0, -1.0, -2.0]]),
         (MeanSelfReranker(), [0, 1], [[-1 / 3, -2 / 3, -5 / 3], [-1.0, -1 / 3, -2 / 3]]),
         # own − the other prompt's likelihood under the same candidate
         (PMIReranker(), [1, 2], [[-0.5, 7.0, -4.0], [0.1, -0.8, 4.0]]),
@@ -94,7 +95,7 @@ def _inputs(prompts=(P0, P1), codes=(0, 1, 2, 3, 4, 5)):
             [[-1 / 3 + 0.5 / 3, 0.0, -5 / 3 + 0.25], [0.0, -1 / 3 + 0.2 / 3, -2 / 3 + 0.25]],
         ),
     ],
-    ids=["self", "self_mean", "pmi", "caption", "caption_agreement"],
+    ids=["self", "self_bf16", "self_mean", "pmi", "caption", "caption_agreement"],
 )  # fmt: skip
 def test_each_reranker_picks_its_known_answer(reranker, best, expected):
     result = reranker.rerank(_inputs())
@@ -269,12 +270,14 @@ def test_every_short_name_builds_its_reranker_and_bad_arguments_fail():
     assert saved_name(PMIReranker(baseline="shuffled")) == "pmi_shuffled"
     assert saved_name(PMIReranker(num_distractors=5)) == "PMIReranker"  # no name keeps K = 5
     assert type(build_named_reranker("PMIReranker")).__name__ == "PMIReranker"
-    with pytest.raises(VilgkitError, match="unknown reranker 'nope'; use one of none, self, self_mean, pmi"):
+    with pytest.raises(VilgkitError, match="unknown reranker 'nope'; use one of none, self, self_bf16, self_mean, pmi"):
         build_named_reranker("nope")
     with pytest.raises(ValueError, match="baseline"):
         PMIReranker(baseline="empty")
     with pytest.raises(ValueError, match="mode"):
         CaptionReranker(mode="bleu")
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        SelfReranker(precision="fp16")
     with pytest.raises(ValueError, match="needs the generator"):
         PMIReranker().rerank(RerankInputs(num_candidates=1, codes=torch.zeros(1, 1, 1, dtype=torch.long)))
 
@@ -339,6 +342,19 @@ def test_batched_scores_equal_one_candidate_at_a_time_on_a_trained_model(sampled
     expected = _expected(name, model, codes, ids, mask, 4)
     torch.testing.assert_close(result.scores, expected, atol=2e-4, rtol=0)
     assert torch.equal(result.scores.gather(1, result.best[:, None])[:, 0], result.scores.max(1).values)
+
+
+def test_bf16_self_scores_are_the_fp32_definition_within_bf16_rounding(sampled):
+    """``self_bf16`` scores the same likelihoods under bf16 autocast: close to fp32, not equal to it."""
+    model, codes, ids, mask = sampled
+    inputs = RerankInputs(num_candidates=4, codes=codes, text_ids=ids, text_mask=mask, generator=model)
+    fp32 = RERANKERS["self"].rerank(inputs).scores
+    bf16 = build_named_reranker("self_bf16", batch_size=5).rerank(inputs)
+    torch.testing.assert_close(
+        bf16.scores, _expected("self", model, codes, ids, mask, 4), atol=0.05 * float(fp32.abs().max()), rtol=0
+    )
+    assert not torch.equal(bf16.scores, fp32)  # the passes really ran in bf16
+    assert torch.equal(bf16.scores.gather(1, bf16.best[:, None])[:, 0], bf16.scores.max(1).values)
 
 
 @pytest.mark.parametrize("name", list(RERANKERS))

@@ -101,6 +101,23 @@ def test_gold_sequence_end_to_end_decode_uses_teacher_forced_hidden_states(tiny)
         rec.reconstruct(gold)
 
 
+@pytest.mark.parametrize("kind", [None, TwoStageReconstructor, EndToEndReconstructor])
+def test_pipeline_decodes_in_chunks_as_in_one_batch(tiny, monkeypatch, kind):
+    """``decode_codes`` decodes DECODE_BATCH images at a time; the chunks (here 2 + 1) give the one-batch images."""
+    gen, tok, batch = tiny["gen"], tiny["tok"], tiny["batch"]
+    rec = None if kind is None else kind(map_init_std=0.5) if kind.end_to_end else kind()
+    rec = None if rec is None else rec.attach(tok, gen.hidden_size)
+    pipe = Pipeline(gen, _Text(), tok, (4, 4), rec, device="cpu")
+    with torch.no_grad():
+        whole = pipe.decode_codes(tiny["codes"], batch["text_ids"], batch["text_mask"])
+        monkeypatch.setattr("vilgkit.pipeline.DECODE_BATCH", 2)
+        chunked = pipe.decode_codes(tiny["codes"], batch["text_ids"], batch["text_mask"])
+    assert chunked.shape == whole.shape == (3, 3, 16, 16)
+    if rec is None or not rec.end_to_end:  # no codes, no images (the generator takes no empty batch)
+        assert pipe.decode_codes(tiny["codes"][:0]).shape == (0, 3, 16, 16)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+
+
 def test_end_to_end_model_save_load_round_trip(tiny, tmp_path):
     """Generator + end-to-end reconstructor after a training step → safetensors → fresh objects: same images."""
     from vilgkit.models import UnifiedTransformer
