@@ -44,7 +44,7 @@ MAX_SAMPLING_ROWS = 256
 
 #: Images decoded together by :meth:`Pipeline.decode_codes`. A decoder's activations grow with the
 #: batch (800 demo candidates: 420 MB per feature map), and past the CPU caches each layer streams
-#: them through memory: in chunks of 32 the demo's 800 candidates decode 2.5× faster, bit-identically
+#: them through memory: in chunks of 32 the demo's 800 candidates decode 2.5–4× faster, bit-identically
 #: (docs/performance.md, "Reranking cost").
 DECODE_BATCH = 32
 

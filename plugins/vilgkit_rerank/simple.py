@@ -29,9 +29,9 @@ class SelfReranker(Reranker):
             its length, so this changes scores but never the choice; it makes scores comparable
             across prompts.
         precision: ``"fp32"``, or ``"bf16"`` to score under bf16 autocast (short name ``self_bf16``).
-            On a CPU with bf16 matrix instructions (avx512_bf16, AMX) and on GPUs the passes run
-            2–2.5× faster; scores move by up to ≈ 0.2 nats, which changed the choice for 7 % of the
-            demo's prompts and not its accuracy on five seeds (docs/performance.md, "Reranking cost").
+            On a 2-core EPYC with avx512_bf16 the demo model's passes ran 2.4–2.5× faster; scores
+            moved by up to ≈ 0.2 nats, which changed the choice for 7 % of the demo's prompts and not
+            its mean accuracy on five seeds (docs/performance.md, "Reranking cost").
     """
 
     needs_generator = True
