@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
+
+from tests.app.benchmark_scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_rerank_cost", ROOT / "benchmarks" / "bench_rerank_cost.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_reranking_cost_pieces_on_a_tiny_run(tiny_run, capsys):
-    _script().main([str(tiny_run), "--prompts", "3", "--candidates", "4", "--repeats", "1"])
+    load_benchmark("bench_rerank_cost").main([str(tiny_run), "--prompts", "3", "--candidates", "4", "--repeats", "1"])
     out = capsys.readouterr().out
     rows = dict(re.findall(r"^\| (.+?) \| ([0-9.]+) \| [0-9.]+ \|$", out, flags=re.M))
     assert set(rows) == {

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.app.benchmark_scripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("candidate_failures", ROOT / "benchmarks" / "candidate_failures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 RED_CIRCLE = ("circle", "red", "top left", "small")
 
 
 def test_failure_kinds_from_the_detectors_lists():
-    kind = _script().failure_kind
+    kind = load_benchmark("candidate_failures").failure_kind
     assert kind([RED_CIRCLE], [("square", "red", "top left", "small")]) == "shape"
     assert kind([RED_CIRCLE], [("circle", "red", "top left", "large")]) == "size"
     assert kind([RED_CIRCLE], [("square", "blue", "top left", "small")]) == "several attributes"
@@ -37,7 +29,7 @@ def test_failure_kinds_from_the_detectors_lists():
 
 
 def test_candidate_failures_on_a_tiny_run(tiny_run, tmp_path):
-    script = _script()
+    script = load_benchmark("candidate_failures")
     out = tmp_path / "diag"
     args = [str(tiny_run), "--k", "3", "--n", "2", "--batch-size", "2", "--out", str(out)]
     assert script.main(args, log=lambda s: None) == 0

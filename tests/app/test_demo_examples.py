@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import json
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.app.benchmark_scripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_DOC = ROOT / "docs" / "demo.md"
 SECTION_START = "Then use the trained model:"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("demo_examples", ROOT / "benchmarks" / "demo_examples.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up while being defined
-    spec.loader.exec_module(module)
-    return module
 
 
 def _digest(image) -> str:
@@ -38,7 +30,7 @@ def _digest(image) -> str:
 @pytest.fixture(scope="module")
 def written(tiny_run, tmp_path_factory):
     """The script run twice with the same arguments: (first text, second text, argv, work folder)."""
-    script = _script()
+    script = load_benchmark("demo_examples")
     base = tmp_path_factory.mktemp("demo_examples")
     work = base / "work"
     argv = [str(tiny_run), "--out", str(base / "demo-examples.md"), "--work", str(work)]
@@ -61,7 +53,7 @@ def test_the_file_holds_every_example_with_its_output(written, tiny_run):
     from vilgkit.dispatch import cpu_model
 
     text, _, argv, _ = written
-    script = _script()
+    script = load_benchmark("demo_examples")
     for command, _folder in script.CLI_EXAMPLES:
         shown = _after(text, f"$ {command}")
         assert shown.strip() and shown != "```", f"no output for {command!r}"
@@ -140,7 +132,7 @@ def _doc_blocks() -> dict[str, list[str]]:
 
 
 def test_the_doc_shows_exactly_the_examples_the_script_runs():
-    script = _script()
+    script = load_benchmark("demo_examples")
     blocks = _doc_blocks()
     assert set(blocks) == {"bash", "python"} and len(blocks["bash"]) == len(blocks["python"]) == 1
     commands = [shlex.split(line, comments=True) for line in blocks["bash"][0].splitlines()]
@@ -156,5 +148,5 @@ def test_the_doc_points_to_the_generated_file():
 
 
 def test_the_script_refuses_a_folder_without_a_run(tmp_path, capsys):
-    assert _script().main([str(tmp_path / "missing"), "--out", str(tmp_path / "x.md")]) == 2
+    assert load_benchmark("demo_examples").main([str(tmp_path / "missing"), "--out", str(tmp_path / "x.md")]) == 2
     assert "no trained run" in capsys.readouterr().err and not (tmp_path / "x.md").exists()

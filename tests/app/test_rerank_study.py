@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.app.benchmark_scripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _study():
-    spec = importlib.util.spec_from_file_location("rerank_study", ROOT / "benchmarks" / "rerank_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_rerank_study_on_a_tiny_run(matcher_run, tmp_path):
     tiny_run = matcher_run  # every reranker of the study, the matcher's too
-    study = _study()
+    study = load_benchmark("rerank_study")
     out = tmp_path / "study"
     args = [str(tiny_run), str(tiny_run), "--k", "3", "--ns", "1,2,3", "--batch-size", "2", "--out", str(out)]
     assert study.main(args, log=lambda s: None) == 0
@@ -48,7 +42,7 @@ def test_rerank_study_on_a_tiny_run(matcher_run, tmp_path):
 
 
 def test_rerank_study_rejects_bad_arguments(tmp_path, capsys):
-    study = _study()
+    study = load_benchmark("rerank_study")
     assert study.main([str(tmp_path / "missing"), "--k", "1"]) == 2
     assert "no trained run" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -56,7 +50,7 @@ def test_rerank_study_rejects_bad_arguments(tmp_path, capsys):
 
 
 def test_rerank_study_takes_ensembles_of_its_rerankers(tmp_path):
-    study = _study()
+    study = load_benchmark("rerank_study")
     assert study.parse_args([str(tmp_path), "--rerankers", "self,self+matcher"]).rerankers == ["self", "self+matcher"]
     with pytest.raises(SystemExit):
         study.parse_args([str(tmp_path), "--rerankers", "self+nope"])
