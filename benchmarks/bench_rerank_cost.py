@@ -44,15 +44,6 @@ def _cpu() -> str:
     return machine_key() + family
 
 
-def _best(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> None:
     from demo_quality import recipe_sampling, test_set
@@ -81,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     images = pipe.decode_codes(codes, rid, rmask)
     self_fp32, self_bf16 = build_named_reranker("self"), build_named_reranker("self_bf16")
     consensus = build_named_reranker("consensus")
+    ensemble_fp32, ensemble_bf16 = build_named_reranker("self+consensus"), build_named_reranker("self_bf16+consensus")
 
     pieces = {
         "sampling": lambda: pipe.sample_codes(prompts, n, seed=0, truncate=True, **settings),
@@ -89,19 +81,16 @@ def main(argv: list[str] | None = None) -> None:
         "self (fp32)": lambda: self_fp32.score(RerankInputs(**inputs)),
         "self_bf16": lambda: self_bf16.score(RerankInputs(**inputs)),
         "consensus distances": lambda: consensus.score(RerankInputs(**inputs, images=images)),
-        "self+consensus, Pipeline.rerank": lambda: pipe.rerank(
-            codes, ids, mask, n, build_named_reranker("self+consensus")
-        ),
-        "self_bf16+consensus, Pipeline.rerank": lambda: pipe.rerank(
-            codes, ids, mask, n, build_named_reranker("self_bf16+consensus")
-        ),
+        "self+consensus, Pipeline.rerank": lambda: pipe.rerank(codes, ids, mask, n, ensemble_fp32),
+        "self_bf16+consensus, Pipeline.rerank": lambda: pipe.rerank(codes, ids, mask, n, ensemble_bf16),
     }
     times = {name: float("inf") for name in pieces}
     outputs = {}
     for _ in range(args.repeats):  # alternate the pieces, so drifting machine speed hits all alike
         for name, fn in pieces.items():
-            seconds, outputs[name] = _best(fn, 1)
-            times[name] = min(times[name], seconds)
+            start = time.perf_counter()
+            outputs[name] = fn()
+            times[name] = min(times[name], time.perf_counter() - start)
 
     fp32 = outputs["self (fp32)"].view(-1, n)
     bf16 = outputs["self_bf16"].view(-1, n)
