@@ -56,8 +56,12 @@ class EnsembleReranker(Reranker):
         n = inputs.num_candidates
         total = torch.zeros(inputs.num_prompts, n)
         for weight, reranker in zip(self.weights, self._rerankers):
-            scores = reranker.score(inputs).detach().float().cpu().view(-1, n)
-            spread = scores.std(dim=1, unbiased=False, keepdim=True)
-            z = (scores - scores.mean(dim=1, keepdim=True)) / spread.clamp_min(1e-12)
-            total += weight * torch.where(spread > 0, z, torch.zeros_like(z))
+            total += weight * per_prompt_zscores(reranker.score(inputs).detach().float().cpu().view(-1, n))
         return total.flatten()
+
+
+def per_prompt_zscores(scores: torch.Tensor) -> torch.Tensor:
+    """``[B, N]`` scores → their z-scores among each prompt's N candidates (all equal: zeros)."""
+    spread = scores.std(dim=1, unbiased=False, keepdim=True)
+    z = (scores - scores.mean(dim=1, keepdim=True)) / spread.clamp_min(1e-12)
+    return torch.where(spread > 0, z, torch.zeros_like(z))
