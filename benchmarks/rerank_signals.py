@@ -20,7 +20,8 @@ these scores (higher = better):
 Combinations ``a+b`` sum the members' per-prompt z-scores, as ``EnsembleReranker`` does. Per N and
 signal it reports the pick's accuracy and the share of the first → any-candidate gap recovered,
 on all prompts and on each half of them (the halves show how much one set of prompts can mislead),
-with a bootstrap 90 % interval over prompts for the run's gap. Writes ``rerank_signals.json`` and
+with a bootstrap 90 % interval over prompts for the run's gap; over several runs, the gaps come
+from the runs' mean accuracies. Writes ``rerank_signals.json`` and
 ``rerank_signals.md``. Usage::
 
     python benchmarks/rerank_signals.py runs/seed0 runs/seed1 runs/seed2 --k 400 --n 16 --out rerank_signals
@@ -155,10 +156,20 @@ def sample_run(run_dir: Path, args: argparse.Namespace, log=print) -> tuple[torc
     return torch.cat(ok), {name: torch.cat(parts) for name, parts in signals.items()}
 
 
-def gap(picked: torch.Tensor, first: torch.Tensor, any_ok: torch.Tensor) -> float | None:
-    """(accuracy of the picks − first candidate) / (any candidate − first candidate); None without a gap."""
-    reachable = float(any_ok.mean() - first.mean())
-    return float(picked.mean() - first.mean()) / reachable if reachable > 0 else None
+def accuracies(picked: torch.Tensor, first: torch.Tensor, any_ok: torch.Tensor) -> dict[str, float | None]:
+    """Accuracy of the picks, of the first candidate and of any candidate, and the share of the gap recovered."""
+    return with_gap({"first": float(first.mean()), "reranked": float(picked.mean()), "any": float(any_ok.mean())})
+
+
+def with_gap(acc: dict[str, Any]) -> dict[str, Any]:
+    """``acc`` plus ``gap_recovered``: (reranked − first) / (any − first), None without a gap."""
+    reachable = acc["any"] - acc["first"]
+    return {**acc, "gap_recovered": (acc["reranked"] - acc["first"]) / reachable if reachable > 0 else None}
+
+
+def mean_accuracies(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs' mean accuracies, and the gap recovered from those means (not the mean of the gaps)."""
+    return with_gap({key: sum(r[key] for r in rows) / len(rows) for key in ("first", "reranked", "any")})
 
 
 def evaluate(ok: torch.Tensor, signals: dict[str, torch.Tensor], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -179,19 +190,15 @@ def evaluate(ok: torch.Tensor, signals: dict[str, torch.Tensor], args: argparse.
             else:  # a combination, scored as EnsembleReranker scores
                 scores = sum(per_prompt_zscores(signals[part][:, :n]) for part in label.split("+"))
             picked = sub_ok[torch.arange(k), scores.argmax(dim=1)]
-            boot = [gap(picked[r], first[r], any_ok[r]) for r in resamples]
+            boot = [accuracies(picked[r], first[r], any_ok[r])["gap_recovered"] for r in resamples]
             boot = torch.tensor([g for g in boot if g is not None])
             row = {
                 "N": n,
                 "signal": label,
-                "first": float(first.mean()),
-                "reranked": float(picked.mean()),
-                "any": float(any_ok.mean()),
-                "gap_recovered": gap(picked, first, any_ok),
+                **accuracies(picked, first, any_ok),
                 "gap_interval_90": [float(boot.quantile(0.05)), float(boot.quantile(0.95))] if len(boot) else None,
+                "halves": {name: accuracies(picked[part], first[part], any_ok[part]) for name, part in halves.items()},
             }
-            for name, part in halves.items():
-                row[f"gap_{name.replace(' ', '_')}"] = gap(picked[part], first[part], any_ok[part])
             rows.append(row)
     return rows
 
@@ -201,13 +208,8 @@ def mean_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     out = []
     for i, row in enumerate(runs[0]):
         same = [run[i] for run in runs]
-        mean = {key: sum(r[key] for r in same) / len(same) for key in ("first", "reranked", "any")}
-        reachable = mean["any"] - mean["first"]
-        mean["gap_recovered"] = (mean["reranked"] - mean["first"]) / reachable if reachable > 0 else None
-        mean["per_run_reranked"] = [r["reranked"] for r in same]
-        for key in ("gap_first_half", "gap_second_half"):
-            values = [r[key] for r in same if r[key] is not None]
-            mean[key] = sum(values) / len(values) if values else None
+        halves = {name: mean_accuracies([r["halves"][name] for r in same]) for name in row["halves"]}
+        mean = {**mean_accuracies(same), "per_run_reranked": [r["reranked"] for r in same], "halves": halves}
         out.append({"N": row["N"], "signal": row["signal"], **mean})
     return out
 
@@ -231,7 +233,8 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
             extra = " / ".join(f"{100 * x:.1f}" for x in r["per_run_reranked"])
         lines.append(
             f"| {r['N']} | {r['signal']} | {pct(r['first'])} | {pct(r['reranked'])} | {pct(r['any'])} | "
-            f"{pct(r['gap_recovered'])} | {pct(r['gap_first_half'])} | {pct(r['gap_second_half'])} | {extra} |"
+            f"{pct(r['gap_recovered'])} | {pct(r['halves']['first half']['gap_recovered'])} | "
+            f"{pct(r['halves']['second half']['gap_recovered'])} | {extra} |"
         )
     return head + "\n".join(lines) + "\n"
 

@@ -21,6 +21,8 @@ def test_rerank_signals_on_a_tiny_run(tiny_run, tmp_path):
     assert [(r["N"], r["signal"]) for r in rows] == [(n, label) for n in (2, 3) for label in labels]
     for r in rows:
         assert 0.0 <= r["first"] <= r["any"] <= 1.0 and r["reranked"] <= r["any"]
+        halves = r["halves"]["first half"], r["halves"]["second half"]  # 2 prompts each: their mean is the whole
+        assert (halves[0]["reranked"] + halves[1]["reranked"]) / 2 == pytest.approx(r["reranked"])
         if r["gap_recovered"] is not None:  # the interval is the bootstrap's, around the run's gap
             low, high = r["gap_interval_90"]
             assert low <= high
