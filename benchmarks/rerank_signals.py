@@ -106,25 +106,23 @@ def image_log_likelihoods(generator, codes, ids, mask, cfg_scale: float) -> dict
 def batch_signals(pipe, codes, ids, mask, images, n: int, cfg_scale: float) -> dict[str, torch.Tensor]:
     """Every signal of :data:`SIGNALS` for one batch of B prompts × n candidates: ``name → Float[B, n]``."""
     from vilgkit.interfaces import RerankInputs
-    from vilgkit.reranker_names import build_named_reranker
     from vilgkit.self_rerank import self_rerank_scores
+    from vilgkit_rerank.consensus import ConsensusReranker
 
     generator, tokenizer = pipe.generator, pipe.image_tokenizer
     rows_ids, rows_mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
     per_code = image_log_likelihoods(generator, codes, rows_ids, rows_mask, cfg_scale)
     with torch.no_grad():
         reencoded = tokenizer.encode(images)
-        features = tokenizer.encoder(images)
-    consensus = build_named_reranker("consensus")
-    feature_inputs = RerankInputs(num_candidates=n, codes=codes, images=features)
+        features = tokenizer.encoder(images)  # continuous, before quantising (VQ-VAE and VQGAN tokenizers)
     out = {
         "self": self_rerank_scores(generator, codes, ids, mask, n),
         "self_reencoded": self_rerank_scores(generator, reencoded, ids, mask, n),
         "image_cond": per_code["cond"].sum(-1),
         "image_guided": per_code["guided"].sum(-1),
         "image_worst4": per_code["guided"].topk(4, dim=-1, largest=False).values.sum(-1),
-        "consensus": consensus.score(RerankInputs(num_candidates=n, codes=codes, images=images)),
-        "feature_consensus": type(consensus)(pool=1).score(feature_inputs),
+        "consensus": ConsensusReranker().score(RerankInputs(n, codes, images=images)),
+        "feature_consensus": ConsensusReranker(pool=1).score(RerankInputs(n, codes, images=features)),
     }
     return {name: scores.float().cpu().reshape(-1, n) for name, scores in out.items()}
 
