@@ -89,13 +89,14 @@ def image_log_likelihoods(generator, codes, ids, mask, cfg_scale: float) -> dict
 
     The generator is the Pipeline's, in eval mode (``image_hidden_states`` leaves the mode to the caller).
     """
+    from vilgkit.models.sampling import guide
 
     def logits_given(text_ids, text_mask):  # [R, h·w, V]
         return generator.image_head(generator.image_hidden_states(text_ids, text_mask, codes)).float()
 
     cond = logits_given(ids, mask)
     uncond = logits_given(*generator.empty_prompt(ids.shape[0], ids.shape[1], ids.device))
-    guided = uncond + cfg_scale * (cond - uncond)
+    guided = guide(torch.cat([cond, uncond]), cfg_scale)  # what sampling guides with
     pick = codes.flatten(1)[..., None]
     return {
         "cond": cond.log_softmax(-1).gather(-1, pick).squeeze(-1),
@@ -170,6 +171,13 @@ def mean_accuracies(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return with_gap({key: sum(r[key] for r in rows) / len(rows) for key in ("first", "reranked", "any")})
 
 
+def bootstrap_gaps(picked: torch.Tensor, first: torch.Tensor, any_ok: torch.Tensor) -> torch.Tensor:
+    """The gap recovered in each resample (rows of ``[R, K]`` 0/1 tensors); resamples without a gap are left out."""
+    p, f, a = picked.mean(dim=1), first.mean(dim=1), any_ok.mean(dim=1)
+    reachable = a - f
+    return ((p - f) / reachable)[reachable > 0]
+
+
 def evaluate(ok: torch.Tensor, signals: dict[str, torch.Tensor], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Per N and signal: accuracy and gap recovered on all prompts, on each half, and the bootstrap interval."""
     from vilgkit_rerank.ensemble import per_prompt_zscores
@@ -188,8 +196,7 @@ def evaluate(ok: torch.Tensor, signals: dict[str, torch.Tensor], args: argparse.
             else:  # a combination, scored as EnsembleReranker scores
                 scores = sum(per_prompt_zscores(signals[part][:, :n]) for part in label.split("+"))
             picked = sub_ok[torch.arange(k), scores.argmax(dim=1)]
-            boot = [accuracies(picked[r], first[r], any_ok[r])["gap_recovered"] for r in resamples]
-            boot = torch.tensor([g for g in boot if g is not None])
+            boot = bootstrap_gaps(picked[resamples], first[resamples], any_ok[resamples])
             row = {
                 "N": n,
                 "signal": label,
